@@ -1,0 +1,132 @@
+"""Model configurations: one dataclass, named presets.
+
+A decoder has `n_unique_layers` (Nd) blocks applied `n_groups` (G) times: the layer at depth `i` is block
+`i mod Nd` ("CYCLE" sharing), total depth `N = Nd * G`. A preset named `Nd x G` (e.g. `t5-base-4x3`) is
+shared; a plain number (`t5-base-12`) is an unshared decoder, `G = 1`. The final norm and the LM head (tied
+to the embedding) can be applied after every group: exit `g` of `G`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+FFN_KINDS = ("gated-gelu", "swiglu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int  # < n_heads: grouped-query attention
+    d_ff: int
+    n_unique_layers: int  # Nd: blocks in one layer group
+    n_groups: int  # G: times the group is applied
+    n_encoder_layers: int = 0  # > 0: encoder-decoder (T5 style) with cross-attention
+    ffn: str = "swiglu"
+    max_seq_len: int = 2048  # decoder positions the KV cache can hold
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    eos_id: int | None = None
+    decoder_start_id: int = 0  # first decoder token of an encoder-decoder model (T5: pad = 0)
+
+    def __post_init__(self) -> None:
+        positive = ("vocab_size", "d_model", "n_heads", "n_kv_heads", "d_ff", "n_unique_layers", "n_groups",
+                    "max_seq_len")
+        for field in positive:
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig {self.name!r}: {field} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.n_encoder_layers, int) or self.n_encoder_layers < 0:
+            raise ValueError(f"ModelConfig {self.name!r}: n_encoder_layers must be an integer >= 0, "
+                             f"got {self.n_encoder_layers!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"ModelConfig {self.name!r}: d_model ({self.d_model}) must be divisible by n_heads "
+                             f"({self.n_heads}); allowed n_heads: divisors of d_model")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"ModelConfig {self.name!r}: n_heads ({self.n_heads}) must be divisible by "
+                             f"n_kv_heads ({self.n_kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig {self.name!r}: head_dim = d_model / n_heads = {self.head_dim} must be "
+                             "even for rotary position embeddings")
+        if self.ffn not in FFN_KINDS:
+            raise ValueError(f"ModelConfig {self.name!r}: ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+        for field in ("eos_id", "decoder_start_id"):
+            value = getattr(self, field)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"ModelConfig {self.name!r}: {field} must be in [0, {self.vocab_size}), "
+                                 f"got {value!r}")
+
+    @property
+    def depth(self) -> int:
+        """N = Nd * G: layers a token passes through."""
+        return self.n_unique_layers * self.n_groups
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.n_encoder_layers > 0
+
+    @property
+    def exit_weights(self) -> list[float]:
+        """w_g = g / sum(1..G): the weight of exit g in the training loss (CALM style)."""
+        total = self.n_groups * (self.n_groups + 1) / 2
+        return [g / total for g in range(1, self.n_groups + 1)]
+
+    def replace(self, **changes: object) -> ModelConfig:
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+
+def _t5_base(layers: int, groups: int) -> ModelConfig:
+    # T5 v1.1 Base shapes: d_model 768, 12 heads of 64, gated-GELU FFN 2048, vocab 32128, 12-layer encoder.
+    name = f"t5-base-{layers}" if groups == 1 else f"t5-base-{layers}x{groups}"
+    return ModelConfig(name=name, vocab_size=32128, d_model=768, n_heads=12, n_kv_heads=12, d_ff=2048,
+                       n_unique_layers=layers, n_groups=groups, n_encoder_layers=12, ffn="gated-gelu",
+                       max_seq_len=1024, eos_id=1, decoder_start_id=0)
+
+
+def _llama2_7b(layers: int, groups: int) -> ModelConfig:
+    name = "llama2-7b" if groups == 1 else f"llama2-7b-{layers}x{groups}"
+    return ModelConfig(name=name, vocab_size=32000, d_model=4096, n_heads=32, n_kv_heads=32, d_ff=11008,
+                       n_unique_layers=layers, n_groups=groups, max_seq_len=4096, norm_eps=1e-5, eos_id=2)
+
+
+def _llama_1b(layers: int, groups: int) -> ModelConfig:
+    # TinyLlama-1.1B shapes: 22 layers, d 2048, 32 query heads sharing 4 KV heads, SwiGLU 5632, vocab 32000.
+    name = "llama-1b" if groups == 1 else f"llama-1b-{layers}x{groups}"
+    return ModelConfig(name=name, vocab_size=32000, d_model=2048, n_heads=32, n_kv_heads=4, d_ff=5632,
+                       n_unique_layers=layers, n_groups=groups, max_seq_len=2048, norm_eps=1e-5, eos_id=2)
+
+
+def _tiny(layers: int, groups: int, encoder_layers: int = 0) -> ModelConfig:
+    kind = "tiny-t5" if encoder_layers else "tiny"
+    name = f"{kind}-{layers}" if groups == 1 else f"{kind}-{layers}x{groups}"
+    return ModelConfig(name=name, vocab_size=256, d_model=64, n_heads=4, n_kv_heads=2 if not encoder_layers else 4,
+                       d_ff=128, n_unique_layers=layers, n_groups=groups, n_encoder_layers=encoder_layers,
+                       ffn="gated-gelu" if encoder_layers else "swiglu", max_seq_len=512, eos_id=1)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    c.name: c
+    for c in [
+        *(_t5_base(n, 1) for n in (2, 4, 12)),
+        *(_t5_base(nd, g) for nd, g in ((2, 6), (2, 8), (4, 3), (4, 4))),
+        _llama2_7b(32, 1), _llama2_7b(8, 4), _llama2_7b(4, 8),
+        _llama_1b(22, 1), _llama_1b(11, 2),
+        _tiny(6, 1), _tiny(2, 3), _tiny(4, 3), _tiny(2, 3, encoder_layers=2),
+    ]
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The preset called `name`; a ValueError lists the allowed names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; allowed presets: {', '.join(PRESETS)}") from None

@@ -1,0 +1,161 @@
+"""Greedy decoding: `sequential` (the baseline) and `speed` (pipelined speculation, exact).
+
+Both share one convention: the prompt minus its last token is prefilled at every depth; every generated token
+is then produced by one row whose input is the token before it (a decode step in `sequential`, a pipeline row
+in `speed`). So with G = 1 the two run the same rows, stage for stage.
+
+A batch is a list of prompts of any lengths. Each sequence has its own SPEED pipeline; the rows of all
+sequences of a stage run through the shared group together, so the output of every sequence is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from reference.model import KVCache, SharedDecoder
+from reference.pipeline import PipelineStats, Row, SpeedPipeline
+
+# Called after every stage or step: (stage index, rows run as (seq, Row) pairs, predictions).
+StageHook = Callable[[int, list[tuple[int, Row]], list[int]], None]
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[list[int]]  # generated tokens of each sequence (EOS included when produced)
+    cache: KVCache  # the KV cache after decoding (committed positions are exact)
+    stages: int  # stages (speed) or decode steps (sequential) run
+    stats: PipelineStats | None = None  # speed only: all sequences' pipeline statistics merged
+    per_sequence: list[PipelineStats] | None = None
+
+
+def _check_inputs(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int,
+                  encoder_inputs: list[list[int]] | None) -> None:
+    cfg = model.config
+    if not prompts:
+        raise ValueError("prompts: need at least one prompt")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    for b, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompts[{b}] is empty: a prompt needs at least one token "
+                             "(an encoder-decoder model starts from ModelConfig.decoder_start_id)")
+        if len(prompt) + max_new_tokens - 1 > cfg.max_seq_len:
+            raise ValueError(f"prompts[{b}]: length {len(prompt)} + max_new_tokens {max_new_tokens} - 1 exceeds "
+                             f"the cache, ModelConfig.max_seq_len = {cfg.max_seq_len}")
+        bad = [t for t in prompt if not (isinstance(t, int) and 0 <= t < cfg.vocab_size)]
+        if bad:
+            raise ValueError(f"prompts[{b}]: token ids must be in [0, {cfg.vocab_size}), got {bad[:5]}")
+    if cfg.is_encoder_decoder:
+        if encoder_inputs is None or len(encoder_inputs) != len(prompts):
+            raise ValueError(f"model {cfg.name!r} is encoder-decoder: encoder_inputs must give one input per prompt")
+        for b, source in enumerate(encoder_inputs):
+            if len(source) == 0 or len(source) > cfg.max_seq_len:
+                raise ValueError(f"encoder_inputs[{b}]: length must be in [1, {cfg.max_seq_len}], got {len(source)}")
+            bad = [t for t in source if not (isinstance(t, int) and 0 <= t < cfg.vocab_size)]
+            if bad:
+                raise ValueError(f"encoder_inputs[{b}]: token ids must be in [0, {cfg.vocab_size}), got {bad[:5]}")
+    elif encoder_inputs is not None:
+        raise ValueError(f"model {cfg.name!r} is decoder-only: encoder_inputs must be None")
+
+
+def start(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int,
+          encoder_inputs: list[list[int]] | None = None) -> KVCache:
+    """Validate inputs, allocate the cache, encode, and prefill every prompt but its last token."""
+    _check_inputs(model, prompts, max_new_tokens, encoder_inputs)
+    max_len = max(len(p) for p in prompts) + max_new_tokens - 1
+    encoder_len = max(len(s) for s in encoder_inputs) if encoder_inputs else 0
+    cache = model.new_cache(len(prompts), max_len, encoder_len)
+    for b, prompt in enumerate(prompts):
+        if encoder_inputs is not None:
+            model.encode_into(cache, b, encoder_inputs[b])
+        if len(prompt) > 1:
+            model.prefill(cache, b, prompt[:-1])
+    return cache
+
+
+def _argmax(logits: Tensor) -> list[int]:
+    return logits.argmax(dim=-1).tolist()
+
+
+@torch.inference_mode()
+def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
+               encoder_inputs: list[list[int]] | None = None, on_stage: StageHook | None = None) -> DecodeResult:
+    """Greedy decoding, each token through all N = Nd * G layers before the next starts. `eos_id` defaults to
+    the config's; generation of a sequence stops after EOS or max_new_tokens."""
+    cfg = model.config
+    eos_id = cfg.eos_id if eos_id is None else eos_id
+    cache = start(model, prompts, max_new_tokens, encoder_inputs)
+    inputs = [(len(p) - 1, p[-1]) for p in prompts]  # per sequence: (position, token) of the next row
+    tokens: list[list[int]] = [[] for _ in prompts]
+    step = 0
+    while True:
+        active = [b for b, out in enumerate(tokens)
+                  if len(out) < max_new_tokens and not (out and out[-1] == eos_id)]
+        if not active:
+            break
+        positions = [inputs[b][0] for b in active]
+        rows = model.rows(active, positions)
+        h = model.embed(torch.tensor([inputs[b][1] for b in active], device=cache.k.device))
+        for group in range(cfg.n_groups):
+            h = model.run_group(h, rows, [group] * len(active), cache)
+        predictions = _argmax(model.exit_logits(h, rows, [cfg.n_groups] * len(active)))
+        if on_stage is not None:
+            run = [(b, Row(inputs[b][0], inputs[b][1], cfg.n_groups, p)) for b, p in zip(active, predictions)]
+            on_stage(step, run, predictions)
+        for b, prediction in zip(active, predictions):
+            tokens[b].append(prediction)
+            inputs[b] = (inputs[b][0] + 1, prediction)
+        step += 1
+    return DecodeResult(tokens, cache, step)
+
+
+@torch.inference_mode()
+def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
+          encoder_inputs: list[list[int]] | None = None, on_stage: StageHook | None = None) -> DecodeResult:
+    """SPEED: up to G tokens in flight per sequence, one per group; each stage runs every in-flight row once
+    through the Nd shared blocks as one batch, the LM head on every row, then compares, flushes and commits
+    (see reference.pipeline). The output equals `sequential`'s."""
+    cfg = model.config
+    eos_id = cfg.eos_id if eos_id is None else eos_id
+    cache = start(model, prompts, max_new_tokens, encoder_inputs)
+    pipes = [SpeedPipeline(cfg.n_groups, p[-1], len(p) - 1, max_new_tokens, eos_id) for p in prompts]
+    hidden: list[Tensor | None] = [None] * len(prompts)  # residual stream of each sequence's in-flight rows
+    stage = 0
+    while True:
+        active = [b for b, pipe in enumerate(pipes) if not pipe.done]
+        if not active:
+            break
+        staged = {b: pipes[b].begin_stage() for b in active}
+        run = [(b, row) for b in active for row in staged[b]]
+        new = [(b, row) for b, row in run if row.group == 0]  # injected this stage: embed them
+        embedded = model.embed(torch.tensor([row.token for _, row in new], device=cache.k.device)) if new else None
+        pieces, n_new = [], 0
+        for b in active:
+            if hidden[b] is not None:
+                pieces.append(hidden[b])
+            if staged[b][-1].group == 0:
+                pieces.append(embedded[n_new : n_new + 1])
+                n_new += 1
+        h = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        rows = model.rows([b for b, _ in run], [row.position for _, row in run])
+        h = model.run_group(h, rows, [row.group for _, row in run], cache)
+        predictions = _argmax(model.exit_logits(h, rows, [row.group + 1 for _, row in run]))
+        if on_stage is not None:
+            on_stage(stage, run, predictions)
+        offset = 0
+        for b in active:
+            n = len(staged[b])
+            kept = pipes[b].end_stage(predictions[offset : offset + n]).kept
+            rows_b = h[offset : offset + n]
+            hidden[b] = rows_b[kept] if kept.stop > kept.start else None
+            offset += n
+        stage += 1
+    stats = [pipe.stats for pipe in pipes]
+    merged = stats[0]
+    for other in stats[1:]:
+        merged = merged.merge(other)
+    return DecodeResult([pipe.committed for pipe in pipes], cache, stage, merged, stats)

@@ -1,0 +1,443 @@
+"""Trace files: the contract between the decoder (which writes them) and the simulator (which reads them).
+
+Format, version 1
+-----------------
+A trace is gzip-compressed JSON Lines (suffix ``.jsonl.gz``), one JSON object per line, keys in the order of
+the dataclass fields below. Writes are byte-reproducible: no file name or time stamp in the gzip header,
+compact separators, floats as Python prints them. Units: bytes, FLOPs (multiply-add = 2), seconds.
+
+Line 1, the header (`TraceHeader`):
+  format "speed-sim-trace", version 1, model {config field: scalar | null}, decoder "sequential" | "speed",
+  dtype str, batch int >= 1, prompt_lens [int >= 0], max_new_tokens int >= 1, device str ("cpu", "cuda",
+  "meta"), device_name str, torch_version str, code_revision str, flips {"source": str, ...} (where SPEED's
+  changed predictions came from: "model", an oracle's description, or "none"), weights {tensor id (parameter
+  name): {"bytes": int >= 0, "shape": [int >= 0], "dtype": str}}, measured bool (ops carry measured durations),
+  command str (the command line that produced the trace), extra {...} (free-form; optional, default {}).
+Then records, each with a "type" key first:
+  "op" (`OpRecord`), one executed aten op: i (int: 0-based, = the number of op records before it), stage (int),
+  group, depth, layer (int >= 0 or null: layer group, depth, layer within the group), rows (int >= 0), module
+  (str, "" for top level), op (str, e.g. "aten.mm.default"), in_shapes [[int]], in_dtypes [str], out_shapes
+  [[int]], out_dtypes [str], flops, weight_bytes, act_read_bytes, act_write_bytes, kv_read_bytes,
+  kv_write_bytes (int >= 0), weights [weight id] (each a key of header.weights), duration_s (float >= 0 or
+  null; non-null in a measured trace).
+  "stage" (`StageRecord`), written after the ops of its stage: stage (int, strictly increasing through the
+  file), kind "encoder" | "prefill" | "decode" | "speed", rows [[seq, position, group]] (rows in flight),
+  commits [[seq, position, token]], flushes [[seq, exit, rows_flushed]] (all int >= 0), wall_s (float >= 0 or
+  null: measured wall time of the stage).
+  "end", the last line, exactly once: ops (number of op records), stages (number of stage records).
+Ops belong to the stage record that follows them: previous stage record's index < op.stage <= next one's.
+
+Error policy
+------------
+The reader validates everything, as it streams, and raises `TraceError` (a ValueError) naming the file, the
+1-based line and the field for any problem: unknown format or version, missing, unknown or mistyped field,
+unknown record type, out-of-order `i` or stage, unknown weight id, null duration in a measured trace, a file
+that is missing, not gzip, not JSON, or truncated (corrupt compressed data, or no "end" record), and "end"
+counts that do not match. No KeyError, TypeError, EOFError or JSON error escapes. `TraceWriter` validates
+little (the reader is the check) but never leaves a half-written file at its path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import math
+import os
+import secrets
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+TRACE_FORMAT = "speed-sim-trace"
+TRACE_VERSION = 1
+DECODERS = ("sequential", "speed")
+STAGE_KINDS = ("encoder", "prefill", "decode", "speed")
+
+PathLike = str | os.PathLike[str]
+Scalar = str | int | float | bool | None
+Triple = list[int]
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read: `path`, 1-based `line` and `field` say where (None: not applicable)."""
+
+    def __init__(self, path: PathLike, line: int | None, field: str | None, problem: str) -> None:
+        self.path, self.line, self.field, self.problem = os.fspath(path), line, field, problem
+        where = f"trace {self.path}" + (f", line {line}" if line is not None else "")
+        super().__init__(where + (f", field '{field}'" if field is not None else "") + f": {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.line, self.field, self.problem)
+
+
+@dataclass(slots=True, kw_only=True)
+class TraceHeader:
+    """Line 1: what produced the trace (see the module docstring for each field)."""
+
+    format: str = TRACE_FORMAT
+    version: int = TRACE_VERSION
+    model: dict[str, Scalar]
+    decoder: str
+    dtype: str
+    batch: int
+    prompt_lens: list[int]
+    max_new_tokens: int
+    device: str
+    device_name: str
+    torch_version: str
+    code_revision: str
+    flips: dict[str, Any]
+    weights: dict[str, dict[str, Any]]  # id -> {"bytes": int, "shape": list[int], "dtype": str}
+    measured: bool
+    command: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class OpRecord:
+    """One executed aten op; byte counts in bytes, `flops` in FLOPs, `duration_s` in seconds."""
+
+    i: int
+    stage: int
+    group: int | None
+    depth: int | None
+    layer: int | None
+    rows: int
+    module: str
+    op: str
+    in_shapes: list[list[int]]
+    in_dtypes: list[str]
+    out_shapes: list[list[int]]
+    out_dtypes: list[str]
+    flops: int
+    weight_bytes: int
+    act_read_bytes: int
+    act_write_bytes: int
+    kv_read_bytes: int
+    kv_write_bytes: int
+    weights: list[str]
+    duration_s: float | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class StageRecord:
+    """One stage, after its ops: rows [seq, position, group], commits [seq, position, token], flushes
+    [seq, exit, rows_flushed]; `wall_s` in seconds."""
+
+    stage: int
+    kind: str
+    rows: list[Triple]
+    commits: list[Triple]
+    flushes: list[Triple]
+    wall_s: float | None = None
+
+
+@dataclass(slots=True)
+class Trace:
+    """A whole trace in memory. `ops_of_stage` uses an index built at construction (do not mutate `ops`)."""
+
+    header: TraceHeader
+    ops: list[OpRecord]
+    stages: list[StageRecord]
+    _by_stage: dict[int, list[OpRecord]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_stage = {}
+        for op in self.ops:
+            self._by_stage.setdefault(op.stage, []).append(op)
+
+    def ops_of_stage(self, stage: int) -> list[OpRecord]:
+        """The op records of stage `stage`, in file order (a shared list: do not modify)."""
+        return self._by_stage.get(stage, [])
+
+    @property
+    def total_flops(self) -> int:
+        """FLOPs of all ops."""
+        return sum(op.flops for op in self.ops)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all ops: weights + activations read and written + KV cache read and written."""
+        return sum(op.weight_bytes + op.act_read_bytes + op.act_write_bytes + op.kv_read_bytes + op.kv_write_bytes
+                   for op in self.ops)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (TraceHeader, OpRecord, StageRecord)}
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _line(obj: Any, kind: str | None) -> str:
+    d: dict[str, Any] = {"type": kind} if kind else {}
+    for name in _FIELDS[type(obj)]:
+        d[name] = getattr(obj, name)
+    return _ENCODER.encode(d) + "\n"
+
+
+class TraceWriter:
+    """Write a trace to `path` through a temp file in the same directory, moved onto `path` by `close()`
+    (on normal exit of a `with` block); `abort()` (on an exception) deletes it, leaving `path` untouched."""
+
+    def __init__(self, path: PathLike, header: TraceHeader) -> None:
+        self.path = Path(path)
+        self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        self._raw = open(self._tmp, "xb")  # noqa: SIM115 (closed by close/abort)
+        gz = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="")
+        self._out = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
+        self._ops = self._stages = 0
+        try:
+            self._out.write(_line(header, None))
+        except BaseException:
+            self.abort()
+            raise
+
+    def op(self, record: OpRecord) -> None:
+        """Append an op record (the caller sets `record.i`)."""
+        self._out.write(_line(record, "op"))
+        self._ops += 1
+
+    def stage(self, record: StageRecord) -> None:
+        """Append a stage record, after the ops of that stage."""
+        self._out.write(_line(record, "stage"))
+        self._stages += 1
+
+    def close(self) -> None:
+        """Write the end record and move the finished file onto `path`."""
+        try:
+            self._out.write(_ENCODER.encode({"type": "end", "ops": self._ops, "stages": self._stages}) + "\n")
+            self._out.close()  # flushes the gzip trailer; leaves self._raw open
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Discard what was written; `path` is left as it was."""
+        with contextlib.suppress(Exception):
+            self._out.close()
+        self._raw.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+Check = Callable[[Any], bool]
+
+
+def _nat(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _opt_nat(v: Any) -> bool:
+    return v is None or (type(v) is int and v >= 0)
+
+
+def _str(v: Any) -> bool:
+    return type(v) is str
+
+
+def _opt_seconds(v: Any) -> bool:
+    return v is None or (type(v) in (float, int) and 0 <= v < math.inf)
+
+
+def _ints(v: Any) -> bool:
+    return type(v) is list and all(type(x) is int and x >= 0 for x in v)
+
+
+def _shapes(v: Any) -> bool:
+    return type(v) is list and all(_ints(s) for s in v)
+
+
+def _strs(v: Any) -> bool:
+    return type(v) is list and all(type(x) is str for x in v)
+
+
+def _triples(v: Any) -> bool:
+    return type(v) is list and all(_ints(t) and len(t) == 3 for t in v)
+
+
+def _weight(v: Any) -> bool:
+    return (type(v) is dict and v.keys() == {"bytes", "shape", "dtype"} and _nat(v["bytes"]) and _ints(v["shape"])
+            and _str(v["dtype"]))
+
+
+_NAT, _OPT_NAT, _STR = (_nat, "an integer >= 0"), (_opt_nat, "an integer >= 0 or null"), (_str, "a string")
+_SECONDS = (_opt_seconds, "a number >= 0 or null")
+_HEADER: dict[str, tuple[Check, str]] = {
+    "format": (_str, "a string"), "version": (_nat, "an integer"),
+    "model": (lambda v: type(v) is dict and all(x is None or type(x) in (str, int, float, bool) for x in v.values()),
+              "an object of scalars"),
+    "decoder": (lambda v: v in DECODERS, f"one of {DECODERS}"), "dtype": _STR,
+    "batch": (lambda v: type(v) is int and v >= 1, "an integer >= 1"), "prompt_lens": (_ints, "a list of integers >= 0"),
+    "max_new_tokens": (lambda v: type(v) is int and v >= 1, "an integer >= 1"), "device": _STR, "device_name": _STR,
+    "torch_version": _STR, "code_revision": _STR,
+    "flips": (lambda v: type(v) is dict and type(v.get("source")) is str, "an object with a string 'source'"),
+    "weights": (lambda v: type(v) is dict and all(map(_weight, v.values())),
+                "an object of {id: {bytes: int >= 0, shape: [int >= 0], dtype: str}}"),
+    "measured": (lambda v: type(v) is bool, "true or false"), "command": _STR,
+    "extra": (lambda v: type(v) is dict, "an object"),
+}
+_OP: dict[str, tuple[Check, str]] = {
+    "i": _NAT, "stage": _NAT, "group": _OPT_NAT, "depth": _OPT_NAT, "layer": _OPT_NAT, "rows": _NAT, "module": _STR, "op": _STR,
+    "in_shapes": (_shapes, "a list of shapes"), "in_dtypes": (_strs, "a list of strings"),
+    "out_shapes": (_shapes, "a list of shapes"), "out_dtypes": (_strs, "a list of strings"),
+    "flops": _NAT, "weight_bytes": _NAT, "act_read_bytes": _NAT, "act_write_bytes": _NAT, "kv_read_bytes": _NAT,
+    "kv_write_bytes": _NAT, "weights": (_strs, "a list of weight ids"), "duration_s": _SECONDS,
+}
+_TRIPLES = (_triples, "a list of [int, int, int] with ints >= 0")
+_STAGE: dict[str, tuple[Check, str]] = {
+    "stage": _NAT, "kind": (lambda v: v in STAGE_KINDS, f"one of {STAGE_KINDS}"), "rows": _TRIPLES,
+    "commits": _TRIPLES, "flushes": _TRIPLES, "wall_s": _SECONDS,
+}
+_END: dict[str, tuple[Check, str]] = {"ops": _NAT, "stages": _NAT}
+_MISSING = object()
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check(obj: dict[str, Any], schema: dict[str, tuple[Check, str]], path: PathLike, line: int) -> None:
+    for name, (ok, desc) in schema.items():
+        v = obj.get(name, _MISSING)
+        if v is _MISSING:
+            raise TraceError(path, line, name, "missing")
+        if not ok(v):
+            raise TraceError(path, line, name, f"expected {desc}, got {_show(v)}")
+    if len(obj) != len(schema):
+        raise TraceError(path, line, next(k for k in obj if k not in schema), "unknown field")
+
+
+def _open(path: PathLike) -> None:
+    """Raise TraceError if `path` cannot be opened or is not gzip."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except FileNotFoundError:
+        raise TraceError(path, None, None, "no such file") from None
+    except OSError as e:
+        raise TraceError(path, None, None, f"cannot open: {e.strerror or e}") from None
+    if magic != b"\x1f\x8b":
+        raise TraceError(path, None, None, "not a gzip file")
+
+
+def _lines(path: PathLike) -> Iterator[tuple[int, Any]]:
+    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        line = 0
+        while True:
+            try:
+                data = gz.readline()
+            except (EOFError, OSError, zlib.error) as e:
+                raise TraceError(path, line + 1, None, f"truncated or corrupt compressed data ({e})") from None
+            if not data:
+                return
+            line += 1
+            try:
+                obj = json.loads(data)
+            except ValueError as e:
+                raise TraceError(path, line, None, f"not valid JSON ({e})") from None
+            if type(obj) is not dict:
+                raise TraceError(path, line, None, f"expected a JSON object, got {_show(obj)}")
+            yield line, obj
+
+
+def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
+    if obj.get("format") != TRACE_FORMAT:
+        raise TraceError(path, line, "format", f"expected {TRACE_FORMAT!r}, got {_show(obj.get('format'))}")
+    if type(obj.get("version")) is not int or obj["version"] != TRACE_VERSION:
+        raise TraceError(path, line, "version",
+                         f"unsupported version {_show(obj.get('version'))} (this reader reads {TRACE_VERSION})")
+    obj.setdefault("extra", {})
+    _check(obj, _HEADER, path, line)
+    return TraceHeader(**obj)
+
+
+def _records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise TraceError(path, 1, None, "truncated: empty file, no header")
+    header = _header(path, *first)
+    yield header
+    n_ops = n_stages = 0
+    last, pending = -1, -1  # index of the last stage record; highest stage of the ops since then
+    line, ended = 1, False
+    for line, obj in lines:
+        if ended:
+            raise TraceError(path, line, None, "record after the end record")
+        kind = obj.pop("type", _MISSING)
+        if kind == "op":
+            _check(obj, _OP, path, line)
+            op = OpRecord(**obj)
+            if op.i != n_ops:
+                raise TraceError(path, line, "i", f"expected {n_ops} (the number of op records before it), got {op.i}")
+            if op.stage <= last:
+                raise TraceError(path, line, "stage", f"expected > {last} (the previous stage record), got {op.stage}")
+            for w in op.weights:
+                if w not in header.weights:
+                    raise TraceError(path, line, "weights", f"unknown weight id {w!r} (not in the header's weights)")
+            if op.duration_s is None and header.measured:
+                raise TraceError(path, line, "duration_s", "expected a number >= 0 in a measured trace, got null")
+            pending = max(pending, op.stage)
+            n_ops += 1
+            yield op
+        elif kind == "stage":
+            _check(obj, _STAGE, path, line)
+            st = StageRecord(**obj)
+            if st.stage <= last or st.stage < pending:
+                bound = f"> {last} (the previous stage record)" if st.stage <= last else f">= {pending} (its ops)"
+                raise TraceError(path, line, "stage", f"expected {bound}, got {st.stage}")
+            last, pending = st.stage, -1
+            n_stages += 1
+            yield st
+        elif kind == "end":
+            _check(obj, _END, path, line)
+            for name, n in (("ops", n_ops), ("stages", n_stages)):
+                if obj[name] != n:
+                    raise TraceError(path, line, name, f"expected {n} (the {name[:-1]} records read), got {obj[name]}")
+            if pending >= 0:
+                raise TraceError(path, line, None, f"op records of stage {pending} have no stage record")
+            ended = True
+        else:
+            problem = "missing" if kind is _MISSING else f"expected 'op', 'stage' or 'end', got {_show(kind)}"
+            raise TraceError(path, line, "type", problem)
+    if not ended:
+        raise TraceError(path, line + 1, None, "truncated: no end record")
+
+
+def iter_records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
+    """Stream a trace, validating as it goes: the header, then op and stage records in file order.
+    A missing or non-gzip file raises TraceError here; other problems when the reader reaches them."""
+    _open(path)
+    return _records(path)
+
+
+def read_trace(path: PathLike) -> Trace:
+    """Read and validate a whole trace file."""
+    records = iter_records(path)
+    header = next(records)
+    assert isinstance(header, TraceHeader)
+    ops: list[OpRecord] = []
+    stages: list[StageRecord] = []
+    for rec in records:
+        (ops if type(rec) is OpRecord else stages).append(rec)  # type: ignore[arg-type]
+    return Trace(header, ops, stages)

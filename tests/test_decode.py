@@ -1,0 +1,108 @@
+"""SPEED decoding is exact: its output, and its KV cache over committed positions, equal sequential greedy
+decoding's, for any config, prompt, length, EOS and early-exit quality."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import PredictorModel, tiny_configs
+
+from reference import decode
+from reference.config import get_preset
+from reference.model import SharedDecoder
+
+
+def committed_span(prompt: list[int], tokens: list[int]) -> int:
+    """Positions whose keys/values a decode writes: the prompt and every generated token but the last."""
+    return len(prompt) + len(tokens) - 1
+
+
+@settings(max_examples=200)
+@given(cfg=tiny_configs(), data=st.data())
+def test_speed_equals_sequential(cfg, data):
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    mode = data.draw(st.sampled_from(["model", "oracle", "random", "mixed"]), label="early exits")
+    batch = data.draw(st.integers(1, 3), label="batch")
+    prompts = [data.draw(st.lists(st.integers(0, cfg.vocab_size - 1), min_size=1, max_size=6), label="prompt")
+               for _ in range(batch)]
+    sources = None
+    if cfg.is_encoder_decoder:
+        sources = [data.draw(st.lists(st.integers(0, cfg.vocab_size - 1), min_size=1, max_size=6), label="source")
+                   for _ in range(batch)]
+    n = data.draw(st.integers(1, 16), label="max_new_tokens")
+    model = PredictorModel(cfg, mode, seed)
+
+    # EOS placement: none, or a token the sequence really produces at a chosen step
+    free = decode.sequential(model, prompts, n, eos_id=-1, encoder_inputs=sources)
+    eos = -1
+    if data.draw(st.booleans(), label="with eos"):
+        eos = free.tokens[0][data.draw(st.integers(0, n - 1), label="eos step")]
+    ref = decode.sequential(model, prompts, n, eos_id=eos, encoder_inputs=sources)
+    model.truth = {(b, len(p) - 1 + k): t for b, p in enumerate(prompts) for k, t in enumerate(ref.tokens[b])}
+
+    out = decode.speed(model, prompts, n, eos_id=eos, encoder_inputs=sources)
+
+    assert out.tokens == ref.tokens
+    for b, prompt in enumerate(prompts):
+        span = committed_span(prompt, ref.tokens[b])
+        torch.testing.assert_close(out.cache.k[:, b, :, :span], ref.cache.k[:, b, :, :span], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out.cache.v[:, b, :, :span], ref.cache.v[:, b, :, :span], rtol=1e-9, atol=1e-9)
+    stats = out.stats
+    assert stats.injected == stats.committed + stats.flushed
+    assert stats.committed == sum(len(t) for t in ref.tokens)
+    if mode == "oracle":  # a perfect predictor never flushes: fill + drain is the only overhead
+        assert stats.flushed == 0
+        assert [s.stages for s in out.per_sequence] == [len(t) + cfg.n_groups - 1 for t in ref.tokens]
+
+
+@settings(max_examples=30)
+@given(cfg=tiny_configs(max_groups=1), seed=st.integers(0, 2**16), n=st.integers(1, 12))
+def test_one_group_is_sequential_stage_for_stage(cfg, seed, n):
+    model = SharedDecoder(cfg, dtype=torch.float64, seed=seed)
+    prompts = [[1, 2, 3], [4]]
+    sources = [[5, 6], [7, 8, 9]] if cfg.is_encoder_decoder else None
+    logs = {}
+    for name, fn in (("sequential", decode.sequential), ("speed", decode.speed)):
+        log = []
+        fn(model, prompts, n, encoder_inputs=sources,
+           on_stage=lambda i, run, preds, log=log: log.append((i, [(b, r.position, r.token) for b, r in run], preds)))
+        logs[name] = log
+    assert logs["speed"] == logs["sequential"]
+
+
+@settings(max_examples=40)
+@given(cfg=tiny_configs(), seed=st.integers(0, 2**16), n=st.integers(1, 12), data=st.data())
+def test_cached_decoding_equals_teacher_forced_argmax(cfg, seed, n, data):
+    model = SharedDecoder(cfg, dtype=torch.float64, seed=seed)
+    prompt = data.draw(st.lists(st.integers(0, cfg.vocab_size - 1), min_size=1, max_size=6))
+    source = [3, 1, 4, 1, 5] if cfg.is_encoder_decoder else None
+    out = decode.sequential(model, [prompt], n, eos_id=-1, encoder_inputs=source and [source])
+    full = torch.tensor([prompt + out.tokens[0][:-1]])
+    logits, _ = model(full, encoder_tokens=None if source is None else torch.tensor([source]))
+    assert logits[-1, 0, len(prompt) - 1 :].argmax(-1).tolist() == out.tokens[0]
+
+
+def test_decoding_refuses_bad_input():
+    model = SharedDecoder(get_preset("tiny-2x3"), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"prompts\[0\] is empty"):
+        decode.speed(model, [[]], 4)
+    with pytest.raises(ValueError, match="max_seq_len = 512"):
+        decode.sequential(model, [[1] * 500], 20)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 256\)"):
+        decode.speed(model, [[1, 999]], 4)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decode.speed(model, [[1]], 0)
+    with pytest.raises(ValueError, match="decoder-only"):
+        decode.speed(model, [[1]], 3, encoder_inputs=[[1]])
+    t5 = SharedDecoder(get_preset("tiny-t5-2x3"), dtype=torch.float64)
+    with pytest.raises(ValueError, match="encoder_inputs must give one input per prompt"):
+        decode.speed(t5, [[0]], 3)
+
+
+def test_random_early_exits_flush_but_stay_exact():
+    cfg = get_preset("tiny-4x3")
+    model = PredictorModel(cfg, "random", seed=3)
+    ref = decode.sequential(model, [[5, 6, 7]], 24, eos_id=-1)
+    out = decode.speed(model, [[5, 6, 7]], 24, eos_id=-1)
+    assert out.tokens == ref.tokens
+    assert out.stats.flushed > 0 and out.stats.row_passes_wasted > 0
