@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -19,8 +20,20 @@ from torch import Tensor
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import PipelineStats, Row, SpeedPipeline
 
-# Called after every stage or step: (stage index, rows run as (seq, Row) pairs, predictions).
-StageHook = Callable[[int, list[tuple[int, Row]], list[int]], None]
+# Says what a row predicts at an exit instead of the argmax (the meta device has no values): (seq, row, exit)
+# -> token. row.guess is the row's previous prediction (None at its first exit). See reference.flips.
+Predictor = Callable[[int, Row, int], int]
+
+
+class StageObserver(Protocol):
+    """Told where each stage begins and ends (tracing, measuring, tests). Stage kinds: "encoder" and
+    "prefill" (one per sequence, before decoding), then "decode" steps (sequential) or "speed" stages."""
+
+    def begin(self, kind: str) -> None: ...
+
+    def end(self, rows: list[tuple[int, Row]], predictions: list[int], commits: list[tuple[int, int, int]],
+            flushes: list[tuple[int, int, int]]) -> None:
+        """rows: (seq, row) as run; commits: (seq, position, token); flushes: (seq, exit, rows flushed)."""
 
 
 @dataclass
@@ -63,7 +76,7 @@ def _check_inputs(model: SharedDecoder, prompts: list[list[int]], max_new_tokens
 
 
 def start(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int,
-          encoder_inputs: list[list[int]] | None = None) -> KVCache:
+          encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None) -> KVCache:
     """Validate inputs, allocate the cache, encode, and prefill every prompt but its last token."""
     _check_inputs(model, prompts, max_new_tokens, encoder_inputs)
     max_len = max(len(p) for p in prompts) + max_new_tokens - 1
@@ -71,24 +84,39 @@ def start(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int,
     cache = model.new_cache(len(prompts), max_len, encoder_len)
     for b, prompt in enumerate(prompts):
         if encoder_inputs is not None:
-            model.encode_into(cache, b, encoder_inputs[b])
+            _observed(observer, "encoder", lambda b=b: model.encode_into(cache, b, encoder_inputs[b]))
         if len(prompt) > 1:
-            model.prefill(cache, b, prompt[:-1])
+            _observed(observer, "prefill", lambda b=b, prompt=prompt: model.prefill(cache, b, prompt[:-1]))
     return cache
 
 
-def _argmax(logits: Tensor) -> list[int]:
-    return logits.argmax(dim=-1).tolist()
+def _observed(observer: StageObserver | None, kind: str, work: Callable[[], None]) -> None:
+    if observer is not None:
+        observer.begin(kind)
+    work()
+    if observer is not None:
+        observer.end([], [], [], [])
+
+
+def _predict(logits: Tensor, run: list[tuple[int, Row]], exits: list[int], predictor: Predictor | None) -> list[int]:
+    """The argmax of every row, or the predictor's word where one is given. The argmax and its copy to the host
+    still run (but on the meta device, which has no values), so a run with a predictor does the same work."""
+    argmax = logits.argmax(dim=-1)
+    values = argmax.tolist() if argmax.device.type != "meta" else None
+    if predictor is None:
+        return values
+    return [predictor(seq, row, exit_) for (seq, row), exit_ in zip(run, exits)]
 
 
 @torch.inference_mode()
 def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
-               encoder_inputs: list[list[int]] | None = None, on_stage: StageHook | None = None) -> DecodeResult:
+               encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None,
+               predictor: Predictor | None = None) -> DecodeResult:
     """Greedy decoding, each token through all N = Nd * G layers before the next starts. `eos_id` defaults to
     the config's; generation of a sequence stops after EOS or max_new_tokens."""
     cfg = model.config
     eos_id = cfg.eos_id if eos_id is None else eos_id
-    cache = start(model, prompts, max_new_tokens, encoder_inputs)
+    cache = start(model, prompts, max_new_tokens, encoder_inputs, observer)
     inputs = [(len(p) - 1, p[-1]) for p in prompts]  # per sequence: (position, token) of the next row
     tokens: list[list[int]] = [[] for _ in prompts]
     step = 0
@@ -97,31 +125,34 @@ def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: i
                   if len(out) < max_new_tokens and not (out and out[-1] == eos_id)]
         if not active:
             break
-        positions = [inputs[b][0] for b in active]
-        rows = model.rows(active, positions)
-        h = model.embed(torch.tensor([inputs[b][1] for b in active], device=cache.k.device))
+        if observer is not None:
+            observer.begin("decode")
+        run = [(b, Row(*inputs[b], group=cfg.n_groups)) for b in active]  # a step runs every group
+        rows = model.rows(active, [row.position for _, row in run])
+        h = model.embed(torch.tensor([row.token for _, row in run], device=cache.k.device))
         for group in range(cfg.n_groups):
             h = model.run_group(h, rows, [group] * len(active), cache)
-        predictions = _argmax(model.exit_logits(h, rows, [cfg.n_groups] * len(active)))
-        if on_stage is not None:
-            run = [(b, Row(inputs[b][0], inputs[b][1], cfg.n_groups, p)) for b, p in zip(active, predictions)]
-            on_stage(step, run, predictions)
-        for b, prediction in zip(active, predictions):
+        exits = [cfg.n_groups] * len(active)
+        predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+        for (b, row), prediction in zip(run, predictions):
             tokens[b].append(prediction)
-            inputs[b] = (inputs[b][0] + 1, prediction)
+            inputs[b] = (row.position + 1, prediction)
+        if observer is not None:
+            observer.end(run, predictions, [(b, row.position + 1, p) for (b, row), p in zip(run, predictions)], [])
         step += 1
     return DecodeResult(tokens, cache, step)
 
 
 @torch.inference_mode()
 def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
-          encoder_inputs: list[list[int]] | None = None, on_stage: StageHook | None = None) -> DecodeResult:
+          encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None,
+          predictor: Predictor | None = None) -> DecodeResult:
     """SPEED: up to G tokens in flight per sequence, one per group; each stage runs every in-flight row once
     through the Nd shared blocks as one batch, the LM head on every row, then compares, flushes and commits
     (see reference.pipeline). The output equals `sequential`'s."""
     cfg = model.config
     eos_id = cfg.eos_id if eos_id is None else eos_id
-    cache = start(model, prompts, max_new_tokens, encoder_inputs)
+    cache = start(model, prompts, max_new_tokens, encoder_inputs, observer)
     pipes = [SpeedPipeline(cfg.n_groups, p[-1], len(p) - 1, max_new_tokens, eos_id) for p in prompts]
     hidden: list[Tensor | None] = [None] * len(prompts)  # residual stream of each sequence's in-flight rows
     stage = 0
@@ -129,6 +160,8 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
         active = [b for b, pipe in enumerate(pipes) if not pipe.done]
         if not active:
             break
+        if observer is not None:
+            observer.begin("speed")
         staged = {b: pipes[b].begin_stage() for b in active}
         run = [(b, row) for b in active for row in staged[b]]
         new = [(b, row) for b, row in run if row.group == 0]  # injected this stage: embed them
@@ -143,16 +176,21 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
         h = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         rows = model.rows([b for b, _ in run], [row.position for _, row in run])
         h = model.run_group(h, rows, [row.group for _, row in run], cache)
-        predictions = _argmax(model.exit_logits(h, rows, [row.group + 1 for _, row in run]))
-        if on_stage is not None:
-            on_stage(stage, run, predictions)
-        offset = 0
+        exits = [row.group + 1 for _, row in run]
+        predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+        offset, commits, flushes = 0, [], []
         for b in active:
             n = len(staged[b])
-            kept = pipes[b].end_stage(predictions[offset : offset + n]).kept
-            rows_b = h[offset : offset + n]
-            hidden[b] = rows_b[kept] if kept.stop > kept.start else None
+            outcome = pipes[b].end_stage(predictions[offset : offset + n])
+            kept = outcome.kept
+            hidden[b] = h[offset : offset + n][kept] if kept.stop > kept.start else None
+            if outcome.committed is not None:
+                commits.append((b, staged[b][0].position + 1, outcome.committed))
+            if outcome.flushed:
+                flushes.append((b, outcome.flush_exit, outcome.flushed))
             offset += n
+        if observer is not None:
+            observer.end(run, predictions, commits, flushes)
         stage += 1
     stats = [pipe.stats for pipe in pipes]
     merged = stats[0]

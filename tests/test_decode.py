@@ -9,6 +9,7 @@ from strategies import PredictorModel, tiny_configs
 
 from reference import decode
 from reference.config import get_preset
+from reference.flips import FlipOracle, FlipReplay
 from reference.model import SharedDecoder
 
 
@@ -63,11 +64,52 @@ def test_one_group_is_sequential_stage_for_stage(cfg, seed, n):
     sources = [[5, 6], [7, 8, 9]] if cfg.is_encoder_decoder else None
     logs = {}
     for name, fn in (("sequential", decode.sequential), ("speed", decode.speed)):
-        log = []
-        fn(model, prompts, n, encoder_inputs=sources,
-           on_stage=lambda i, run, preds, log=log: log.append((i, [(b, r.position, r.token) for b, r in run], preds)))
-        logs[name] = log
-    assert logs["speed"] == logs["sequential"]
+        logs[name] = StageLog()
+        fn(model, prompts, n, encoder_inputs=sources, observer=logs[name])
+    setup = ["encoder", "prefill", "encoder"] if cfg.is_encoder_decoder else ["prefill"]  # prompt [4] needs none
+    assert logs["speed"].kinds == setup + ["speed"] * len(logs["speed"].stages)
+    assert logs["sequential"].kinds == setup + ["decode"] * len(logs["sequential"].stages)
+    assert logs["speed"].stages == logs["sequential"].stages
+
+
+class StageLog:
+    """A StageObserver that keeps what every stage ran and committed."""
+
+    def __init__(self) -> None:
+        self.kinds, self.stages = [], []
+
+    def begin(self, kind):
+        self.kinds.append(kind)
+
+    def end(self, rows, predictions, commits, flushes):
+        if rows:
+            self.stages.append(([(b, r.position, r.token) for b, r in rows], predictions, commits, flushes))
+
+
+def test_flip_oracle_drives_speed_without_reading_values():
+    cfg = get_preset("tiny-2x3")
+    model = SharedDecoder(cfg, dtype=torch.float64)
+    out = decode.speed(model, [[3, 4]], 200, predictor=FlipOracle([0.3, 0.2], cfg.vocab_size, seed=1, avoid=[1]))
+    rates = out.stats.flip_rates
+    assert len(out.tokens[0]) == 200 and 1 not in out.tokens[0]  # EOS avoided: full length
+    assert 0.2 < rates[1] < 0.4 and 0.1 < rates[2] < 0.3
+    # the same oracle seed gives the same run; a replay of its predictions gives the same flushes
+    log = StageLog()
+    again = decode.speed(model, [[3, 4]], 200, predictor=FlipOracle([0.3, 0.2], cfg.vocab_size, seed=1, avoid=[1]),
+                         observer=log)
+    assert again.tokens == out.tokens
+    replay = FlipReplay([p for _, preds, _, _ in log.stages for p in preds], source="test")
+    replayed = decode.speed(model, [[3, 4]], 200, predictor=replay)
+    assert replayed.tokens == out.tokens and replayed.stats == out.stats
+
+
+def test_flip_profiles_of_the_paper():
+    oracle = FlipOracle.from_profile("t5-base-4x3", vocab_size=100)
+    assert oracle.rates == [0.09, 0.04] and "Figure 4" in oracle.source
+    with pytest.raises(ValueError, match="no profile 't5-base-9x9'; profiles: t5-base-4x3"):
+        FlipOracle.from_profile("t5-base-9x9", vocab_size=100)
+    with pytest.raises(ValueError, match=r"flip rates must lie in \[0, 1\]"):
+        FlipOracle([1.5], 10)
 
 
 @settings(max_examples=40)
