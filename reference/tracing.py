@@ -357,13 +357,16 @@ def workload(cfg: Any, batch: int, prompt_len: int, source_len: int, seed: int =
     return [tokens(prompt_len) for _ in range(batch)], None
 
 
-def flip_oracle(cfg: Any, flips: str | None, seed: int = 0) -> FlipOracle:
+def flip_oracle(cfg: Any, flips: str | None, seed: int = 0, sequential: bool = False) -> FlipOracle | None:
     """The predictor of a traced run: a named profile of data/flips/paper-fig4.yaml, comma-separated rates
-    ("0.09,0.04"), or, when None, the profile named like the preset (zero flips when G = 1)."""
+    ("0.09,0.04"), "model" (None: the model's own argmax; needs values, so not on meta), or, when None, the
+    profile named like the preset (zero flips when G = 1)."""
+    if flips == "model":
+        return None
     avoid = [cfg.eos_id] if cfg.eos_id is not None else []
     if flips is None:
-        if cfg.n_groups == 1:
-            return FlipOracle([], cfg.vocab_size, seed, avoid, source="none (G = 1)")
+        if cfg.n_groups == 1 or sequential:  # every prediction is a final one: no flips to draw
+            return FlipOracle([], cfg.vocab_size, seed, avoid, source="none (no early exits read)")
         flips = cfg.name
     if re.fullmatch(r"[0-9.eE+-]+(,[0-9.eE+-]+)*", flips):
         rates = [float(r) for r in flips.split(",")]
@@ -375,7 +378,7 @@ def flip_oracle(cfg: Any, flips: str | None, seed: int = 0) -> FlipOracle:
 
 
 def header(model: SharedDecoder, capture: OpCapture, decoder: str, prompts: list[list[int]], tokens: int,
-           predictor: FlipOracle, device: str, measured: bool, command: str, extra: dict | None = None
+           predictor: FlipOracle | None, device: str, measured: bool, command: str, extra: dict | None = None
            ) -> TraceHeader:
     p = next(model.parameters())
     if device.startswith("cuda"):
@@ -384,7 +387,10 @@ def header(model: SharedDecoder, capture: OpCapture, decoder: str, prompts: list
         device_name = "meta (shapes only)"
     else:
         device_name = f"cpu ({torch.get_num_threads()} threads)"
-    flips = predictor.describe() if decoder == "speed" else {"source": "none"}
+    if decoder == "sequential":
+        flips = {"source": "none"}
+    else:
+        flips = predictor.describe() if predictor is not None else {"source": "model"}
     return TraceHeader(
         model=dict(vars(model.config)),
         decoder=decoder, dtype=str(p.dtype)[6:], batch=len(prompts), prompt_lens=[len(x) for x in prompts],
@@ -405,16 +411,17 @@ def capture_trace(preset: str, decoder: str, tokens: int, out: Path, device: str
                   command: str = "") -> tuple[OpCapture, float]:
     """Trace one decoding run of a preset and write it to `out`. Returns the capture and its time in s."""
     cfg = get_preset(preset)
+    predictor = flip_oracle(cfg, flips, seed, decoder == "sequential")
+    if predictor is None and device == "meta":
+        raise ValueError("--flips model needs real values: the meta device has none; give a profile or rates")
     model = SharedDecoder(cfg, device=device, dtype=dtype, seed=seed)
     prompts, sources = workload(cfg, batch, prompt_len, source_len, seed)
-    predictor = flip_oracle(cfg, flips, seed)
     capture = OpCapture(model)
     t0 = time.perf_counter()
     with capture.attached():
         run_decoder(model, decoder, prompts, tokens, sources, predictor, observer=capture)
     elapsed = time.perf_counter() - t0
-    write_trace(out, header(model, capture, decoder, prompts, tokens, flip_oracle(cfg, flips, seed), device, False,
-                            command), capture)
+    write_trace(out, header(model, capture, decoder, prompts, tokens, predictor, device, False, command), capture)
     return capture, elapsed
 
 
