@@ -40,7 +40,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from reference import decode
-from reference.config import PRESETS, get_preset
+from reference.config import PRESETS, ModelConfig, get_preset
 from reference.flips import FlipOracle
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
@@ -405,12 +405,13 @@ def run_decoder(model: SharedDecoder, decoder: str, prompts: list[list[int]], to
     return fn(model, prompts, tokens, encoder_inputs=encoder_inputs, observer=observer, predictor=predictor)
 
 
-def capture_trace(preset: str, decoder: str, tokens: int, out: Path, device: str = "meta",
+def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Path, device: str = "meta",
                   dtype: torch.dtype = torch.bfloat16, batch: int = 1, prompt_len: int = 16,
                   source_len: int = DEFAULT_SOURCE_LEN, flips: str | None = None, seed: int = 0,
                   command: str = "") -> tuple[OpCapture, float]:
-    """Trace one decoding run of a preset and write it to `out`. Returns the capture and its time in s."""
-    cfg = get_preset(preset)
+    """Trace one decoding run of a preset (or a config) and write it to `out`. Returns the capture and its time
+    in s."""
+    cfg = preset if isinstance(preset, ModelConfig) else get_preset(preset)
     predictor = flip_oracle(cfg, flips, seed, decoder == "sequential")
     if predictor is None and device == "meta":
         raise ValueError("--flips model needs real values: the meta device has none; give a profile or rates")

@@ -1,0 +1,234 @@
+"""Hardware descriptions: peak figures (from datasheets, each with a source) kept apart from efficiency factors
+(fitted by calibration), loaded from `hwconfigs/*.yaml` and validated.
+
+Every malformed file gets a `HwConfigError` naming the file and the dotted field: missing, unknown, negative,
+zero where a positive figure is needed, mistyped, or an efficiency outside (0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where 1.41e9 (no sign, no dot before the exponent) is a string; read it as the
+    number everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
+               r"|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+HWCONFIG_DIR = Path(__file__).resolve().parent.parent / "hwconfigs"
+KINDS = ("gpu", "edge", "cpu")
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+class HwConfigError(ValueError):
+    """A hwconfig that cannot be used; `path` and `field` (dotted) say where."""
+
+    def __init__(self, path: str | os.PathLike[str], field: str | None, problem: str) -> None:
+        self.path, self.field = os.fspath(path), field
+        super().__init__(f"hwconfig {self.path}" + (f", field '{field}'" if field else "") + f": {problem}")
+
+
+@dataclass(frozen=True)
+class Peak:
+    clock_hz: float  # core clock: simulated time is counted in these cycles
+    compute_units: int  # SMs (GPU) or cores (CPU)
+    matrix_flops_per_s: dict[str, float]  # dense matrix-unit FLOP/s per dtype, whole chip
+    vector_flops_per_s: dict[str, float]  # non-matrix FLOP/s per dtype, whole chip
+    dram_bandwidth_bytes_per_s: float
+    dram_capacity_bytes: float
+    l2_capacity_bytes: float  # last-level on-chip cache (CPU: L3)
+    l2_bandwidth_bytes_per_s: float
+
+
+@dataclass(frozen=True)
+class Host:
+    launch_eager_s: float  # host time per kernel in eager mode (framework dispatch + launch)
+    launch_graph_s: float  # device-side gap per kernel when the stage is replayed as a graph
+    kernel_min_s: float  # shortest kernel on the device (an empty kernel, launch to completion)
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Achieved / peak, in (0, 1]: fitted by calibration, never part of the peak figures."""
+
+    matrix: float
+    vector: float
+    dram: float
+    l2: float
+
+
+@dataclass(frozen=True)
+class Tile:
+    m: int  # matmul output tile one compute unit computes per wave
+    n: int
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    name: str
+    kind: str
+    peak: Peak
+    host: Host
+    efficiency: Efficiency
+    tile: Tile
+    sources: dict[str, str]
+    path: str = ""
+    notes: str = ""
+
+    def matrix_flops(self, dtype: str) -> float:
+        return self.peak.matrix_flops_per_s.get(dtype, self.peak.matrix_flops_per_s["float32"])
+
+    def vector_flops(self, dtype: str) -> float:
+        return self.peak.vector_flops_per_s.get(dtype, self.peak.vector_flops_per_s["float32"])
+
+    def cycles(self, seconds: float) -> int:
+        """Seconds -> whole core-clock cycles, rounded up (a partial cycle still costs one)."""
+        return -int(-seconds * self.peak.clock_hz // 1)
+
+    def with_overrides(self, overrides: dict[str, str]) -> HwConfig:
+        """A copy with dotted fields replaced ("peak.dram_bandwidth_bytes_per_s" -> "4e12"), validated again."""
+        raw = to_dict(self)
+        for key, text in overrides.items():
+            node, parts = raw, key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise HwConfigError(self.path, key, f"no such field (fields: {', '.join(_leaves(raw))})")
+                node = node[part]
+            if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+                raise HwConfigError(self.path, key, f"no such field (fields: {', '.join(_leaves(raw))})")
+            node[parts[-1]] = yaml.load(text, Loader=_Loader)
+        units = raw["peak"]["compute_units"]
+        if "peak.compute_units" in overrides and isinstance(units, int) and units > 0:
+            # more units of the same kind: the chip's peak rates grow with them (unless set explicitly)
+            for rates in ("matrix_flops_per_s", "vector_flops_per_s"):
+                if not any(k.startswith(f"peak.{rates}") for k in overrides):
+                    raw["peak"][rates] = {d: r * units / self.peak.compute_units for d, r in raw["peak"][rates].items()}
+        return parse(raw, f"{self.path} with --set {' '.join(f'{k}={v}' for k, v in overrides.items())}")
+
+
+def _leaves(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if k == "sources":
+            continue
+        out += _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+    return out
+
+
+def to_dict(hw: HwConfig) -> dict[str, Any]:
+    raw = dataclasses.asdict(hw)
+    raw.pop("path")
+    return raw
+
+
+def _number(path: str, field: str, value: Any, integer: bool = False, positive: bool = True) -> float:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        raise HwConfigError(path, field, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise HwConfigError(path, field, f"must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    return value
+
+
+def _section(path: str, raw: Any, name: str, cls: type, check: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise HwConfigError(path, name, f"expected a mapping, got {raw!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise HwConfigError(path, f"{name}.{key}", f"unknown field; allowed: {', '.join(names)}")
+    values = {}
+    for field in names:
+        if field not in raw:
+            raise HwConfigError(path, f"{name}.{field}", "missing")
+        values[field] = check(f"{name}.{field}", raw[field])
+    return cls(**values)
+
+
+def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
+    """Validate a hwconfig mapping (as loaded from YAML)."""
+    path = os.fspath(path)
+    if not isinstance(raw, dict):
+        raise HwConfigError(path, None, "expected a YAML mapping at the top level")
+    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]
+    for key in raw:
+        if key not in allowed:
+            raise HwConfigError(path, key, f"unknown field; allowed: {', '.join(allowed)}")
+    for key in ("name", "kind", "peak", "host", "efficiency", "tile", "sources"):
+        if key not in raw:
+            raise HwConfigError(path, key, "missing")
+    if not isinstance(raw["name"], str) or not raw["name"]:
+        raise HwConfigError(path, "name", f"expected a non-empty string, got {raw['name']!r}")
+    if raw["kind"] not in KINDS:
+        raise HwConfigError(path, "kind", f"must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
+
+    def peak_field(field: str, value: Any) -> Any:
+        if field.endswith("flops_per_s"):
+            if not isinstance(value, dict) or "float32" not in value:
+                raise HwConfigError(path, field, f"expected a mapping of dtype to FLOP/s with at least float32, "
+                                    f"got {value!r}")
+            for dtype, rate in value.items():
+                if dtype not in DTYPES:
+                    raise HwConfigError(path, f"{field}.{dtype}", f"unknown dtype; allowed: {', '.join(DTYPES)}")
+                _number(path, f"{field}.{dtype}", rate)
+            return {k: float(v) for k, v in value.items()}
+        if field == "peak.compute_units":
+            return int(_number(path, field, value, integer=True))
+        return float(_number(path, field, value, positive=field != "peak.l2_capacity_bytes"))  # 0: no cache
+
+    def efficiency(field: str, value: Any) -> float:
+        value = _number(path, field, value)
+        if value > 1:
+            raise HwConfigError(path, field, f"an efficiency is achieved / peak, in (0, 1]; got {value!r}")
+        return float(value)
+
+    peak = _section(path, raw["peak"], "peak", Peak, peak_field)
+    host = _section(path, raw["host"], "host", Host, lambda f, v: float(_number(path, f, v, positive=False)))
+    eff = _section(path, raw["efficiency"], "efficiency", Efficiency, efficiency)
+    tile = _section(path, raw["tile"], "tile", Tile, lambda f, v: int(_number(path, f, v, integer=True)))
+    sources = raw["sources"]
+    if not isinstance(sources, dict):
+        raise HwConfigError(path, "sources", "expected a mapping of field to source")
+    for field in _leaves({"peak": raw["peak"], "host": raw["host"]}):
+        if field.count(".") > 1:  # per-dtype rates: the source may be given per dtype or for the mapping
+            parent = field.rsplit(".", 1)[0]
+            if field in sources or parent in sources:
+                continue
+        if not isinstance(sources.get(field), str) or not sources[field].strip():
+            raise HwConfigError(path, f"sources.{field}", "missing: every peak and host figure needs a source")
+    notes = raw.get("notes", "")
+    if not isinstance(notes, str):
+        raise HwConfigError(path, "notes", f"expected a string, got {notes!r}")
+    return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes)
+
+
+def load_hwconfig(path: str | os.PathLike[str]) -> HwConfig:
+    """Load and validate a hwconfig YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        known = ", ".join(sorted(p.name for p in HWCONFIG_DIR.glob("*.yaml")))
+        raise HwConfigError(path, None, f"no such file (shipped hwconfigs: {known})") from None
+    except OSError as err:
+        raise HwConfigError(path, None, err.strerror or str(err)) from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise HwConfigError(path, None, f"not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse(raw, path)

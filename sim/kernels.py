@@ -1,0 +1,133 @@
+"""Kernel classes and their cost models, each bounded below by its roofline floor.
+
+A trace op becomes a `Kernel`: its class (matmul, lm_head, attention, gather, norm, elementwise, reduction,
+memset), FLOPs, bytes split into weights / activations / KV cache, and the on-chip items it reads (weights by
+id, KV cache by depth). What a kernel costs on a device (`kernel_cost`) depends on the hardware and on how many
+of its bytes the cache model served on chip:
+
+    compute_s = waves * tile_flops / (unit rate * efficiency)       matmul, lm_head, attention (matrix units)
+              = flops / (vector rate * efficiency)                  everything else
+    memory_s  = max(dram_bytes / (DRAM bw * eff), all_bytes / (L2 bw * eff))   every byte passes the L2
+    time_s    = max(compute_s, memory_s, kernel_min_s)
+    floor_s   = max(flops / peak rate, dram_bytes / DRAM bw, all_bytes / L2 bw)  (<= time_s: eff <= 1)
+
+Waves: a matmul's output is cut into tiles (tile.m x tile.n, the m side shrunk to the rows there are, rounded
+up to 16), one tile per compute unit per wave, so wave quantization against the unit count shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sim.hardware import HwConfig
+from sim.trace import OpRecord
+
+MATMUL_OPS = {"aten.linear.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
+              "aten.baddbmm.default", "aten.matmul.default"}
+ATTENTION_OPS = {"aten.scaled_dot_product_attention"}
+GATHER_OPS = {"aten.embedding.default", "aten.index.Tensor", "aten.index_select.default"}
+REDUCTION_OPS = {"aten.mean.dim", "aten.sum.dim_IntList", "aten.argmax.default", "aten.amax.default",
+                 "aten.max.dim", "aten._softmax.default", "aten._safe_softmax.default"}
+MEMSET_OPS = {"aten.zeros.default", "aten.empty.memory_format", "aten.fill_.Scalar", "aten.zero_.default",
+              "aten.full.default"}
+MATRIX_CLASSES = ("matmul", "lm_head", "attention")
+CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset")
+BOUNDS = ("compute", "memory", "latency")  # what set a kernel's device time
+
+
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    """What a trace op asks of the device (hardware-independent)."""
+
+    cls: str
+    dtype: str
+    flops: int
+    weight_bytes: int
+    act_bytes: int  # activations read + written
+    kv_read_bytes: int
+    kv_write_bytes: int
+    reads: tuple[tuple[str, int], ...]  # on-chip cache items read: (key, bytes): weights by id, KV by depth
+    tiles: int  # independent output tiles (matrix classes), for wave quantization
+    tile_flops: float  # FLOPs of one tile
+
+    @property
+    def bytes(self) -> int:
+        return self.weight_bytes + self.act_bytes + self.kv_read_bytes + self.kv_write_bytes
+
+
+def classify(op: OpRecord) -> str:
+    if op.op in MATMUL_OPS:
+        return "lm_head" if op.module == "head" else "matmul"
+    if op.op in ATTENTION_OPS:
+        return "attention"
+    if op.op in GATHER_OPS:
+        return "gather"
+    if op.op in MEMSET_OPS:
+        return "memset"
+    if op.module.endswith("norm"):
+        return "norm"
+    if op.op in REDUCTION_OPS:
+        return "reduction"
+    return "elementwise"
+
+
+def _round16(n: int) -> int:
+    return max(16, -(-n // 16) * 16)
+
+
+def kernel_of(op: OpRecord, tile_m: int, tile_n: int) -> Kernel:
+    """The hardware-independent view of one op; `tile_m`, `tile_n` from the hwconfig cut matmuls into tiles."""
+    cls = classify(op)
+    dtype = (op.out_dtypes or op.in_dtypes or ["float32"])[0]
+    tiles, tile_flops = 1, float(op.flops)
+    if cls in ("matmul", "lm_head") and op.out_shapes:
+        n = op.out_shapes[0][-1]
+        m = max(1, math.prod(op.out_shapes[0]) // max(n, 1))
+        k = op.flops / max(2 * m * n, 1)
+        tm, tn = min(tile_m, _round16(m)), min(tile_n, _round16(n))
+        tiles = -(-m // tm) * -(-n // tn)
+        tile_flops = 2.0 * tm * tn * k
+    elif cls == "attention" and op.in_shapes:
+        q = op.in_shapes[0]  # [..., heads, Lq, head_dim]: a tile per (batch, head, 64 query rows)
+        tiles = max(1, math.prod(q[:-2]) * -(-q[-2] // 64))
+        tile_flops = op.flops / tiles
+    reads: list[tuple[str, int]] = []
+    if op.weights:
+        share = op.weight_bytes // len(op.weights)
+        reads += [(w, share) for w in op.weights]
+    if op.kv_read_bytes:
+        reads.append((f"kv:{op.depth}" if op.depth is not None else f"kv:{op.module}", op.kv_read_bytes))
+    return Kernel(cls, dtype, op.flops, op.weight_bytes, op.act_read_bytes + op.act_write_bytes,
+                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelCost:
+    time_s: float
+    floor_s: float
+    bound: str  # compute | memory | latency
+    compute_s: float
+    memory_s: float
+
+
+def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
+    """Device time of kernel `k` when `dram_bytes` of its bytes come from device memory (the rest on chip)."""
+    peak, eff = hw.peak, hw.efficiency
+    if k.cls in MATRIX_CLASSES:
+        rate = hw.matrix_flops(k.dtype)
+        waves = -(-k.tiles // peak.compute_units)
+        compute_s = waves * k.tile_flops / (rate / peak.compute_units * eff.matrix)
+    else:
+        rate = hw.vector_flops(k.dtype)
+        compute_s = k.flops / (rate * eff.vector)
+    memory_s = max(dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram),
+                   k.bytes / (peak.l2_bandwidth_bytes_per_s * eff.l2))
+    floor_s = max(k.flops / rate, dram_bytes / peak.dram_bandwidth_bytes_per_s,
+                  k.bytes / peak.l2_bandwidth_bytes_per_s)
+    time_s = max(compute_s, memory_s, hw.host.kernel_min_s, floor_s)
+    if time_s == hw.host.kernel_min_s and time_s > max(compute_s, memory_s):
+        bound = "latency"
+    else:
+        bound = "compute" if compute_s >= memory_s else "memory"
+    return KernelCost(time_s, floor_s, bound, compute_s, memory_s)

@@ -1,0 +1,272 @@
+"""Project the latency of sequential and SPEED decoding on hardware you may not own.
+
+    python -m sim.run --hw hwconfigs/a100.yaml
+
+With no other flag it runs the built-in default, the paper's setting: T5-Base width, the shared 4x3 decoder
+with SPEED against the same model decoded sequentially and against unshared 12- and 4-layer decoders; bf16,
+batch 1, encoder input 128 tokens, 128 generated tokens, flips from the paper's Figure 4 profile. It replays
+the committed traces in data/traces/ (no torch needed). Other models, lengths or flips are traced on demand
+with the reference decoder on the meta device (needs torch; cached under ~/.cache/speed-sim/traces).
+
+Per configuration it prints the projected ms per token (decode stages / tokens) and per sequence (encoder,
+prefill and decode), the speedup over each baseline, what bounds the time (shares of compute-, memory- and
+latency-bound kernels and of the device idle waiting for the host: launch), the achieved DRAM bandwidth and
+the roofline floor (every kernel at peak rates for the bytes it moves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sim.engine import LAUNCH_MODES, Projection, breakdown, kernels_of, project
+from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig
+from sim.trace import Trace, TraceError, read_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TRACES = ROOT / "data" / "traces"
+DEFAULT_TOKENS, DEFAULT_SOURCE_LEN = 128, 128
+# (preset, decoder) of the default table; the first is the subject, the others its baselines
+DEFAULT_RUNS = (("t5-base-4x3", "speed"), ("t5-base-4x3", "sequential"), ("t5-base-12", "sequential"),
+                ("t5-base-4", "sequential"))
+CACHE = Path(os.environ.get("SPEED_SIM_CACHE", Path.home() / ".cache" / "speed-sim")) / "traces"
+
+
+@dataclass
+class Run:
+    label: str  # e.g. "t5-base-4x3 speed"
+    trace_path: Path
+    trace: Trace
+    projection: Projection
+    summary: dict
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: an existing file is never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_trace(preset: str, decoder: str) -> Path:
+    return DEFAULT_TRACES / f"{preset}.{decoder}.bf16.b1.t{DEFAULT_TOKENS}.jsonl.gz"
+
+
+def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None) -> Path:
+    """Trace a preset (or a model config file) with the reference decoder on the meta device, cached."""
+    try:
+        import torch
+
+        from reference import tracing
+        from reference.config import ModelConfig, get_preset
+    except ImportError as err:
+        raise SystemExit(f"error: tracing {model!r} on demand needs torch and the reference decoder ({err}); "
+                         "replay a recorded trace with --trace FILE instead") from None
+    if Path(model).is_file():
+        import yaml
+
+        try:
+            fields = yaml.safe_load(Path(model).read_text())
+            cfg = ModelConfig(**fields)
+        except (TypeError, ValueError, yaml.YAMLError) as err:
+            raise SystemExit(f"error: model config {model}: {err}") from None
+    else:
+        cfg = get_preset(model)
+    name = f"{cfg.name}.{decoder}.{dtype}.b{batch}.t{tokens}.{(flips or 'profile').replace(',', '_')}.jsonl.gz"
+    path = CACHE / name
+    if not path.exists() or Path(model).is_file():
+        print(f"tracing {cfg.name} ({decoder}, {tokens} tokens, batch {batch}) on the meta device ...",
+              file=sys.stderr)
+        tracing.capture_trace(cfg.name if not Path(model).is_file() else cfg, decoder, tokens, path,
+                              dtype=getattr(torch, dtype), batch=batch, source_len=DEFAULT_SOURCE_LEN, flips=flips,
+                              command=f"python -m sim.run --model {model} (on demand)")
+    return path
+
+
+def summarize(p: Projection, trace: Trace) -> dict:
+    b = breakdown(p)
+    tokens = max(p.tokens, 1)
+    return {
+        "hardware": p.hardware, "hw_path": p.hw_path, "launch": p.launch,
+        "model": trace.header.model.get("name"), "decoder": trace.header.decoder, "dtype": trace.header.dtype,
+        "batch": trace.header.batch, "tokens": p.tokens, "total_s": p.total_s, "decode_s": p.decode_s,
+        "s_per_token": p.decode_s / tokens, "bound": b["shares"], "roofline_s": b["roofline_s"],
+        "roofline_s_per_token": b["roofline_s"] / tokens, "dram_bytes": b["dram_bytes"],
+        "onchip_bytes": b["onchip_bytes"], "achieved_bandwidth_bytes_per_s": b["achieved_bandwidth_bytes_per_s"],
+        "class_s": b["class_s"], "kernels": p.stats["kernels"], "stages": p.stats["stages"],
+        "stages_simulated": p.stats["stages_simulated"],
+    }
+
+
+def short(label: str) -> str:
+    return label.replace(" sequential", " seq").removeprefix("t5-base-")
+
+
+def print_table(runs: list[Run], baselines: list[str]) -> None:
+    first = runs[0].summary
+    print(f"\n{first['hardware']} ({first['hw_path']}), {first['launch']} launch")
+    speed_cols = "".join(f"{'vs ' + short(b):>16}" for b in baselines)
+    print(f"{'configuration':<28}{'ms/token':>9}{'ms/seq':>9}{speed_cols}  {'comp':>5}{'mem':>5}{'lat':>5}{'launch':>7}"
+          f"{'DRAM GB/s':>10}{'floor ms/tok':>13}")
+    per_token = {r.label: r.summary["s_per_token"] for r in runs}
+    for r in runs:
+        s = r.summary
+        speedups = "".join(f"{per_token[b] / s['s_per_token']:>15.2f}x" if b in per_token else f"{'-':>16}"
+                           for b in baselines)
+        shares = s["bound"]
+        print(f"{r.label:<28}{s['s_per_token'] * 1e3:>9.3f}{s['total_s'] * 1e3:>9.1f}{speedups}  "
+              f"{shares['compute'] * 100:>4.0f}%{shares['memory'] * 100:>4.0f}%{shares['latency'] * 100:>4.0f}%"
+              f"{shares['launch'] * 100:>6.0f}%{s['achieved_bandwidth_bytes_per_s'] / 1e9:>10.1f}"
+              f"{s['roofline_s_per_token'] * 1e3:>13.4f}")
+
+
+def perfetto_events(runs: list[Run]) -> list[dict]:
+    """Chrome trace events (viewable in Perfetto or chrome://tracing): per run a process with a host track
+    (kernel issues) and a device track (kernels, named by class and module, with their bound)."""
+    events: list[dict] = []
+    for pid, run in enumerate(runs, start=1):
+        p = run.projection
+        us = 1e6 / p.clock_hz
+        events.append({"ph": "M", "name": "process_name", "pid": pid,
+                       "args": {"name": f"{run.label} on {p.hardware} ({p.launch})"}})
+        for tid, name in ((1, "host"), (2, "device")):
+            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
+        for op, k, cost, dram, issue, start, end in zip(run.trace.ops, p.kernels, p.costs, p.dram_bytes,
+                                                        p.issue_cycles, p.start_cycles, p.end_cycles):
+            events.append({"ph": "X", "pid": pid, "tid": 2, "ts": start * us, "dur": (end - start) * us,
+                           "name": f"{k.cls} {op.module}",
+                           "args": {"op": op.op, "bound": cost.bound, "floor_us": cost.floor_s * 1e6,
+                                    "dram_bytes": dram, "stage": op.stage}})
+            events.append({"ph": "i", "s": "t", "pid": pid, "tid": 1, "ts": issue * us, "name": "issue"})
+    return events
+
+
+def plot(runs_by_hw: list[list[Run]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.label for r in runs_by_hw[0]]
+    width = 0.8 / len(runs_by_hw)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(labels), 4.5))
+    for h, runs in enumerate(runs_by_hw):
+        xs = [i + h * width for i in range(len(runs))]
+        ax.bar(xs, [r.summary["s_per_token"] * 1e3 for r in runs], width, label=runs[0].summary["hardware"])
+        ax.scatter(xs, [r.summary["roofline_s_per_token"] * 1e3 for r in runs], marker="_", s=300, color="black",
+                   label="roofline floor" if h == 0 else None, zorder=3)
+    ax.set_xticks([i + width * (len(runs_by_hw) - 1) / 2 for i in range(len(labels))], labels, rotation=15)
+    ax.set_ylabel("projected decode time (ms / token)")
+    ax.set_yscale("log")
+    ax.set_title(f"speed-sim projection, {runs_by_hw[0][0].summary['launch']} launch")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def parse_sets(items: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set expects key=value (e.g. peak.dram_bandwidth_bytes_per_s=4e12), got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hw", nargs="+", type=Path, default=[HWCONFIG_DIR / "a100.yaml"],
+                        help="hwconfig YAML file(s), projected side by side (default hwconfigs/a100.yaml)")
+    parser.add_argument("--trace", nargs="+", type=Path, help="replay these trace files (recorded or measured) "
+                        "instead of the default configurations")
+    parser.add_argument("--model", help="a model preset (e.g. llama2-7b-8x4) or a model config YAML file: traced on "
+                        "demand on the meta device (needs torch)")
+    parser.add_argument("--decoder", choices=("speed", "sequential", "both"), default="both",
+                        help="with --model: which decoders to project (default both)")
+    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                        help=f"tokens to generate (default {DEFAULT_TOKENS}; other values trace on demand)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1; others trace "
+                        "on demand)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                        help="model dtype (default bfloat16; others trace on demand)")
+    parser.add_argument("--flips", help="SPEED flips for traces made on demand: a profile of "
+                        "data/flips/paper-fig4.yaml or rates per exit '0.09,0.04' (default: the preset's profile)")
+    parser.add_argument("--launch", choices=LAUNCH_MODES, default="eager",
+                        help="eager: the host pays a dispatch + launch per kernel; graph: one launch per stage "
+                        "(CUDA graph replay). Default eager")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hwconfig field for what-if studies, e.g. --set "
+                        "peak.dram_bandwidth_bytes_per_s=4e12 (repeatable; compute_units scales the peak rates)")
+    parser.add_argument("--json", type=Path, help="write the results as JSON: {'runs': [...]} ")
+    parser.add_argument("--perfetto", type=Path, help="write the simulated timeline (Chrome trace JSON, opens in "
+                        "Perfetto / chrome://tracing)")
+    parser.add_argument("--plot", type=Path, help="write a bar chart of ms/token per configuration (PNG)")
+    args = parser.parse_args(argv)
+    overrides = parse_sets(args.set, parser)
+    if args.tokens < 1 or args.batch < 1:
+        parser.error("--tokens and --batch must be >= 1")
+
+    try:
+        hws: list[HwConfig] = [load_hwconfig(path) for path in args.hw]
+        if overrides:
+            hws = [hw.with_overrides(overrides) for hw in hws]
+    except HwConfigError as err:
+        parser.error(str(err))
+
+    on_demand = (args.tokens, args.batch, args.dtype, args.flips) != (DEFAULT_TOKENS, 1, "bfloat16", None)
+    if args.trace:
+        jobs = [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace]
+    elif args.model:
+        decoders = ("speed", "sequential") if args.decoder == "both" else (args.decoder,)
+        jobs = [(f"{args.model} {d}", trace_on_demand(args.model, d, args.tokens, args.batch, args.dtype, args.flips))
+                for d in decoders]
+    else:
+        jobs = [(f"{preset} {decoder}",
+                 trace_on_demand(preset, decoder, args.tokens, args.batch, args.dtype, args.flips) if on_demand
+                 else default_trace(preset, decoder)) for preset, decoder in DEFAULT_RUNS]
+    try:
+        traces = [(label, path, read_trace(path)) for label, path in jobs]
+    except TraceError as err:
+        parser.error(str(err))
+
+    runs_by_hw: list[list[Run]] = []
+    for hw in hws:
+        runs, kernels_cache = [], {}
+        for label, path, trace in traces:
+            kernels = kernels_cache.setdefault((path, hw.tile), kernels_of(trace, hw))
+            projection = project(trace, hw, args.launch, kernels)
+            runs.append(Run(label, path, trace, projection, summarize(projection, trace)))
+        runs_by_hw.append(runs)
+    baselines = [r.label for r in runs_by_hw[0] if r.summary["decoder"] == "sequential"]
+    for runs in runs_by_hw:
+        print_table(runs, baselines)
+
+    all_runs = [r for runs in runs_by_hw for r in runs]
+    if args.json:
+        payload = {"runs": [dict(r.summary, label=r.label, trace=str(r.trace_path)) for r in all_runs]}
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
+    if args.perfetto:
+        events = perfetto_events(all_runs)
+        atomic_write(args.perfetto, lambda tmp: tmp.write_text(json.dumps({"traceEvents": events})))
+    if args.plot:
+        plot(runs_by_hw, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

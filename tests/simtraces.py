@@ -1,0 +1,72 @@
+"""Synthetic traces and hwconfigs for the simulator tests (no torch)."""
+
+from hypothesis import strategies as st
+
+from sim.hardware import parse
+from sim.trace import OpRecord, StageRecord, Trace, TraceHeader
+
+OPS = [("aten.linear.default", "blocks.0.attn.wq"), ("aten.linear.default", "head"),
+       ("aten.scaled_dot_product_attention", "blocks.0.attn"), ("aten.mul.Tensor", "blocks.0.ffn"),
+       ("aten.mean.dim", "blocks.0.attn_norm"), ("aten.embedding.default", "embed"),
+       ("aten.copy_.default", "blocks.0.attn"), ("aten.zeros.default", "kv_cache"), ("aten.argmax.default", "")]
+
+
+def header(weights: dict[str, int], measured: bool = False) -> TraceHeader:
+    return TraceHeader(model={"name": "synthetic", "n_groups": 1}, decoder="sequential", dtype="bfloat16", batch=1,
+                       prompt_lens=[1], max_new_tokens=1, device="meta", device_name="synthetic",
+                       torch_version="-", code_revision="-", flips={"source": "none"},
+                       weights={w: {"bytes": b, "shape": [b // 2], "dtype": "bfloat16"} for w, b in weights.items()},
+                       measured=measured, command="tests")
+
+
+def op(i: int, stage: int, name: str, module: str, flops: int, weight: int = 0, act: int = 0, kv: int = 0,
+       m: int = 1, n: int = 64, weights: tuple[str, ...] = (), duration_s: float | None = None) -> OpRecord:
+    k = max(1, flops // max(2 * m * n, 1))
+    in_shapes = [[m, k], [n, k]] if "linear" in name else [[1, 4, m, 64], [1, 4, 8, 64]]
+    return OpRecord(i, stage, None, 0 if kv else None, 0, m, module, name, in_shapes, ["bfloat16"] * 2, [[m, n]],
+                    ["bfloat16"], flops, weight, act, act, kv, 0, list(weights), duration_s)
+
+
+@st.composite
+def traces(draw, max_stages: int = 4, max_ops: int = 12) -> Trace:
+    weights = {f"w{j}": draw(st.integers(2, 10**8)) for j in range(draw(st.integers(1, 4)))}
+    ops, stages, i = [], [], 0
+    for s in range(draw(st.integers(1, max_stages))):
+        for _ in range(draw(st.integers(1, max_ops))):
+            name, module = draw(st.sampled_from(OPS))
+            w = draw(st.sampled_from([None, *weights]))
+            ops.append(op(i, s, name, module, flops=draw(st.integers(0, 10**12)),
+                          weight=weights[w] if w else 0, act=draw(st.integers(0, 10**8)),
+                          kv=draw(st.integers(0, 10**8)) if "scaled" in name else 0, m=draw(st.integers(1, 4096)),
+                          n=draw(st.integers(1, 8192)), weights=(w,) if w else ()))
+            i += 1
+        stages.append(StageRecord(s, draw(st.sampled_from(["prefill", "decode"])), [[0, s, 1]], [[0, s + 1, 5]], []))
+    return Trace(header(weights), ops, stages)
+
+
+def hw_dict(**peak: float) -> dict:
+    figures = {"clock_hz": 1.5e9, "compute_units": 100, "matrix_flops_per_s": {"bfloat16": 300e12, "float32": 150e12},
+               "vector_flops_per_s": {"bfloat16": 40e12, "float32": 20e12}, "dram_bandwidth_bytes_per_s": 2e12,
+               "dram_capacity_bytes": 80e9, "l2_capacity_bytes": 40e6, "l2_bandwidth_bytes_per_s": 6e12}
+    figures.update(peak)
+    sources = {f"peak.{k}": "test" for k in figures} | {f"host.{k}": "test" for k in
+                                                      ("launch_eager_s", "launch_graph_s", "kernel_min_s")}
+    return {"name": "synthetic", "kind": "gpu", "peak": figures,
+            "host": {"launch_eager_s": 1e-5, "launch_graph_s": 1e-6, "kernel_min_s": 2e-6},
+            "efficiency": {"matrix": 0.7, "vector": 0.5, "dram": 0.85, "l2": 0.7}, "tile": {"m": 128, "n": 128},
+            "sources": sources}
+
+
+@st.composite
+def hwconfigs(draw):
+    raw = hw_dict(clock_hz=draw(st.floats(1e8, 3e9)), compute_units=draw(st.integers(1, 200)),
+                  dram_bandwidth_bytes_per_s=draw(st.floats(1e10, 1e13)), l2_capacity_bytes=draw(st.floats(0, 1e8)),
+                  l2_bandwidth_bytes_per_s=draw(st.floats(1e11, 3e13)))
+    raw["peak"]["matrix_flops_per_s"]["bfloat16"] = draw(st.floats(1e12, 2e15))
+    raw["peak"]["vector_flops_per_s"]["bfloat16"] = draw(st.floats(1e11, 1e14))
+    for k in raw["efficiency"]:
+        raw["efficiency"][k] = draw(st.floats(0.05, 1.0))
+    raw["host"] = {"launch_eager_s": draw(st.floats(0, 1e-4)), "launch_graph_s": draw(st.floats(0, 1e-5)),
+                   "kernel_min_s": draw(st.floats(0, 1e-5))}
+    raw["tile"] = {"m": draw(st.sampled_from([16, 64, 128])), "n": draw(st.sampled_from([32, 128, 256]))}
+    return parse(raw, "synthetic.yaml")

@@ -1,0 +1,59 @@
+"""python -m sim.run: the default table, its outputs, and clear errors for bad input."""
+
+import json
+
+import pytest
+
+from sim import run
+
+
+def test_default_run_prints_the_table_and_writes_json_perfetto_and_plot(tmp_path, capsys):
+    out_json, out_trace, out_png = tmp_path / "r.json", tmp_path / "t.json", tmp_path / "p.png"
+    assert run.main(["--hw", "hwconfigs/a100.yaml", "hwconfigs/h200.yaml", "--json", str(out_json),
+                     "--perfetto", str(out_trace), "--plot", str(out_png)]) == 0
+    table = capsys.readouterr().out
+    assert "NVIDIA A100" in table and "NVIDIA H200" in table and table.count("t5-base-4x3 speed") == 2
+    runs = json.loads(out_json.read_text())["runs"]
+    assert len(runs) == 8
+    for r in runs:
+        assert {"hardware", "model", "decoder", "tokens", "total_s", "s_per_token", "bound", "roofline_s"} <= set(r)
+        assert r["tokens"] == 128 and r["total_s"] >= r["roofline_s"]
+        assert abs(sum(r["bound"].values()) - 1) < 1e-9
+    speed = {r["hardware"]: r["s_per_token"] for r in runs if r["decoder"] == "speed"}
+    seq = {r["hardware"]: r["s_per_token"] for r in runs
+           if r["model"] == "t5-base-4x3" and r["decoder"] == "sequential"}
+    assert all(speed[h] < seq[h] for h in speed)  # SPEED beats decoding the same model sequentially
+    events = json.loads(out_trace.read_text())["traceEvents"]
+    assert {e["ph"] for e in events} == {"M", "X", "i"}
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_set_and_launch(capsys):
+    run.main(["--hw", "hwconfigs/a100.yaml", "--launch", "graph", "--trace",
+              "data/traces/t5-base-4.sequential.bf16.b1.t128.jsonl.gz"])
+    base = capsys.readouterr().out
+    run.main(["--hw", "hwconfigs/a100.yaml", "--launch", "graph", "--trace",
+              "data/traces/t5-base-4.sequential.bf16.b1.t128.jsonl.gz", "--set", "host.launch_graph_s=0",
+              "--set", "host.kernel_min_s=0"])
+    assert "graph launch" in base and capsys.readouterr().out != base
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hw", "hwconfigs/nope.yaml"], "hwconfig hwconfigs/nope.yaml: no such file"),
+    (["--trace", "README.md"], "not a gzip file"),
+    (["--set", "peak.clock_hz"], "--set expects key=value"),
+    (["--set", "peak.nothing=1"], "field 'peak.nothing': no such field"),
+    (["--tokens", "0"], "--tokens and --batch must be >= 1"),
+])
+def test_bad_input_gets_a_clear_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_outputs_are_written_atomically(tmp_path):
+    target = tmp_path / "keep.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        run.atomic_write(target, lambda tmp: (tmp.write_text("half"), (_ for _ in ()).throw(RuntimeError("x"))))
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["keep.json"]
