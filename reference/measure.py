@@ -85,6 +85,25 @@ class _Profiled:
         return found
 
 
+def deflate_host_times(capture: tracing.OpCapture) -> list[float]:
+    """On a cpu, op times are host-clock times taken under the capture, whose own work slows every op down
+    (their sum exceeds the stage's untraced wall time). Scale each stage's op times to its wall time where
+    they exceed it; return the factors."""
+    by_stage: dict[int, list] = {}
+    for op in capture.ops:
+        by_stage.setdefault(op.stage, []).append(op)
+    scales = []
+    for stage in capture.stages:
+        ops = by_stage.get(stage.stage, [])
+        total = sum(op.duration_s for op in ops)
+        if total > stage.wall_s > 0:
+            scale = stage.wall_s / total
+            for op in ops:
+                op.duration_s *= scale
+            scales.append(scale)
+    return scales
+
+
 def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtype: torch.dtype, batch: int = 1,
             prompt_len: int = 16, source_len: int = tracing.DEFAULT_SOURCE_LEN, flips: str | None = None,
             seed: int = 0, warmup: int = 2, repeats: int = 5, op_repeats: int = 3, command: str = "",
@@ -140,6 +159,7 @@ def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtyp
         op.duration_s = statistics.median(times)
     for stage, times in zip(capture.stages, zip(*stage_times)):
         stage.wall_s = statistics.median(times)
+    scales = [] if dev.type == "cuda" else deflate_host_times(capture)
     e2e = spread(end_to_end)
     device_busy = sum(op.duration_s for op in capture.ops)
     extra = {"end_to_end_s": e2e, "warmup": warmup, "repeats": repeats, "op_repeats": op_repeats,
@@ -147,6 +167,10 @@ def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtyp
              "op_timing": "cuda kernel time per op (torch.profiler/CUPTI)" if dev.type == "cuda"
              else "host clock per op (synchronous cpu ops)",
              "stage_wall_spread_s": [spread(list(t))["p90"] - spread(list(t))["p10"] for t in zip(*stage_times)]}
+    if scales:
+        extra["op_time_scale"] = {"median": statistics.median(scales), "min": min(scales),
+                                  "why": "cpu op times taken under the capture, scaled per stage to the untraced "
+                                         "stage wall time where they exceeded it"}
     head = tracing.header(model, capture, decoder, prompts, tokens, tracing.flip_oracle(cfg, flips, seed, sequential),
                           str(dev), True, command, extra)
     tracing.write_trace(out, head, capture)

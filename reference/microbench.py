@@ -88,6 +88,7 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
     gen = torch.Generator(device=dev).manual_seed(0)
     out: dict[str, Any] = {"device": device, "device_name": torch.cuda.get_device_name(dev) if cuda else
                            f"cpu ({torch.get_num_threads()} threads)", "torch_version": torch.__version__,
+                           "threads": torch.get_num_threads(),
                            "copy": [], "gemm": [], "elementwise": [], "attention": []}
 
     def rand(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

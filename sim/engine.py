@@ -7,7 +7,8 @@ Each resource is a named object, each actor a plain generator process, as in Sim
   `launch_eager_s` (framework dispatch + launch), so a fast device waits for it; in graph mode the stage is
   one launch and the device pays `launch_graph_s` per kernel instead.
 - `DeviceStream` runs kernels one after another (PyTorch eager uses one stream; the trace's program order is
-  the dependency order), each for its cost from `sim.kernels`.
+  the dependency order), each for its cost from `sim.kernels`. On a CPU the host runs its own kernels, so it
+  waits for each one (synchronous).
 - `OnChipCache` (L2, or a CPU's last-level cache) holds weights by id and KV cache slices by depth, least
   recently used out first: bytes it holds are served on chip, the rest move from device memory.
 
@@ -66,10 +67,13 @@ class StageTimeline:
 
 
 class HostThread:
-    """Issues kernels into the stream: eager pays a launch per kernel on the host, graph one per stage."""
+    """Issues kernels into the stream: eager pays a launch per kernel on the host, graph one per stage. A
+    synchronous host (a CPU running its own kernels) waits for each kernel before the next."""
 
-    def __init__(self, env: simpy.Environment, stream: DeviceStream, launch_cycles: int, graph: bool) -> None:
-        self.env, self.stream, self.launch_cycles, self.graph = env, stream, launch_cycles, graph
+    def __init__(self, env: simpy.Environment, stream: DeviceStream, launch_cycles: int, graph: bool,
+                 synchronous: bool) -> None:
+        self.env, self.stream, self.launch_cycles = env, stream, launch_cycles
+        self.graph, self.synchronous = graph, synchronous
 
     def run(self, n_kernels: int, issues: list[int]) -> Iterator[simpy.Event]:
         if self.graph:
@@ -79,30 +83,35 @@ class HostThread:
                 yield self.env.timeout(self.launch_cycles)
             issues.append(self.env.now)
             self.stream.queue.put(i)
+            if self.synchronous:
+                yield self.stream.finished[i]
 
 
 class DeviceStream:
     """Runs issued kernels in order, each for its duration (plus the per-kernel gap of graph replay)."""
 
-    def __init__(self, env: simpy.Environment, gap_cycles: int) -> None:
+    def __init__(self, env: simpy.Environment, gap_cycles: int, n_kernels: int) -> None:
         self.env, self.gap = env, gap_cycles
         self.queue = simpy.Store(env)
+        self.finished = [env.event() for _ in range(n_kernels)]
 
     def run(self, durations: tuple[int, ...], starts: list[int], ends: list[int]) -> Iterator[simpy.Event]:
-        for duration in durations:
+        for i, duration in enumerate(durations):
             yield self.queue.get()
             if self.gap:
                 yield self.env.timeout(self.gap)
             starts.append(self.env.now)
             yield self.env.timeout(duration)
             ends.append(self.env.now)
+            self.finished[i].succeed()
 
 
-def simulate_stage(durations: tuple[int, ...], launch_cycles: int, graph: bool, gap_cycles: int) -> StageTimeline:
+def simulate_stage(durations: tuple[int, ...], launch_cycles: int, graph: bool, gap_cycles: int,
+                   synchronous: bool = False) -> StageTimeline:
     """One stage on a fresh timeline: host and device start idle, the stage ends at the sync."""
     env = simpy.Environment()
-    stream = DeviceStream(env, gap_cycles if graph else 0)
-    host = HostThread(env, stream, launch_cycles, graph)
+    stream = DeviceStream(env, gap_cycles if graph else 0, len(durations))
+    host = HostThread(env, stream, launch_cycles, graph, synchronous)
     issues: list[int] = []
     starts: list[int] = []
     ends: list[int] = []
@@ -192,7 +201,8 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
         durations_key = tuple(durations)
         timeline = timelines.get(durations_key)
         if timeline is None:
-            timeline = timelines[durations_key] = simulate_stage(durations_key, launch_cycles, graph, gap_cycles)
+            timeline = timelines[durations_key] = simulate_stage(durations_key, launch_cycles, graph, gap_cycles,
+                                                                 synchronous=hw.kind == "cpu")
         p.issue_cycles += [now + t for t in timeline.issues]
         p.start_cycles += [now + t for t in timeline.starts]
         p.end_cycles += [now + t for t in timeline.ends]

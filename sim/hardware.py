@@ -31,6 +31,7 @@ _Loader.add_implicit_resolver(
 HWCONFIG_DIR = Path(__file__).resolve().parent.parent / "hwconfigs"
 KINDS = ("gpu", "edge", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
+KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset")
 
 
 class HwConfigError(ValueError):
@@ -71,6 +72,15 @@ class Efficiency:
 
 
 @dataclass(frozen=True)
+class ClassFit:
+    """Fitted per kernel class (optional): compute and memory time are divided by `efficiency`, and
+    `fixed_s` is added (work a class does beyond its FLOPs and bytes, e.g. attention's softmax passes)."""
+
+    efficiency: float = 1.0
+    fixed_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class Tile:
     m: int  # matmul output tile one compute unit computes per wave
     n: int
@@ -87,6 +97,7 @@ class HwConfig:
     sources: dict[str, str]
     path: str = ""
     notes: str = ""
+    classes: dict[str, ClassFit] = dataclasses.field(default_factory=dict)
 
     def matrix_flops(self, dtype: str) -> float:
         return self.peak.matrix_flops_per_s.get(dtype, self.peak.matrix_flops_per_s["float32"])
@@ -163,7 +174,7 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     path = os.fspath(path)
     if not isinstance(raw, dict):
         raise HwConfigError(path, None, "expected a YAML mapping at the top level")
-    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]
+    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]  # classes: optional
     for key in raw:
         if key not in allowed:
             raise HwConfigError(path, key, f"unknown field; allowed: {', '.join(allowed)}")
@@ -212,7 +223,17 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     notes = raw.get("notes", "")
     if not isinstance(notes, str):
         raise HwConfigError(path, "notes", f"expected a string, got {notes!r}")
-    return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes)
+    classes_raw = raw.get("classes") or {}
+    if not isinstance(classes_raw, dict):
+        raise HwConfigError(path, "classes", f"expected a mapping of kernel class to fit, got {classes_raw!r}")
+    classes = {}
+    for cls, fit in classes_raw.items():
+        if cls not in KERNEL_CLASSES:
+            raise HwConfigError(path, f"classes.{cls}", f"unknown kernel class; allowed: {', '.join(KERNEL_CLASSES)}")
+        classes[cls] = _section(path, fit, f"classes.{cls}", ClassFit,
+                                lambda f, v: efficiency(f, v) if f.endswith("efficiency")
+                                else float(_number(path, f, v, positive=False)))
+    return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes)
 
 
 def load_hwconfig(path: str | os.PathLike[str]) -> HwConfig:

@@ -8,7 +8,7 @@ of its bytes the cache model served on chip:
     compute_s = waves * tile_flops / (unit rate * efficiency)       matmul, lm_head, attention (matrix units)
               = flops / (vector rate * efficiency)                  everything else
     memory_s  = max(dram_bytes / (DRAM bw * eff), all_bytes / (L2 bw * eff))   every byte passes the L2
-    time_s    = max(compute_s, memory_s, kernel_min_s)
+    time_s    = max(compute_s, memory_s, kernel_min_s) + fixed_s   (per-class fits, optional)
     floor_s   = max(flops / peak rate, dram_bytes / DRAM bw, all_bytes / L2 bw)  (<= time_s: eff <= 1)
 
 Waves: a matmul's output is cut into tiles (tile.m x tile.n, the m side shrunk to the rows there are, rounded
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sim.hardware import HwConfig
+from sim.hardware import KERNEL_CLASSES, ClassFit, HwConfig
 from sim.trace import OpRecord
 
 MATMUL_OPS = {"aten.linear.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
@@ -32,7 +32,7 @@ REDUCTION_OPS = {"aten.mean.dim", "aten.sum.dim_IntList", "aten.argmax.default",
 MEMSET_OPS = {"aten.zeros.default", "aten.empty.memory_format", "aten.fill_.Scalar", "aten.zero_.default",
               "aten.full.default"}
 MATRIX_CLASSES = ("matmul", "lm_head", "attention")
-CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset")
+CLASSES = KERNEL_CLASSES
 BOUNDS = ("compute", "memory", "latency")  # what set a kernel's device time
 
 
@@ -111,6 +111,9 @@ class KernelCost:
     memory_s: float
 
 
+NO_FIT = ClassFit()
+
+
 def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
     """Device time of kernel `k` when `dram_bytes` of its bytes come from device memory (the rest on chip)."""
     peak, eff = hw.peak, hw.efficiency
@@ -123,11 +126,13 @@ def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
         compute_s = k.flops / (rate * eff.vector)
     memory_s = max(dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram),
                    k.bytes / (peak.l2_bandwidth_bytes_per_s * eff.l2))
+    fit = hw.classes.get(k.cls, NO_FIT)
+    compute_s, memory_s = compute_s / fit.efficiency, memory_s / fit.efficiency
     floor_s = max(k.flops / rate, dram_bytes / peak.dram_bandwidth_bytes_per_s,
                   k.bytes / peak.l2_bandwidth_bytes_per_s)
-    time_s = max(compute_s, memory_s, hw.host.kernel_min_s, floor_s)
-    if time_s == hw.host.kernel_min_s and time_s > max(compute_s, memory_s):
-        bound = "latency"
+    time_s = max(compute_s, memory_s, hw.host.kernel_min_s, floor_s) + fit.fixed_s
+    if max(hw.host.kernel_min_s, fit.fixed_s) > max(compute_s, memory_s):
+        bound = "latency"  # fixed costs, not FLOPs or bytes, set the time
     else:
         bound = "compute" if compute_s >= memory_s else "memory"
     return KernelCost(time_s, floor_s, bound, compute_s, memory_s)

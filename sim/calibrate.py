@@ -1,0 +1,239 @@
+"""Calibrate a hwconfig: measured peak figures from microbenchmarks, efficiency factors fitted to measured
+kernel times.
+
+    python -m sim.calibrate --device cuda --base hwconfigs/h200.yaml --measured data/measured/h200/*.b1.* \\
+        --out hwconfigs/h200-calibrated.yaml [--microbench data/calibration/h200.microbench.json]
+
+1. Microbenchmarks (reference.microbench; run here unless `--microbench` gives a saved run; needs torch):
+   streaming copy bandwidth over sizes, GEMM/GEMV per dtype, decode attention, eager launch, kernel time.
+2. Peaks measured: DRAM bandwidth (best large copy), matrix rate (best GEMM); host figures: the shortest
+   kernel, the per-kernel gap of graph replay. Global efficiencies: measured / datasheet peak (1 when there
+   is no datasheet figure: the measured peak is the peak).
+3. Fitted (scipy least squares on log time): per kernel class an efficiency and a fixed time, against the
+   measured kernel times of `--measured` traces; the host's eager cost per kernel against their stage wall
+   times. Traces not given to the fit are the fair test of the result (python -m sim.validate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from scipy.optimize import least_squares, minimize_scalar
+
+from sim.engine import OnChipCache, kernels_of, project
+from sim.hardware import HwConfig, HwConfigError, load_hwconfig, parse, to_dict
+from sim.kernels import kernel_cost
+from sim.run import atomic_write
+from sim.trace import Trace, TraceError, read_trace
+
+MAX_SAMPLES = 4000  # per class: a deterministic stride over the measured kernels keeps the fit fast
+
+
+def peaks_from_microbench(mb: dict[str, Any]) -> dict[str, float]:
+    """Measured figures: DRAM bandwidth (bytes read + written per s of the best copy past the cache), the best
+    matrix rate per dtype, the shortest kernel and graph replay's per-kernel gap."""
+    copies = sorted(mb["copy"], key=lambda c: c["bytes"])
+    large = [c for c in copies if c["bytes"] >= copies[-1]["bytes"] // 16] or copies
+    matrix = {}
+    for g in mb["gemm"]:
+        rate = 2 * g["m"] * g["n"] * g["k"] / g["seconds"]
+        matrix[g["dtype"]] = max(matrix.get(g["dtype"], 0.0), rate)
+    return {"dram_bandwidth_bytes_per_s": max(c["bytes_moved"] / c["seconds"] for c in large),
+            "matrix_flops_per_s": matrix, "kernel_min_s": mb["kernel_min_s"],
+            "launch_graph_s": max(0.0, mb["graph_per_kernel_s"] - mb["kernel_min_s"]),
+            "launch_eager_s": mb["launch_eager_s"]}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def cpu_base(mb: dict[str, Any], mb_path: str) -> dict[str, Any]:
+    """A hwconfig of this machine's CPU where no datasheet is at hand: every peak is a measurement (so the
+    global efficiencies are 1) or read from /proc and /sys."""
+    cpuinfo = _read("/proc/cpuinfo")
+    name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                "this machine's CPU")
+    mhz = [float(line.split(":", 1)[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")]
+    llc = 0
+    for index in range(4, -1, -1):
+        size = _read(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size").strip()
+        if size:
+            llc = int(size.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+            break
+    mem = next((int(line.split()[1]) * 1024 for line in _read("/proc/meminfo").splitlines()
+                if line.startswith("MemTotal")), 1 << 34)
+    copies = sorted(mb["copy"], key=lambda c: c["bytes"])
+    in_cache = [c["bytes_moved"] / c["seconds"] for c in copies if 0 < c["bytes"] <= llc / 2] or [
+        c["bytes_moved"] / c["seconds"] for c in copies]
+    matrix = {g["dtype"]: 0.0 for g in mb["gemm"]}
+    for g in mb["gemm"]:
+        matrix[g["dtype"]] = max(matrix[g["dtype"]], 2 * g["m"] * g["n"] * g["k"] / g["seconds"])
+    matrix.setdefault("float32", max(matrix.values()))
+    measured = peaks_from_microbench(mb)
+    src = f"measurement: {mb_path}"
+    peak = {"clock_hz": (mhz[0] * 1e6) if mhz else 1e9, "compute_units": int(mb.get("threads", 1)),
+            "matrix_flops_per_s": matrix, "vector_flops_per_s": dict(matrix),
+            "dram_bandwidth_bytes_per_s": measured["dram_bandwidth_bytes_per_s"], "dram_capacity_bytes": float(mem),
+            "l2_capacity_bytes": float(llc), "l2_bandwidth_bytes_per_s": max(in_cache)}
+    sources = {f"peak.{k}": src for k in peak} | {
+        "peak.clock_hz": "/proc/cpuinfo (cpu MHz)", "peak.dram_capacity_bytes": "/proc/meminfo",
+        "peak.l2_capacity_bytes": "/sys/devices/system/cpu/cpu0/cache (last level)",
+        "peak.compute_units": f"{src} (torch threads)",
+        "peak.vector_flops_per_s": "assumption: the measured matrix rate (the same FMA units)"}
+    # a cpu runs its own kernels: the tiny-op time is dispatch (host), not a device floor
+    host = {"launch_eager_s": measured["launch_eager_s"], "kernel_min_s": 1e-7, "launch_graph_s": 0.0}
+    sources |= {f"host.{k}": src for k in host} | {
+        "host.kernel_min_s": "assumption: on a cpu the time of a tiny op is dispatch, counted in launch_eager_s",
+        "host.launch_graph_s": "assumption: no graph replay on a cpu"}
+    return {"name": name, "kind": "cpu", "peak": peak, "host": host,
+            "efficiency": {"matrix": 1.0, "vector": 1.0, "dram": 1.0, "l2": 1.0}, "tile": {"m": 16, "n": 64},
+            "sources": sources}
+
+
+def class_samples(traces: list[Trace], hw: HwConfig) -> dict[str, list[tuple[float, float, float]]]:
+    """Per kernel class: (compute_s, memory_s, measured_s) at unit class efficiency, from measured traces."""
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    base = dataclasses.replace(hw, classes={})
+    for trace in traces:
+        cache = OnChipCache(hw.peak.l2_capacity_bytes)
+        for op, k in zip(trace.ops, kernels_of(trace, hw)):
+            cost = kernel_cost(k, base, cache.serve(k))
+            if op.duration_s:
+                out.setdefault(k.cls, []).append((cost.compute_s, cost.memory_s, op.duration_s))
+    return {cls: samples[:: max(1, len(samples) // MAX_SAMPLES)] for cls, samples in out.items()}
+
+
+def fit_class(samples: list[tuple[float, float, float]], kernel_min_s: float) -> tuple[float, float]:
+    """(efficiency, fixed_s) minimising the squared log error of max(c / e, m / e, kernel_min) + fixed."""
+    work = np.array([max(c, m) for c, m, _ in samples])
+    measured = np.log(np.array([t for _, _, t in samples]))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(work / x[0], kernel_min_s) + x[1]) - measured
+
+    fit = least_squares(residuals, x0=[0.5, 1e-6], bounds=([1e-3, 0.0], [1.0, 1e-2]), x_scale=[0.1, 1e-6])
+    return float(fit.x[0]), float(fit.x[1])
+
+
+def fit_launch(traces: list[Trace], hw: HwConfig) -> float:
+    """The host's eager cost per kernel that best explains the measured stage wall times (log error)."""
+    pairs = [(t, s.wall_s) for t in traces for s in t.stages if s.wall_s]
+    kernels = {id(t): kernels_of(t, hw) for t in traces}
+
+    def loss(log_launch: float) -> float:
+        trial = hw.with_overrides({"host.launch_eager_s": repr(float(np.exp(log_launch)))})
+        errors = []
+        for t in traces:
+            p = project(t, trial, "eager", kernels[id(t)])
+            errors += [(np.log(c / p.clock_hz) - np.log(s.wall_s)) ** 2
+                       for s, c in zip(t.stages, p.stage_cycles) if s.wall_s]
+        return float(np.mean(errors))
+
+    if not pairs:
+        return hw.host.launch_eager_s
+    result = minimize_scalar(loss, bounds=(np.log(1e-7), np.log(1e-3)), method="bounded", options={"xatol": 0.01})
+    return float(np.exp(result.x))
+
+
+def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: str) -> tuple[dict, dict]:
+    """The calibrated hwconfig (as a mapping) and a report of what was measured and fitted."""
+    raw = to_dict(base)
+    measured = peaks_from_microbench(mb)
+    src = f"measurement: {mb_path} ({mb['device_name']}, torch {mb['torch_version']})"
+    peak, host, eff, sources = raw["peak"], raw["host"], raw["efficiency"], raw["sources"]
+    eff["dram"] = min(1.0, measured["dram_bandwidth_bytes_per_s"] / peak["dram_bandwidth_bytes_per_s"])
+    best = measured["matrix_flops_per_s"]
+    ratios = [best[d] / peak["matrix_flops_per_s"][d] for d in best if d in peak["matrix_flops_per_s"]]
+    eff["matrix"] = min(1.0, max(ratios)) if ratios else eff["matrix"]
+    if base.kind != "cpu":  # on a cpu these are host time (cpu_base)
+        for field in ("kernel_min_s", "launch_graph_s"):
+            host[field] = measured[field]
+            sources[f"host.{field}"] = src
+    report: dict[str, Any] = {"measured": measured, "efficiency": dict(eff)}
+    hw = parse(raw, base.path)
+    if traces:
+        classes = {}
+        for cls, samples in sorted(class_samples(traces, hw).items()):
+            e, fixed = fit_class(samples, hw.host.kernel_min_s)
+            classes[cls] = {"efficiency": round(e, 4), "fixed_s": float(f"{fixed:.4g}")}
+        raw["classes"] = classes
+        hw = parse(raw, base.path)
+        host["launch_eager_s"] = float(f"{fit_launch(traces, hw):.4g}")
+        sources["host.launch_eager_s"] = ("fitted: stage wall times of " + ", ".join(
+            sorted({t.header.model.get("name", "?") + "/" + t.header.decoder for t in traces})))
+        report["classes"], report["launch_eager_s"] = classes, host["launch_eager_s"]
+    return raw, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.calibrate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), required=True, help="device to calibrate")
+    parser.add_argument("--base", type=Path, help="hwconfig with the device's datasheet figures to start from "
+                        "(default on cpu: one built from the measurements and /proc, /sys)")
+    parser.add_argument("--out", type=Path, required=True, help="calibrated hwconfig to write (YAML)")
+    parser.add_argument("--microbench", type=Path, help="saved microbenchmark results (JSON) instead of running them")
+    parser.add_argument("--measured", type=Path, nargs="*", default=[],
+                        help="measured traces to fit per-class efficiencies and the host cost to")
+    parser.add_argument("--quick", action="store_true", help="fewer microbenchmark sizes")
+    args = parser.parse_args(argv)
+    if args.base is None and args.device != "cpu":
+        parser.error("--base is required for cuda: the hwconfig with the GPU's datasheet figures")
+    try:
+        base = load_hwconfig(args.base) if args.base else None
+        traces = [read_trace(p) for p in args.measured]
+    except (HwConfigError, TraceError) as err:
+        parser.error(str(err))
+    for path, t in zip(args.measured, traces):
+        if not t.header.measured:
+            parser.error(f"{path}: not a measured trace (no durations)")
+    if args.microbench:
+        mb_path = args.microbench
+        try:
+            mb = json.loads(mb_path.read_text())
+        except (OSError, ValueError) as err:
+            parser.error(f"--microbench {mb_path}: {err}")
+    else:
+        try:
+            from reference.microbench import run_microbenchmarks
+        except ImportError as err:
+            parser.error(f"running the microbenchmarks needs torch ({err}); give --microbench FILE")
+        mb = run_microbenchmarks(args.device, quick=args.quick)
+        mb_path = args.out.with_suffix(".microbench.json")
+        atomic_write(mb_path, lambda tmp: tmp.write_text(json.dumps(mb, indent=1)))
+    if base is None:
+        base = parse(cpu_base(mb, str(mb_path)), "this machine")
+    raw, report = calibrate(base, mb, traces, str(mb_path))
+    raw["name"] = f"{base.name} (calibrated {date.today().isoformat()})"
+    raw["notes"] = (f"Calibrated from {base.path}: host figures and efficiencies measured or fitted (sources say "
+                    f"which); per-class fits from {len(traces)} measured traces.")
+    text = f"# Generated by: python -m sim.calibrate {' '.join(sys.argv[1:])}\n" + yaml.safe_dump(raw, sort_keys=False)
+    atomic_write(args.out, lambda tmp: tmp.write_text(text))
+    load_hwconfig(args.out)  # what was written loads
+    m = report["measured"]
+    print(f"{args.out}: DRAM {m['dram_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s measured (efficiency "
+          f"{report['efficiency']['dram']:.3f}), matrix {max(m['matrix_flops_per_s'].values()) / 1e12:.3g} TFLOP/s "
+          f"(efficiency {report['efficiency']['matrix']:.3f}), kernel {m['kernel_min_s'] * 1e6:.2f} us, graph gap "
+          f"{m['launch_graph_s'] * 1e6:.2f} us")
+    if traces:
+        print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
+              f"(microbenchmark: {m['launch_eager_s'] * 1e6:.2f} us)")
+        for cls, fit in report["classes"].items():
+            print(f"  {cls:<12} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

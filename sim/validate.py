@@ -1,0 +1,168 @@
+"""Validate projections against measured runs: error per kernel, per stage and end to end.
+
+    python -m sim.validate --hw hwconfigs/h200.yaml --measured data/measured/h200/*.jsonl.gz [--plot OUT.png]
+
+A measured trace (python -m reference.measure) holds every op's measured duration, every stage's wall time
+and the end-to-end wall time. Each is compared with the projection of the same trace:
+
+- kernel: the op's device time (cuda: kernel time from the profiler) against the projected kernel time; on a
+  cpu, where ops are synchronous and host-timed, against the projected dispatch + kernel time;
+- stage: the stage's wall time against the projected stage time;
+- end to end: the median end-to-end wall time against the projected total.
+
+Per metric (and per kernel class): mean and median absolute % error, P90, signed bias (median of
+(projected - measured) / measured) and Pearson correlation. `--max-error PCT` exits 1 when the median
+end-to-end absolute error over the traces exceeds PCT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from sim.engine import project
+from sim.hardware import HwConfig, HwConfigError, load_hwconfig
+from sim.run import atomic_write
+from sim.trace import Trace, TraceError, read_trace
+
+
+def metrics(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    """Error statistics of (projected, measured) pairs, in % (correlation in [-1, 1])."""
+    pairs = [(p, m) for p, m in pairs if m > 0]
+    if not pairs:
+        return {"n": 0}
+    signed = [100 * (p - m) / m for p, m in pairs]
+    absolute = sorted(abs(e) for e in signed)
+    projected, measured = [p for p, _ in pairs], [m for _, m in pairs]
+    r = math.nan
+    if len(pairs) > 1 and statistics.pstdev(projected) > 0 and statistics.pstdev(measured) > 0:
+        r = statistics.correlation(projected, measured)
+    return {"n": len(pairs), "mean_abs_pct": statistics.fmean(absolute), "median_abs_pct": statistics.median(absolute),
+            "p90_abs_pct": absolute[min(len(absolute) - 1, math.ceil(0.9 * len(absolute)) - 1)],
+            "bias_pct": statistics.median(signed), "pearson_r": r}
+
+
+def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool) -> None:
+    """Refuse a trace that cannot be validated against `hw`, saying why."""
+    if not trace.header.measured:
+        raise ValueError(f"{path}: not a measured trace (header 'measured' is false, no durations); measure one "
+                         "with python -m reference.measure")
+    if not trace.ops:
+        raise ValueError(f"{path}: empty trace (no op records)")
+    if "end_to_end_s" not in trace.header.extra:
+        raise ValueError(f"{path}: header 'extra' has no 'end_to_end_s' (not written by reference.measure)")
+    measured_cpu = trace.header.device == "cpu"
+    if measured_cpu != (hw.kind == "cpu"):
+        raise ValueError(f"{path}: measured on {trace.header.device} ({trace.header.device_name}) but hwconfig "
+                         f"{hw.path} describes a {hw.kind}")
+    models = re.findall(r"\b[A-Z]+\d+[A-Za-z0-9]*\b", trace.header.device_name)
+    if not any_device and models and not any(m in hw.name for m in models):
+        raise ValueError(f"{path}: measured on {trace.header.device_name} but hwconfig {hw.path} is {hw.name!r}; "
+                         "pass --any-device to compare anyway")
+
+
+def validate_trace(trace: Trace, hw: HwConfig, launch: str = "eager") -> dict[str, list[tuple[float, float]]]:
+    """(projected, measured) seconds per metric: 'kernel', 'kernel:<class>', 'stage', 'end_to_end'."""
+    p = project(trace, hw, launch)
+    clock = p.clock_hz
+    host_s = hw.host.launch_eager_s if hw.kind == "cpu" else 0.0
+    out: dict[str, list[tuple[float, float]]] = {"kernel": [], "stage": [], "end_to_end": []}
+    for op, k, start, end in zip(trace.ops, p.kernels, p.start_cycles, p.end_cycles):
+        pair = ((end - start) / clock + host_s, op.duration_s)
+        out["kernel"].append(pair)
+        out.setdefault(f"kernel:{k.cls}", []).append(pair)
+    for stage, cycles in zip(trace.stages, p.stage_cycles):
+        if stage.wall_s is not None:
+            out["stage"].append((cycles / clock, stage.wall_s))
+    out["end_to_end"].append((p.total_s, trace.header.extra["end_to_end_s"]["median"]))
+    return out
+
+
+def print_report(name: str, report: dict[str, dict[str, float]]) -> None:
+    print(f"\n{name}")
+    print(f"{'metric':<22}{'n':>7}{'mean|e|%':>10}{'median|e|%':>12}{'P90|e|%':>9}{'bias%':>8}{'r':>7}")
+    for metric, m in report.items():
+        if m["n"]:
+            print(f"{metric:<22}{m['n']:>7}{m['mean_abs_pct']:>10.1f}{m['median_abs_pct']:>12.1f}"
+                  f"{m['p90_abs_pct']:>9.1f}{m['bias_pct']:>+8.1f}{m['pearson_r']:>7.3f}")
+
+
+def scatter(pairs: dict[str, list[tuple[float, float]]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for metric, values in pairs.items():
+        if metric.startswith("kernel:") or not values:
+            continue
+        ax.scatter([m for _, m in values], [p for p, _ in values], s=4 if metric == "kernel" else 14, alpha=0.4,
+                   label=metric)
+    lo = min(min(v) for values in pairs.values() for v in values if min(v) > 0)
+    hi = max(max(v) for values in pairs.values() for v in values)
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, label="projected = measured")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured (s)")
+    ax.set_ylabel("projected (s)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.validate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hw", type=Path, required=True, help="hwconfig of the device the traces were measured on")
+    parser.add_argument("--measured", type=Path, nargs="+", required=True, help="measured trace files")
+    parser.add_argument("--launch", choices=("eager", "graph"), default="eager",
+                        help="launch mode the traces were measured in (default eager)")
+    parser.add_argument("--max-error", type=float, metavar="PCT",
+                        help="exit 1 when the median end-to-end absolute error over the traces exceeds PCT")
+    parser.add_argument("--plot", type=Path, help="scatter plot, projected vs measured (PNG)")
+    parser.add_argument("--json", type=Path, help="write the error statistics as JSON")
+    parser.add_argument("--any-device", action="store_true",
+                        help="compare even when the trace's device differs from the hwconfig's")
+    args = parser.parse_args(argv)
+    try:
+        hw = load_hwconfig(args.hw)
+    except HwConfigError as err:
+        parser.error(str(err))
+    everything: dict[str, list[tuple[float, float]]] = {}
+    per_trace = {}
+    for path in args.measured:
+        try:
+            trace = read_trace(path)
+            check_pairing(trace, hw, path, args.any_device)
+        except (TraceError, ValueError) as err:
+            parser.error(str(err))
+        pairs = validate_trace(trace, hw, args.launch)
+        report = {metric: metrics(values) for metric, values in pairs.items()}
+        per_trace[str(path)] = report
+        print_report(f"{path.name} on {hw.name}", {k: v for k, v in report.items() if not k.startswith("kernel:")})
+        for metric, values in pairs.items():
+            everything.setdefault(metric, []).extend(values)
+    overall = {metric: metrics(values) for metric, values in everything.items()}
+    print_report(f"all {len(args.measured)} traces on {hw.name} ({args.hw})", overall)
+    e2e = overall["end_to_end"]
+    if args.json:
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps({"overall": overall, "traces": per_trace},
+                                                                      indent=1)))
+    if args.plot:
+        scatter(everything, args.plot, f"{hw.name}: {len(args.measured)} measured traces")
+    if args.max_error is not None and e2e["median_abs_pct"] > args.max_error:
+        print(f"FAIL: median end-to-end error {e2e['median_abs_pct']:.1f}% > {args.max_error}%", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""sim.validate and sim.calibrate: known errors are reported as known, fits recover what made the data, and
+traces that cannot be validated are refused clearly."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from simtraces import header, hw_dict, op
+
+from sim import calibrate, validate
+from sim.engine import project
+from sim.hardware import ClassFit, HwConfigError, parse
+from sim.trace import StageRecord, Trace
+
+
+def test_a_trace_paired_with_itself_has_zero_error():
+    pairs = [(t, t) for t in np.geomspace(1e-6, 1e-2, 50)]
+    m = validate.metrics(pairs)
+    assert m["median_abs_pct"] == m["mean_abs_pct"] == m["p90_abs_pct"] == m["bias_pct"] == 0
+    assert m["pearson_r"] == pytest.approx(1)
+
+
+def test_a_scaled_projection_reports_the_known_error():
+    measured = np.geomspace(1e-6, 1e-2, 50)
+    m = validate.metrics([(1.1 * t, t) for t in measured])
+    assert m["median_abs_pct"] == pytest.approx(10) and m["bias_pct"] == pytest.approx(10)
+    m = validate.metrics([(0.8 * t, t) for t in measured])
+    assert m["mean_abs_pct"] == pytest.approx(20) and m["bias_pct"] == pytest.approx(-20)
+
+
+def measured_trace(hw, scale: float = 1.0, n_stages: int = 3) -> Trace:
+    """A measured trace whose durations are the projection's own kernel times (times `scale`)."""
+    ops, stages = [], []
+    for s in range(n_stages):
+        for j in range(4):
+            ops.append(op(len(ops), s, "aten.linear.default", f"blocks.{j}.ffn.up", flops=2 * 4096 * 4096,
+                          weight=2 * 4096 * 4096, act=8192, m=1, n=4096, weights=(f"w{j}",)))
+        stages.append(StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []))
+    trace = Trace(header({f"w{j}": 2 * 4096 * 4096 for j in range(4)}), ops, stages)
+    p = project(trace, hw)
+    for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
+        o.duration_s = scale * (end - start) / p.clock_hz
+    for st, cycles in zip(trace.stages, p.stage_cycles):
+        st.wall_s = scale * cycles / p.clock_hz
+    trace.header.measured = True
+    trace.header.device, trace.header.device_name = "cuda", "NVIDIA Synthetic"
+    trace.header.extra = {"end_to_end_s": {"median": scale * p.total_s}}
+    return trace
+
+
+def test_validate_trace_on_its_own_projection():
+    hw = parse(hw_dict(), "synthetic.yaml")
+    for scale, error in ((1.0, 0.0), (1.25, 20.0)):
+        pairs = validate.validate_trace(measured_trace(hw, scale), hw)
+        for metric in ("kernel", "stage", "end_to_end"):
+            assert validate.metrics(pairs[metric])["median_abs_pct"] == pytest.approx(error)
+
+
+def test_traces_that_cannot_be_validated_are_refused():
+    hw = parse(hw_dict(), "synthetic.yaml")
+    trace = measured_trace(hw)
+    unmeasured = dataclasses.replace(trace, header=dataclasses.replace(trace.header, measured=False))
+    with pytest.raises(ValueError, match="not a measured trace"):
+        validate.check_pairing(unmeasured, hw, "x", False)
+    with pytest.raises(ValueError, match="empty trace"):
+        validate.check_pairing(Trace(trace.header, [], []), hw, "x", False)
+    other = dataclasses.replace(trace, header=dataclasses.replace(trace.header, device_name="NVIDIA A100"))
+    with pytest.raises(ValueError, match="measured on NVIDIA A100 but hwconfig"):
+        validate.check_pairing(other, hw, "x", False)
+    validate.check_pairing(other, hw, "x", any_device=True)
+    on_cpu = dataclasses.replace(trace, header=dataclasses.replace(trace.header, device="cpu"))
+    with pytest.raises(ValueError, match="describes a gpu"):
+        validate.check_pairing(on_cpu, hw, "x", False)
+
+
+def test_validate_command_refuses_a_trace_without_durations(capsys):
+    with pytest.raises(SystemExit):
+        validate.main(["--hw", "hwconfigs/a100.yaml", "--measured",
+                       "data/traces/t5-base-4.sequential.bf16.b1.t128.jsonl.gz"])
+    assert "not a measured trace" in capsys.readouterr().err
+
+
+def synthetic_microbench(hw) -> dict:
+    """Microbenchmark results the way the model says `hw` would produce them."""
+    bw = hw.peak.dram_bandwidth_bytes_per_s * hw.efficiency.dram
+    rate = hw.peak.matrix_flops_per_s["bfloat16"] * hw.efficiency.matrix
+    sizes = [1 << s for s in range(20, 31)]
+    return {"device_name": "synthetic", "torch_version": "-",
+            "copy": [{"bytes": b, "bytes_moved": 2 * b, "seconds": 2 * b / bw + 2e-6} for b in sizes],
+            "gemm": [{"m": n, "n": n, "k": n, "dtype": "bfloat16", "seconds": 2 * n**3 / rate} for n in (4096, 8192)],
+            "elementwise": [], "attention": [], "launch_eager_s": 7e-6, "kernel_min_s": 1.5e-6,
+            "graph_per_kernel_s": 2.0e-6}
+
+
+def test_calibration_recovers_the_figures_that_made_the_measurements():
+    truth = parse(hw_dict(), "truth.yaml")  # efficiencies 0.85 dram, 0.7 matrix
+    measured = calibrate.peaks_from_microbench(synthetic_microbench(truth))
+    assert measured["dram_bandwidth_bytes_per_s"] == pytest.approx(2e12 * 0.85, rel=0.05)
+    assert measured["matrix_flops_per_s"]["bfloat16"] == pytest.approx(300e12 * 0.7, rel=0.05)
+    assert measured["kernel_min_s"] == 1.5e-6 and measured["launch_graph_s"] == pytest.approx(0.5e-6)
+    _, report = calibrate.calibrate(truth, synthetic_microbench(truth), [], "synthetic.json")
+    assert report["efficiency"]["dram"] == pytest.approx(0.85, rel=0.05)
+    assert report["efficiency"]["matrix"] == pytest.approx(0.7, rel=0.05)
+
+
+@pytest.mark.parametrize("efficiency, fixed_s", [(0.6, 0.0), (0.35, 4e-6), (0.9, 2e-5)])
+def test_class_fits_recover_efficiency_and_fixed_time(efficiency, fixed_s):
+    work = np.geomspace(1e-6, 1e-3, 200)  # compute or memory time at unit class efficiency
+    samples = [(w, w / 3, max(w / efficiency, 1e-6) + fixed_s) for w in work]
+    e, f = calibrate.fit_class(samples, kernel_min_s=1e-6)
+    assert e == pytest.approx(efficiency, rel=0.05)
+    assert f == pytest.approx(fixed_s, abs=2e-7)
+
+
+def test_host_cost_fit_recovers_the_launch_time():
+    truth = parse(hw_dict(), "truth.yaml").with_overrides({"host.launch_eager_s": "3.3e-5"})
+    start = truth.with_overrides({"host.launch_eager_s": "1e-6"})
+    fitted = calibrate.fit_launch([measured_trace(truth)], start)
+    assert fitted == pytest.approx(3.3e-5, rel=0.05)
+
+
+def test_class_fits_load_and_are_validated(tmp_path):
+    raw = hw_dict()
+    raw["classes"] = {"attention": {"efficiency": 0.5, "fixed_s": 2e-5}}
+    hw = parse(raw, "x.yaml")
+    assert hw.classes["attention"] == ClassFit(0.5, 2e-5)
+    raw["classes"] = {"attention": {"efficiency": 1.5, "fixed_s": 0}}
+    with pytest.raises(HwConfigError, match=r"classes\.attention\.efficiency"):
+        parse(raw, "x.yaml")
+    raw["classes"] = {"softmaxx": {"efficiency": 0.5, "fixed_s": 0}}
+    with pytest.raises(HwConfigError, match="unknown kernel class"):
+        parse(raw, "x.yaml")
