@@ -27,7 +27,7 @@ from torch.autograd import DeviceType
 from tqdm import tqdm
 
 from reference import tracing
-from reference.config import PRESETS, get_preset
+from reference.config import get_preset
 from reference.model import SharedDecoder
 from reference.pipeline import Row
 
@@ -182,20 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", required=True, choices=("cpu", "cuda"), help="device to measure on")
-    parser.add_argument("--preset", required=True, help="model preset; one of: " + ", ".join(PRESETS))
-    parser.add_argument("--decoder", required=True, choices=("sequential", "speed"), help="decoder to measure")
-    parser.add_argument("--tokens", type=int, default=tracing.DEFAULT_TOKENS,
-                        help=f"tokens to generate per sequence (default {tracing.DEFAULT_TOKENS})")
+    tracing.add_workload_arguments(parser, required=True)
     parser.add_argument("--out", type=Path, required=True, help="measured trace to write (.jsonl.gz)")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
-                        help="parameter dtype (default bfloat16)")
-    parser.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
-    parser.add_argument("--prompt-len", type=int, default=16, help="decoder-only prompt length (default 16)")
-    parser.add_argument("--source-len", type=int, default=tracing.DEFAULT_SOURCE_LEN,
-                        help=f"encoder input length (default {tracing.DEFAULT_SOURCE_LEN})")
-    parser.add_argument("--flips", help="SPEED flips: 'model' (the model's own argmax), a profile of "
-                        "data/flips/paper-fig4.yaml, or rates per exit '0.09,0.04' (default: the preset's profile)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, prompts and flips (default 0)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs for wall times (default 5)")
     parser.add_argument("--op-repeats", type=int, default=3, help="runs timing every op (default 3)")

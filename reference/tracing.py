@@ -458,23 +458,29 @@ def write_defaults(progress: bool = True) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.tracing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", help="model preset; one of: " + ", ".join(PRESETS))
-    parser.add_argument("--decoder", choices=("sequential", "speed"), default="speed", help="decoder (default speed)")
-    parser.add_argument("--device", default="meta", help="cpu, cuda or meta (default meta: shapes only, no weights)")
+def add_workload_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """The flags that say which run to trace or measure (shared by reference.tracing and reference.measure)."""
+    parser.add_argument("--preset", required=required, help="model preset; one of: " + ", ".join(PRESETS))
+    parser.add_argument("--decoder", choices=("sequential", "speed"), default=None if required else "speed",
+                        required=required, help="decoder" + ("" if required else " (default speed)"))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32", "float64"),
                         help="parameter dtype (default bfloat16)")
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
-                        help=f"tokens to generate (default {DEFAULT_TOKENS})")
+                        help=f"tokens to generate per sequence (default {DEFAULT_TOKENS})")
     parser.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     parser.add_argument("--prompt-len", type=int, default=16, help="decoder-only prompt length (default 16)")
     parser.add_argument("--source-len", type=int, default=DEFAULT_SOURCE_LEN,
                         help=f"encoder input length of encoder-decoder presets (default {DEFAULT_SOURCE_LEN})")
-    parser.add_argument("--flips", help="SPEED flips: a profile in data/flips/paper-fig4.yaml or rates per exit "
-                        "'0.09,0.04' (default: the profile named like the preset)")
+    parser.add_argument("--flips", help="SPEED flips: a profile of data/flips/paper-fig4.yaml, rates per exit "
+                        "'0.09,0.04', or 'model' (the model's own argmax; not on meta); default: the preset's profile")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, prompts and flips (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference.tracing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_arguments(parser, required=False)
+    parser.add_argument("--device", default="meta", help="cpu, cuda or meta (default meta: shapes only, no weights)")
     parser.add_argument("--out", type=Path, help="trace file to write (.jsonl.gz)")
     parser.add_argument("--defaults", action="store_true", help="regenerate the default traces under data/traces/")
     args = parser.parse_args(argv)
