@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from sim.hardware import HWCONFIG_DIR, load_hwconfig
+from sim.public import pairs as public_pairs
 from sim.run import ROOT, atomic_write
 from sim.trace import read_trace
 from sim.validate import metrics, scatter, validate_trace
@@ -71,12 +72,22 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"## {device}: measured traces in `data/measured/{device}/`", ""]
         for hw_name in (datasheet, calibrated):
             section(device, hw_name, fit_glob, lines, plots)
+    lines += ["## A100 single operators (public measurements, `python -m sim.public`)", "",
+              "LLMCompass's A100 80GB measurements (one eager call between host clocks, synchronised) against the "
+              "datasheet `hwconfigs/a100.yaml` (not calibrated).", "",
+              "| operator | n | median \\|e\\| | bias | r |", "| --- | --- | --- | --- | --- |"]
+    for kind, values in public_pairs(load_hwconfig(HWCONFIG_DIR / "a100.yaml")).items():
+        m = metrics(values)
+        lines.append(f"| {kind} | {m['n']} | {m['median_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | "
+                     f"{m['pearson_r']:.3f} |")
+    lines.append("")
     if args.cpu_loop:
-        lines += ["## This machine's CPU: the CI loop (`bash scripts/cpu_validation.sh DIR`)", "",
-                  f"Calibrated hwconfig and measured traces from `{args.cpu_loop}`; fitted to tiny-6 sequential and "
-                  "tiny-4x3 SPEED.", "", "| measured trace | end-to-end error | kernel median \\|e\\| |",
-                  "| --- | --- | --- |"]
         hw = load_hwconfig(args.cpu_loop / "cpu-calibrated.yaml")
+        lines += ["## A CPU: the CI loop (`bash scripts/cpu_validation.sh DIR`)", "",
+                  f"One run of the loop on {hw.name}, {hw.peak.compute_units} threads (the development machine; CI "
+                  "runs it on its own CPU): calibrated hwconfig fitted to tiny-6 sequential and tiny-4x3 SPEED, "
+                  "float32, 32 tokens.", "", "| measured trace | end-to-end error | kernel median \\|e\\| |",
+                  "| --- | --- | --- |"]
         for path in sorted(args.cpu_loop.glob("*.jsonl.gz")):
             pairs = validate_trace(read_trace(path), hw)
             (p, m), = pairs["end_to_end"]

@@ -130,3 +130,15 @@ def test_class_fits_load_and_are_validated(tmp_path):
     raw["classes"] = {"softmaxx": {"efficiency": 0.5, "fixed_s": 0}}
     with pytest.raises(HwConfigError, match="unknown kernel class"):
         parse(raw, "x.yaml")
+
+
+def test_public_a100_measurements_are_read_and_projected():
+    from sim import public
+
+    if not public.DATA.exists():
+        pytest.skip(f"public measurements not beside the checkout ({public.DATA})")
+    hw = parse(hw_dict(), "synthetic.yaml")
+    results = public.pairs(hw)
+    assert {k: len(v) for k, v in results.items()} == {"matmul": 20, "softmax": 22, "layernorm": 22, "gelu": 20}
+    assert all(p > 0 and m > 0 for values in results.values() for p, m in values)
+    assert validate.metrics(results["matmul"])["pearson_r"] > 0.99  # bigger products take longer in both
