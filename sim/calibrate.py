@@ -116,12 +116,15 @@ def class_samples(traces: list[Trace], hw: HwConfig) -> dict[str, list[tuple[flo
 
 
 def fit_class(samples: list[tuple[float, float, float]], kernel_min_s: float) -> tuple[float, float]:
-    """(efficiency, fixed_s) minimising the squared log error of max(c / e, m / e, kernel_min) + fixed."""
+    """(efficiency, fixed_s) minimising the squared error of max(c / e, m / e, kernel_min) + fixed, in units of
+    the mean measured time: absolute, not log, error, so that the fitted times add up to the measured stage
+    and end-to-end times (a log fit follows the median kernel and misses the sums)."""
     work = np.array([max(c, m) for c, m, _ in samples])
-    measured = np.log(np.array([t for _, _, t in samples]))
+    measured = np.array([t for _, _, t in samples])
+    scale = measured.mean()
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        return np.log(np.maximum(work / x[0], kernel_min_s) + x[1]) - measured
+        return (np.maximum(work / x[0], kernel_min_s) + x[1] - measured) / scale
 
     fit = least_squares(residuals, x0=[0.5, 1e-6], bounds=([1e-3, 0.0], [1.0, 1e-2]), x_scale=[0.1, 1e-6])
     return float(fit.x[0]), float(fit.x[1])
