@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         hw = load_hwconfig(args.cpu_loop / "cpu-calibrated.yaml")
         lines += ["## A CPU: the CI loop (`bash scripts/cpu_validation.sh DIR`)", "",
                   f"One run of the loop on {hw.name}, {hw.peak.compute_units} threads (the development machine; CI "
-                  "runs it on its own CPU): calibrated hwconfig fitted to tiny-6 sequential and tiny-4x3 SPEED, "
+                  "runs it on its own CPU): calibrated hwconfig fitted to all five measured presets, "
                   "float32, 32 tokens.", "", "| measured trace | end-to-end error | kernel median \\|e\\| |",
                   "| --- | --- | --- |"]
         for path in sorted(args.cpu_loop.glob("*.jsonl.gz")):
