@@ -44,14 +44,11 @@ from reference.config import PRESETS, ModelConfig, get_preset
 from reference.flips import FlipOracle
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
+from sim.run import DEFAULT_RUNS, DEFAULT_SOURCE_LEN, DEFAULT_TOKENS, default_trace_name
 from sim.trace import OpRecord, StageRecord, TraceHeader, TraceWriter
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TRACES = ROOT / "data" / "traces"
-# The simulator's built-in default: the paper's T5-Base setting, bf16, batch 1.
-DEFAULT_PRESETS = ("t5-base-12", "t5-base-4", "t5-base-4x3")
-DEFAULT_TOKENS = 128
-DEFAULT_SOURCE_LEN = 128
+DEFAULT_TRACES = ROOT / "data" / "traces"  # the simulator's built-in default (sim.run.DEFAULT_RUNS)
 # Sources whose content decides what a trace holds: their hash is the trace's code revision, so that a
 # regenerated default trace is byte-identical until one of them changes.
 TRACE_SOURCES = ("reference/config.py", "reference/model.py", "reference/decode.py", "reference/pipeline.py",
@@ -442,16 +439,15 @@ def write_trace(out: Path, head: TraceHeader, capture: OpCapture) -> None:
 
 
 def default_trace_path(preset: str, decoder: str) -> Path:
-    return DEFAULT_TRACES / f"{preset}.{decoder}.bf16.b1.t{DEFAULT_TOKENS}.jsonl.gz"
+    return DEFAULT_TRACES / default_trace_name(preset, decoder)
 
 
 def write_defaults(progress: bool = True) -> list[Path]:
     """The simulator's default traces (meta device, so byte-reproducible on any machine)."""
     from tqdm import tqdm
 
-    jobs = [(p, d) for p in DEFAULT_PRESETS for d in ("sequential", "speed") if d == "sequential" or "x" in p]
     paths = []
-    for preset, decoder in tqdm(jobs, desc="default traces", disable=not progress):
+    for preset, decoder in tqdm(DEFAULT_RUNS, desc="default traces", disable=not progress):
         path = default_trace_path(preset, decoder)
         capture_trace(preset, decoder, DEFAULT_TOKENS, path, command="python -m reference.tracing --defaults")
         paths.append(path)

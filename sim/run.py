@@ -60,8 +60,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def default_trace_name(preset: str, decoder: str) -> str:
+    """File name of a default trace (reference.tracing --defaults writes them)."""
+    return f"{preset}.{decoder}.bf16.b1.t{DEFAULT_TOKENS}.jsonl.gz"
+
+
 def default_trace(preset: str, decoder: str) -> Path:
-    return DEFAULT_TRACES / f"{preset}.{decoder}.bf16.b1.t{DEFAULT_TOKENS}.jsonl.gz"
+    return DEFAULT_TRACES / default_trace_name(preset, decoder)
 
 
 def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None) -> Path:
