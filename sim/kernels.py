@@ -33,7 +33,6 @@ MEMSET_OPS = {"aten.zeros.default", "aten.empty.memory_format", "aten.fill_.Scal
               "aten.full.default"}
 MATRIX_CLASSES = ("matmul", "lm_head", "attention")
 CLASSES = KERNEL_CLASSES
-BOUNDS = ("compute", "memory", "latency")  # what set a kernel's device time
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,3 +148,19 @@ def test_random_early_exits_flush_but_stay_exact():
     out = decode.speed(model, [[5, 6, 7]], 24, eos_id=-1)
     assert out.tokens == ref.tokens
     assert out.stats.flushed > 0 and out.stats.row_passes_wasted > 0
+
+
+def test_flip_log_saved_and_loaded_replays_the_run(tmp_path):
+    cfg = get_preset("tiny-4x3")
+    model = SharedDecoder(cfg, dtype=torch.float64)
+    log = StageLog()
+    out = decode.speed(model, [[3, 4]], 40, predictor=FlipOracle([0.3, 0.2], cfg.vocab_size, seed=2, avoid=[1]),
+                       observer=log)
+    FlipReplay([p for _, preds, _, _ in log.stages for p in preds], source="run").save(tmp_path / "log.json", 3)
+    replayed = decode.speed(model, [[3, 4]], 40, predictor=FlipReplay.load(tmp_path / "log.json", groups=3))
+    assert replayed.tokens == out.tokens and replayed.stats == out.stats
+    with pytest.raises(ValueError, match="field 'groups' is 3, the model has G = 4"):
+        FlipReplay.load(tmp_path / "log.json", groups=4)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="missing 'predictions'/'groups'"):
+        FlipReplay.load(tmp_path / "bad.json", groups=3)
