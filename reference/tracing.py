@@ -10,9 +10,14 @@ values exist, so a 7B-shaped decoder is traced in seconds without its weights). 
   `torch.utils.flop_counter` for the matrix products and attention;
 - bytes read and written, split into weights / activations / KV cache by where each tensor came from: every
   tensor is tagged with its origin (a parameter, the KV cache, or computed), and views inherit the tag;
-  gathers (embedding, index) read only the rows they gather; an in-place copy writes its destination.
+  gathers (embedding, index) read only the rows they gather; an in-place copy writes its destination;
+- its dependencies: the earlier ops of its stage whose memory it reads (read after write) or overwrites (write
+  after read or write), found from the storage and element range of every tensor it touches, so two rows
+  writing and reading different depths or positions of one KV cache tensor stay independent. Stages need no
+  edges between them: each ends with the host reading the argmaxes, a full synchronization.
 
-Views (no kernel, no bytes) are not recorded. `scaled_dot_product_attention` is recorded as one op whatever
+Views (no kernel, no bytes) are not recorded; a view op that copies instead (`to` a new dtype, `flatten` of a
+strided tensor) is. `scaled_dot_product_attention` is recorded as one op whatever
 backend it lowers to (a fused kernel on cpu and cuda, a dozen math ops on meta), so traces of one run on
 different devices have the same op sequence.
 
@@ -104,6 +109,51 @@ class _Stage:
         self.depth: int | None = None  # prefill: depth of the block being run
 
 
+Region = tuple[int, int, int]  # (storage, first element, one past the last element)
+
+
+def _region(t: torch.Tensor) -> Region | None:
+    """The storage elements a (possibly strided) view spans; None if it spans none."""
+    if t.numel() == 0:
+        return None
+    lo = t.storage_offset()
+    return t.untyped_storage()._cdata, lo, lo + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1
+
+
+class _Accesses:
+    """Who read and who last wrote each element range of each storage in the current stage, to find the ops a
+    new op must follow."""
+
+    def __init__(self) -> None:
+        self.writes: dict[int, list[tuple[int, int, int]]] = {}  # storage -> [(lo, hi, op index)]
+        self.reads: dict[int, list[tuple[int, int, int]]] = {}
+
+    def clear(self) -> None:
+        self.writes.clear()
+        self.reads.clear()
+
+    def record(self, op: int, reads: list[Region], writes: list[Region], fresh: list[Region]) -> set[int]:
+        """Note that op `op` reads `reads` and writes `writes` (`fresh`: newly allocated outputs, whose storage
+        may reuse a freed one's address); return the earlier ops it depends on."""
+        for key, _, _ in fresh:
+            self.writes.pop(key, None)
+            self.reads.pop(key, None)
+        deps = set()
+        for key, lo, hi in reads:
+            deps.update(j for a, b, j in self.writes.get(key, ()) if a < hi and lo < b)
+        for key, lo, hi in writes:
+            for table in (self.writes, self.reads):
+                deps.update(j for a, b, j in table.get(key, ()) if a < hi and lo < b)
+                # accesses this write covers are ordered before it; later ops need only depend on it
+                table[key] = [e for e in table.get(key, ()) if not (lo <= e[0] and e[1] <= hi)]
+        for key, lo, hi in reads:
+            self.reads.setdefault(key, []).append((lo, hi, op))
+        for key, lo, hi in writes + fresh:
+            self.writes.setdefault(key, []).append((lo, hi, op))
+        deps.discard(op)
+        return deps
+
+
 class OpCapture(TorchDispatchMode):
     """Records the ops of a decoding run of `model` (see the module docstring). `timer` times each op:
     "host" (a clock around it: right on cpu, where ops are synchronous) or None."""
@@ -123,12 +173,15 @@ class OpCapture(TorchDispatchMode):
             self.weights[name] = {"bytes": _nbytes(p), "shape": list(p.shape), "dtype": str(p.dtype)[6:]}
         self._in_composite = False
         self._undo: list[Callable[[], None]] = []
+        self.accesses = _Accesses()
 
     # -- where we are: stages (StageObserver), modules, layers
     def begin(self, kind: str) -> None:
         self.where.index += 1
         self.where.kind = kind
         self.where.rows = 0
+        if self.where.index > 0:  # ops before the first stage belong to it
+            self.accesses.clear()
 
     def end(self, rows: list[tuple[int, Row]], predictions: list[int], commits: list[tuple[int, int, int]],
             flushes: list[tuple[int, int, int]]) -> None:
@@ -249,12 +302,19 @@ class OpCapture(TorchDispatchMode):
         reads = {"weight": 0, "act": 0, "kv": 0}
         writes = {"act": 0, "kv": 0}
         weights: list[str] = []
+        read_regions: list[Region] = []
+        write_regions: list[Region] = []
         for i, t in enumerate(tensors):
             kind = self._kind(t)
+            region = _region(t)
             if id(t) in written:
                 writes["kv" if kind == "kv" else "act"] += _nbytes(t)
+                if region is not None:
+                    write_regions.append(region)
                 if func in OVERWRITES:
                     continue
+            if region is not None:
+                read_regions.append(region)
             size = _nbytes(outs[0]) if func in GATHERS and i == 0 else _nbytes(t)
             reads[kind] += size
             if kind == "weight":
@@ -267,21 +327,24 @@ class OpCapture(TorchDispatchMode):
             flops = sdpa_flops(tensors[0], tensors[1])
         elif func in MATMULS:
             flops = matmul_flops(func, tensors, outs[0])
-        elif func in MOVES or func in GATHERS:
+        elif func in MOVES or func in GATHERS or func.is_view:  # casts and copies: bytes, no arithmetic
             flops = 0
         elif func in REDUCTIONS:
             flops = tensors[0].numel()
         else:
             flops = sum(t.numel() for t in outs)
         group, depth, layer, rows = self._placement(tensors)
+        fresh = [] if written else [r for r in map(_region, outs) if r is not None]
+        index = len(self.ops)
+        deps = self.accesses.record(index, read_regions, write_regions, fresh)
         self.ops.append(OpRecord(
-            i=len(self.ops), stage=max(self.where.index, 0), group=group, depth=depth, layer=layer, rows=rows,
+            i=index, stage=max(self.where.index, 0), group=group, depth=depth, layer=layer, rows=rows,
             module=self.modules[-1] if self.modules else "", op=name,
             in_shapes=[list(t.shape) for t in tensors], in_dtypes=[str(t.dtype)[6:] for t in tensors],
             out_shapes=[list(t.shape) for t in outs], out_dtypes=[str(t.dtype)[6:] for t in outs],
             flops=flops, weight_bytes=reads["weight"], act_read_bytes=reads["act"], act_write_bytes=writes["act"],
             kv_read_bytes=reads["kv"], kv_write_bytes=writes["kv"], weights=sorted(set(weights)),
-            duration_s=duration_s))
+            deps=sorted(index - j for j in deps), duration_s=duration_s))
 
     def _kind(self, t: torch.Tensor) -> str:
         origin = self.origin.get(t)
@@ -298,18 +361,29 @@ class OpCapture(TorchDispatchMode):
         out = call()
         return out, (time.perf_counter_ns() - t0) * 1e-9
 
+    def _alias(self, args: tuple, out: Any) -> Any:
+        """A view shares its source's origin."""
+        origin = self.origin.get(args[0]) if isinstance(args[0], torch.Tensor) else None
+        if origin is not None:
+            for t in tree_leaves(out):
+                self.origin[t] = origin
+        return out
+
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func.namespace in IGNORED_NAMESPACES or self._in_composite:
             return func(*args, **kwargs)
-        if func.is_view or func in METADATA:
-            out = func(*args, **kwargs)
-            origin = self.origin.get(args[0]) if isinstance(args[0], torch.Tensor) else None
-            if origin is not None:
-                for t in tree_leaves(out):
-                    self.origin[t] = origin
-            return out
-        out, duration = self.timed(str(func), lambda: func(*args, **kwargs))
+        if func in METADATA:
+            return self._alias(args, func(*args, **kwargs))
+        if func.is_view:
+            out, duration = self.timed(str(func), lambda: func(*args, **kwargs))
+            src = args[0] if isinstance(args[0], torch.Tensor) else None
+            if src is None or all(t.untyped_storage()._cdata == src.untyped_storage()._cdata
+                                  for t in tree_leaves(out) if isinstance(t, torch.Tensor)):
+                return self._alias(args, out)
+            # a view op that had to copy (a dtype cast, flattening a strided tensor): a kernel after all
+        else:
+            out, duration = self.timed(str(func), lambda: func(*args, **kwargs))
         self.record(str(func), func, args, kwargs, out, duration)
         return out
 
@@ -330,7 +404,12 @@ class _CompositeOps(TorchFunctionMode):
         def call() -> Any:
             capture._in_composite = True
             try:
-                return func(*args, **kwargs)
+                out = func(*args, **kwargs)
+                if out.device.type == "meta":
+                    # the fused kernels of cpu and cuda return [..., T, H, hd] memory under an [..., H, T, hd]
+                    # view, so merging the heads after them is a view; give meta's output the same layout
+                    out = out.transpose(-3, -2).contiguous().transpose(-3, -2)
+                return out
             finally:
                 capture._in_composite = False
 

@@ -9,6 +9,14 @@ Each resource is a named object, each actor a plain generator process, as in Sim
 - `DeviceStream` runs kernels one after another (PyTorch eager uses one stream; the trace's program order is
   the dependency order), each for its cost from `sim.kernels`. On a CPU the host runs its own kernels, so it
   waits for each one (synchronous).
+- `SharedDevice` (`streams` > 1, a what-if: a runtime that runs independent kernels concurrently, as CUDA
+  streams or a graph compiler could) starts each kernel once the host has issued it, every kernel it depends
+  on has finished (the trace's dependency graph, built with networkx), and fewer than `streams` kernels
+  run. Kernels in flight share the device as a fluid: each needs shares of the compute units and of memory
+  bandwidth (`sim.kernels.demand`); while the shares in flight add up to more than 1, the kernels using that
+  resource slow down in proportion, so concurrent transfers split DRAM bandwidth and the device never does
+  more than its peak. Stage time is then bounded below by the stage's critical path (longest chain of
+  dependent kernels) and by its aggregate roofline (all its FLOPs and bytes at peak rates).
 - `OnChipCache` (L2, or a CPU's last-level cache) holds weights by id and KV cache slices by depth, least
   recently used out first: bytes it holds are served on chip, the rest move from device memory.
 
@@ -19,15 +27,18 @@ are identical are provably identical and are simulated once (the cache state sti
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import networkx as nx
 import simpy
 
 from sim.hardware import HwConfig
-from sim.kernels import CLASSES, Kernel, KernelCost, kernel_cost, kernel_of
-from sim.trace import Trace
+from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
+from sim.trace import OpRecord, Trace
 
 LAUNCH_MODES = ("eager", "graph")
 
@@ -70,8 +81,8 @@ class HostThread:
     """Issues kernels into the stream: eager pays a launch per kernel on the host, graph one per stage. A
     synchronous host (a CPU running its own kernels) waits for each kernel before the next."""
 
-    def __init__(self, env: simpy.Environment, stream: DeviceStream, launch_cycles: int, graph: bool,
-                 synchronous: bool) -> None:
+    def __init__(self, env: simpy.Environment, stream: DeviceStream | SharedDevice, launch_cycles: int,
+                 graph: bool, synchronous: bool) -> None:
         self.env, self.stream, self.launch_cycles = env, stream, launch_cycles
         self.graph, self.synchronous = graph, synchronous
 
@@ -104,6 +115,102 @@ class DeviceStream:
             yield self.env.timeout(duration)
             ends.append(self.env.now)
             self.finished[i].succeed()
+
+
+class SharedDevice:
+    """Runs issued kernels concurrently, at most `streams` at a time, each once its predecessors finished;
+    kernels in flight share compute units and memory bandwidth (see the module docstring). Under graph replay
+    a kernel starts `gap_cycles` after it became ready, as on a single stream."""
+
+    def __init__(self, env: simpy.Environment, streams: int, gap_cycles: int, durations: tuple[int, ...],
+                 demands: tuple[tuple[float, float], ...], preds: list[list[int]]) -> None:
+        self.env, self.streams, self.gap = env, streams, gap_cycles
+        self.durations, self.demands = durations, demands
+        self.queue = simpy.Store(env)
+        self.waiting_on = [len(p) for p in preds]
+        self.succs: list[list[int]] = [[] for _ in durations]
+        for i, ps in enumerate(preds):
+            for j in ps:
+                self.succs[j].append(i)
+
+    def _rates(self, active: dict[int, float]) -> dict[int, float]:
+        """Progress per cycle of each kernel in flight, in cycles of its solo duration."""
+        load_c = max(1.0, sum(self.demands[i][0] for i in active))
+        load_m = max(1.0, sum(self.demands[i][1] for i in active))
+        return {i: 1.0 / max(1.0, load_c if self.demands[i][0] else 1.0, load_m if self.demands[i][1] else 1.0)
+                for i in active}
+
+    def run(self, starts: list[float], ends: list[float]) -> Iterator[simpy.Event]:
+        env, n = self.env, len(self.durations)
+        issued = [False] * n
+        ready: list[tuple[float, int]] = []  # min-heap of (when it may start, kernel): ready + the launch gap
+        active: dict[int, float] = {}  # kernel -> cycles of solo work left
+        done = 0
+        get = self.queue.get()
+        while done < n:
+            while ready and len(active) < self.streams and ready[0][0] <= env.now:
+                i = heapq.heappop(ready)[1]
+                starts[i] = env.now
+                active[i] = float(self.durations[i])
+            rates = self._rates(active)
+            horizon = min((left / rates[i] for i, left in active.items()), default=math.inf)
+            if ready and len(active) < self.streams:
+                horizon = min(horizon, ready[0][0] - env.now)
+            before = env.now
+            yield env.any_of([get] if horizon == math.inf else [get, env.timeout(horizon)])
+            elapsed = env.now - before
+            for i in list(active):
+                # done when due by now: computed as the horizon was, so float rounding cannot stall a kernel
+                due = before + active[i] / rates[i] <= env.now
+                active[i] -= rates[i] * elapsed
+                if due or active[i] <= 0:
+                    del active[i]
+                    ends[i] = env.now
+                    done += 1
+                    for j in self.succs[i]:
+                        self.waiting_on[j] -= 1
+                        if issued[j] and not self.waiting_on[j]:
+                            heapq.heappush(ready, (env.now + self.gap, j))
+            if get.triggered:
+                i = get.value
+                issued[i] = True
+                if not self.waiting_on[i]:
+                    heapq.heappush(ready, (env.now + self.gap, i))
+                get = self.queue.get()
+
+
+def stage_graph(ops: list[OpRecord]) -> nx.DiGraph:
+    """The dependency graph of one stage's ops (node = index within the stage). A trace without dependencies
+    (version 1) gives a chain: program order."""
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(ops)))
+    for i, op in enumerate(ops):
+        g.add_edges_from((i - d, i) for d in (op.deps if op.deps is not None else [1] if i else []))
+    return g
+
+
+def critical_path_cycles(g: nx.DiGraph, durations: tuple[int, ...]) -> int:
+    """The longest chain of dependent kernels: the stage time with unlimited streams and no launch cost."""
+    finish = [0] * len(durations)
+    for i in nx.topological_sort(g):
+        finish[i] = durations[i] + max((finish[j] for j in g.predecessors(i)), default=0)
+    return max(finish, default=0)
+
+
+def simulate_stage_overlapped(durations: tuple[int, ...], demands: tuple[tuple[float, float], ...],
+                              g: nx.DiGraph, launch_cycles: int, graph: bool, gap_cycles: int,
+                              streams: int) -> StageTimeline:
+    """One stage with up to `streams` kernels in flight (`SharedDevice`), on a fresh timeline."""
+    env = simpy.Environment()
+    device = SharedDevice(env, streams, gap_cycles if graph else 0, durations, demands,
+                          [list(g.predecessors(i)) for i in range(len(durations))])
+    host = HostThread(env, device, launch_cycles, graph, synchronous=False)
+    issues: list[int] = []
+    starts = [0.0] * len(durations)
+    ends = [0.0] * len(durations)
+    env.process(host.run(len(durations), issues))
+    env.run(until=env.process(device.run(starts, ends)))
+    return StageTimeline(math.ceil(env.now), [round(t) for t in starts], [round(t) for t in ends], issues)
 
 
 def simulate_stage(durations: tuple[int, ...], launch_cycles: int, graph: bool, gap_cycles: int,
@@ -140,6 +247,9 @@ class Projection:
     stage_kinds: list[str]
     tokens: int  # tokens committed by decode / SPEED stages
     stats: dict = field(default_factory=dict)
+    streams: int = 1  # kernels that may run at once
+    stage_sizes: list[int] = field(default_factory=list)  # kernels per stage
+    critical_path_cycles: int | None = None  # streams > 1: sum over stages of the longest dependent chain
 
     @property
     def total_cycles(self) -> int:
@@ -170,22 +280,31 @@ def kernels_of(trace: Trace, hw: HwConfig) -> list[Kernel]:
     return out
 
 
-def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Kernel] | None = None) -> Projection:
+def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Kernel] | None = None,
+            streams: int = 1) -> Projection:
     """Replay `trace` on `hw`. `kernels` (from `kernels_of`) may be passed in to reuse them across devices
-    with the same tile shape."""
+    with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`)."""
     if launch not in LAUNCH_MODES:
         raise ValueError(f"launch must be one of {LAUNCH_MODES}, got {launch!r}")
+    if type(streams) is not int or streams < 1:
+        raise ValueError(f"streams must be an integer >= 1, got {streams!r}")
+    if streams > 1 and hw.kind == "cpu":
+        raise ValueError(f"streams > 1 overlaps kernels on an accelerator; {hw.path} describes a CPU, whose host "
+                         "runs its own kernels one at a time")
     kernels = kernels if kernels is not None else kernels_of(trace, hw)
     cache = OnChipCache(hw.peak.l2_capacity_bytes)
     graph = launch == "graph"
     launch_cycles = hw.cycles(hw.host.launch_graph_s if graph else hw.host.launch_eager_s)
     gap_cycles = hw.cycles(hw.host.launch_graph_s)
     costs: dict[tuple[int, int], tuple[KernelCost, int]] = {}  # (id(kernel), dram bytes) -> (cost, cycles)
-    timelines: dict[tuple[int, ...], StageTimeline] = {}
-    p = Projection(hw.name, hw.path, launch, hw.peak.clock_hz, kernels, [], [], [], [], [], [], [], 0)
+    timelines: dict[tuple, StageTimeline] = {}
+    graphs: dict[tuple, tuple[nx.DiGraph, dict[tuple[int, ...], int]]] = {}  # deps -> graph, critical paths
+    p = Projection(hw.name, hw.path, launch, hw.peak.clock_hz, kernels, [], [], [], [], [], [], [], 0,
+                   streams=streams, critical_path_cycles=0 if streams > 1 else None)
     now, op_index = 0, 0
     for stage in trace.stages:
-        n = len(trace.ops_of_stage(stage.stage))
+        ops = trace.ops_of_stage(stage.stage)
+        n = len(ops)
         durations = []
         for k in kernels[op_index : op_index + n]:
             dram = cache.serve(k)
@@ -197,12 +316,26 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
             p.costs.append(cost[0])
             p.dram_bytes.append(dram)
             durations.append(cost[1])
-        op_index += n
         durations_key = tuple(durations)
-        timeline = timelines.get(durations_key)
-        if timeline is None:
-            timeline = timelines[durations_key] = simulate_stage(durations_key, launch_cycles, graph, gap_cycles,
-                                                                 synchronous=hw.kind == "cpu")
+        if streams == 1:
+            timeline = timelines.get(durations_key)
+            if timeline is None:
+                timeline = timelines[durations_key] = simulate_stage(durations_key, launch_cycles, graph, gap_cycles,
+                                                                     synchronous=hw.kind == "cpu")
+        else:
+            deps_key = tuple(None if op.deps is None else tuple(op.deps) for op in ops)
+            g, paths = graphs.get(deps_key) or graphs.setdefault(deps_key, (stage_graph(ops), {}))
+            if durations_key not in paths:
+                paths[durations_key] = critical_path_cycles(g, durations_key)
+            p.critical_path_cycles += paths[durations_key]
+            demands = tuple(demand(k, c, hw) for k, c in zip(kernels[op_index : op_index + n], p.costs[-n:]))
+            key = (durations_key, demands, deps_key)
+            timeline = timelines.get(key)
+            if timeline is None:
+                timeline = timelines[key] = simulate_stage_overlapped(durations_key, demands, g, launch_cycles, graph,
+                                                                      gap_cycles, streams)
+        op_index += n
+        p.stage_sizes.append(n)
         p.issue_cycles += [now + t for t in timeline.issues]
         p.start_cycles += [now + t for t in timeline.starts]
         p.end_cycles += [now + t for t in timeline.ends]
@@ -214,9 +347,33 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     return p
 
 
+def _busy_cycles(starts: list[int], ends: list[int]) -> int:
+    """Cycles in which at least one kernel runs (the union of the kernels' intervals)."""
+    busy, reach = 0, -1
+    for start, end in sorted(zip(starts, ends)):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
+
+
+def aggregate_floor_s(p: Projection) -> float:
+    """The roofline floor of overlapped kernels: per stage, all its FLOPs, DRAM bytes and bytes through L2 at
+    peak rates, whichever takes longest (no kernel's own floor bounds it once kernels overlap)."""
+    floor_s, i = 0.0, 0
+    for n in p.stage_sizes:
+        costs = p.costs[i : i + n]
+        floor_s += max(sum(c.floor_compute_s for c in costs), sum(c.floor_dram_s for c in costs),
+                       sum(c.floor_l2_s for c in costs))
+        i += n
+    return floor_s
+
+
 def breakdown(p: Projection) -> dict:
     """Where the time went: shares of the total spent in compute-, memory- and latency-bound kernels and with
-    the device idle waiting for the host (launch); bytes, achieved bandwidth, the roofline floor."""
+    the device idle waiting for the host (launch); bytes, achieved bandwidth, the roofline floor. With
+    overlapping kernels (streams > 1) the kernel shares split the time the device is busy in proportion to
+    the kernels' durations, the floor is the aggregate one and `critical_path_s` is the dependency bound."""
     busy = {"compute": 0, "memory": 0, "latency": 0}
     by_class = dict.fromkeys(CLASSES, 0)
     floor_s = onchip = 0.0
@@ -227,8 +384,15 @@ def breakdown(p: Projection) -> dict:
         onchip += k.bytes - dram
     dram = sum(p.dram_bytes)
     total = max(p.total_cycles, 1)
-    shares = {b: c / total for b, c in busy.items()}
+    overlap = 1.0
+    if p.streams > 1:
+        floor_s = aggregate_floor_s(p)
+        overlap = _busy_cycles(p.start_cycles, p.end_cycles) / max(sum(busy.values()), 1)
+    shares = {b: c * overlap / total for b, c in busy.items()}
     shares["launch"] = max(0.0, 1.0 - sum(shares.values()))
-    return {"shares": shares, "class_s": {c: v / p.clock_hz for c, v in by_class.items() if v},
-            "roofline_s": floor_s, "dram_bytes": int(dram), "onchip_bytes": int(onchip),
-            "achieved_bandwidth_bytes_per_s": dram / p.total_s if p.total_cycles else 0.0}
+    out = {"shares": shares, "class_s": {c: v / p.clock_hz for c, v in by_class.items() if v},
+           "roofline_s": floor_s, "dram_bytes": int(dram), "onchip_bytes": int(onchip),
+           "achieved_bandwidth_bytes_per_s": dram / p.total_s if p.total_cycles else 0.0}
+    if p.critical_path_cycles is not None:
+        out["critical_path_s"] = p.critical_path_cycles / p.clock_hz
+    return out

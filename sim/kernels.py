@@ -11,6 +11,9 @@ of its bytes the cache model served on chip:
     time_s    = max(compute_s, memory_s, kernel_min_s) + fixed_s   (per-class fits, optional)
     floor_s   = max(flops / peak rate, dram_bytes / DRAM bw, all_bytes / L2 bw)  (<= time_s: eff <= 1)
 
+Kernels that overlap (`sim.engine`, streams > 1) share the device: a kernel's demand is the share of the
+compute units and of the memory system it keeps busy while it runs alone (`demand`).
+
 Waves: a matmul's output is cut into tiles (tile.m x tile.n, the m side shrunk to the rows there are, rounded
 up to 16), one tile per compute unit per wave, so wave quantization against the unit count shows.
 """
@@ -104,10 +107,13 @@ def kernel_of(op: OpRecord, tile_m: int, tile_n: int) -> Kernel:
 @dataclass(frozen=True, slots=True)
 class KernelCost:
     time_s: float
-    floor_s: float
+    floor_s: float  # max of the three floors below
     bound: str  # compute | memory | latency
     compute_s: float
     memory_s: float
+    floor_compute_s: float  # FLOPs at the peak rate
+    floor_dram_s: float  # DRAM bytes at peak DRAM bandwidth
+    floor_l2_s: float  # all bytes at peak L2 bandwidth
 
 
 NO_FIT = ClassFit()
@@ -127,11 +133,21 @@ def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
                    k.bytes / (peak.l2_bandwidth_bytes_per_s * eff.l2))
     fit = hw.classes.get(k.cls, NO_FIT)
     compute_s, memory_s = compute_s / fit.efficiency, memory_s / fit.efficiency
-    floor_s = max(k.flops / rate, dram_bytes / peak.dram_bandwidth_bytes_per_s,
-                  k.bytes / peak.l2_bandwidth_bytes_per_s)
+    floors = (k.flops / rate, dram_bytes / peak.dram_bandwidth_bytes_per_s, k.bytes / peak.l2_bandwidth_bytes_per_s)
+    floor_s = max(floors)
     time_s = max(compute_s, memory_s, hw.host.kernel_min_s, floor_s) + fit.fixed_s
     if max(hw.host.kernel_min_s, fit.fixed_s) > max(compute_s, memory_s):
         bound = "latency"  # fixed costs, not FLOPs or bytes, set the time
     else:
         bound = "compute" if compute_s >= memory_s else "memory"
-    return KernelCost(time_s, floor_s, bound, compute_s, memory_s)
+    return KernelCost(time_s, floor_s, bound, compute_s, memory_s, *floors)
+
+
+def demand(k: Kernel, cost: KernelCost, hw: HwConfig) -> tuple[float, float]:
+    """(compute, memory): the shares of the compute units and of memory bandwidth that kernel `k` keeps busy
+    when it runs alone, each in [0, 1]. A matrix kernel with fewer tiles than units occupies only some units;
+    a latency-bound kernel occupies little of either, so it overlaps almost freely."""
+    if cost.time_s <= 0:
+        return 0.0, 0.0
+    units = min(k.tiles, hw.peak.compute_units) / hw.peak.compute_units if k.cls in MATRIX_CLASSES else 1.0
+    return min(1.0, units * cost.compute_s / cost.time_s), min(1.0, cost.memory_s / cost.time_s)

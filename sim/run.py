@@ -11,7 +11,9 @@ with the reference decoder on the meta device (needs torch; cached under ~/.cach
 Per configuration it prints the projected ms per token (decode stages / tokens) and per sequence (encoder,
 prefill and decode), the speedup over each baseline, what bounds the time (shares of compute-, memory- and
 latency-bound kernels and of the device idle waiting for the host: launch), the achieved DRAM bandwidth and
-the roofline floor (every kernel at peak rates for the bytes it moves).
+the roofline floor (every kernel at peak rates for the bytes it moves). With --streams N > 1 independent
+kernels may overlap (what a multi-stream runtime or graph compiler could do; PyTorch eager runs one stream):
+the floor is then the aggregate one and a column gives the critical path of the dependency graph.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from sim.engine import LAUNCH_MODES, Projection, breakdown, kernels_of, project
 from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig
@@ -111,7 +115,8 @@ def summarize(p: Projection, trace: Trace) -> dict:
         "roofline_s_per_token": b["roofline_s"] / tokens, "dram_bytes": b["dram_bytes"],
         "onchip_bytes": b["onchip_bytes"], "achieved_bandwidth_bytes_per_s": b["achieved_bandwidth_bytes_per_s"],
         "class_s": b["class_s"], "kernels": p.stats["kernels"], "stages": p.stats["stages"],
-        "stages_simulated": p.stats["stages_simulated"],
+        "stages_simulated": p.stats["stages_simulated"], "streams": p.streams,
+        **({"critical_path_s": b["critical_path_s"]} if "critical_path_s" in b else {}),
     }
 
 
@@ -121,10 +126,12 @@ def short(label: str) -> str:
 
 def print_table(runs: list[Run], baselines: list[str]) -> None:
     first = runs[0].summary
-    print(f"\n{first['hardware']} ({first['hw_path']}), {first['launch']} launch")
+    streams = first["streams"]
+    print(f"\n{first['hardware']} ({first['hw_path']}), {first['launch']} launch"
+          + (f", up to {streams} kernels at once" if streams > 1 else ""))
     speed_cols = "".join(f"{'vs ' + short(b):>16}" for b in baselines)
     print(f"{'configuration':<28}{'ms/token':>9}{'ms/seq':>9}{speed_cols}  {'comp':>5}{'mem':>5}{'lat':>5}{'launch':>7}"
-          f"{'DRAM GB/s':>10}{'floor ms/tok':>13}")
+          f"{'DRAM GB/s':>10}{'floor ms/tok':>13}" + (f"{'path ms/tok':>12}" if streams > 1 else ""))
     per_token = {r.label: r.summary["s_per_token"] for r in runs}
     for r in runs:
         s = r.summary
@@ -134,7 +141,8 @@ def print_table(runs: list[Run], baselines: list[str]) -> None:
         print(f"{r.label:<28}{s['s_per_token'] * 1e3:>9.3f}{s['total_s'] * 1e3:>9.1f}{speedups}  "
               f"{shares['compute'] * 100:>4.0f}%{shares['memory'] * 100:>4.0f}%{shares['latency'] * 100:>4.0f}%"
               f"{shares['launch'] * 100:>6.0f}%{s['achieved_bandwidth_bytes_per_s'] / 1e9:>10.1f}"
-              f"{s['roofline_s_per_token'] * 1e3:>13.4f}")
+              f"{s['roofline_s_per_token'] * 1e3:>13.4f}"
+              + (f"{s['critical_path_s'] / max(s['tokens'], 1) * 1e3:>12.4f}" if streams > 1 else ""))
 
 
 def perfetto_events(runs: list[Run]) -> list[dict]:
@@ -214,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch", choices=LAUNCH_MODES, default="eager",
                         help="eager: the host pays a dispatch + launch per kernel; graph: one launch per stage "
                         "(CUDA graph replay). Default eager")
+    parser.add_argument("--streams", type=int, default=1,
+                        help="kernels that may run at once (default 1: one stream in program order, as PyTorch "
+                        "eager runs). N > 1: independent kernels of the trace's dependency graph overlap and share "
+                        "compute units and DRAM bandwidth (a what-if; accelerators only)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hwconfig field for what-if studies, e.g. --set "
                         "peak.dram_bandwidth_bytes_per_s=4e12 (repeatable; compute_units scales the peak rates)")
@@ -223,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write a bar chart of ms/token per configuration (PNG)")
     args = parser.parse_args(argv)
     overrides = parse_sets(args.set, parser)
-    if args.tokens < 1 or args.batch < 1:
-        parser.error("--tokens and --batch must be >= 1")
+    if args.tokens < 1 or args.batch < 1 or args.streams < 1:
+        parser.error("--tokens, --batch and --streams must be >= 1")
 
     try:
         hws: list[HwConfig] = [load_hwconfig(path) for path in args.hw]
@@ -250,13 +262,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
 
     runs_by_hw: list[list[Run]] = []
+    progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
     for hw in hws:
         runs, kernels_cache = [], {}
         for label, path, trace in traces:
             kernels = kernels_cache.setdefault((path, hw.tile), kernels_of(trace, hw))
-            projection = project(trace, hw, args.launch, kernels)
+            try:
+                projection = project(trace, hw, args.launch, kernels, args.streams)
+            except ValueError as err:
+                parser.error(str(err))
             runs.append(Run(label, path, trace, projection, summarize(projection, trace)))
+            progress.update()
         runs_by_hw.append(runs)
+    progress.close()
     baselines = [r.label for r in runs_by_hw[0] if r.summary["decoder"] == "sequential"]
     for runs in runs_by_hw:
         print_table(runs, baselines)

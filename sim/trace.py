@@ -1,13 +1,13 @@
 """Trace files: the contract between the decoder (which writes them) and the simulator (which reads them).
 
-Format, version 1
------------------
+Format, version 2 (the reader also reads version 1, which has no `deps`)
+-----------------------------------------------------------------------
 A trace is gzip-compressed JSON Lines (suffix ``.jsonl.gz``), one JSON object per line, keys in the order of
 the dataclass fields below. Writes are byte-reproducible: no file name or time stamp in the gzip header,
 compact separators, floats as Python prints them. Units: bytes, FLOPs, seconds.
 
 Line 1, the header (`TraceHeader`):
-  format "speed-sim-trace", version 1, model {config field: scalar | null}, decoder "sequential" | "speed",
+  format "speed-sim-trace", version 2, model {config field: scalar | null}, decoder "sequential" | "speed",
   dtype str, batch int >= 1, prompt_lens [int >= 0], max_new_tokens int >= 1, device str ("cpu", "cuda",
   "meta"), device_name str, torch_version str, code_revision str, flips {"source": str, ...} (where SPEED's
   changed predictions came from: "model", an oracle's description, or "none"), weights {tensor id (parameter
@@ -18,8 +18,11 @@ Then records, each with a "type" key first:
   group, depth, layer (int >= 0 or null: layer group, depth, layer within the group), rows (int >= 0), module
   (str, "" for top level), op (str, e.g. "aten.mm.default"), in_shapes [[int]], in_dtypes [str], out_shapes
   [[int]], out_dtypes [str], flops, weight_bytes, act_read_bytes, act_write_bytes, kv_read_bytes,
-  kv_write_bytes (int >= 0), weights [weight id] (each a key of header.weights), duration_s (float >= 0 or
-  null; non-null in a measured trace).
+  kv_write_bytes (int >= 0), weights [weight id] (each a key of header.weights), deps [int >= 1] (the earlier
+  ops of the same stage that this op must follow, as distances back: 1 = the op just before; from the memory
+  each op reads and writes: read after write, write after read, write after write; version 2 only; version 1
+  ops read as deps null, meaning program order), duration_s (float >= 0 or null; non-null in a measured
+  trace). Distances, not indices, so that an op repeated from stage to stage writes the same line.
   "stage" (`StageRecord`), written after the ops of its stage: stage (int, strictly increasing through the
   file), kind "encoder" | "prefill" | "decode" | "speed", rows [[seq, position, exit]] (the rows run: the
   position of each row's input token and the exit, 1..G, it reached this stage; a sequential decode step runs
@@ -34,12 +37,12 @@ The reader validates everything as it streams (records before a problem are hand
 `TraceError` (a ValueError) naming the file, the 1-based line (None for file-level problems) and the field
 (None when no single field is at fault): unknown format or version, missing, unknown or mistyped field
 (unknown fields are errors: a format change bumps the version), unknown record type, out-of-order `i` or
-stage, unknown weight id, null duration in a measured trace, a file that is missing or not gzip (line None),
-a line that is not a JSON object, a truncated file (corrupt compressed data: the first line that could not be
-read; no "end" record: the line where it belongs), "end" counts that do not match. Ops whose stage record
-never comes are reported at the next stage or end record. No KeyError, TypeError, EOFError or JSON error
-escapes. `TraceWriter` validates little (the reader is the check) but never leaves a half-written file at its
-path.
+stage, a dep reaching outside its stage, unknown weight id, null duration in a measured trace, a file that is
+missing or not gzip (line None), a line that is not a JSON object, a truncated file (corrupt compressed data:
+the first line that could not be read; no "end" record: the line where it belongs), "end" counts that do not
+match. Ops whose stage record never comes are reported at the next stage or end record. No KeyError,
+TypeError, EOFError or JSON error escapes. `TraceWriter` validates little (the reader is the check) but never
+leaves a half-written file at its path.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ from pathlib import Path
 from typing import Any
 
 TRACE_FORMAT = "speed-sim-trace"
-TRACE_VERSION = 1
+TRACE_VERSION = 2
+READS_VERSIONS = (1, 2)  # version 1: no deps
 DECODERS = ("sequential", "speed")
 STAGE_KINDS = ("encoder", "prefill", "decode", "speed")
 
@@ -127,6 +131,7 @@ class OpRecord:
     kv_read_bytes: int
     kv_write_bytes: int
     weights: list[str]
+    deps: list[int] | None = None  # distances back to the ops of this stage it must follow; None: program order
     duration_s: float | None = None
 
 
@@ -288,16 +293,18 @@ _OP: dict[str, tuple[Check, str]] = {
     "i": _NAT, "stage": _NAT, "group": _OPT_NAT, "depth": _OPT_NAT, "layer": _OPT_NAT, "rows": _NAT,
     "module": _STR, "op": _STR, "in_shapes": _SHAPES, "in_dtypes": _STRS, "out_shapes": _SHAPES, "out_dtypes": _STRS,
     "flops": _NAT, "weight_bytes": _NAT, "act_read_bytes": _NAT, "act_write_bytes": _NAT, "kv_read_bytes": _NAT,
-    "kv_write_bytes": _NAT, "weights": _STRS, "duration_s": _SECONDS,
+    "kv_write_bytes": _NAT, "weights": _STRS,
+    "deps": (lambda v: type(v) is list and all(type(x) is int and x >= 1 for x in v), "a list of integers >= 1"),
+    "duration_s": _SECONDS,
 }
+_OP_V1 = {k: v for k, v in _OP.items() if k != "deps"}
 _STAGE: dict[str, tuple[Check, str]] = {
     "stage": _NAT, "kind": (lambda v: v in STAGE_KINDS, f"one of {STAGE_KINDS}"), "rows": _TRIPLES,
     "commits": _TRIPLES, "flushes": _TRIPLES, "wall_s": _SECONDS,
 }
 _END: dict[str, tuple[Check, str]] = {"ops": _NAT, "stages": _NAT}
-_GETTERS = {id(schema): operator.itemgetter(*schema) for schema in (_HEADER, _OP, _STAGE, _END)}
+_GETTERS = {id(schema): operator.itemgetter(*schema) for schema in (_HEADER, _OP, _OP_V1, _STAGE, _END)}
 _MISSING = object()
-_BATCH = 256
 
 
 def _show(v: Any) -> str:
@@ -345,8 +352,15 @@ def _parse(path: PathLike, line: int, data: bytes) -> dict[str, Any]:
 
 
 _OP_PREFIX = b'{"type":"op","i":'
-_OP_REST = {k: v for k, v in _OP.items() if k not in ("i", "stage")}
-_GETTERS[id(_OP_REST)] = operator.itemgetter(*_OP_REST)
+_OP_SCHEMAS = {2: _OP, 1: _OP_V1}  # version -> op schema
+_OP_REST = {v: {k: c for k, c in schema.items() if k not in ("i", "stage")} for v, schema in _OP_SCHEMAS.items()}
+for _schema in _OP_REST.values():
+    _GETTERS[id(_schema)] = operator.itemgetter(*_schema)
+
+
+def _op_values(values: tuple[Any, ...], version: int) -> tuple[Any, ...]:
+    """Validated op values in `OpRecord` field order: a version 1 op gets deps None (program order)."""
+    return values if version >= 2 else (*values[:-1], None, values[-1])
 
 
 def _plain_int(text: bytes) -> bool:
@@ -354,7 +368,8 @@ def _plain_int(text: bytes) -> bool:
     return text.isdigit() and (text == b"0" or not text.startswith(b"0"))
 
 
-def _fast_op(data: bytes, memo: dict[bytes, tuple[Any, ...]]) -> tuple[int, int, tuple[Any, ...]] | None:
+def _fast_op(data: bytes, memo: dict[bytes, tuple[Any, ...]], version: int
+             ) -> tuple[int, int, tuple[Any, ...]] | None:
     """(i, stage, other fields) of an op line as TraceWriter writes it, or None (then the general path reads
     it and names any error). Decoding repeats the same op stage after stage: each line differs from the same
     op's line in another stage only in `i` and `stage`, so the rest is parsed and validated once."""
@@ -373,12 +388,12 @@ def _fast_op(data: bytes, memo: dict[bytes, tuple[Any, ...]]) -> tuple[int, int,
     if values is None:
         try:
             obj = json.loads(b"{" + rest)
-            values = _check(obj, _OP_REST, "", 0) if type(obj) is dict else None
+            values = _check(obj, _OP_REST[version], "", 0) if type(obj) is dict else None
         except (ValueError, TraceError):
             return None
         if values is None:
             return None
-        memo[rest] = values
+        values = memo[rest] = _op_values(values, version)
     return int(i_text), int(stage_text), values
 
 
@@ -400,9 +415,9 @@ def _lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
 def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
     if obj.get("format") != TRACE_FORMAT:
         raise TraceError(path, line, "format", f"expected {TRACE_FORMAT!r}, got {_show(obj.get('format'))}")
-    if type(obj.get("version")) is not int or obj["version"] != TRACE_VERSION:
+    if type(obj.get("version")) is not int or obj["version"] not in READS_VERSIONS:
         raise TraceError(path, line, "version",
-                         f"unsupported version {_show(obj.get('version'))} (this reader reads {TRACE_VERSION})")
+                         f"unsupported version {_show(obj.get('version'))} (this reader reads {READS_VERSIONS})")
     obj.setdefault("extra", {})
     _check(obj, _HEADER, path, line)
     return TraceHeader(**obj)
@@ -417,12 +432,14 @@ def _records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
     yield header
     n_ops = n_stages = 0
     last, pending = -1, -1  # index of the last stage record; highest stage of the ops since then
+    since_stage = 0  # op records since the last stage record: how far back a dep may reach
+    version = header.version
     line, ended = 1, False
     memo: dict[bytes, tuple[Any, ...]] = {}
     for line, data in lines:
         if ended:
             raise TraceError(path, line, None, "record after the end record")
-        fast = _fast_op(data, memo)
+        fast = _fast_op(data, memo, version)
         if fast is not None:
             kind, obj = "op", None
         else:
@@ -430,7 +447,8 @@ def _records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
             kind = obj.pop("type", _MISSING)
         if kind == "op":
             # positional: 10x faster than keywords
-            op = OpRecord(fast[0], fast[1], *fast[2]) if fast else OpRecord(*_check(obj, _OP, path, line))
+            op = (OpRecord(fast[0], fast[1], *fast[2]) if fast
+                  else OpRecord(*_op_values(_check(obj, _OP_SCHEMAS[version], path, line), version)))
             if op.i != n_ops:
                 raise TraceError(path, line, "i", f"expected {n_ops} (the number of op records before it), got {op.i}")
             if op.stage <= last:
@@ -440,15 +458,19 @@ def _records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
                     raise TraceError(path, line, "weights", f"unknown weight id {w!r} (not in the header's weights)")
             if op.duration_s is None and header.measured:
                 raise TraceError(path, line, "duration_s", "expected a number >= 0 in a measured trace, got null")
+            if op.deps and max(op.deps) > since_stage:
+                raise TraceError(path, line, "deps", f"a dep reaches {max(op.deps)} ops back, but only "
+                                 f"{since_stage} ops of its stage come before it")
             pending = max(pending, op.stage)
             n_ops += 1
+            since_stage += 1
             yield op
         elif kind == "stage":
             st = StageRecord(*_check(obj, _STAGE, path, line))
             if st.stage <= last or st.stage < pending:
                 bound = f"> {last} (the previous stage record)" if st.stage <= last else f">= {pending} (its ops)"
                 raise TraceError(path, line, "stage", f"expected {bound}, got {st.stage}")
-            last, pending = st.stage, -1
+            last, pending, since_stage = st.stage, -1, 0
             n_stages += 1
             yield st
         elif kind == "end":

@@ -20,25 +20,30 @@ def header(weights: dict[str, int], measured: bool = False) -> TraceHeader:
 
 
 def op(i: int, stage: int, name: str, module: str, flops: int, weight: int = 0, act: int = 0, kv: int = 0,
-       m: int = 1, n: int = 64, weights: tuple[str, ...] = (), duration_s: float | None = None) -> OpRecord:
+       m: int = 1, n: int = 64, weights: tuple[str, ...] = (), duration_s: float | None = None,
+       deps: list[int] | None = None) -> OpRecord:
     k = max(1, flops // max(2 * m * n, 1))
     in_shapes = [[m, k], [n, k]] if "linear" in name else [[1, 4, m, 64], [1, 4, 8, 64]]
     return OpRecord(i, stage, None, 0 if kv else None, 0, m, module, name, in_shapes, ["bfloat16"] * 2, [[m, n]],
-                    ["bfloat16"], flops, weight, act, act, kv, 0, list(weights), duration_s)
+                    ["bfloat16"], flops, weight, act, act, kv, 0, list(weights), deps, duration_s)
 
 
 @st.composite
 def traces(draw, max_stages: int = 4, max_ops: int = 12) -> Trace:
     weights = {f"w{j}": draw(st.integers(2, 10**8)) for j in range(draw(st.integers(1, 4)))}
     ops, stages, i = [], [], 0
+    with_deps = draw(st.booleans())  # else a version 1 trace: program order
     for s in range(draw(st.integers(1, max_stages))):
-        for _ in range(draw(st.integers(1, max_ops))):
+        for k in range(draw(st.integers(1, max_ops))):
             name, module = draw(st.sampled_from(OPS))
+            deps = None
+            if with_deps:
+                deps = sorted(draw(st.sets(st.integers(1, k), max_size=3))) if k else []
             w = draw(st.sampled_from([None, *weights]))
             ops.append(op(i, s, name, module, flops=draw(st.integers(0, 10**12)),
                           weight=weights[w] if w else 0, act=draw(st.integers(0, 10**8)),
                           kv=draw(st.integers(0, 10**8)) if "scaled" in name else 0, m=draw(st.integers(1, 4096)),
-                          n=draw(st.integers(1, 8192)), weights=(w,) if w else ()))
+                          n=draw(st.integers(1, 8192)), weights=(w,) if w else (), deps=deps))
             i += 1
         stages.append(StageRecord(s, draw(st.sampled_from(["prefill", "decode"])), [[0, s, 1]], [[0, s + 1, 5]], []))
     return Trace(header(weights), ops, stages)

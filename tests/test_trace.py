@@ -40,7 +40,7 @@ def make_op(i: int, stage: int, measured: bool = False, weight: str = "blocks.0.
                     op="aten.mm.default", in_shapes=[[3, 32], [32, 32]], in_dtypes=["bfloat16", "bfloat16"],
                     out_shapes=[[3, 32]], out_dtypes=["bfloat16"], flops=2 * 3 * 32 * 32, weight_bytes=2048,
                     act_read_bytes=192, act_write_bytes=192, kv_read_bytes=0, kv_write_bytes=0, weights=[weight],
-                    duration_s=1.5e-05 * (i + 1) if measured else None)
+                    deps=[1] if i % 4 else [], duration_s=1.5e-05 * (i + 1) if measured else None)
 
 
 def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4) -> Trace:
@@ -130,7 +130,7 @@ op_records = st.builds(
     module=names, op=names, in_shapes=shapes, in_dtypes=st.lists(names, max_size=4), out_shapes=shapes,
     out_dtypes=st.lists(names, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
     kv_read_bytes=nat, kv_write_bytes=nat, weights=st.lists(st.sampled_from(sorted(WEIGHTS)), max_size=3),
-    duration_s=st.none() | st.floats(0, 1e3, allow_nan=False, allow_infinity=False))
+    deps=st.lists(st.integers(1, 4), max_size=3), duration_s=st.none() | st.floats(0, 1e3, allow_nan=False, allow_infinity=False))
 triples = st.lists(st.lists(st.integers(0, 1 << 31), min_size=3, max_size=3), max_size=4)
 kinds = st.sampled_from(["encoder", "prefill", "decode", "speed"])
 stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triples, commits=triples, flushes=triples,
@@ -141,7 +141,8 @@ stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triple
 def test_random_records_round_trip(stages: list[tuple[list[OpRecord], StageRecord]]) -> None:
     ops, records = [], []
     for s, (stage_ops, record) in enumerate(stages):
-        ops += [dataclasses.replace(op, i=len(ops) + k, stage=s) for k, op in enumerate(stage_ops)]
+        ops += [dataclasses.replace(op, i=len(ops) + k, stage=s, deps=[d for d in op.deps if d <= k])
+                for k, op in enumerate(stage_ops)]
         records.append(dataclasses.replace(record, stage=s))
     trace = Trace(make_header(), ops, records)
     with tempfile.TemporaryDirectory() as d:
@@ -177,7 +178,7 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
 
 
 @pytest.mark.parametrize("line, field, change, text", [
-    (1, "version", lambda h: h.update(version=2), "unsupported version 2"),
+    (1, "version", lambda h: h.update(version=3), "unsupported version 3"),
     (1, "format", lambda h: h.update(format="other-trace"), "expected 'speed-sim-trace'"),
     (1, "format", lambda h: h.pop("format"), ""),
     (1, "batch", lambda h: h.update(batch=0), "expected an integer >= 1, got 0"),
@@ -194,6 +195,10 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
     (3, "type", lambda op: op.pop("type"), "missing"),
     (3, "i", lambda op: op.update(i=5), "expected 1"),
     (3, "weights", lambda op: op.update(weights=["nope.weight"]), "unknown weight id 'nope.weight'"),
+    (3, "deps", lambda op: op.update(deps=[0]), "expected a list of integers >= 1, got [0]"),
+    (3, "deps", lambda op: op.update(deps=None), "got null"),
+    (3, "deps", lambda op: op.update(deps=[2]), "reaches 2 ops back, but only 1 ops of its stage"),
+    (7, "deps", lambda op: op.update(deps=[1]), "reaches 1 ops back, but only 0"),
     (6, "kind", lambda s: s.update(kind="verify"), ""),
     (6, "rows", lambda s: s.update(rows=[[0, 1]]), ""),
     (6, "wall_s", lambda s: s.update(wall_s="1"), ""),
@@ -204,6 +209,19 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
 ])
 def test_damaged_records(tmp_path: Path, line: int, field: str, change, text: str) -> None:
     expect_error(damaged(tmp_path, line, change), line, field, text)
+
+
+def test_version_1_reads_as_program_order(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.jsonl.gz", make_trace())
+    lines = lines_of(path)
+    lines[0]["version"] = 1
+    for rec in lines:
+        rec.pop("deps", None)
+    old = read_trace(rewrite(path, lines))
+    assert old.header.version == 1 and all(op.deps is None for op in old.ops)
+    assert [dataclasses.replace(op, deps=None) for op in make_trace().ops] == old.ops
+    lines[2]["deps"] = []  # version 1 has no such field
+    expect_error(rewrite(path, lines), 3, "deps", "unknown field")
 
 
 def test_message_format(tmp_path: Path) -> None:

@@ -107,8 +107,11 @@ def test_cpu_and_meta_traces_have_the_same_ops_and_shapes(preset, decoder):
         model = SharedDecoder(get_preset(preset), device=device, dtype=torch.float32)
         source = [[5, 6, 7, 8]] if model.config.is_encoder_decoder else None
         capture = traced(model, decoder=decoder, tokens=10, source=source)
+        # allowed to differ: the copy that merging heads needs after a backend whose attention output has the
+        # head-major layout (the cpu's math fallback for masks and prefill; meta mimics the fused kernels)
         return ([(op.stage, op.module, op.op, op.in_shapes, op.out_shapes, op.depth, op.flops, op.weight_bytes,
-                  op.kv_read_bytes, op.kv_write_bytes) for op in capture.ops], capture.stages)
+                  op.kv_read_bytes, op.kv_write_bytes) for op in capture.ops if op.op != "aten.flatten.using_ints"],
+                capture.stages)
     assert summary("cpu") == summary("meta")
 
 
