@@ -19,6 +19,7 @@ the floor is then the aggregate one and a column gives the critical path of the 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import sys
@@ -145,20 +146,41 @@ def print_table(runs: list[Run], baselines: list[str]) -> None:
               + (f"{s['critical_path_s'] / max(s['tokens'], 1) * 1e3:>12.4f}" if streams > 1 else ""))
 
 
+def lanes(starts: list[int], ends: list[int]) -> list[int]:
+    """A track per kernel such that kernels on one track never overlap (the lowest free track first)."""
+    free: list[int] = []  # min-heap of free lanes
+    busy: list[tuple[int, int]] = []  # min-heap of (end, lane)
+    out, n_lanes = [0] * len(starts), 0
+    for i in sorted(range(len(starts)), key=lambda i: (starts[i], i)):
+        while busy and busy[0][0] <= starts[i]:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            lane = heapq.heappop(free)
+        else:
+            lane, n_lanes = n_lanes, n_lanes + 1
+        out[i] = lane
+        heapq.heappush(busy, (ends[i], lane))
+    return out
+
+
 def perfetto_events(runs: list[Run]) -> list[dict]:
     """Chrome trace events (viewable in Perfetto or chrome://tracing): per run a process with a host track
-    (kernel issues) and a device track (kernels, named by class and module, with their bound)."""
+    (kernel issues) and device tracks (kernels, named by class and module, with their bound; one track unless
+    kernels overlap)."""
     events: list[dict] = []
     for pid, run in enumerate(runs, start=1):
         p = run.projection
         us = 1e6 / p.clock_hz
         events.append({"ph": "M", "name": "process_name", "pid": pid,
                        "args": {"name": f"{run.label} on {p.hardware} ({p.launch})"}})
-        for tid, name in ((1, "host"), (2, "device")):
+        track = lanes(p.start_cycles, p.end_cycles)
+        names = [(1, "host")] + [(2 + lane, "device" if lane == 0 else f"device {lane}")
+                                 for lane in range(max(track, default=0) + 1)]
+        for tid, name in names:
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
-        for op, k, cost, dram, issue, start, end in zip(run.trace.ops, p.kernels, p.costs, p.dram_bytes,
-                                                        p.issue_cycles, p.start_cycles, p.end_cycles):
-            events.append({"ph": "X", "pid": pid, "tid": 2, "ts": start * us, "dur": (end - start) * us,
+        for op, k, cost, dram, issue, start, end, lane in zip(run.trace.ops, p.kernels, p.costs, p.dram_bytes,
+                                                              p.issue_cycles, p.start_cycles, p.end_cycles, track):
+            events.append({"ph": "X", "pid": pid, "tid": 2 + lane, "ts": start * us, "dur": (end - start) * us,
                            "name": f"{k.cls} {op.module}",
                            "args": {"op": op.op, "bound": cost.bound, "floor_us": cost.floor_s * 1e6,
                                     "dram_bytes": dram, "stage": op.stage}})

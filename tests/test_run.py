@@ -58,7 +58,7 @@ def test_streams_overlap_kernels_and_report_the_critical_path(tmp_path, capsys):
     out_json = tmp_path / "r.json"
     for streams in ("1", "4"):
         assert run.main(["--hw", "hwconfigs/h100.yaml", "--launch", "graph", "--trace", trace, "--streams", streams,
-                         "--json", str(out_json)]) == 0
+                         "--json", str(out_json), "--perfetto", str(tmp_path / "t.json")]) == 0
         [r] = json.loads(out_json.read_text())["runs"]
         if streams == "1":
             one = r
@@ -67,6 +67,14 @@ def test_streams_overlap_kernels_and_report_the_critical_path(tmp_path, capsys):
     # dependency chain or the aggregate roofline
     assert max(r["critical_path_s"], r["roofline_s"]) <= r["total_s"] < one["total_s"]
     assert "critical_path_s" not in one
+    kernels = [e for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e["ph"] == "X"]
+    by_track: dict[int, list] = {}
+    for e in kernels:
+        by_track.setdefault(e["tid"], []).append((e["ts"], e["ts"] + e["dur"]))
+    assert 1 < len(by_track) <= 4  # overlapping kernels on separate tracks, never more than the streams
+    for spans in by_track.values():
+        spans.sort()
+        assert all(end <= next_start + 1e-6 for (_, end), (next_start, _) in zip(spans, spans[1:]))
 
 
 def test_outputs_are_written_atomically(tmp_path):

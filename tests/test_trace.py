@@ -130,7 +130,8 @@ op_records = st.builds(
     module=names, op=names, in_shapes=shapes, in_dtypes=st.lists(names, max_size=4), out_shapes=shapes,
     out_dtypes=st.lists(names, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
     kv_read_bytes=nat, kv_write_bytes=nat, weights=st.lists(st.sampled_from(sorted(WEIGHTS)), max_size=3),
-    deps=st.lists(st.integers(1, 4), max_size=3), duration_s=st.none() | st.floats(0, 1e3, allow_nan=False, allow_infinity=False))
+    deps=st.lists(st.integers(1, 4), max_size=3),
+    duration_s=st.none() | st.floats(0, 1e3, allow_nan=False, allow_infinity=False))
 triples = st.lists(st.lists(st.integers(0, 1 << 31), min_size=3, max_size=3), max_size=4)
 kinds = st.sampled_from(["encoder", "prefill", "decode", "speed"])
 stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triples, commits=triples, flushes=triples,
