@@ -357,41 +357,47 @@ def _busy_cycles(starts: list[int], ends: list[int]) -> int:
     return busy
 
 
-def aggregate_floor_s(p: Projection) -> float:
-    """The roofline floor of overlapped kernels: per stage, all its FLOPs, DRAM bytes and bytes through L2 at
-    peak rates, whichever takes longest (no kernel's own floor bounds it once kernels overlap)."""
-    floor_s, i = 0.0, 0
+def stage_floors_s(p: Projection) -> list[float]:
+    """The roofline floor of each stage: the sum of its kernels' floors on one stream; with overlapping kernels
+    (streams > 1) no kernel's own floor bounds the stage, so all its FLOPs, DRAM bytes and bytes through L2 at
+    peak rates, whichever takes longest (the aggregate floor)."""
+    floors, i = [], 0
     for n in p.stage_sizes:
         costs = p.costs[i : i + n]
-        floor_s += max(sum(c.floor_compute_s for c in costs), sum(c.floor_dram_s for c in costs),
-                       sum(c.floor_l2_s for c in costs))
+        if p.streams == 1:
+            floors.append(sum(c.floor_s for c in costs))
+        else:
+            floors.append(max(sum(c.floor_compute_s for c in costs), sum(c.floor_dram_s for c in costs),
+                              sum(c.floor_l2_s for c in costs)))
         i += n
-    return floor_s
+    return floors
 
 
 def breakdown(p: Projection) -> dict:
     """Where the time went: shares of the total spent in compute-, memory- and latency-bound kernels and with
-    the device idle waiting for the host (launch); bytes, achieved bandwidth, the roofline floor. With
-    overlapping kernels (streams > 1) the kernel shares split the time the device is busy in proportion to
-    the kernels' durations, the floor is the aggregate one and `critical_path_s` is the dependency bound."""
+    the device idle waiting for the host (launch); bytes, achieved bandwidth, the roofline floor of the whole
+    run and of its decode stages (`stage_floors_s`). With overlapping kernels (streams > 1) the kernel shares
+    split the time the device is busy in proportion to the kernels' durations, and `critical_path_s` is the
+    dependency bound."""
     busy = {"compute": 0, "memory": 0, "latency": 0}
     by_class = dict.fromkeys(CLASSES, 0)
-    floor_s = onchip = 0.0
+    onchip = 0.0
     for k, cost, dram, start, end in zip(p.kernels, p.costs, p.dram_bytes, p.start_cycles, p.end_cycles):
         busy[cost.bound] += end - start
         by_class[k.cls] += end - start
-        floor_s += cost.floor_s
         onchip += k.bytes - dram
+    floors = stage_floors_s(p)
     dram = sum(p.dram_bytes)
     total = max(p.total_cycles, 1)
     overlap = 1.0
     if p.streams > 1:
-        floor_s = aggregate_floor_s(p)
         overlap = _busy_cycles(p.start_cycles, p.end_cycles) / max(sum(busy.values()), 1)
     shares = {b: c * overlap / total for b, c in busy.items()}
     shares["launch"] = max(0.0, 1.0 - sum(shares.values()))
     out = {"shares": shares, "class_s": {c: v / p.clock_hz for c, v in by_class.items() if v},
-           "roofline_s": floor_s, "dram_bytes": int(dram), "onchip_bytes": int(onchip),
+           "roofline_s": sum(floors),
+           "decode_roofline_s": sum(f for f, kind in zip(floors, p.stage_kinds) if kind in ("decode", "speed")),
+           "dram_bytes": int(dram), "onchip_bytes": int(onchip),
            "achieved_bandwidth_bytes_per_s": dram / p.total_s if p.total_cycles else 0.0}
     if p.critical_path_cycles is not None:
         out["critical_path_s"] = p.critical_path_cycles / p.clock_hz

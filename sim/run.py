@@ -94,7 +94,9 @@ def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: st
             raise SystemExit(f"error: model config {model}: {err}") from None
     else:
         cfg = get_preset(model)
-    name = f"{cfg.name}.{decoder}.{dtype}.b{batch}.t{tokens}.{(flips or 'profile').replace(',', '_')}.jsonl.gz"
+    # the code revision in the name: a trace made before the reference decoder changed is not reused
+    name = (f"{cfg.name}.{decoder}.{dtype}.b{batch}.t{tokens}.{(flips or 'profile').replace(',', '_')}."
+            f"{tracing.code_revision()}.jsonl.gz")
     path = CACHE / name
     if not path.exists() or Path(model).is_file():
         print(f"tracing {cfg.name} ({decoder}, {tokens} tokens, batch {batch}) on the meta device ...",
@@ -113,7 +115,7 @@ def summarize(p: Projection, trace: Trace) -> dict:
         "model": trace.header.model.get("name"), "decoder": trace.header.decoder, "dtype": trace.header.dtype,
         "batch": trace.header.batch, "tokens": p.tokens, "total_s": p.total_s, "decode_s": p.decode_s,
         "s_per_token": p.decode_s / tokens, "bound": b["shares"], "roofline_s": b["roofline_s"],
-        "roofline_s_per_token": b["roofline_s"] / tokens, "dram_bytes": b["dram_bytes"],
+        "roofline_s_per_token": b["decode_roofline_s"] / tokens, "dram_bytes": b["dram_bytes"],
         "onchip_bytes": b["onchip_bytes"], "achieved_bandwidth_bytes_per_s": b["achieved_bandwidth_bytes_per_s"],
         "class_s": b["class_s"], "kernels": p.stats["kernels"], "stages": p.stats["stages"],
         "stages_simulated": p.stats["stages_simulated"], "streams": p.streams,

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from simtraces import header, hw_dict, hwconfigs, op, traces
 
 from sim.engine import (
-    aggregate_floor_s,
-    breakdown,
+        breakdown,
     critical_path_cycles,
     project,
     simulate_stage,
     simulate_stage_overlapped,
+    stage_floors_s,
     stage_graph,
 )
 from sim.hardware import HWCONFIG_DIR, load_hwconfig, parse
@@ -51,7 +51,9 @@ def test_overlap_respects_dependencies_and_bounds(trace, hw, launch, streams):
         assert cycles >= critical_path_cycles(g, durations) - n  # at most one cycle of rounding per kernel
         first += n
     b = breakdown(p)
-    assert b["roofline_s"] == aggregate_floor_s(p)
+    assert b["roofline_s"] == pytest.approx(sum(stage_floors_s(p)))
+    assert b["decode_roofline_s"] <= b["roofline_s"]
+    assert p.decode_s >= b["decode_roofline_s"] * (1 - 1e-9)
     assert p.total_s >= b["roofline_s"] * (1 - 1e-9)
     assert p.critical_path_cycles <= p.total_cycles
     assert b["dram_bytes"] + b["onchip_bytes"] == trace.total_bytes
