@@ -172,10 +172,12 @@ class SharedDevice:
                         if issued[j] and not self.waiting_on[j]:
                             heapq.heappush(ready, (env.now + self.gap, j))
             if get.triggered:
-                i = get.value
-                issued[i] = True
-                if not self.waiting_on[i]:
-                    heapq.heappush(ready, (env.now + self.gap, i))
+                new = [get.value, *self.queue.items]  # all issued by now (graph replay issues a stage at once)
+                self.queue.items.clear()
+                for i in new:
+                    issued[i] = True
+                    if not self.waiting_on[i]:
+                        heapq.heappush(ready, (env.now + self.gap, i))
                 get = self.queue.get()
 
 
