@@ -6,7 +6,7 @@ import torch
 from reference import decode
 from reference.config import get_preset
 from reference.model import SharedDecoder
-from reference.speedup import NO_EOS, main, measure
+from reference.speedup import NO_EOS, main, measure, weight_major_linear
 
 
 def test_figures_follow_from_the_stage_counts_and_costs():
@@ -28,3 +28,13 @@ def test_an_unshared_model_or_a_bad_path_is_a_clear_error(tmp_path, capsys):
         measure(SharedDecoder(get_preset("tiny-6"), dtype=torch.float32), [[1, 2]], 4, 1)
     assert main(["--checkpoint", str(tmp_path / "nope.safetensors")]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_weight_major_linear_computes_the_same_projection():
+    layer = torch.nn.Linear(16, 24, bias=False, dtype=torch.float64)
+    x = torch.randn(3, 1, 16, dtype=torch.float64)
+    expected, original = layer(x), torch.nn.Linear.forward
+    with weight_major_linear():
+        got = layer(x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.nn.Linear.forward is original  # restored on leaving
