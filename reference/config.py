@@ -112,6 +112,21 @@ def _tiny(layers: int, groups: int, encoder_layers: int = 0) -> ModelConfig:
                        ffn="gated-gelu" if encoder_layers else "swiglu", max_seq_len=512, eos_id=1)
 
 
+def _code(layers: int, groups: int) -> ModelConfig:
+    # The family trained on this machine's CPU (reference.train): decoder-only, d_model 128, 4 heads of 32,
+    # SwiGLU 256, byte-level BPE vocabulary of 1024 whose id 256 ends a file.
+    name = f"code-{layers}" if groups == 1 else f"code-{layers}x{groups}"
+    return ModelConfig(name=name, vocab_size=1024, d_model=128, n_heads=4, n_kv_heads=4, d_ff=256,
+                       n_unique_layers=layers, n_groups=groups, max_seq_len=512, eos_id=256)
+
+
+def _code_wide(layers: int, groups: int) -> ModelConfig:
+    # code-* at d_model 512: the float32 shared weights of 4 layers (51 MB) exceed this CPU's 32 MiB last-level
+    # cache, so batch-1 decoding reads them from DRAM on every pass, as a GPU does from HBM (reference.speedup)
+    return _code(layers, groups).replace(name=f"code-wide-{layers}x{groups}", d_model=512, n_heads=8, n_kv_heads=8,
+                                         d_ff=1408)
+
+
 PRESETS: dict[str, ModelConfig] = {
     c.name: c
     for c in [
@@ -120,6 +135,9 @@ PRESETS: dict[str, ModelConfig] = {
         _llama2_7b(32, 1), _llama2_7b(8, 4), _llama2_7b(4, 8),
         _llama_1b(22, 1), _llama_1b(11, 2),
         _tiny(6, 1), _tiny(2, 3), _tiny(4, 3), _tiny(2, 3, encoder_layers=2),
+        *(_code(n, 1) for n in (2, 4, 12)),
+        *(_code(nd, g) for nd, g in ((2, 6), (4, 3), (2, 8), (4, 4))),
+        _code_wide(4, 3),
     ]
 }
 

@@ -54,16 +54,23 @@ class FlipOracle:
 
     @classmethod
     def from_profile(cls, name: str, vocab_size: int, seed: int = 0, avoid: Sequence[int] = (),
-                     path: Path = PAPER_PROFILES) -> FlipOracle:
-        """The oracle of a named profile in a profile file (default: the paper's Figure 4)."""
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as err:
-            raise ValueError(f"flip profile file {path}: {err.strerror}") from None
-        profiles = data.get("profiles", {}) if isinstance(data, dict) else {}
-        if name not in profiles:
-            raise ValueError(f"flip profile file {path}: no profile {name!r}; profiles: {', '.join(profiles)}")
-        return cls(profiles[name], vocab_size, seed, avoid, source=f"{path.name}:{name} ({data.get('source', '')})")
+                     path: Path | None = None) -> FlipOracle:
+        """The oracle of a named profile in a profile file; by default the first of data/flips/*.yaml that has it
+        (the paper's Figure 4, paper-fig4.yaml, first; the trained code-* models, trained.yaml)."""
+        paths = [path] if path is not None else sorted(PROFILES_DIR.glob("*.yaml"), key=lambda p: p != PAPER_PROFILES)
+        known = []
+        for candidate in paths:
+            try:
+                data = yaml.safe_load(candidate.read_text())
+            except OSError as err:
+                raise ValueError(f"flip profile file {candidate}: {err.strerror}") from None
+            profiles = data.get("profiles", {}) if isinstance(data, dict) else {}
+            if name in profiles:
+                return cls(profiles[name], vocab_size, seed, avoid,
+                           source=f"{candidate.name}:{name} ({data.get('source', '')})")
+            known += profiles
+        where = paths[0] if path is not None else f"{PROFILES_DIR}/*.yaml"
+        raise ValueError(f"flip profile file {where}: no profile {name!r}; profiles: {', '.join(known)}")
 
 
 class FlipReplay:

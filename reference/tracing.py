@@ -434,7 +434,7 @@ def workload(cfg: Any, batch: int, prompt_len: int, source_len: int, seed: int =
 
 
 def flip_oracle(cfg: Any, flips: str | None, seed: int = 0, sequential: bool = False) -> FlipOracle | None:
-    """The predictor of a traced run: a named profile of data/flips/paper-fig4.yaml, comma-separated rates
+    """The predictor of a traced run: a named profile of data/flips/*.yaml, comma-separated rates
     ("0.09,0.04"), "model" (None: the model's own argmax; needs values, so not on meta), or, when None, the
     profile named like the preset (zero flips when G = 1)."""
     if flips == "model":
@@ -546,8 +546,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser, required: bool) -> N
     parser.add_argument("--prompt-len", type=int, default=16, help="decoder-only prompt length (default 16)")
     parser.add_argument("--source-len", type=int, default=DEFAULT_SOURCE_LEN,
                         help=f"encoder input length of encoder-decoder presets (default {DEFAULT_SOURCE_LEN})")
-    parser.add_argument("--flips", help="SPEED flips: a profile of data/flips/paper-fig4.yaml, rates per exit "
-                        "'0.09,0.04', or 'model' (the model's own argmax; not on meta); default: the preset's profile")
+    parser.add_argument("--flips", help="SPEED flips: a profile of data/flips/*.yaml (the paper's, the trained "
+                        "models'), rates per exit '0.09,0.04', or 'model' (the model's own argmax; not on meta); "
+                        "default: the preset's profile")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, prompts and flips (default 0)")
 
 

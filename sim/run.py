@@ -101,9 +101,12 @@ def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: st
     if not path.exists() or Path(model).is_file():
         print(f"tracing {cfg.name} ({decoder}, {tokens} tokens, batch {batch}) on the meta device ...",
               file=sys.stderr)
-        tracing.capture_trace(cfg.name if not Path(model).is_file() else cfg, decoder, tokens, path,
-                              dtype=getattr(torch, dtype), batch=batch, source_len=DEFAULT_SOURCE_LEN, flips=flips,
-                              command=f"python -m sim.run --model {model} (on demand)")
+        try:
+            tracing.capture_trace(cfg.name if not Path(model).is_file() else cfg, decoder, tokens, path,
+                                  dtype=getattr(torch, dtype), batch=batch, source_len=DEFAULT_SOURCE_LEN,
+                                  flips=flips, command=f"python -m sim.run --model {model} (on demand)")
+        except ValueError as err:  # a bad --flips, or a length the model cannot hold
+            raise SystemExit(f"error: tracing {cfg.name}: {err}") from None
     return path
 
 
@@ -241,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                         "on demand)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                         help="model dtype (default bfloat16; others trace on demand)")
-    parser.add_argument("--flips", help="SPEED flips for traces made on demand: a profile of "
-                        "data/flips/paper-fig4.yaml or rates per exit '0.09,0.04' (default: the preset's profile)")
+    parser.add_argument("--flips", help="SPEED flips for traces made on demand: a profile of data/flips/*.yaml "
+                        "(paper-fig4.yaml: the paper's; trained.yaml: the code-* models trained here) or rates per "
+                        "exit '0.09,0.04' (default: the preset's profile)")
     parser.add_argument("--launch", choices=LAUNCH_MODES, default="eager",
                         help="eager: the host pays a dispatch + launch per kernel; graph: one launch per stage "
                         "(CUDA graph replay). Default eager")

@@ -103,10 +103,12 @@ def test_flip_oracle_drives_speed_without_reading_values():
     assert replayed.tokens == out.tokens and replayed.stats == out.stats
 
 
-def test_flip_profiles_of_the_paper():
+def test_flip_profiles_of_the_paper_and_of_the_trained_models():
     oracle = FlipOracle.from_profile("t5-base-4x3", vocab_size=100)
     assert oracle.rates == [0.09, 0.04] and "Figure 4" in oracle.source
-    with pytest.raises(ValueError, match="no profile 't5-base-9x9'; profiles: t5-base-4x3"):
+    trained = FlipOracle.from_profile("code-4x3", vocab_size=100)  # found in data/flips/trained.yaml
+    assert len(trained.rates) == 2 and trained.source.startswith("trained.yaml:code-4x3")
+    with pytest.raises(ValueError, match=r"no profile 't5-base-9x9'; profiles: t5-base-4x3.*code-4x3"):
         FlipOracle.from_profile("t5-base-9x9", vocab_size=100)
     with pytest.raises(ValueError, match=r"flip rates must lie in \[0, 1\]"):
         FlipOracle([1.5], 10)
