@@ -115,13 +115,15 @@ def class_samples(traces: list[Trace], hw: HwConfig) -> dict[str, list[tuple[flo
     return {cls: samples[:: max(1, len(samples) // MAX_SAMPLES)] for cls, samples in out.items()}
 
 
-def fit_class(samples: list[tuple[float, float, float]], kernel_min_s: float) -> tuple[float, float]:
+def fit_class(samples: list[tuple[float, float, float]], kernel_min_s: float, relative: bool = False
+              ) -> tuple[float, float]:
     """(efficiency, fixed_s) minimising the squared error of max(c / e, m / e, kernel_min) + fixed, in units of
     the mean measured time: absolute, not log, error, so that the fitted times add up to the measured stage
-    and end-to-end times (a log fit follows the median kernel and misses the sums)."""
+    and end-to-end times (a log fit follows the median kernel and misses the sums). `relative`: the error
+    relative to each measurement instead, for samples that are judged one by one (single-operator calls)."""
     work = np.array([max(c, m) for c, m, _ in samples])
     measured = np.array([t for _, _, t in samples])
-    scale = measured.mean()
+    scale = measured if relative else measured.mean()
 
     def residuals(x: np.ndarray) -> np.ndarray:
         return (np.maximum(work / x[0], kernel_min_s) + x[1] - measured) / scale

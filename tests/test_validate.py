@@ -142,3 +142,20 @@ def test_public_a100_measurements_are_read_and_projected():
     assert {k: len(v) for k, v in results.items()} == {"matmul": 20, "softmax": 22, "layernorm": 22, "gelu": 20}
     assert all(p > 0 and m > 0 for values in results.values() for p, m in values)
     assert validate.metrics(results["matmul"])["pearson_r"] > 0.99  # bigger products take longer in both
+
+
+def test_public_fit_is_judged_only_on_points_it_did_not_see(tmp_path):
+    from sim import public
+
+    points = list(range(11))
+    fit_half, held_out = public.split(points, False), public.split(points, True)
+    assert sorted(fit_half + held_out) == points and not set(fit_half) & set(held_out)
+    if not public.DATA.exists():
+        pytest.skip(f"public measurements not beside the checkout ({public.DATA})")
+    base = parse(hw_dict(), "synthetic.yaml")  # a start far from an A100: the fit, not the start, must carry it
+    fitted = parse(public.fit(base, "test"), "fitted.yaml")
+    assert set(fitted.classes) == {"matmul", "reduction", "norm", "elementwise"}
+    errors = {k: validate.metrics(v)["median_abs_pct"] for k, v in public.pairs(fitted, held_out=True).items()}
+    before = {k: validate.metrics(v)["median_abs_pct"] for k, v in public.pairs(base, held_out=True).items()}
+    assert all(errors[k] < before[k] for k in errors), (errors, before)
+    assert errors["matmul"] <= 10 and max(errors.values()) <= 20, errors
