@@ -29,14 +29,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from reference import decode
 from reference.corpus import load_corpus
 from reference.model import SharedDecoder
+from reference.speedup import heldout_prompts
 from reference.train import FAMILY, ROOT, eval_windows, load_checkpoint
+from sim.run import atomic_write
 
 NO_EOS = -1  # an id no token has: decoding runs to its full length
 
@@ -50,13 +51,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -182,11 +176,8 @@ def save_plot(models: dict[str, dict], path: Path, machine: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     draw_accuracy_latency(ax, models, machine)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def summary(m: dict) -> str:
@@ -262,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             heldout = tokenizer.encode_files(heldout_files)
             inputs, targets = eval_windows(heldout, args.eval_windows, args.context)
-            starts = np.linspace(0, len(heldout) - args.prompt_len, args.prompts).astype(np.int64)
-            prompts = [heldout[s : s + args.prompt_len].tolist() for s in starts]
+            prompts = heldout_prompts(heldout, args.prompts, args.prompt_len)
             t0 = time.perf_counter()
             train_settings = meta["run"]["settings"]
             models[cfg.name] = {
@@ -282,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                    "corpus": {**{k: v for k, v in corpus.describe().items() if k != "root"},
                               "matches_checkpoints": corpus_matches},
                    "models": models}
-        write_atomic(args.metrics, json.dumps(metrics, indent=1) + "\n")
-        write_atomic(args.flips_out, flips_yaml(models, settings))
+        atomic_write(args.metrics, lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
+        atomic_write(args.flips_out, lambda tmp: tmp.write_text(flips_yaml(models, settings)))
         save_plot(models, args.plot, machine)
         print(f"wrote {args.metrics}, {args.flips_out}, {args.plot}")
         inexact = [name for name, m in models.items() if m["exact_float64"]["identical"] != args.prompts]

@@ -39,16 +39,16 @@ import torch
 from torch import Tensor, nn
 
 from reference import decode
-from reference.corpus import Tokenizer, load_corpus
+from reference.corpus import load_corpus
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
+from sim.run import atomic_write
 
 NO_EOS = -1  # an id no token has: every run decodes its full length
 
 
-def heldout_prompts(tokenizer: Tokenizer, heldout_files: list[bytes], n: int, length: int) -> list[list[int]]:
-    """`n` prompts of `length` tokens, evenly spaced through the held-out files."""
-    ids = tokenizer.encode_files(heldout_files)
+def heldout_prompts(ids: np.ndarray, n: int, length: int) -> list[list[int]]:
+    """`n` prompts of `length` tokens, evenly spaced through the held-out token ids."""
     starts = np.linspace(0, len(ids) - length, n).astype(np.int64)
     return [ids[s : s + length].tolist() for s in starts]
 
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         model, tokenizer, _ = load_checkpoint(args.checkpoint)
         corpus = load_corpus(args.corpus)
-        prompts = heldout_prompts(tokenizer, [corpus.heldout[k] for k in sorted(corpus.heldout)], args.prompts,
-                                  args.prompt_len)
+        heldout = tokenizer.encode_files([corpus.heldout[k] for k in sorted(corpus.heldout)])
+        prompts = heldout_prompts(heldout, args.prompts, args.prompt_len)
         if any(m.bias is not None for m in model.modules() if isinstance(m, nn.Linear)):
             raise ValueError("--linear weight-major handles bias-free projections only")
         with weight_major_linear() if args.linear == "weight-major" else contextlib.nullcontext():
@@ -222,10 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"shared weights: {weights / 2**20:.1f} MiB ({next(model.parameters()).dtype})")
     print(report(figures))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(figures, indent=1))
-        tmp.replace(args.json)
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(figures, indent=1)))
     return 0
 
 

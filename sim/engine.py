@@ -298,7 +298,8 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     graph = launch == "graph"
     launch_cycles = hw.cycles(hw.host.launch_graph_s if graph else hw.host.launch_eager_s)
     gap_cycles = hw.cycles(hw.host.launch_graph_s)
-    costs: dict[tuple[int, int], tuple[KernelCost, int]] = {}  # (id(kernel), dram bytes) -> (cost, cycles)
+    # (id(kernel), dram bytes) -> (cost, cycles, demand: only needed when kernels overlap)
+    costs: dict[tuple[int, int], tuple[KernelCost, int, tuple[float, float] | None]] = {}
     timelines: dict[tuple, StageTimeline] = {}
     graphs: dict[tuple, tuple[nx.DiGraph, dict[tuple[int, ...], int]]] = {}  # deps -> graph, critical paths
     p = Projection(hw.name, hw.path, launch, hw.peak.clock_hz, kernels, [], [], [], [], [], [], [], 0,
@@ -307,17 +308,18 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     for stage in trace.stages:
         ops = trace.ops_of_stage(stage.stage)
         n = len(ops)
-        durations = []
+        durations, demands = [], []
         for k in kernels[op_index : op_index + n]:
             dram = cache.serve(k)
             key = (id(k), dram)
             cost = costs.get(key)
             if cost is None:
                 c = kernel_cost(k, hw, dram)
-                cost = costs[key] = (c, hw.cycles(c.time_s))
+                cost = costs[key] = (c, hw.cycles(c.time_s), demand(k, c, hw) if streams > 1 else None)
             p.costs.append(cost[0])
             p.dram_bytes.append(dram)
             durations.append(cost[1])
+            demands.append(cost[2])
         durations_key = tuple(durations)
         if streams == 1:
             timeline = timelines.get(durations_key)
@@ -326,16 +328,18 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
                                                                      synchronous=hw.kind == "cpu")
         else:
             deps_key = tuple(None if op.deps is None else tuple(op.deps) for op in ops)
-            g, paths = graphs.get(deps_key) or graphs.setdefault(deps_key, (stage_graph(ops), {}))
+            if deps_key not in graphs:
+                graphs[deps_key] = (stage_graph(ops), {})
+            g, paths = graphs[deps_key]
             if durations_key not in paths:
                 paths[durations_key] = critical_path_cycles(g, durations_key)
             p.critical_path_cycles += paths[durations_key]
-            demands = tuple(demand(k, c, hw) for k, c in zip(kernels[op_index : op_index + n], p.costs[-n:]))
-            key = (durations_key, demands, deps_key)
+            demands_key = tuple(demands)
+            key = (durations_key, demands_key, deps_key)
             timeline = timelines.get(key)
             if timeline is None:
-                timeline = timelines[key] = simulate_stage_overlapped(durations_key, demands, g, launch_cycles, graph,
-                                                                      gap_cycles, streams)
+                timeline = timelines[key] = simulate_stage_overlapped(durations_key, demands_key, g, launch_cycles,
+                                                                      graph, gap_cycles, streams)
         op_index += n
         p.stage_sizes.append(n)
         p.issue_cycles += [now + t for t in timeline.issues]
