@@ -146,7 +146,9 @@ class Attention(nn.Module):
         for r, (depth, seq, pos) in enumerate(zip(depths, rows.seqs, rows.positions)):
             cache.k[depth, seq, :, pos : pos + 1] = k[r]
             cache.v[depth, seq, :, pos : pos + 1] = v[r]
-            out.append(self._sdpa(q[r], cache.k[depth, seq, :, : pos + 1], cache.v[depth, seq, :, : pos + 1]))
+            # a batch dim of 1 for SDPA: its fused kernels need 4-D inputs, 3-D ones fall back to the math path
+            k_r, v_r = cache.k[depth, seq, :, : pos + 1], cache.v[depth, seq, :, : pos + 1]  # [Hkv, pos+1, hd]
+            out.append(self._sdpa(q[r][None], k_r[None], v_r[None])[0])  # [H, 1, hd]
         return self._merge(out[0][None] if len(out) == 1 else torch.stack(out))[:, 0]  # [R, H, 1, hd] -> [R, d]
 
     def cross_rows(self, x: Tensor, rows: Rows, cache: KVCache, layer: int) -> Tensor:
