@@ -9,9 +9,10 @@ kernel times.
 2. Peaks measured: DRAM bandwidth (best large copy), matrix rate (best GEMM); host figures: the shortest
    kernel, the per-kernel gap of graph replay. Global efficiencies: measured / datasheet peak (1 when there
    is no datasheet figure: the measured peak is the peak).
-3. Fitted (scipy least squares on log time): per kernel class an efficiency and a fixed time, against the
-   measured kernel times of `--measured` traces; the host's eager cost per kernel against their stage wall
-   times. Traces not given to the fit are the fair test of the result (python -m sim.validate).
+3. Fitted (scipy least squares): per kernel class, and per op kind seen often enough, an efficiency and a
+   fixed time, against the measured kernel times of `--measured` traces; the host's eager cost per kernel
+   against their stage wall times (log error). Traces not given to the fit are the fair test of the result
+   (python -m sim.validate).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from sim.kernels import kernel_cost
 from sim.run import atomic_write
 from sim.trace import Trace, TraceError, read_trace
 
-MAX_SAMPLES = 4000  # per class: a deterministic stride over the measured kernels keeps the fit fast
+MAX_SAMPLES = 4000  # per fit: a deterministic stride over the measured kernels keeps the fit fast
+MIN_OP_SAMPLES = 30  # measured kernels of an op kind below which it keeps its class's fit
 
 
 def peaks_from_microbench(mb: dict[str, Any]) -> dict[str, float]:
@@ -102,34 +104,68 @@ def cpu_base(mb: dict[str, Any], mb_path: str) -> dict[str, Any]:
             "sources": sources}
 
 
-def class_samples(traces: list[Trace], hw: HwConfig) -> dict[str, list[tuple[float, float, float]]]:
-    """Per kernel class: (compute_s, memory_s, measured_s) at unit class efficiency, from measured traces."""
-    out: dict[str, list[tuple[float, float, float]]] = {}
-    base = dataclasses.replace(hw, classes={})
+Samples = list[tuple[float, float, float]]  # (compute_s, memory_s, measured_s)
+
+
+def op_samples(traces: list[Trace], hw: HwConfig) -> dict[tuple[str, str], Samples]:
+    """Per (kernel class, op kind): (compute_s, memory_s, measured_s) at unit efficiency, from measured traces;
+    a deterministic stride keeps at most MAX_SAMPLES of each."""
+    out: dict[tuple[str, str], Samples] = {}
+    base = dataclasses.replace(hw, classes={}, ops={})
     for trace in traces:
         cache = OnChipCache(hw.peak.l2_capacity_bytes)
         for op, k in zip(trace.ops, kernels_of(trace, hw)):
             cost = kernel_cost(k, base, cache.serve(k))
             if op.duration_s:
-                out.setdefault(k.cls, []).append((cost.compute_s, cost.memory_s, op.duration_s))
-    return {cls: samples[:: max(1, len(samples) // MAX_SAMPLES)] for cls, samples in out.items()}
+                out.setdefault((k.cls, k.op), []).append((cost.compute_s, cost.memory_s, op.duration_s))
+    return {key: samples[:: max(1, len(samples) // MAX_SAMPLES)] for key, samples in out.items()}
 
 
-def fit_class(samples: list[tuple[float, float, float]], kernel_min_s: float, relative: bool = False
+def fit_kernels(traces: list[Trace], hw: HwConfig) -> tuple[dict, dict]:
+    """(classes, ops) sections of a hwconfig: an efficiency and a fixed time per kernel class from all its
+    measured kernels, and a fixed time of its own for each op kind seen at least MIN_OP_SAMPLES times, at its
+    class's efficiency. Op kinds of a class differ in fixed cost (on a GPU a mean is a two-pass kernel, a
+    multiply one pass; on a CPU each op kind has its own dispatch cost); an efficiency of their own would be
+    fitted where they are latency-bound and misjudge the large ones (a one-row product of T5's 768-wide
+    weights says little about Llama's 4096-wide ones)."""
+    def entry(samples: Samples, efficiency: float | None = None) -> dict[str, float]:
+        e, fixed = fit_class(samples, hw.host.kernel_min_s, efficiency=efficiency)
+        return {"efficiency": round(e, 4), "fixed_s": float(f"{fixed:.4g}")}
+
+    by_op = op_samples(traces, hw)
+    classes, ops = {}, {}
+    for cls in sorted({cls for cls, _ in by_op}):
+        mine = {op: samples for (c, op), samples in sorted(by_op.items()) if c == cls}
+        pooled = [s for samples in mine.values() for s in samples]
+        classes[cls] = entry(pooled[:: max(1, len(pooled) // MAX_SAMPLES)])
+        fitted = {op: entry(samples, classes[cls]["efficiency"]) for op, samples in mine.items()
+                  if len(samples) >= MIN_OP_SAMPLES}
+        if fitted:
+            ops[cls] = fitted
+    return classes, ops
+
+
+def fit_class(samples: Samples, kernel_min_s: float, relative: bool = False, efficiency: float | None = None
               ) -> tuple[float, float]:
-    """(efficiency, fixed_s) minimising the squared error of max(c / e, m / e, kernel_min) + fixed, in units of
-    the mean measured time: absolute, not log, error, so that the fitted times add up to the measured stage
-    and end-to-end times (a log fit follows the median kernel and misses the sums). `relative`: the error
-    relative to each measurement instead, for samples that are judged one by one (single-operator calls)."""
+    """(efficiency, fixed_s) minimising the error of max(c / e, m / e, kernel_min) + fixed, in units of the
+    mean measured time: absolute, not log, error, so that the fitted times add up to the measured stage and
+    end-to-end times (a log fit follows the median kernel and misses the sums); a soft-L1 loss, so that the
+    few kernels a busy machine stretched (preempted, page faults) do not pull the fit. `relative`: the error
+    relative to each measurement instead, for samples that are judged one by one (single-operator calls).
+    `efficiency` given: only the fixed time is fitted."""
     work = np.array([max(c, m) for c, m, _ in samples])
     measured = np.array([t for _, _, t in samples])
     scale = measured if relative else measured.mean()
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        return (np.maximum(work / x[0], kernel_min_s) + x[1] - measured) / scale
+        e, fixed = (x[0], x[1]) if efficiency is None else (efficiency, x[0])
+        return (np.maximum(work / e, kernel_min_s) + fixed - measured) / scale
 
-    fit = least_squares(residuals, x0=[0.5, 1e-6], bounds=([1e-3, 0.0], [1.0, 1e-2]), x_scale=[0.1, 1e-6])
-    return float(fit.x[0]), float(fit.x[1])
+    x0, lower, upper, x_scale = [1.0, 1e-6], [1e-3, 0.0], [1.0, 1e-2], [0.1, 1e-6]
+    if efficiency is not None:
+        x0, lower, upper, x_scale = x0[1:], lower[1:], upper[1:], x_scale[1:]
+    fit = least_squares(residuals, x0=x0, bounds=(lower, upper), x_scale=x_scale, loss="soft_l1", f_scale=0.2)
+    return (float(fit.x[0]), float(fit.x[1])) if efficiency is None else (efficiency, float(fit.x[0]))
 
 
 def fit_launch(traces: list[Trace], hw: HwConfig) -> float:
@@ -169,16 +205,12 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
     report: dict[str, Any] = {"measured": measured, "efficiency": dict(eff)}
     hw = parse(raw, base.path)
     if traces:
-        classes = {}
-        for cls, samples in sorted(class_samples(traces, hw).items()):
-            e, fixed = fit_class(samples, hw.host.kernel_min_s)
-            classes[cls] = {"efficiency": round(e, 4), "fixed_s": float(f"{fixed:.4g}")}
-        raw["classes"] = classes
+        raw["classes"], raw["ops"] = fit_kernels(traces, hw)
         hw = parse(raw, base.path)
         host["launch_eager_s"] = float(f"{fit_launch(traces, hw):.4g}")
         sources["host.launch_eager_s"] = ("fitted: stage wall times of " + ", ".join(
             sorted({t.header.model.get("name", "?") + "/" + t.header.decoder for t in traces})))
-        report["classes"], report["launch_eager_s"] = classes, host["launch_eager_s"]
+        report["classes"], report["ops"], report["launch_eager_s"] = raw["classes"], raw["ops"], host["launch_eager_s"]
     return raw, report
 
 
@@ -223,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     raw, report = calibrate(base, mb, traces, str(mb_path))
     raw["name"] = f"{base.name} (calibrated {date.today().isoformat()})"
     raw["notes"] = (f"Calibrated from {base.path}: host figures and efficiencies measured or fitted (sources say "
-                    f"which); per-class fits from {len(traces)} measured traces.")
+                    f"which); fits per kernel class and per op kind from {len(traces)} measured traces.")
     text = f"# Generated by: python -m sim.calibrate {' '.join(sys.argv[1:])}\n" + yaml.safe_dump(raw, sort_keys=False)
     atomic_write(args.out, lambda tmp: tmp.write_text(text))
     load_hwconfig(args.out)  # what was written loads
@@ -236,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
               f"(microbenchmark: {m['launch_eager_s'] * 1e6:.2f} us)")
         for cls, fit in report["classes"].items():
-            print(f"  {cls:<12} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
+            print(f"  {cls:<40} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
+            for op, fit in report["ops"].get(cls, {}).items():
+                print(f"    {op:<38} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
     return 0
 
 

@@ -72,12 +72,16 @@ class Efficiency:
 
 
 @dataclass(frozen=True)
-class ClassFit:
-    """Fitted per kernel class (optional): compute and memory time are divided by `efficiency`, and
-    `fixed_s` is added (work a class does beyond its FLOPs and bytes, e.g. attention's softmax passes)."""
+class KernelFit:
+    """Fitted per kernel class, or per op kind within a class (optional): compute and memory time are divided
+    by `efficiency`, and `fixed_s` is added (work beyond FLOPs and bytes: attention's softmax passes, a
+    reduction's second pass, the dispatch of an op on a CPU, which differs from op to op)."""
 
     efficiency: float = 1.0
     fixed_s: float = 0.0
+
+
+NO_FIT = KernelFit()
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,14 @@ class HwConfig:
     sources: dict[str, str]
     path: str = ""
     notes: str = ""
-    classes: dict[str, ClassFit] = dataclasses.field(default_factory=dict)
+    classes: dict[str, KernelFit] = dataclasses.field(default_factory=dict)
+    # class -> op kind (aten name) -> fit: refines the class fit for the op kinds calibration saw often enough
+    ops: dict[str, dict[str, KernelFit]] = dataclasses.field(default_factory=dict)
+
+    def fit(self, cls: str, op: str) -> KernelFit:
+        """The fit of op kind `op` of kernel class `cls`: its own, else its class's, else none."""
+        fit = self.ops.get(cls, {}).get(op)
+        return fit if fit is not None else self.classes.get(cls, NO_FIT)
 
     def matrix_flops(self, dtype: str) -> float:
         return self.peak.matrix_flops_per_s.get(dtype, self.peak.matrix_flops_per_s["float32"])
@@ -174,7 +185,7 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     path = os.fspath(path)
     if not isinstance(raw, dict):
         raise HwConfigError(path, None, "expected a YAML mapping at the top level")
-    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]  # classes: optional
+    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]  # classes, ops: optional
     for key in raw:
         if key not in allowed:
             raise HwConfigError(path, key, f"unknown field; allowed: {', '.join(allowed)}")
@@ -223,17 +234,33 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     notes = raw.get("notes", "")
     if not isinstance(notes, str):
         raise HwConfigError(path, "notes", f"expected a string, got {notes!r}")
-    classes_raw = raw.get("classes") or {}
-    if not isinstance(classes_raw, dict):
-        raise HwConfigError(path, "classes", f"expected a mapping of kernel class to fit, got {classes_raw!r}")
-    classes = {}
-    for cls, fit in classes_raw.items():
+    def fit(field: str, value: Any) -> KernelFit:
+        return _section(path, value, field, KernelFit, lambda f, v: efficiency(f, v) if f.endswith("efficiency")
+                        else float(_number(path, f, v, positive=False)))
+
+    classes = {cls: fit(f"classes.{cls}", value) for cls, value in _class_mapping(path, raw, "classes").items()}
+    ops = {cls: {op: fit(f"ops.{cls}.{op}", value)
+                 for op, value in _mapping(path, f"ops.{cls}", by_op, "op kind (aten name) to fit").items()}
+           for cls, by_op in _class_mapping(path, raw, "ops").items()}
+    return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes, ops)
+
+
+def _mapping(path: str, field: str, value: Any, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise HwConfigError(path, field, f"expected a mapping of {what}, got {value!r}")
+    return value
+
+
+def _class_mapping(path: str, raw: dict, field: str) -> dict:
+    """The optional top-level mapping `field` keyed by kernel class."""
+    out = _mapping(path, field, raw.get(field), "kernel class to fit" if field == "classes" else
+                   "kernel class to op kinds")
+    for cls in out:
         if cls not in KERNEL_CLASSES:
-            raise HwConfigError(path, f"classes.{cls}", f"unknown kernel class; allowed: {', '.join(KERNEL_CLASSES)}")
-        classes[cls] = _section(path, fit, f"classes.{cls}", ClassFit,
-                                lambda f, v: efficiency(f, v) if f.endswith("efficiency")
-                                else float(_number(path, f, v, positive=False)))
-    return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes)
+            raise HwConfigError(path, f"{field}.{cls}", f"unknown kernel class; allowed: {', '.join(KERNEL_CLASSES)}")
+    return out
 
 
 def load_hwconfig(path: str | os.PathLike[str]) -> HwConfig:

@@ -8,7 +8,7 @@ of its bytes the cache model served on chip:
     compute_s = waves * tile_flops / (unit rate * efficiency)       matmul, lm_head, attention (matrix units)
               = flops / (vector rate * efficiency)                  everything else
     memory_s  = max(dram_bytes / (DRAM bw * eff), all_bytes / (L2 bw * eff))   every byte passes the L2
-    time_s    = max(compute_s, memory_s, kernel_min_s) + fixed_s   (per-class fits, optional)
+    time_s    = max(compute_s, memory_s, kernel_min_s) + fixed_s   (fits per class or op kind, optional)
     floor_s   = max(flops / peak rate, dram_bytes / DRAM bw, all_bytes / L2 bw)  (<= time_s: eff <= 1)
 
 Kernels that overlap (`sim.engine`, streams > 1) share the device: a kernel's demand is the share of the
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sim.hardware import KERNEL_CLASSES, ClassFit, HwConfig
+from sim.hardware import KERNEL_CLASSES, HwConfig
 from sim.trace import OpRecord
 
 MATMUL_OPS = {"aten.linear.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
@@ -43,6 +43,7 @@ class Kernel:
     """What a trace op asks of the device (hardware-independent)."""
 
     cls: str
+    op: str  # the op kind, for per-op fits: the aten name (`op_kind`)
     dtype: str
     flops: int
     weight_bytes: int
@@ -74,6 +75,18 @@ def classify(op: OpRecord) -> str:
     return "elementwise"
 
 
+def op_kind(op: OpRecord) -> str:
+    """The aten name, with a suffix where PyTorch runs one op as different kernels: a matrix product of one
+    row is a matrix-vector product (`.gemv`: BLAS and cuBLAS pick other kernels than for two or more rows);
+    attention on other than 4-D inputs runs the unfused math path (`.math`: several kernels, ~5x longer at
+    decode shapes on an H200), since PyTorch's fused attention kernels take only 4-D inputs."""
+    if op.op in ATTENTION_OPS and op.in_shapes and len(op.in_shapes[0]) != 4:
+        return op.op + ".math"
+    if op.op in MATMUL_OPS and op.out_shapes and math.prod(op.out_shapes[0][:-1]) == 1:
+        return op.op + ".gemv"
+    return op.op
+
+
 def _round16(n: int) -> int:
     return max(16, -(-n // 16) * 16)
 
@@ -100,7 +113,7 @@ def kernel_of(op: OpRecord, tile_m: int, tile_n: int) -> Kernel:
         reads += [(w, share) for w in op.weights]
     if op.kv_read_bytes:
         reads.append((f"kv:{op.depth}" if op.depth is not None else f"kv:{op.module}", op.kv_read_bytes))
-    return Kernel(cls, dtype, op.flops, op.weight_bytes, op.act_read_bytes + op.act_write_bytes,
+    return Kernel(cls, op_kind(op), dtype, op.flops, op.weight_bytes, op.act_read_bytes + op.act_write_bytes,
                   op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops)
 
 
@@ -116,9 +129,6 @@ class KernelCost:
     floor_l2_s: float  # all bytes at peak L2 bandwidth
 
 
-NO_FIT = ClassFit()
-
-
 def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
     """Device time of kernel `k` when `dram_bytes` of its bytes come from device memory (the rest on chip)."""
     peak, eff = hw.peak, hw.efficiency
@@ -131,7 +141,7 @@ def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
         compute_s = k.flops / (rate * eff.vector)
     memory_s = max(dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram),
                    k.bytes / (peak.l2_bandwidth_bytes_per_s * eff.l2))
-    fit = hw.classes.get(k.cls, NO_FIT)
+    fit = hw.fit(k.cls, k.op)
     compute_s, memory_s = compute_s / fit.efficiency, memory_s / fit.efficiency
     floors = (k.flops / rate, dram_bytes / peak.dram_bandwidth_bytes_per_s, k.bytes / peak.l2_bandwidth_bytes_per_s)
     floor_s = max(floors)

@@ -97,7 +97,7 @@ def fit(base: HwConfig, command: str) -> dict:
     """A hwconfig (as a mapping) fitted to the calibration half (see the module docstring)."""
     raw = to_dict(base)
     raw["efficiency"] = dict.fromkeys(raw["efficiency"], 1.0)
-    unit = dataclasses.replace(parse(raw, base.path), classes={})
+    unit = dataclasses.replace(parse(raw, base.path), classes={}, ops={})
     samples: dict[str, list[tuple[float, float, float]]] = {}
     for points in measurements().values():
         for trace, measured in split(points, False):
@@ -106,7 +106,7 @@ def fit(base: HwConfig, command: str) -> dict:
     kernel_min = unit.host.kernel_min_s
     call_s = max(0.0, min(t for points in samples.values() for *_, t in points) - kernel_min)
     raw["host"]["launch_eager_s"] = float(f"{call_s:.4g}")
-    raw["classes"] = {}
+    raw["classes"], raw["ops"] = {}, {}
     for cls, points in sorted(samples.items()):
         e, fixed = fit_class([(c, m, t - call_s) for c, m, t in points], kernel_min, relative=True)
         raw["classes"][cls] = {"efficiency": round(e, 4), "fixed_s": float(f"{fixed:.4g}")}

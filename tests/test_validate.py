@@ -9,7 +9,8 @@ from simtraces import header, hw_dict, op
 
 from sim import calibrate, validate
 from sim.engine import project
-from sim.hardware import ClassFit, HwConfigError, parse
+from sim.hardware import HwConfigError, KernelFit, parse
+from sim.kernels import kernel_of
 from sim.trace import StageRecord, Trace
 
 
@@ -123,13 +124,63 @@ def test_class_fits_load_and_are_validated(tmp_path):
     raw = hw_dict()
     raw["classes"] = {"attention": {"efficiency": 0.5, "fixed_s": 2e-5}}
     hw = parse(raw, "x.yaml")
-    assert hw.classes["attention"] == ClassFit(0.5, 2e-5)
+    assert hw.classes["attention"] == KernelFit(0.5, 2e-5)
     raw["classes"] = {"attention": {"efficiency": 1.5, "fixed_s": 0}}
     with pytest.raises(HwConfigError, match=r"classes\.attention\.efficiency"):
         parse(raw, "x.yaml")
     raw["classes"] = {"softmaxx": {"efficiency": 0.5, "fixed_s": 0}}
     with pytest.raises(HwConfigError, match="unknown kernel class"):
         parse(raw, "x.yaml")
+
+
+def test_op_fits_refine_their_class_fit_and_are_validated():
+    raw = hw_dict()
+    raw["classes"] = {"norm": {"efficiency": 0.5, "fixed_s": 1e-6}}
+    raw["ops"] = {"norm": {"aten.mean.dim": {"efficiency": 0.25, "fixed_s": 4e-6}}}
+    hw = parse(raw, "x.yaml")
+    assert hw.fit("norm", "aten.mean.dim") == KernelFit(0.25, 4e-6)
+    assert hw.fit("norm", "aten.mul.Tensor") == KernelFit(0.5, 1e-6)  # no fit of its own: the class's
+    assert hw.fit("gather", "aten.embedding.default") == KernelFit()  # neither
+    raw["ops"] = {"norm": {"aten.mean.dim": {"efficiency": 0, "fixed_s": 0}}}
+    with pytest.raises(HwConfigError, match=r"ops\.norm\.aten\.mean\.dim\.efficiency"):
+        parse(raw, "x.yaml")
+    raw["ops"] = {"normm": {"aten.mean.dim": {"efficiency": 0.5, "fixed_s": 0}}}
+    with pytest.raises(HwConfigError, match=r"ops\.normm'.*unknown kernel class"):
+        parse(raw, "x.yaml")
+    raw["ops"] = {"norm": ["aten.mean.dim"]}
+    with pytest.raises(HwConfigError, match=r"field 'ops\.norm': expected a mapping of op kind"):
+        parse(raw, "x.yaml")
+
+
+def test_attention_off_the_fused_path_is_an_op_kind_of_its_own():
+    fused = op(0, 0, "aten.scaled_dot_product_attention", "blocks.0.attn", flops=10**6)  # q: [1, 4, 1, 64]
+    math = dataclasses.replace(fused, in_shapes=[s[1:] for s in fused.in_shapes])  # q: [4, 1, 64]
+    assert kernel_of(fused, 128, 128).op == "aten.scaled_dot_product_attention"
+    assert kernel_of(math, 128, 128).op == "aten.scaled_dot_product_attention.math"
+    assert kernel_of(math, 128, 128).cls == "attention"
+
+
+def test_calibration_recovers_per_op_fixed_times_within_a_class():
+    """Three op kinds of one class that differ only in fixed time (as a CPU's dispatch costs do): the class
+    fit alone cannot explain them, the op fits recover each."""
+    truth_raw = hw_dict()
+    fixed = {"aten.mean.dim": 9e-6, "aten.mul.Tensor": 1e-6, "aten.rsqrt.default": 3e-6}
+    truth_raw["ops"] = {"norm": {o: {"efficiency": 0.5, "fixed_s": f} for o, f in fixed.items()}}
+    truth = parse(truth_raw, "truth.yaml")
+    ops, stages = [], []
+    for s in range(40):
+        for j, name in enumerate(fixed):
+            ops.append(op(len(ops), s, name, f"blocks.{j}.attn_norm", flops=10**6 * (1 + s % 7), act=10**6 * (1 + s)))
+        stages.append(StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []))
+    trace = Trace(header({}), ops, stages)
+    p = project(trace, truth)
+    for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
+        o.duration_s = (end - start) / p.clock_hz
+    classes, by_op = calibrate.fit_kernels([trace], parse(hw_dict(), "start.yaml"))
+    assert set(classes) == {"norm"} and set(by_op["norm"]) == set(fixed)
+    for name, f in fixed.items():
+        assert by_op["norm"][name]["fixed_s"] == pytest.approx(f, rel=0.05)
+        assert by_op["norm"][name]["efficiency"] == pytest.approx(0.5, rel=0.05)
 
 
 def test_public_a100_measurements_are_read_and_projected():
