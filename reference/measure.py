@@ -1,6 +1,9 @@
 """Measure a real decoding run and write a measured trace: per-op durations, per-stage and end-to-end wall time.
 
     python -m reference.measure --device cpu|cuda --preset P --decoder sequential|speed --tokens N --out FILE
+    python -m reference.measure --device cpu|cuda --job '--preset P --decoder D --out FILE' --job '...'
+
+Several `--job`s are measured together, their runs interleaved (each round runs every job once).
 
 1. Warm-up runs (not timed).
 2. Timed runs: end-to-end wall time (synchronized) and every stage's wall time; medians and spread.
@@ -16,9 +19,11 @@ execute the same ops and their stages line up.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,86 +109,134 @@ def deflate_host_times(capture: tracing.OpCapture) -> list[float]:
     return scales
 
 
-def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtype: torch.dtype, batch: int = 1,
-            prompt_len: int = 16, source_len: int = tracing.DEFAULT_SOURCE_LEN, flips: str | None = None,
-            seed: int = 0, warmup: int = 2, repeats: int = 5, op_repeats: int = 3, command: str = "",
-            progress: bool = True) -> dict[str, Any]:
-    """Measure one configuration and write its measured trace to `out`; returns a summary."""
-    cfg = get_preset(preset)
+@dataclass
+class Job:
+    """One configuration to measure, and the times collected for it so far."""
+
+    preset: str
+    decoder: str
+    tokens: int
+    out: Path
+    dtype: torch.dtype
+    batch: int = 1
+    prompt_len: int = 16
+    source_len: int = tracing.DEFAULT_SOURCE_LEN
+    flips: str | None = None
+    seed: int = 0
+    command: str = ""
+    end_to_end_s: list[float] = field(default_factory=list)
+    stage_times_s: list[list[float]] = field(default_factory=list)
+    op_times_s: list[list[float]] = field(default_factory=list)
+
+    def build(self, dev: torch.device) -> None:
+        """Model and workload (a bad preset or --flips fails here, before any job runs)."""
+        self.cfg = get_preset(self.preset)
+        self.model = SharedDecoder(self.cfg, device=dev, dtype=self.dtype, seed=self.seed)
+        self.prompts, self.sources = tracing.workload(self.cfg, self.batch, self.prompt_len, self.source_len,
+                                                      self.seed)
+        self.oracle()
+
+    def oracle(self) -> Any:  # a fresh oracle per run: every run draws the same flips
+        return tracing.flip_oracle(self.cfg, self.flips, self.seed, self.decoder == "sequential")
+
+    def run(self, observer: Any = None) -> None:
+        tracing.run_decoder(self.model, self.decoder, self.prompts, self.tokens, self.sources, self.oracle(), observer)
+
+    def timed_run(self, dev: torch.device) -> None:
+        clock = StageClock(dev)
+        clock._sync()
+        t0 = time.perf_counter()
+        self.run(clock)
+        clock._sync()
+        self.end_to_end_s.append(time.perf_counter() - t0)
+        self.stage_times_s.append(clock.times_s)
+
+    def op_run(self, dev: torch.device) -> None:
+        profiled = _Profiled() if dev.type == "cuda" else None
+        self.capture = tracing.OpCapture(self.model, timer="host", annotate=profiled and profiled.annotate)
+        if profiled is not None:
+            with profiled.profiler, self.capture.attached():
+                self.run(self.capture)
+            self.op_times_s.append(profiled.durations(len(self.capture.ops)))
+        else:
+            with self.capture.attached():
+                self.run(self.capture)
+            self.op_times_s.append([op.duration_s for op in self.capture.ops])
+
+    def write(self, dev: torch.device, warmup: int) -> dict[str, Any]:
+        """Medians into the last capture, written as the measured trace; returns a summary."""
+        capture = self.capture
+        if len({len(t) for t in self.op_times_s}) != 1 or len({len(s) for s in self.stage_times_s}) != 1:
+            raise RuntimeError(f"{self.out}: runs executed different numbers of ops or stages: the measurement is "
+                               "not repeatable")
+        for op, times in zip(capture.ops, zip(*self.op_times_s)):
+            op.duration_s = statistics.median(times)
+        for stage, times in zip(capture.stages, zip(*self.stage_times_s)):
+            stage.wall_s = statistics.median(times)
+        scales = [] if dev.type == "cuda" else deflate_host_times(capture)
+        e2e = spread(self.end_to_end_s)
+        device_busy = sum(op.duration_s for op in capture.ops)
+        extra = {"end_to_end_s": e2e, "warmup": warmup, "repeats": len(self.end_to_end_s),
+                 "op_repeats": len(self.op_times_s), "op_time_sum_s": device_busy,
+                 "op_timing": "cuda kernel time per op (torch.profiler/CUPTI)" if dev.type == "cuda"
+                 else "host clock per op (synchronous cpu ops)",
+                 "stage_wall_spread_s": [spread(list(t))["p90"] - spread(list(t))["p10"]
+                                         for t in zip(*self.stage_times_s)]}
+        if scales:
+            extra["op_time_scale"] = {"median": statistics.median(scales), "min": min(scales),
+                                      "why": "cpu op times taken under the capture, scaled per stage to the untraced "
+                                             "stage wall time where they exceeded it"}
+        head = tracing.header(self.model, capture, self.decoder, self.prompts, self.tokens, self.oracle(), str(dev),
+                              True, self.command, extra)
+        tracing.write_trace(self.out, head, capture)
+        return {"preset": self.preset, "decoder": self.decoder, "ops": len(capture.ops),
+                "stages": len(capture.stages), "end_to_end_s": e2e, "op_time_sum_s": device_busy,
+                "tokens": self.tokens * self.batch}
+
+
+def measure_jobs(jobs: list[Job], device: str, warmup: int = 2, repeats: int = 5, op_repeats: int = 3,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """Measure every job and write its measured trace; returns their summaries. Runs are interleaved: each
+    round runs every job once, so a slow phase of a shared machine (or a throttled GPU) touches all of them
+    alike instead of one, and the jobs stay comparable."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda to measure, got {device!r}")
-    model = SharedDecoder(cfg, device=dev, dtype=dtype, seed=seed)
-    prompts, sources = tracing.workload(cfg, batch, prompt_len, source_len, seed)
+    for job in jobs:
+        job.build(dev)
+    steps = [Job.run] * warmup + [lambda j: j.timed_run(dev)] * repeats + [lambda j: j.op_run(dev)] * op_repeats
+    names = ", ".join(f"{j.preset} {j.decoder}" for j in jobs)
+    with tqdm(total=len(steps) * len(jobs), desc=f"{names} on {device}", disable=not progress) as bar:
+        for step in steps:
+            for job in jobs:
+                step(job)
+                bar.update()
+    return [job.write(dev, warmup) for job in jobs]
 
-    sequential = decoder == "sequential"
-    tracing.flip_oracle(cfg, flips, seed, sequential)  # a bad --flips fails before any work
 
-    def run(observer: Any = None) -> None:  # a fresh oracle per run: every run draws the same flips
-        tracing.run_decoder(model, decoder, prompts, tokens, sources,
-                            tracing.flip_oracle(cfg, flips, seed, sequential), observer)
-
-    bar = tqdm(total=warmup + repeats + op_repeats, desc=f"{preset} {decoder} on {device}", disable=not progress)
-    for _ in range(warmup):
-        run()
-        bar.update()
-    end_to_end, stage_times = [], []
-    for _ in range(repeats):
-        clock = StageClock(dev)
-        clock._sync()
-        t0 = time.perf_counter()
-        run(clock)
-        clock._sync()
-        end_to_end.append(time.perf_counter() - t0)
-        stage_times.append(clock.times_s)
-        bar.update()
-    op_times, capture = [], None
-    for _ in range(op_repeats):
-        profiled = _Profiled() if dev.type == "cuda" else None
-        capture = tracing.OpCapture(model, timer="host", annotate=profiled and profiled.annotate)
-        if profiled is not None:
-            with profiled.profiler, capture.attached():
-                run(capture)
-            op_times.append(profiled.durations(len(capture.ops)))
-        else:
-            with capture.attached():
-                run(capture)
-            op_times.append([op.duration_s for op in capture.ops])
-        bar.update()
-    bar.close()
-    if len({len(t) for t in op_times}) != 1 or len({len(s) for s in stage_times}) != 1:
-        raise RuntimeError("runs executed different numbers of ops or stages: the measurement is not repeatable")
-    for op, times in zip(capture.ops, zip(*op_times)):
-        op.duration_s = statistics.median(times)
-    for stage, times in zip(capture.stages, zip(*stage_times)):
-        stage.wall_s = statistics.median(times)
-    scales = [] if dev.type == "cuda" else deflate_host_times(capture)
-    e2e = spread(end_to_end)
-    device_busy = sum(op.duration_s for op in capture.ops)
-    extra = {"end_to_end_s": e2e, "warmup": warmup, "repeats": repeats, "op_repeats": op_repeats,
-             "op_time_sum_s": device_busy,
-             "op_timing": "cuda kernel time per op (torch.profiler/CUPTI)" if dev.type == "cuda"
-             else "host clock per op (synchronous cpu ops)",
-             "stage_wall_spread_s": [spread(list(t))["p90"] - spread(list(t))["p10"] for t in zip(*stage_times)]}
-    if scales:
-        extra["op_time_scale"] = {"median": statistics.median(scales), "min": min(scales),
-                                  "why": "cpu op times taken under the capture, scaled per stage to the untraced "
-                                         "stage wall time where they exceeded it"}
-    head = tracing.header(model, capture, decoder, prompts, tokens, tracing.flip_oracle(cfg, flips, seed, sequential),
-                          str(dev), True, command, extra)
-    tracing.write_trace(out, head, capture)
-    return {"preset": preset, "decoder": decoder, "ops": len(capture.ops), "stages": len(capture.stages),
-            "end_to_end_s": e2e, "op_time_sum_s": device_busy, "tokens": tokens * batch}
+def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtype: torch.dtype, batch: int = 1,
+            prompt_len: int = 16, source_len: int = tracing.DEFAULT_SOURCE_LEN, flips: str | None = None,
+            seed: int = 0, warmup: int = 2, repeats: int = 5, op_repeats: int = 3, command: str = "",
+            progress: bool = True) -> dict[str, Any]:
+    """Measure one configuration and write its measured trace to `out`; returns a summary."""
+    job = Job(preset, decoder, tokens, out, dtype, batch, prompt_len, source_len, flips, seed, command)
+    return measure_jobs([job], device, warmup, repeats, op_repeats, progress)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", required=True, choices=("cpu", "cuda"), help="device to measure on")
-    tracing.add_workload_arguments(parser, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="measured trace to write (.jsonl.gz)")
+    tracing.add_workload_arguments(parser, required=False)
+    parser.set_defaults(decoder=None)
+    parser.add_argument("--out", type=Path, help="measured trace to write (.jsonl.gz)")
+    parser.add_argument("--job", action="append", default=[], metavar="FLAGS",
+                        help="one of several configurations to measure together, as its own flags in one string, "
+                        "e.g. --job '--preset tiny-6 --decoder sequential --out a.jsonl.gz' (repeatable; the "
+                        "flags outside every --job apply to all). Runs are interleaved, a round runs each job once, "
+                        "so a slow phase of a shared machine touches every configuration alike")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs for wall times (default 5)")
     parser.add_argument("--op-repeats", type=int, default=3, help="runs timing every op (default 3)")
@@ -191,17 +244,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.repeats, args.op_repeats) < 1 or args.warmup < 0:
         parser.error("--repeats and --op-repeats must be >= 1, --warmup >= 0")
+    job_parser = argparse.ArgumentParser(prog="python -m reference.measure --job", add_help=False)
+    tracing.add_workload_arguments(job_parser, required=False)
+    job_parser.add_argument("--out", type=Path)
+    command = " ".join(["python -m reference.measure", *sys.argv[1:]])
+    jobs = []
+    for text in args.job or [""]:
+        # flags the job does not give keep their values from outside it (argparse skips defaults then)
+        flags = job_parser.parse_args(shlex.split(text), namespace=argparse.Namespace(**vars(args)))
+        missing = [f"--{name}" for name in ("preset", "decoder", "out") if getattr(flags, name) is None]
+        if missing:
+            parser.error(f"{' and '.join(missing)} required" + (f" in --job {text!r}" if text else ""))
+        jobs.append(Job(flags.preset, flags.decoder, flags.tokens, flags.out, getattr(torch, flags.dtype), flags.batch,
+                        flags.prompt_len, flags.source_len, flags.flips, flags.seed, command))
     try:
-        summary = measure(args.preset, args.decoder, args.tokens, args.out, args.device, getattr(torch, args.dtype),
-                          args.batch, args.prompt_len, args.source_len, args.flips, args.seed, args.warmup,
-                          args.repeats, args.op_repeats, " ".join(["python -m reference.measure", *sys.argv[1:]]),
-                          progress=not args.quiet)
+        summaries = measure_jobs(jobs, args.device, args.warmup, args.repeats, args.op_repeats,
+                                 progress=not args.quiet)
     except ValueError as err:
         parser.error(str(err))
-    e2e = summary["end_to_end_s"]
-    print(f"{args.out}: {summary['ops']} ops, {summary['stages']} stages; end to end {e2e['median'] * 1e3:.1f} ms "
-          f"median ({e2e['min'] * 1e3:.1f}-{e2e['max'] * 1e3:.1f}), {e2e['median'] / summary['tokens'] * 1e3:.2f} "
-          f"ms/token; sum of op times {summary['op_time_sum_s'] * 1e3:.1f} ms")
+    for job, summary in zip(jobs, summaries):
+        e2e = summary["end_to_end_s"]
+        print(f"{job.out}: {summary['ops']} ops, {summary['stages']} stages; end to end {e2e['median'] * 1e3:.1f} ms "
+              f"median ({e2e['min'] * 1e3:.1f}-{e2e['max'] * 1e3:.1f}), "
+              f"{e2e['median'] / summary['tokens'] * 1e3:.2f} ms/token; sum of op times "
+              f"{summary['op_time_sum_s'] * 1e3:.1f} ms")
     return 0
 
 

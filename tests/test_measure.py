@@ -20,6 +20,33 @@ def test_cpu_measurement_writes_a_measured_trace(tmp_path):
     assert summary["ops"] == len(trace.ops) and sum(len(s.commits) for s in trace.stages) == 6
 
 
+def test_jobs_are_measured_interleaved_and_each_written(tmp_path, monkeypatch, capsys):
+    order = []
+    run = measure.Job.run
+    monkeypatch.setattr(measure.Job, "run", lambda job, observer=None: (order.append(job.preset), run(job, observer)))
+    rc = measure.main(["--device", "cpu", "--dtype", "float32", "--tokens", "4", "--warmup", "1", "--repeats", "2",
+                       "--op-repeats", "1", "--quiet",
+                       "--job", f"--preset tiny-6 --decoder sequential --out {tmp_path / 'a.jsonl.gz'}",
+                       "--job", f"--preset tiny-2x3 --decoder speed --flips 0.2,0.1 --tokens 6 "
+                                f"--out {tmp_path / 'b.jsonl.gz'}"])
+    assert rc == 0 and order == ["tiny-6", "tiny-2x3"] * 4  # a round runs each job once: warm-up, 2 timed, per-op
+    a, b = read_trace(tmp_path / "a.jsonl.gz"), read_trace(tmp_path / "b.jsonl.gz")
+    assert a.header.model["name"] == "tiny-6" and a.header.decoder == "sequential" and a.header.max_new_tokens == 4
+    assert b.header.model["name"] == "tiny-2x3" and b.header.max_new_tokens == 6  # a job's own flag wins
+    assert a.header.extra["end_to_end_s"]["n"] == b.header.extra["end_to_end_s"]["n"] == 2
+    assert "a.jsonl.gz" in capsys.readouterr().out
+
+
+def test_a_job_without_its_required_flags_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        measure.main(["--device", "cpu", "--job", f"--preset tiny-6 --out {tmp_path / 'a.jsonl.gz'}"])
+    assert "--decoder required in --job" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        measure.main(["--device", "cpu", "--preset", "tiny-6", "--decoder", "speed"])
+    assert "--out required" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_measurement_refuses_what_it_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="cpu or cuda"):
         measure.measure("tiny-2x3", "speed", 4, tmp_path / "x.jsonl.gz", "meta", torch.float32)
