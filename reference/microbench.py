@@ -2,8 +2,8 @@
 
 - copy: streaming copy bandwidth over sizes (bytes read + written); the on-chip cache shows as a knee;
 - gemm: matrix products per dtype, large (peak rate) and at decode shapes (GEMV, memory-bound);
-- elementwise: a multiply over large tensors (vector units / memory);
-- attention: scaled_dot_product_attention at decode shapes (one query row over L keys);
+- elementwise: a multiply over large tensors (vector units / memory), per dtype;
+- attention: scaled_dot_product_attention at decode shapes (one query row over L keys, 4-D), per dtype;
 - launch: host time per tiny op in eager mode (dispatch + launch), with the device kept ahead;
 - kernel_min: device time of a tiny kernel; graph_gap: per-kernel cost of tiny kernels replayed as a graph.
 
@@ -103,8 +103,8 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
         gemv_shapes = gemv_shapes[::2]
     elem_sizes = [1 << s for s in (20, 24, 27)] if cuda else [1 << s for s in (16, 20, 24)]
     attn_lengths = [128, 512, 2048] if not quick else [128, 1024]
-    steps = len(copy_sizes) + len(dtypes) * (len(gemm_shapes) + len(gemv_shapes)) + len(elem_sizes) + 2 * len(
-        attn_lengths) + 3
+    steps = len(copy_sizes) + len(dtypes) * (len(gemm_shapes) + len(gemv_shapes) + len(elem_sizes) + 2 * len(
+        attn_lengths)) + 3
     bar = tqdm(total=steps, desc=f"microbenchmarks on {out['device_name']}", disable=not progress)
 
     for size in copy_sizes:  # bytes copied; rotate buffers so sizes past the cache really stream from memory
@@ -127,20 +127,24 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
             out["gemm"].append({"m": m, "n": n, "k": k, "dtype": dtype_name, "seconds": seconds})
             bar.update()
 
-    for numel in elem_sizes:
-        x, y = rand(numel, dtype=torch.bfloat16), rand(numel, dtype=torch.bfloat16)
-        seconds = timer(lambda x=x, y=y: torch.mul(x, y), _repeat_for(3 * numel * 2 / (2e12 if cuda else 2e10)))
-        out["elementwise"].append({"numel": numel, "dtype": "bfloat16", "seconds": seconds})
-        bar.update()
-
-    for heads, head_dim in ((12, 64), (32, 128)):
-        for length in attn_lengths:
-            q = rand(heads, 1, head_dim, dtype=torch.bfloat16)
-            k, v = (rand(heads, length, head_dim, dtype=torch.bfloat16) for _ in range(2))
-            seconds = timer(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), 50)
-            out["attention"].append({"heads": heads, "length": length, "head_dim": head_dim, "dtype": "bfloat16",
-                                     "seconds": seconds})
+    for dtype_name in dtypes:  # per dtype: calibration uses those of the traces it fits
+        dtype = getattr(torch, dtype_name)
+        for numel in elem_sizes:
+            x, y, z = rand(numel, dtype=dtype), rand(numel, dtype=dtype), torch.empty(numel, dtype=dtype, device=dev)
+            # into a preallocated output: a cpu would otherwise map fresh pages for every large result
+            seconds = timer(lambda x=x, y=y, z=z: torch.mul(x, y, out=z),
+                            _repeat_for(3 * numel * 2 / (2e12 if cuda else 2e10)))
+            out["elementwise"].append({"numel": numel, "dtype": dtype_name, "seconds": seconds})
             bar.update()
+        for heads, head_dim in ((12, 64), (32, 128)):
+            for length in attn_lengths:
+                # 4-D, as the decoder passes them: PyTorch's fused attention kernels take only 4-D inputs
+                q = rand(1, heads, 1, head_dim, dtype=dtype)
+                k, v = (rand(1, heads, length, head_dim, dtype=dtype) for _ in range(2))
+                seconds = timer(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), 50)
+                out["attention"].append({"heads": heads, "length": length, "head_dim": head_dim,
+                                         "dtype": dtype_name, "query_shape": list(q.shape), "seconds": seconds})
+                bar.update()
 
     tiny = rand(1)
     # host cost per eager op: the device keeps up with tiny kernels, so the host paces the loop

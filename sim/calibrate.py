@@ -9,10 +9,11 @@ kernel times.
 2. Peaks measured: DRAM bandwidth (best large copy), matrix rate (best GEMM); host figures: the shortest
    kernel, the per-kernel gap of graph replay. Global efficiencies: measured / datasheet peak (1 when there
    is no datasheet figure: the measured peak is the peak).
-3. Fitted (scipy least squares): per kernel class, and per op kind seen often enough, an efficiency and a
-   fixed time, against the measured kernel times of `--measured` traces; the host's eager cost per kernel
-   against their stage wall times (log error). Traces not given to the fit are the fair test of the result
-   (python -m sim.validate).
+3. Fitted (scipy least squares): per kernel class an efficiency (against the microbenchmarks of the classes
+   they exercise, in the traces' dtype: copies, products, elementwise, attention; else against the traces) and
+   a fixed time, and a fixed time per op kind seen often enough, against the measured kernel times of
+   `--measured` traces; the host's eager cost per kernel against their stage wall times (log error). Traces
+   not given to the fit are the fair test of the result (python -m sim.validate).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from sim.engine import OnChipCache, kernels_of, project
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig, parse, to_dict
 from sim.kernels import kernel_cost
 from sim.run import atomic_write
-from sim.trace import Trace, TraceError, read_trace
+from sim.trace import Trace, TraceError, one_op_trace, read_trace
 
 MAX_SAMPLES = 4000  # per fit: a deterministic stride over the measured kernels keeps the fit fast
 MIN_OP_SAMPLES = 30  # measured kernels of an op kind below which it keeps its class's fit
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 def peaks_from_microbench(mb: dict[str, Any]) -> dict[str, float]:
@@ -76,9 +78,11 @@ def cpu_base(mb: dict[str, Any], mb_path: str) -> dict[str, Any]:
             break
     mem = next((int(line.split()[1]) * 1024 for line in _read("/proc/meminfo").splitlines()
                 if line.startswith("MemTotal")), 1 << 34)
-    copies = sorted(mb["copy"], key=lambda c: c["bytes"])
-    in_cache = [c["bytes_moved"] / c["seconds"] for c in copies if 0 < c["bytes"] <= llc / 2] or [
-        c["bytes_moved"] / c["seconds"] for c in copies]
+    # bytes moved per second by copies and multiplies (x * y -> z: 3 tensors) whose tensors fit in the cache
+    streams = [(c["bytes"], c["bytes_moved"] / c["seconds"]) for c in mb["copy"]] + [
+        (3 * e["numel"] * DTYPE_BYTES[e["dtype"]], 3 * e["numel"] * DTYPE_BYTES[e["dtype"]] / e["seconds"])
+        for e in mb["elementwise"]]
+    in_cache = [rate for size, rate in streams if 0 < size <= llc / 2] or [rate for _, rate in streams]
     matrix = {g["dtype"]: 0.0 for g in mb["gemm"]}
     for g in mb["gemm"]:
         matrix[g["dtype"]] = max(matrix[g["dtype"]], 2 * g["m"] * g["n"] * g["k"] / g["seconds"])
@@ -104,6 +108,36 @@ def cpu_base(mb: dict[str, Any], mb_path: str) -> dict[str, Any]:
             "sources": sources}
 
 
+def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
+    """Each microbenchmark (reference.microbench) as (resource, one-op trace, measured seconds per call): copy
+    over sizes, and per dtype matrix products of two or more rows (gemm) and of one row (gemv), elementwise
+    multiply, decode attention (runs without a `query_shape` passed 3-D inputs). Copies and products rotate
+    their buffers past the cache; attention repeats on the same keys, so its trace has two calls and the
+    second is the one measured."""
+    out = []
+    for c in mb["copy"]:  # float32; bytes read + written
+        n = c["bytes"] // 4
+        out.append(("copy", one_op_trace("aten.copy_.default", "micro.copy", [[n]] * 2, [n], "float32", 0,
+                                         c["bytes_moved"]), c["seconds"]))
+    for g in mb["gemm"]:
+        m, n, k, size = g["m"], g["n"], g["k"], DTYPE_BYTES[g["dtype"]]
+        out.append((f"{'gemv' if m == 1 else 'gemm'} {g['dtype']}", one_op_trace(
+            "aten.mm.default", "micro.mm", [[m, k], [k, n]], [m, n], g["dtype"], 2 * m * n * k,
+            size * (m * k + m * n), weight_bytes=size * k * n), g["seconds"]))
+    for e in mb["elementwise"]:
+        numel, size = e["numel"], DTYPE_BYTES[e["dtype"]]
+        out.append((f"elementwise {e['dtype']}", one_op_trace(
+            "aten.mul.Tensor", "micro.mul", [[numel]] * 2, [numel], e["dtype"], numel, 3 * numel * size), e["seconds"]))
+    for a in mb["attention"]:  # one query row over `length` keys, the same tensors call after call: the second
+        h, length, d, size = a["heads"], a["length"], a["head_dim"], DTYPE_BYTES[a["dtype"]]
+        q = a.get("query_shape", [h, 1, d])
+        kv = [*q[:-2], length, d]
+        out.append((f"attention {a['dtype']}", one_op_trace(
+            "aten.scaled_dot_product_attention", "micro.attn", [q, kv, kv], q, a["dtype"], 4 * h * length * d,
+            2 * h * d * size, kv_read_bytes=2 * h * length * d * size, calls=2), a["seconds"]))
+    return out
+
+
 Samples = list[tuple[float, float, float]]  # (compute_s, memory_s, measured_s)
 
 
@@ -121,23 +155,40 @@ def op_samples(traces: list[Trace], hw: HwConfig) -> dict[tuple[str, str], Sampl
     return {key: samples[:: max(1, len(samples) // MAX_SAMPLES)] for key, samples in out.items()}
 
 
-def fit_kernels(traces: list[Trace], hw: HwConfig) -> tuple[dict, dict]:
-    """(classes, ops) sections of a hwconfig: an efficiency and a fixed time per kernel class from all its
-    measured kernels, and a fixed time of its own for each op kind seen at least MIN_OP_SAMPLES times, at its
-    class's efficiency. Op kinds of a class differ in fixed cost (on a GPU a mean is a two-pass kernel, a
-    multiply one pass; on a CPU each op kind has its own dispatch cost); an efficiency of their own would be
-    fitted where they are latency-bound and misjudge the large ones (a one-row product of T5's 768-wide
-    weights says little about Llama's 4096-wide ones)."""
+def microbench_samples(mb: dict[str, Any], hw: HwConfig, dtypes: set[str]) -> dict[str, Samples]:
+    """Per kernel class: (compute_s, memory_s, measured_s) at unit efficiency of the microbenchmarks in `dtypes`
+    (copies move bytes, any dtype), which reach the sizes where efficiency, not fixed time, sets the time."""
+    out: dict[str, Samples] = {}
+    base = dataclasses.replace(hw, classes={}, ops={})
+    for resource, trace, measured_s in microbench_traces(mb):
+        if resource == "copy" or trace.ops[-1].out_dtypes[0] in dtypes:
+            cache = OnChipCache(hw.peak.l2_capacity_bytes)
+            for k in kernels_of(trace, hw):
+                dram = cache.serve(k)  # the last call is the measured one
+            cost = kernel_cost(k, base, dram)
+            out.setdefault(k.cls, []).append((cost.compute_s, cost.memory_s, measured_s))
+    return out
+
+
+def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[str, Samples] | None = None) -> tuple[dict, dict]:
+    """(classes, ops) sections of a hwconfig: an efficiency and a fixed time per kernel class, and a fixed time
+    of its own for each op kind seen at least MIN_OP_SAMPLES times, at its class's efficiency. A class with
+    `anchors` (microbench_samples) takes its efficiency from them: the decoders' kernels of a small model are
+    all fixed time, and an efficiency fitted to them alone says nothing about large ones (on a CPU it made
+    large copies 25x too slow). Op kinds of a class differ in fixed cost (on a GPU a mean is a two-pass kernel,
+    a multiply one pass; on a CPU each op kind has its own dispatch cost)."""
     def entry(samples: Samples, efficiency: float | None = None) -> dict[str, float]:
         e, fixed = fit_class(samples, hw.host.kernel_min_s, efficiency=efficiency)
         return {"efficiency": round(e, 4), "fixed_s": float(f"{fixed:.4g}")}
 
+    anchors = anchors or {}
     by_op = op_samples(traces, hw)
     classes, ops = {}, {}
     for cls in sorted({cls for cls, _ in by_op}):
         mine = {op: samples for (c, op), samples in sorted(by_op.items()) if c == cls}
         pooled = [s for samples in mine.values() for s in samples]
-        classes[cls] = entry(pooled[:: max(1, len(pooled) // MAX_SAMPLES)])
+        efficiency = fit_class(anchors[cls], hw.host.kernel_min_s, relative=True)[0] if cls in anchors else None
+        classes[cls] = entry(pooled[:: max(1, len(pooled) // MAX_SAMPLES)], efficiency)
         fitted = {op: entry(samples, classes[cls]["efficiency"]) for op, samples in mine.items()
                   if len(samples) >= MIN_OP_SAMPLES}
         if fitted:
@@ -205,7 +256,8 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
     report: dict[str, Any] = {"measured": measured, "efficiency": dict(eff)}
     hw = parse(raw, base.path)
     if traces:
-        raw["classes"], raw["ops"] = fit_kernels(traces, hw)
+        anchors = microbench_samples(mb, hw, {t.header.dtype for t in traces})
+        raw["classes"], raw["ops"] = fit_kernels(traces, hw, anchors)
         hw = parse(raw, base.path)
         host["launch_eager_s"] = float(f"{fit_launch(traces, hw):.4g}")
         sources["host.launch_eager_s"] = ("fitted: stage wall times of " + ", ".join(

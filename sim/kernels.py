@@ -15,7 +15,8 @@ Kernels that overlap (`sim.engine`, streams > 1) share the device: a kernel's de
 compute units and of the memory system it keeps busy while it runs alone (`demand`).
 
 Waves: a matmul's output is cut into tiles (tile.m x tile.n, the m side shrunk to the rows there are, rounded
-up to 16), one tile per compute unit per wave, so wave quantization against the unit count shows.
+up to 16 on matrix units, which take rows in blocks; vector units compute only the real rows), one tile per
+compute unit per wave, so wave quantization against the unit count shows.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class Kernel:
     kv_write_bytes: int
     reads: tuple[tuple[str, int], ...]  # on-chip cache items read: (key, bytes): weights by id, KV by depth
     tiles: int  # independent output tiles (matrix classes), for wave quantization
-    tile_flops: float  # FLOPs of one tile
+    tile_flops: float  # FLOPs of one tile, its rows padded to a multiple of 16 as matrix units take them
+    padding: float = 1.0  # padded / real rows of a tile: vector units (a CPU, a GPU's fp32) do no padded work
 
     @property
     def bytes(self) -> int:
@@ -95,7 +97,7 @@ def kernel_of(op: OpRecord, tile_m: int, tile_n: int) -> Kernel:
     """The hardware-independent view of one op; `tile_m`, `tile_n` from the hwconfig cut matmuls into tiles."""
     cls = classify(op)
     dtype = (op.out_dtypes or op.in_dtypes or ["float32"])[0]
-    tiles, tile_flops = 1, float(op.flops)
+    tiles, tile_flops, padding = 1, float(op.flops), 1.0
     if cls in ("matmul", "lm_head") and op.out_shapes:
         n = op.out_shapes[0][-1]
         m = max(1, math.prod(op.out_shapes[0]) // max(n, 1))
@@ -103,6 +105,7 @@ def kernel_of(op: OpRecord, tile_m: int, tile_n: int) -> Kernel:
         tm, tn = min(tile_m, _round16(m)), min(tile_n, _round16(n))
         tiles = -(-m // tm) * -(-n // tn)
         tile_flops = 2.0 * tm * tn * k
+        padding = tm / min(tile_m, m)
     elif cls == "attention" and op.in_shapes:
         q = op.in_shapes[0]  # [..., heads, Lq, head_dim]: a tile per (batch, head, 64 query rows)
         tiles = max(1, math.prod(q[:-2]) * -(-q[-2] // 64))
@@ -114,7 +117,7 @@ def kernel_of(op: OpRecord, tile_m: int, tile_n: int) -> Kernel:
     if op.kv_read_bytes:
         reads.append((f"kv:{op.depth}" if op.depth is not None else f"kv:{op.module}", op.kv_read_bytes))
     return Kernel(cls, op_kind(op), dtype, op.flops, op.weight_bytes, op.act_read_bytes + op.act_write_bytes,
-                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops)
+                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops, padding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,9 @@ def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
     if k.cls in MATRIX_CLASSES:
         rate = hw.matrix_flops(k.dtype)
         waves = -(-k.tiles // peak.compute_units)
-        compute_s = waves * k.tile_flops / (rate / peak.compute_units * eff.matrix)
+        # only matrix units (a dtype faster there than on the vector units) compute the padded rows
+        tile_flops = k.tile_flops if rate > hw.vector_flops(k.dtype) else k.tile_flops / k.padding
+        compute_s = waves * tile_flops / (rate / peak.compute_units * eff.matrix)
     else:
         rate = hw.vector_flops(k.dtype)
         compute_s = k.flops / (rate * eff.vector)

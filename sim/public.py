@@ -32,22 +32,10 @@ from sim.calibrate import fit_class
 from sim.engine import project
 from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig, parse, to_dict
 from sim.run import ROOT, atomic_write
-from sim.trace import OpRecord, StageRecord, Trace, TraceHeader
+from sim.trace import Trace, one_op_trace
 from sim.validate import metrics
 
 DATA = ROOT.parent / "shared" / "data" / "public-measurements" / "llmcompass-a100"
-
-
-def one_op_trace(op: str, module: str, shape: list[int], dtype: str, flops: int, act_bytes: int,
-                 weight_bytes: int = 0) -> Trace:
-    """A trace of one call of `op`."""
-    weights = {"B": {"bytes": weight_bytes, "shape": [weight_bytes // 2], "dtype": dtype}} if weight_bytes else {}
-    head = TraceHeader(model={"name": "single op"}, decoder="sequential", dtype=dtype, batch=1, prompt_lens=[1],
-                       max_new_tokens=1, device="meta", device_name="-", torch_version="-", code_revision="-",
-                       flips={"source": "none"}, weights=weights, measured=False, command="sim.public")
-    record = OpRecord(0, 0, None, None, None, shape[0], module, op, [shape], [dtype], [shape], [dtype], flops,
-                      weight_bytes, act_bytes // 2, act_bytes - act_bytes // 2, 0, 0, ["B"] if weight_bytes else [])
-    return Trace(head, [record], [StageRecord(0, "decode", [], [], [])])
 
 
 def _rows(name: str) -> list[list[str]]:
@@ -64,18 +52,18 @@ def measurements() -> dict[str, list[tuple[Trace, float]]]:
     out: dict[str, list[tuple[Trace, float]]] = {"matmul": [], "softmax": [], "layernorm": [], "gelu": []}
     for m, n, k, latency, _ in _rows("matmul_A100.csv"):
         m, n, k = int(m), int(n), int(k)  # (M, K) @ (K, N); B is the weight-like operand
-        trace = one_op_trace("aten.mm.default", "public.matmul", [m, n], "bfloat16", 2 * m * n * k,
+        trace = one_op_trace("aten.mm.default", "public.matmul", [[m, k], [k, n]], [m, n], "bfloat16", 2 * m * n * k,
                              2 * (m * k + m * n), weight_bytes=2 * k * n)
         out["matmul"].append((trace, float(latency.removesuffix("ms")) * 1e-3))
     for kind, op, module, flops_per_element in (("softmax", "aten._softmax.default", "public.softmax", 5),
                                                 ("layernorm", "aten.native_layer_norm.default", "public.norm", 8)):
         for m, n, throughput in _rows(f"{kind}_A100.csv"):
             m, n = int(m), int(n)
-            trace = one_op_trace(op, module, [m, n], "float16", flops_per_element * m * n, 4 * m * n)
+            trace = one_op_trace(op, module, [[m, n]], [m, n], "float16", flops_per_element * m * n, 4 * m * n)
             out[kind].append((trace, m * n / (float(throughput) * 1e9)))
     for m, throughput in _rows("gelu_A100.csv"):
         m = int(m)
-        out["gelu"].append((one_op_trace("aten.gelu.default", "public.gelu", [m], "float16", 8 * m, 4 * m),
+        out["gelu"].append((one_op_trace("aten.gelu.default", "public.gelu", [[m]], [m], "float16", 8 * m, 4 * m),
                             m / (float(throughput) * 1e9)))
     return out
 

@@ -7,18 +7,20 @@ its device, with scatter plots; and, when given, the CPU loop's results from thi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from sim.hardware import HWCONFIG_DIR, load_hwconfig
+from sim.hardware import HWCONFIG_DIR, HwConfig, load_hwconfig
 from sim.public import pairs as public_pairs
 from sim.run import ROOT, atomic_write
 from sim.trace import read_trace
-from sim.validate import metrics, scatter, validate_trace
+from sim.validate import metrics, microbench_pairs, scatter, validate_trace
 
 MEASURED = ROOT / "data" / "measured"
 # device folder -> (datasheet hwconfig, calibrated hwconfig, traces the calibration was fitted to)
 DEVICES = {"h200": ("h200.yaml", "h200-calibrated.yaml", "t5-base-*.b1.*")}
+MICROBENCH = {"h200": ROOT / "data" / "calibration" / "h200.microbench.json"}
 HELD_OUT_FIT = ("tiny-6.sequential", "tiny-4x3.speed", "tiny-t5-2x3.speed")  # scripts/cpu_validation.sh
 
 
@@ -55,6 +57,20 @@ def section(device: str, hw_name: str, fit_glob: str, lines: list[str], plots: P
             lines.append(f"| {metric} | {s['n']} | {s['median_abs_pct']:.1f}% | {s['p90_abs_pct']:.1f}% | "
                          f"{s['bias_pct']:+.1f}% | {s['pearson_r']:.3f} |")
     lines += ["", f"![projected vs measured]({plot.relative_to(ROOT)})", ""]
+    if device in MICROBENCH:
+        resources(MICROBENCH[device], hw, lines)
+
+
+def resources(path: Path, hw: HwConfig, lines: list[str]) -> None:
+    """One resource at a time: the microbenchmarks (reference.microbench) against their projection."""
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    lines += [f"Microbenchmarks, one resource at a time (`{where}`, `python -m sim.validate --microbench`):", "",
+              "| resource | n | median \\|e\\| | bias | r |", "| --- | --- | --- | --- | --- |"]
+    for resource, values in microbench_pairs(json.loads(path.read_text()), hw).items():
+        m = metrics(values)
+        lines.append(f"| {resource} | {m['n']} | {m['median_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | "
+                     f"{m['pearson_r']:.3f} |")
+    lines.append("")
 
 
 def cpu_section(loop: Path, lines: list[str]) -> None:
@@ -86,6 +102,7 @@ def cpu_section(loop: Path, lines: list[str]) -> None:
     lines += ["", "Kernel median |e| over the traces: " + ", ".join(
         f"{label} {metrics(values)['median_abs_pct']:.1f}%" for label, values in (
             ("fit to all, all five", totals["all"]), ("fit to three, the two held out", totals["held out"]))), ""]
+    resources(loop / "cpu-calibrated.microbench.json", every, lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,14 +5,20 @@
 A measured trace (python -m reference.measure) holds every op's measured duration, every stage's wall time
 and the end-to-end wall time. Each is compared with the projection of the same trace:
 
-- kernel: the op's device time (cuda: kernel time from the profiler) against the projected kernel time; on a
-  cpu, where ops are synchronous and host-timed, against the projected dispatch + kernel time;
+- kernel: the op's device time (cuda: kernel time from the profiler; cpu: the host clock around the
+  synchronous op, its dispatch included) against the projected kernel time;
 - stage: the stage's wall time against the projected stage time;
 - end to end: the median end-to-end wall time against the projected total.
 
 Per metric (and per kernel class): mean and median absolute % error, P90, signed bias (median of
 (projected - measured) / measured) and Pearson correlation. `--max-error PCT` exits 1 when the median
 end-to-end absolute error over the traces exceeds PCT.
+
+    python -m sim.validate --hw hwconfigs/h200-calibrated.yaml --microbench data/calibration/h200.microbench.json
+
+checks the resource models one by one instead, against the microbenchmarks (reference.microbench): copy over
+sizes (the cache knee), matrix products of two or more rows and of one row (GEMV) per dtype, an elementwise
+multiply, decode attention; the same statistics per resource.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
+from sim.calibrate import microbench_traces
 from sim.engine import project
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.run import atomic_write
@@ -84,6 +92,26 @@ def validate_trace(trace: Trace, hw: HwConfig, launch: str = "eager") -> dict[st
     return out
 
 
+def microbench_pairs(mb: dict[str, Any], hw: HwConfig) -> dict[str, list[tuple[float, float]]]:
+    """(projected, measured) seconds per call of each microbenchmark (reference.microbench), per resource. The
+    microbenchmarks time back-to-back calls (cuda: a graph between events; cpu: the host clock, dispatch
+    included), so the projection is the kernel's time, without launch (of the last call, the measured one)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for resource, trace, measured_s in microbench_traces(mb):
+        p = project(trace, hw)
+        out.setdefault(resource, []).append(((p.end_cycles[-1] - p.start_cycles[-1]) / p.clock_hz, measured_s))
+    return out
+
+
+def print_resources(name: str, pairs: dict[str, list[tuple[float, float]]]) -> None:
+    print(f"\n{name}")
+    print(f"{'resource':<21}{'n':>4}{'median|e|%':>12}{'mean|e|%':>10}{'bias%':>8}{'r':>7}")
+    for resource, values in pairs.items():
+        m = metrics(values)
+        print(f"{resource:<21}{m['n']:>4}{m['median_abs_pct']:>12.1f}{m['mean_abs_pct']:>10.1f}{m['bias_pct']:>+8.1f}"
+              f"{m['pearson_r']:>7.3f}")
+
+
 def print_report(name: str, report: dict[str, dict[str, float]]) -> None:
     print(f"\n{name}")
     print(f"{'metric':<22}{'n':>7}{'mean|e|%':>10}{'median|e|%':>12}{'P90|e|%':>9}{'bias%':>8}{'r':>7}")
@@ -123,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hw", type=Path, required=True, help="hwconfig of the device the traces were measured on")
-    parser.add_argument("--measured", type=Path, nargs="+", required=True, help="measured trace files")
+    parser.add_argument("--measured", type=Path, nargs="+", default=[], help="measured trace files")
+    parser.add_argument("--microbench", type=Path, help="microbenchmark results (JSON, from reference.microbench or "
+                        "sim.calibrate) to check the resource models against, one by one")
     parser.add_argument("--launch", choices=("eager", "graph"), default="eager",
                         help="launch mode the traces were measured in (default eager)")
     parser.add_argument("--max-error", type=float, metavar="PCT",
@@ -133,10 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--any-device", action="store_true",
                         help="compare even when the trace's device differs from the hwconfig's")
     args = parser.parse_args(argv)
+    if not args.measured and not args.microbench:
+        parser.error("give --measured traces, --microbench results, or both")
     try:
         hw = load_hwconfig(args.hw)
     except HwConfigError as err:
         parser.error(str(err))
+    if args.microbench:
+        try:
+            pairs = microbench_pairs(json.loads(args.microbench.read_text()), hw)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            parser.error(f"--microbench {args.microbench}: not microbenchmark results ({type(err).__name__}: {err})")
+        print_resources(f"microbenchmarks {args.microbench} on {hw.name} ({args.hw})", pairs)
+        if not args.measured:
+            return 0
     everything: dict[str, list[tuple[float, float]]] = {}
     per_trace = {}
     for path in args.measured:

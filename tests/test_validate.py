@@ -81,6 +81,18 @@ def test_validate_command_refuses_a_trace_without_durations(capsys):
     assert "not a measured trace" in capsys.readouterr().err
 
 
+def test_validate_checks_each_resource_against_the_microbenchmarks(tmp_path, capsys):
+    assert validate.main(["--hw", "hwconfigs/h200-calibrated.yaml", "--microbench",
+                          "data/calibration/h200.microbench.json"]) == 0
+    out = capsys.readouterr().out
+    assert all(resource in out for resource in ("copy", "gemm bfloat16", "gemv float32", "attention bfloat16"))
+    bad = tmp_path / "mb.json"
+    bad.write_text('{"copy": [{"bytes": 1}]}')
+    with pytest.raises(SystemExit):
+        validate.main(["--hw", "hwconfigs/h200.yaml", "--microbench", str(bad)])
+    assert f"--microbench {bad}: not microbenchmark results" in capsys.readouterr().err
+
+
 def synthetic_microbench(hw) -> dict:
     """Microbenchmark results the way the model says `hw` would produce them."""
     bw = hw.peak.dram_bandwidth_bytes_per_s * hw.efficiency.dram
@@ -181,6 +193,31 @@ def test_calibration_recovers_per_op_fixed_times_within_a_class():
     for name, f in fixed.items():
         assert by_op["norm"][name]["fixed_s"] == pytest.approx(f, rel=0.05)
         assert by_op["norm"][name]["efficiency"] == pytest.approx(0.5, rel=0.05)
+
+
+def test_class_efficiency_comes_from_the_microbenchmarks_that_cover_the_class():
+    """Tiny decoder kernels are all fixed time and cannot tell an efficiency; large copies can."""
+    truth_raw = hw_dict()
+    truth_raw["classes"] = {"elementwise": {"efficiency": 0.4, "fixed_s": 2e-6}}
+    truth = parse(truth_raw, "truth.yaml")
+    mb = {"copy": [{"bytes": size, "bytes_moved": 2 * size, "seconds": 0.0} for size in (1 << 24, 1 << 27, 1 << 30)],
+          "gemm": [], "elementwise": [], "attention": []}
+    for entry, (projected, _) in zip(mb["copy"], validate.microbench_pairs(mb, truth)["copy"]):
+        entry["seconds"] = projected
+    ops, stages = [], []
+    for s in range(30):
+        ops.append(op(s, s, "aten.mul.Tensor", "blocks.0.ffn", flops=64, act=64 * (1 + s % 5)))
+        stages.append(StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []))
+    trace = Trace(header({}), ops, stages)
+    p = project(trace, truth)
+    for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
+        o.duration_s = (end - start) / p.clock_hz
+    start = parse(hw_dict(), "start.yaml")
+    classes, _ = calibrate.fit_kernels([trace], start, calibrate.microbench_samples(mb, start, {"bfloat16"}))
+    assert classes["elementwise"]["efficiency"] == pytest.approx(0.4, rel=0.05)
+    assert classes["elementwise"]["fixed_s"] == pytest.approx(2e-6, rel=0.05)
+    errors = validate.microbench_pairs(mb, parse(dict(hw_dict(), classes=classes), "fitted.yaml"))["copy"]
+    assert validate.metrics(errors)["median_abs_pct"] < 5
 
 
 def test_public_a100_measurements_are_read_and_projected():
