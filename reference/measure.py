@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", required=True, choices=("cpu", "cuda"), help="device to measure on")
-    tracing.add_workload_arguments(parser, required=False)
-    parser.set_defaults(decoder=None)
-    parser.add_argument("--out", type=Path, help="measured trace to write (.jsonl.gz)")
+    tracing.add_workload_arguments(parser, required=False, decoder_default=None)  # --preset, --decoder: needed
+    parser.add_argument("--out", type=Path, help="measured trace to write (.jsonl.gz); --preset, --decoder and "
+                        "--out are needed, for all or in each --job")
     parser.add_argument("--job", action="append", default=[], metavar="FLAGS",
                         help="one of several configurations to measure together, as its own flags in one string, "
                         "e.g. --job '--preset tiny-6 --decoder sequential --out a.jsonl.gz' (repeatable; the "
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.repeats, args.op_repeats) < 1 or args.warmup < 0:
         parser.error("--repeats and --op-repeats must be >= 1, --warmup >= 0")
     job_parser = argparse.ArgumentParser(prog="python -m reference.measure --job", add_help=False)
-    tracing.add_workload_arguments(job_parser, required=False)
+    tracing.add_workload_arguments(job_parser, required=False, decoder_default=None)
     job_parser.add_argument("--out", type=Path)
     command = " ".join(["python -m reference.measure", *sys.argv[1:]])
     jobs = []

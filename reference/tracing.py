@@ -533,11 +533,13 @@ def write_defaults(progress: bool = True) -> list[Path]:
     return paths
 
 
-def add_workload_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+def add_workload_arguments(parser: argparse.ArgumentParser, required: bool, decoder_default: str | None = "speed"
+                           ) -> None:
     """The flags that say which run to trace or measure (shared by reference.tracing and reference.measure)."""
     parser.add_argument("--preset", required=required, help="model preset; one of: " + ", ".join(PRESETS))
-    parser.add_argument("--decoder", choices=("sequential", "speed"), default=None if required else "speed",
-                        required=required, help="decoder" + ("" if required else " (default speed)"))
+    default = None if required else decoder_default
+    parser.add_argument("--decoder", choices=("sequential", "speed"), default=default, required=required,
+                        help="decoder" + (f" (default {default})" if default else ""))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32", "float64"),
                         help="parameter dtype (default bfloat16)")
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
