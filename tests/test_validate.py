@@ -247,3 +247,12 @@ def test_public_fit_is_judged_only_on_points_it_did_not_see(tmp_path):
     before = {k: validate.metrics(v)["median_abs_pct"] for k, v in public.pairs(base, held_out=True).items()}
     assert all(errors[k] < before[k] for k in errors), (errors, before)
     assert errors["matmul"] <= 10 and max(errors.values()) <= 20, errors
+
+
+def test_report_refuses_an_incomplete_cpu_loop_folder(tmp_path, capsys):
+    from sim import report
+
+    with pytest.raises(SystemExit):
+        report.main(["--cpu-loop", str(tmp_path), "--out", str(tmp_path / "V.md")])
+    assert "not a complete output of scripts/cpu_validation.sh" in capsys.readouterr().err
+    assert not (tmp_path / "V.md").exists()
