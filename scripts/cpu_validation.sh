@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The calibrate-measure-validate loop on this machine's CPU (CI runs it): microbenchmarks, measured runs of
 # small presets (unshared and shared; sequential and SPEED), a calibrated hwconfig fitted to all of them (one
-# host cost and one fit per kernel class must explain every preset; fitting to a subset made the check hostage
+# host cost and one fit per kernel class and op kind must explain every preset; fitting to a subset made the check hostage
 # to load changing between runs on a shared machine), and the validation of all of them against it. Fails when
 # the median end-to-end error exceeds ${MAX_ERROR:-25}%. Then the fair test, reported and not gated: a hwconfig
 # fitted to three presets (unshared sequential, shared SPEED, T5 SPEED) judged on the two it did not see.

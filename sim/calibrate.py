@@ -32,7 +32,7 @@ from scipy.optimize import least_squares, minimize_scalar
 
 from sim.engine import OnChipCache, kernels_of, project
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig, parse, to_dict
-from sim.kernels import kernel_cost
+from sim.kernels import Kernel, KernelCost, kernel_cost
 from sim.run import atomic_write
 from sim.trace import Trace, TraceError, one_op_trace, read_trace
 
@@ -141,15 +141,20 @@ def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
 Samples = list[tuple[float, float, float]]  # (compute_s, memory_s, measured_s)
 
 
+def unit_costs(trace: Trace, hw: HwConfig) -> list[tuple[Kernel, KernelCost]]:
+    """Each op's kernel and its cost with no class or op-kind fit (unit efficiency), the on-chip cache
+    advancing op by op as in a projection."""
+    base = dataclasses.replace(hw, classes={}, ops={})
+    cache = OnChipCache(hw.peak.l2_capacity_bytes)
+    return [(k, kernel_cost(k, base, cache.serve(k))) for k in kernels_of(trace, hw)]
+
+
 def op_samples(traces: list[Trace], hw: HwConfig) -> dict[tuple[str, str], Samples]:
     """Per (kernel class, op kind): (compute_s, memory_s, measured_s) at unit efficiency, from measured traces;
     a deterministic stride keeps at most MAX_SAMPLES of each."""
     out: dict[tuple[str, str], Samples] = {}
-    base = dataclasses.replace(hw, classes={}, ops={})
     for trace in traces:
-        cache = OnChipCache(hw.peak.l2_capacity_bytes)
-        for op, k in zip(trace.ops, kernels_of(trace, hw)):
-            cost = kernel_cost(k, base, cache.serve(k))
+        for op, (k, cost) in zip(trace.ops, unit_costs(trace, hw)):
             if op.duration_s:
                 out.setdefault((k.cls, k.op), []).append((cost.compute_s, cost.memory_s, op.duration_s))
     return {key: samples[:: max(1, len(samples) // MAX_SAMPLES)] for key, samples in out.items()}
@@ -159,13 +164,9 @@ def microbench_samples(mb: dict[str, Any], hw: HwConfig, dtypes: set[str]) -> di
     """Per kernel class: (compute_s, memory_s, measured_s) at unit efficiency of the microbenchmarks in `dtypes`
     (copies move bytes, any dtype), which reach the sizes where efficiency, not fixed time, sets the time."""
     out: dict[str, Samples] = {}
-    base = dataclasses.replace(hw, classes={}, ops={})
     for resource, trace, measured_s in microbench_traces(mb):
         if resource == "copy" or trace.ops[-1].out_dtypes[0] in dtypes:
-            cache = OnChipCache(hw.peak.l2_capacity_bytes)
-            for k in kernels_of(trace, hw):
-                dram = cache.serve(k)  # the last call is the measured one
-            cost = kernel_cost(k, base, dram)
+            k, cost = unit_costs(trace, hw)[-1]  # the last call is the measured one
             out.setdefault(k.cls, []).append((cost.compute_s, cost.memory_s, measured_s))
     return out
 
