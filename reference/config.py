@@ -113,7 +113,7 @@ def _tiny(layers: int, groups: int, encoder_layers: int = 0) -> ModelConfig:
 
 
 def _code(layers: int, groups: int) -> ModelConfig:
-    # The family trained on this machine's CPU (reference.train): decoder-only, d_model 128, 4 heads of 32,
+    # The family trained on this machine's CPU (reference.experiments.train): decoder-only, d_model 128, 4 heads of 32,
     # SwiGLU 256, byte-level BPE vocabulary of 1024 whose id 256 ends a file.
     name = f"code-{layers}" if groups == 1 else f"code-{layers}x{groups}"
     return ModelConfig(name=name, vocab_size=1024, d_model=128, n_heads=4, n_kv_heads=4, d_ff=256,
@@ -122,7 +122,7 @@ def _code(layers: int, groups: int) -> ModelConfig:
 
 def _code_wide(layers: int, groups: int) -> ModelConfig:
     # code-* at d_model 512: the float32 shared weights of 4 layers (51 MB) exceed this CPU's 32 MiB last-level
-    # cache, so batch-1 decoding reads them from DRAM on every pass, as a GPU does from HBM (reference.speedup)
+    # cache, so batch-1 decoding reads them from DRAM on every pass, as a GPU does from HBM (reference.experiments.speedup)
     return _code(layers, groups).replace(name=f"code-wide-{layers}x{groups}", d_model=512, n_heads=8, n_kv_heads=8,
                                          d_ff=1408)
 

@@ -16,7 +16,9 @@ import yaml
 
 from reference.pipeline import Row
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "data" / "flips"
+_HERE = Path(__file__).resolve().parent
+# data/flips of the checkout; an installed wheel ships it as reference/profiles (pyproject.toml)
+PROFILES_DIR = _HERE / "profiles" if (_HERE / "profiles").is_dir() else _HERE.parent / "data" / "flips"
 PAPER_PROFILES = PROFILES_DIR / "paper-fig4.yaml"
 
 

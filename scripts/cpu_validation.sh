@@ -11,15 +11,15 @@ mkdir -p "$out"
 # one interleaved measurement: each round runs every preset once, so a slow phase of the machine (which made one
 # preset 40% slower than the others in a CI run measured preset by preset) touches them all alike
 job() { echo "--preset $1 --decoder $2 ${3:+--flips $3} --out $out/$1.$2.jsonl.gz"; }
-python -m reference.measure --device cpu --dtype float32 --tokens 32 --warmup 1 --repeats 5 --op-repeats 3 --quiet \
+python -m reference.capture.measure --device cpu --dtype float32 --tokens 32 --warmup 1 --repeats 5 --op-repeats 3 --quiet \
   --job "$(job tiny-6 sequential)" --job "$(job tiny-4x3 speed 0.09,0.04)" --job "$(job tiny-4x3 sequential)" \
   --job "$(job tiny-2x3 speed 0.15,0.06)" --job "$(job tiny-t5-2x3 speed 0.09,0.04)"
-python -m sim.calibrate --device cpu --quick --out "$out/cpu-calibrated.yaml" --measured "$out"/*.jsonl.gz 2>&1 \
+python -m sim.fitting.calibrate --device cpu --quick --out "$out/cpu-calibrated.yaml" --measured "$out"/*.jsonl.gz 2>&1 \
   | grep -v "it/s\]"
-python -m sim.validate --hw "$out/cpu-calibrated.yaml" --measured "$out"/*.jsonl.gz --max-error "${MAX_ERROR:-25}" \
+python -m sim.fitting.validate --hw "$out/cpu-calibrated.yaml" --measured "$out"/*.jsonl.gz --max-error "${MAX_ERROR:-25}" \
   --plot "$out/validation.png"
-python -m sim.calibrate --device cpu --microbench "$out/cpu-calibrated.microbench.json" --out "$out/cpu-heldout.yaml" \
+python -m sim.fitting.calibrate --device cpu --microbench "$out/cpu-calibrated.microbench.json" --out "$out/cpu-heldout.yaml" \
   --measured "$out"/{tiny-6.sequential,tiny-4x3.speed,tiny-t5-2x3.speed}.jsonl.gz >"$out/cpu-heldout.txt"
 echo "held out: fitted to tiny-6.sequential, tiny-4x3.speed, tiny-t5-2x3.speed"
-python -m sim.validate --hw "$out/cpu-heldout.yaml" --measured "$out"/{tiny-4x3.sequential,tiny-2x3.speed}.jsonl.gz \
+python -m sim.fitting.validate --hw "$out/cpu-heldout.yaml" --measured "$out"/{tiny-4x3.sequential,tiny-2x3.speed}.jsonl.gz \
   | sed -n '/^all 2 traces/,/^end_to_end/p'

@@ -16,7 +16,7 @@ for name in ("tiny-4x3", "tiny-t5-2x3"):
     b = decode.speed(m, [[3, 4, 5]], 40, encoder_inputs=src)
     print(name, "cuda fp32 speed == sequential:", a.tokens == b.tokens, b.stats.summary())
 PY
-python3 -m reference.measure --device cuda --preset tiny-4x3 --decoder speed --tokens 16 --flips 0.09,0.04 --dtype float32 --out $OUT/smoke.jsonl.gz --quiet
+python3 -m reference.capture.measure --device cuda --preset tiny-4x3 --decoder speed --tokens 16 --flips 0.09,0.04 --dtype float32 --out $OUT/smoke.jsonl.gz --quiet
 python3 - <<'PY'
 import os
 from sim.trace import read_trace
@@ -30,4 +30,4 @@ for o in ops: d[o.op].append(o.duration_s)
 for k, v in sorted(d.items(), key=lambda kv: -sum(kv[1]))[:12]: print(f"{k:45s} n={len(v):5d} median_us={sorted(v)[len(v)//2]*1e6:8.2f}")
 PY
 # one full-size configuration, timed, to plan the rest
-time python3 -m reference.measure --device cuda --preset t5-base-4x3 --decoder speed --out $OUT/t5-4x3-speed.jsonl.gz --quiet
+time python3 -m reference.capture.measure --device cuda --preset t5-base-4x3 --decoder speed --out $OUT/t5-4x3-speed.jsonl.gz --quiet

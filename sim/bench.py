@@ -15,9 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from sim.defaults import DEFAULT_RUNS, DEFAULT_TOKENS, default_trace
 from sim.engine import kernels_of, project
 from sim.hardware import HWCONFIG_DIR, load_hwconfig
-from sim.run import DEFAULT_RUNS, DEFAULT_TOKENS, default_trace, trace_on_demand
+from sim.run import trace_on_demand
 from sim.trace import read_trace
 
 

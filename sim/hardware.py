@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from sim.defaults import HWCONFIG_DIR
+
 
 class _Loader(yaml.SafeLoader):
     """PyYAML follows YAML 1.1, where 1.41e9 (no sign, no dot before the exponent) is a string; read it as the
@@ -28,7 +30,6 @@ _Loader.add_implicit_resolver(
                r"|^\.(?:nan|NaN|NAN)$"),
     list("-+0123456789."))
 
-HWCONFIG_DIR = Path(__file__).resolve().parent.parent / "hwconfigs"
 KINDS = ("gpu", "edge", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
 KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset")

@@ -21,26 +21,26 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from sim.defaults import (
+    DEFAULT_HW,
+    DEFAULT_RUNS,
+    DEFAULT_SOURCE_LEN,
+    DEFAULT_TOKENS,
+    TRACE_CACHE,
+    default_trace,
+    hwconfig_names,
+    resolve_hwconfig,
+)
 from sim.engine import LAUNCH_MODES, Projection, breakdown, kernels_of, project
-from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig
+from sim.files import atomic_write
+from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.trace import Trace, TraceError, read_trace
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TRACES = ROOT / "data" / "traces"
-DEFAULT_TOKENS, DEFAULT_SOURCE_LEN = 128, 128
-# (preset, decoder) of the default table; the first is the subject, the others its baselines
-DEFAULT_RUNS = (("t5-base-4x3", "speed"), ("t5-base-4x3", "sequential"), ("t5-base-12", "sequential"),
-                ("t5-base-4", "sequential"))
-CACHE = Path(os.environ.get("SPEED_SIM_CACHE", Path.home() / ".cache" / "speed-sim")) / "traces"
 
 
 @dataclass
@@ -52,34 +52,12 @@ class Run:
     summary: dict
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: an existing file is never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def default_trace_name(preset: str, decoder: str) -> str:
-    """File name of a default trace (reference.tracing --defaults writes them)."""
-    return f"{preset}.{decoder}.bf16.b1.t{DEFAULT_TOKENS}.jsonl.gz"
-
-
-def default_trace(preset: str, decoder: str) -> Path:
-    return DEFAULT_TRACES / default_trace_name(preset, decoder)
-
-
 def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None) -> Path:
     """Trace a preset (or a model config file) with the reference decoder on the meta device, cached."""
     try:
         import torch
 
-        from reference import tracing
+        from reference.capture import tracing
         from reference.config import ModelConfig, get_preset
     except ImportError as err:
         raise SystemExit(f"error: tracing {model!r} on demand needs torch and the reference decoder ({err}); "
@@ -97,7 +75,7 @@ def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: st
     # the code revision in the name: a trace made before the reference decoder changed is not reused
     name = (f"{cfg.name}.{decoder}.{dtype}.b{batch}.t{tokens}.{(flips or 'profile').replace(',', '_')}."
             f"{tracing.code_revision()}.jsonl.gz")
-    path = CACHE / name
+    path = TRACE_CACHE / name
     if not path.exists() or Path(model).is_file():
         print(f"tracing {cfg.name} ({decoder}, {tokens} tokens, batch {batch}) on the meta device ...",
               file=sys.stderr)
@@ -227,11 +205,13 @@ def parse_sets(items: list[str], parser: argparse.ArgumentParser) -> dict[str, s
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sim.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hw", nargs="+", type=Path, default=[HWCONFIG_DIR / "a100.yaml"],
-                        help="hwconfig YAML file(s), projected side by side (default hwconfigs/a100.yaml)")
+    parser.add_argument("--hw", nargs="+", default=[DEFAULT_HW], metavar="NAME_OR_FILE",
+                        help=f"hwconfig(s), projected side by side: a shipped device by name ({DEFAULT_HW}, h200, ...; "
+                        f"--list-hw lists them) or a YAML file (default {DEFAULT_HW})")
+    parser.add_argument("--list-hw", action="store_true", help="list the shipped hwconfigs and exit")
     parser.add_argument("--trace", nargs="+", type=Path, help="replay these trace files (recorded or measured) "
                         "instead of the default configurations")
     parser.add_argument("--model", help="a model preset (e.g. llama2-7b-8x4) or a model config YAML file: traced on "
@@ -261,52 +241,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perfetto", type=Path, help="write the simulated timeline (Chrome trace JSON, opens in "
                         "Perfetto / chrome://tracing)")
     parser.add_argument("--plot", type=Path, help="write a bar chart of ms/token per configuration (PNG)")
-    args = parser.parse_args(argv)
-    overrides = parse_sets(args.set, parser)
-    if args.tokens < 1 or args.batch < 1 or args.streams < 1:
-        parser.error("--tokens, --batch and --streams must be >= 1")
+    return parser
 
+
+def load_hws(names: list[str], overrides: dict[str, str], parser: argparse.ArgumentParser) -> list[HwConfig]:
+    """The hwconfigs named on the command line (shipped names or files), with the --set overrides applied."""
     try:
-        hws: list[HwConfig] = [load_hwconfig(path) for path in args.hw]
-        if overrides:
-            hws = [hw.with_overrides(overrides) for hw in hws]
+        hws = [load_hwconfig(resolve_hwconfig(name)) for name in names]
+        return [hw.with_overrides(overrides) for hw in hws] if overrides else hws
     except HwConfigError as err:
         parser.error(str(err))
 
-    on_demand = (args.tokens, args.batch, args.dtype, args.flips) != (DEFAULT_TOKENS, 1, "bfloat16", None)
-    if args.trace:
-        jobs = [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace]
-    elif args.model:
-        decoders = ("speed", "sequential") if args.decoder == "both" else (args.decoder,)
-        jobs = [(f"{args.model} {d}", trace_on_demand(args.model, d, args.tokens, args.batch, args.dtype, args.flips))
-                for d in decoders]
-    else:
-        jobs = [(f"{preset} {decoder}",
-                 trace_on_demand(preset, decoder, args.tokens, args.batch, args.dtype, args.flips) if on_demand
-                 else default_trace(preset, decoder)) for preset, decoder in DEFAULT_RUNS]
-    try:
-        traces = [(label, path, read_trace(path)) for label, path in jobs]
-    except TraceError as err:
-        parser.error(str(err))
 
+def trace_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(label, trace file) of every configuration to project: given traces, a model traced on demand, or the
+    built-in default (its committed traces, or traced on demand at other lengths, batches, dtypes or flips)."""
+    if args.trace:
+        return [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace]
+    if args.model:
+        decoders = ("speed", "sequential") if args.decoder == "both" else (args.decoder,)
+        return [(f"{args.model} {d}", trace_on_demand(args.model, d, args.tokens, args.batch, args.dtype, args.flips))
+                for d in decoders]
+    on_demand = (args.tokens, args.batch, args.dtype, args.flips) != (DEFAULT_TOKENS, 1, "bfloat16", None)
+    return [(f"{preset} {decoder}",
+             trace_on_demand(preset, decoder, args.tokens, args.batch, args.dtype, args.flips) if on_demand
+             else default_trace(preset, decoder)) for preset, decoder in DEFAULT_RUNS]
+
+
+def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], launch: str, streams: int
+                ) -> list[list[Run]]:
+    """Every trace on every hwconfig: per hwconfig, the runs in trace order. Kernels are built once per trace
+    and tile shape, and reused by every hwconfig with that tile shape."""
     runs_by_hw: list[list[Run]] = []
+    kernels_cache: dict[tuple[int, tuple[int, int]], list] = {}
     progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
     for hw in hws:
-        runs, kernels_cache = [], {}
-        for label, path, trace in traces:
-            kernels = kernels_cache.setdefault((path, hw.tile), kernels_of(trace, hw))
-            try:
-                projection = project(trace, hw, args.launch, kernels, args.streams)
-            except ValueError as err:
-                parser.error(str(err))
+        runs = []
+        for t, (label, path, trace) in enumerate(traces):
+            key = (t, (hw.tile.m, hw.tile.n))
+            if key not in kernels_cache:
+                kernels_cache[key] = kernels_of(trace, hw)
+            projection = project(trace, hw, launch, kernels_cache[key], streams)
             runs.append(Run(label, path, trace, projection, summarize(projection, trace)))
             progress.update()
         runs_by_hw.append(runs)
     progress.close()
-    baselines = [r.label for r in runs_by_hw[0] if r.summary["decoder"] == "sequential"]
-    for runs in runs_by_hw:
-        print_table(runs, baselines)
+    return runs_by_hw
 
+
+def write_outputs(args: argparse.Namespace, runs_by_hw: list[list[Run]]) -> None:
     all_runs = [r for runs in runs_by_hw for r in runs]
     if args.json:
         payload = {"runs": [dict(r.summary, label=r.label, trace=str(r.trace_path)) for r in all_runs]}
@@ -316,6 +299,31 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(args.perfetto, lambda tmp: tmp.write_text(json.dumps({"traceEvents": events})))
     if args.plot:
         plot(runs_by_hw, args.plot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_hw:
+        for name in hwconfig_names():
+            print(name)
+        return 0
+    overrides = parse_sets(args.set, parser)
+    if args.tokens < 1 or args.batch < 1 or args.streams < 1:
+        parser.error("--tokens, --batch and --streams must be >= 1")
+    hws = load_hws(args.hw, overrides, parser)
+    try:
+        traces = [(label, path, read_trace(path)) for label, path in trace_jobs(args)]
+    except TraceError as err:
+        parser.error(str(err))
+    try:
+        runs_by_hw = project_all(hws, traces, args.launch, args.streams)
+    except ValueError as err:
+        parser.error(str(err))
+    baselines = [r.label for r in runs_by_hw[0] if r.summary["decoder"] == "sequential"]
+    for runs in runs_by_hw:
+        print_table(runs, baselines)
+    write_outputs(args, runs_by_hw)
     return 0
 
 

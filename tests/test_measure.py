@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from reference import measure
+from reference.capture import measure
 from sim.trace import read_trace
 
 

@@ -120,7 +120,7 @@ def test_a_speed_stage_runs_its_rows_attention_side_by_side(tmp_path):
     """The captured dependencies of a SPEED stage: each row's attention depends on its own KV writes, not on
     another row's (their depths differ), and everything the head reads flows from the stage's embedding."""
     pytest.importorskip("torch")
-    from reference.tracing import capture_trace
+    from reference.capture.tracing import capture_trace
     from sim.trace import read_trace
 
     capture_trace("tiny-4x3", "speed", 10, tmp_path / "t.jsonl.gz", flips="0,0")

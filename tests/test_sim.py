@@ -106,7 +106,7 @@ def test_wave_quantization_shows():
 
 def test_one_group_speed_projects_exactly_as_sequential(tmp_path):
     pytest.importorskip("torch")
-    from reference.tracing import capture_trace
+    from reference.capture.tracing import capture_trace
     from sim.trace import read_trace
 
     hw = load_hwconfig(HWCONFIG_DIR / "a100.yaml")

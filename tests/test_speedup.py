@@ -5,8 +5,8 @@ import torch
 
 from reference import decode
 from reference.config import get_preset
+from reference.experiments.speedup import NO_EOS, main, measure, weight_major_linear
 from reference.model import SharedDecoder
-from reference.speedup import NO_EOS, main, measure, weight_major_linear
 
 
 def test_figures_follow_from_the_stage_counts_and_costs():

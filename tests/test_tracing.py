@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from reference import tracing
+from reference.capture import tracing
 from reference.config import ModelConfig, get_preset
 from reference.model import SharedDecoder
+from sim.defaults import DEFAULT_TRACES
 from sim.trace import read_trace
 
 
@@ -125,15 +126,14 @@ def test_trace_file_round_trip_and_header(tmp_path):
     assert sum(len(s.commits) for s in trace.stages) == 8
 
 
-def test_default_traces_regenerate_byte_identical(tmp_path, monkeypatch):
-    committed = sorted(tracing.DEFAULT_TRACES.glob("*.jsonl.gz"))
-    assert len(committed) == 4, "run: python -m reference.tracing --defaults"
-    monkeypatch.setattr(tracing, "DEFAULT_TRACES", tmp_path)
-    fresh = tracing.write_defaults(progress=False)
+def test_default_traces_regenerate_byte_identical(tmp_path):
+    committed = sorted(DEFAULT_TRACES.glob("*.jsonl.gz"))
+    assert len(committed) == 4, "run: python -m reference.capture.tracing --defaults"
+    fresh = tracing.write_defaults(tmp_path, progress=False)
     assert sorted(p.name for p in fresh) == [p.name for p in committed]
     for path in committed:
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), (
-            f"{path.name} is stale: run python -m reference.tracing --defaults")
+            f"{path.name} is stale: run python -m reference.capture.tracing --defaults")
 
 
 def test_bad_requests_are_refused_clearly(tmp_path):

@@ -1,4 +1,4 @@
-"""sim.validate and sim.calibrate: known errors are reported as known, fits recover what made the data, and
+"""sim.fitting.validate and sim.fitting.calibrate: known errors are reported as known, fits recover what made the data, and
 traces that cannot be validated are refused clearly."""
 
 import dataclasses
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from simtraces import header, hw_dict, op
 
-from sim import calibrate, validate
 from sim.engine import project
+from sim.fitting import calibrate, validate
 from sim.hardware import HwConfigError, KernelFit, parse
 from sim.kernels import kernel_of
 from sim.trace import StageRecord, Trace
@@ -221,7 +221,7 @@ def test_class_efficiency_comes_from_the_microbenchmarks_that_cover_the_class():
 
 
 def test_public_a100_measurements_are_read_and_projected():
-    from sim import public
+    from sim.fitting import public
 
     if not public.DATA.exists():
         pytest.skip(f"public measurements not beside the checkout ({public.DATA})")
@@ -233,7 +233,7 @@ def test_public_a100_measurements_are_read_and_projected():
 
 
 def test_public_fit_is_judged_only_on_points_it_did_not_see(tmp_path):
-    from sim import public
+    from sim.fitting import public
 
     points = list(range(11))
     fit_half, held_out = public.split(points, False), public.split(points, True)
@@ -250,7 +250,7 @@ def test_public_fit_is_judged_only_on_points_it_did_not_see(tmp_path):
 
 
 def test_report_refuses_an_incomplete_cpu_loop_folder(tmp_path, capsys):
-    from sim import report
+    from sim.fitting import report
 
     with pytest.raises(SystemExit):
         report.main(["--cpu-loop", str(tmp_path), "--out", str(tmp_path / "V.md")])

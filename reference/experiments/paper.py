@@ -1,8 +1,8 @@
-"""The paper's experiments on the trained code-* family (reference.train): held-out loss and next-token accuracy at
+"""The paper's experiments on the trained code-* family (reference.experiments.train): held-out loss and next-token accuracy at
 every exit, flip rates between consecutive group exits (Figure 4), CPU latency of sequential and SPEED greedy
 decoding against accuracy (Figure 3), and a check that SPEED's output is sequential decoding's on every prompt.
 
-    python -m reference.experiments                    # every checkpoint in data/trained, a few minutes
+    python -m reference.experiments.paper                    # every checkpoint in data/trained, a few minutes
 
 Writes (each atomically, so an interrupted run leaves the previous file):
   data/trained/metrics.json     every figure per model, the settings and the machine
@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from reference import decode
-from reference.corpus import load_corpus
+from reference.experiments.corpus import load_corpus
+from reference.experiments.speedup import heldout_prompts
+from reference.experiments.train import FAMILY, ROOT, eval_windows, load_checkpoint
 from reference.model import SharedDecoder
-from reference.speedup import heldout_prompts
-from reference.train import FAMILY, ROOT, eval_windows, load_checkpoint
-from sim.run import atomic_write
+from sim.files import atomic_write
 
 NO_EOS = -1  # an id no token has: decoding runs to its full length
 
@@ -129,11 +129,11 @@ def exact_in_float64(model: SharedDecoder, prompts: list[list[int]], tokens: int
 def flips_yaml(models: dict[str, dict], settings: dict) -> str:
     lines = [
         "# Share of predictions that change after each group exit, measured on the trained code-* models",
-        "# (reference.train, data/trained/). rates[k] is the share of exit-(k+2) predictions (argmax) that differ",
+        "# (reference.experiments.train, data/trained/). rates[k] is the share of exit-(k+2) predictions (argmax) that differ",
         "# from the same token's exit-(k+1) prediction, as in paper-fig4.yaml; teacher forced over",
         f"# {settings['eval_windows']} held-out windows of {settings['context']} tokens of the stdlib corpus.",
-        "# Regenerate: python -m reference.experiments",
-        'source: "trained code-* models, data/trained/metrics.json (python -m reference.experiments)"',
+        "# Regenerate: python -m reference.experiments.paper",
+        'source: "trained code-* models, data/trained/metrics.json (python -m reference.experiments.paper)"',
         "profiles:",
     ]
     lines += [f"  {name}: [{', '.join(f'{r:.4f}' for r in m['heldout']['flip_rates'])}]"
@@ -197,14 +197,14 @@ def checkpoints(models_dir: Path, presets: list[str] | None) -> list[Path]:
         return [models_dir / f"{name}.safetensors" for name in presets]
     found = {p.name.removesuffix(".safetensors"): p for p in models_dir.glob("*.safetensors")}
     if not found:
-        raise ValueError(f"no checkpoints (*.safetensors) in {models_dir}; train them: python -m reference.train "
+        raise ValueError(f"no checkpoints (*.safetensors) in {models_dir}; train them: python -m reference.experiments.train "
                          "--family")
     order = [name for name in FAMILY if name in found] + sorted(set(found) - set(FAMILY))
     return [found[name] for name in order]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.experiments", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reference.experiments.paper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=ROOT / "data" / "trained",
                         help="directory of the checkpoints (default data/trained)")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "accuracy-vs-latency.png",
                         help="where Figure 3 goes (default docs/accuracy-vs-latency.png)")
     parser.add_argument("--corpus", type=Path, metavar="DIR",
-                        help="corpus directory, as in reference.train (default: this Python's stdlib)")
+                        help="corpus directory, as in reference.experiments.train (default: this Python's stdlib)")
     parser.add_argument("--eval-windows", type=int, default=128,
                         help="held-out windows for loss, accuracy and flips (default 128)")
     parser.add_argument("--context", type=int, default=256, help="tokens per held-out window (default 256)")
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 "exact_float64": exact_in_float64(model, prompts, args.tokens),
             }
             print(f"{cfg.name:>9}: {summary(models[cfg.name])} [{time.perf_counter() - t0:.0f} s]")
-        metrics = {"command": "python -m reference.experiments", "settings": settings,
+        metrics = {"command": "python -m reference.experiments.paper", "settings": settings,
                    "machine": {"cpu": machine, "cores": os.cpu_count(), "python": platform.python_version(),
                                "torch": torch.__version__},
                    "corpus": {**{k: v for k, v in corpus.describe().items() if k != "root"},
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: SPEED output differs from sequential decoding for {', '.join(inexact)}", file=sys.stderr)
             return 1
     except (ValueError, OSError) as err:
-        print(f"python -m reference.experiments: error: {err}", file=sys.stderr)
+        print(f"python -m reference.experiments.paper: error: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,13 +1,13 @@
 """Measure a real decoding run and write a measured trace: per-op durations, per-stage and end-to-end wall time.
 
-    python -m reference.measure --device cpu|cuda --preset P --decoder sequential|speed --tokens N --out FILE
-    python -m reference.measure --device cpu|cuda --job '--preset P --decoder D --out FILE' --job '...'
+    python -m reference.capture.measure --device cpu|cuda --preset P --decoder sequential|speed --tokens N --out FILE
+    python -m reference.capture.measure --device cpu|cuda --job '--preset P --decoder D --out FILE' --job '...'
 
 Several `--job`s are measured together, their runs interleaved (each round runs every job once).
 
 1. Warm-up runs (not timed).
 2. Timed runs: end-to-end wall time (synchronized) and every stage's wall time; medians and spread.
-3. Per-op runs under the capture (reference.tracing): on cpu each op is timed by the host clock (cpu ops are
+3. Per-op runs under the capture (reference.capture.tracing): on cpu each op is timed by the host clock (cpu ops are
    synchronous); on cuda each op runs inside a profiler range and its duration is the device time of the
    kernels it launched (CUPTI, via torch.profiler), never host timestamps of asynchronous launches. The
    median over the per-op runs is written.
@@ -31,7 +31,7 @@ import torch
 from torch.autograd import DeviceType
 from tqdm import tqdm
 
-from reference import tracing
+from reference.capture import tracing
 from reference.config import get_preset
 from reference.model import SharedDecoder
 from reference.pipeline import Row
@@ -226,7 +226,7 @@ def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtyp
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.measure", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reference.capture.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", required=True, choices=("cpu", "cuda"), help="device to measure on")
     tracing.add_workload_arguments(parser, required=False, decoder_default=None)  # --preset, --decoder: needed
@@ -244,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.repeats, args.op_repeats) < 1 or args.warmup < 0:
         parser.error("--repeats and --op-repeats must be >= 1, --warmup >= 0")
-    job_parser = argparse.ArgumentParser(prog="python -m reference.measure --job", add_help=False)
+    job_parser = argparse.ArgumentParser(prog="python -m reference.capture.measure --job", add_help=False)
     tracing.add_workload_arguments(job_parser, required=False, decoder_default=None)
     job_parser.add_argument("--out", type=Path)
-    command = " ".join(["python -m reference.measure", *sys.argv[1:]])
+    command = " ".join(["python -m reference.capture.measure", *sys.argv[1:]])
     jobs = []
     for text in args.job or [""]:
         # flags the job does not give keep their values from outside it (argparse skips defaults then)

@@ -1,8 +1,8 @@
 """Train the code-* family (or any preset) from scratch on the Python standard library's source, with the
 weighted exit loss of SharedDecoder.forward (w_g = g / sum(1..G)), seeded and resumable.
 
-    python -m reference.train --family                 # all seven code-* models, about half an hour on 2 cores
-    python -m reference.train --preset code-4x3 --steps 100 --out-dir /tmp/run
+    python -m reference.experiments.train --family                 # all seven code-* models, about half an hour on 2 cores
+    python -m reference.experiments.train --preset code-4x3 --steps 100 --out-dir /tmp/run
 
 A run is a pure function of its settings: the batch of step s is drawn from a generator seeded by (seed, s), so
 a run resumed from its state file sees the same data with the same weights and optimizer moments as one that
@@ -36,11 +36,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from reference.config import PRESETS, ModelConfig, get_preset
-from reference.corpus import EOS_ID, Corpus, Tokenizer, load_corpus
+from reference.experiments.corpus import EOS_ID, Corpus, Tokenizer, load_corpus
 from reference.model import SharedDecoder
 
 FAMILY = ("code-2", "code-4", "code-12", "code-2x6", "code-4x3", "code-2x8", "code-4x4")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/trained, out/
 CHECKPOINT_FORMAT = "speed-sim-checkpoint-v1"
 STATE_FORMAT = "speed-sim-train-state-v1"
 
@@ -328,7 +328,7 @@ def train(cfg: ModelConfig, data: TokenizedCorpus, settings: TrainSettings, out_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reference.experiments.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainSettings()
     which = parser.add_mutually_exclusive_group(required=True)
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.name}: {status}, held-out loss {result.heldout_loss:.4f}, {result.wall_s / 60:.1f} min of "
                   f"training -> {result.checkpoint}")
     except (ValueError, OSError) as err:
-        print(f"python -m reference.train: error: {err}", file=sys.stderr)
+        print(f"python -m reference.experiments.train: error: {err}", file=sys.stderr)
         return 2
     return 0
 

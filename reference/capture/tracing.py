@@ -21,8 +21,8 @@ strided tensor) is. `scaled_dot_product_attention` is recorded as one op whateve
 backend it lowers to (a fused kernel on cpu and cuda, a dozen math ops on meta), so traces of one run on
 different devices have the same op sequence.
 
-    python -m reference.tracing --preset t5-base-4x3 --decoder speed --device meta --tokens 128 --out FILE
-    python -m reference.tracing --defaults     # regenerate the simulator's default traces under data/traces/
+    python -m reference.capture.tracing --preset t5-base-4x3 --decoder speed --device meta --tokens 128 --out FILE
+    python -m reference.capture.tracing --defaults     # regenerate the simulator's default traces under data/traces/
 """
 
 from __future__ import annotations
@@ -49,15 +49,14 @@ from reference.config import PRESETS, ModelConfig, get_preset
 from reference.flips import FlipOracle
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
-from sim.run import DEFAULT_RUNS, DEFAULT_SOURCE_LEN, DEFAULT_TOKENS, default_trace_name
+from sim.defaults import DEFAULT_RUNS, DEFAULT_SOURCE_LEN, DEFAULT_TOKENS, DEFAULT_TRACES, default_trace_name
 from sim.trace import OpRecord, StageRecord, TraceHeader, TraceWriter
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TRACES = ROOT / "data" / "traces"  # the simulator's built-in default (sim.run.DEFAULT_RUNS)
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # holds reference/ and sim/: the checkout or site-packages
 # Sources whose content decides what a trace holds: their hash is the trace's code revision, so that a
 # regenerated default trace is byte-identical until one of them changes.
 TRACE_SOURCES = ("reference/config.py", "reference/model.py", "reference/decode.py", "reference/pipeline.py",
-                 "reference/flips.py", "reference/tracing.py", "sim/trace.py")
+                 "reference/flips.py", "reference/capture/tracing.py", "sim/trace.py")
 
 aten = torch.ops.aten
 MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.matmul.default,
@@ -78,7 +77,7 @@ def code_revision() -> str:
     """A hash of the sources that decide what a trace holds."""
     digest = hashlib.sha256()
     for name in TRACE_SOURCES:
-        digest.update((ROOT / name).read_bytes())
+        digest.update((SOURCE_ROOT / name).read_bytes())
     return "src-" + digest.hexdigest()[:12]
 
 
@@ -517,25 +516,21 @@ def write_trace(out: Path, head: TraceHeader, capture: OpCapture) -> None:
             writer.stage(stage)
 
 
-def default_trace_path(preset: str, decoder: str) -> Path:
-    return DEFAULT_TRACES / default_trace_name(preset, decoder)
-
-
-def write_defaults(progress: bool = True) -> list[Path]:
+def write_defaults(out_dir: Path = DEFAULT_TRACES, progress: bool = True) -> list[Path]:
     """The simulator's default traces (meta device, so byte-reproducible on any machine)."""
     from tqdm import tqdm
 
     paths = []
     for preset, decoder in tqdm(DEFAULT_RUNS, desc="default traces", disable=not progress):
-        path = default_trace_path(preset, decoder)
-        capture_trace(preset, decoder, DEFAULT_TOKENS, path, command="python -m reference.tracing --defaults")
+        path = out_dir / default_trace_name(preset, decoder)
+        capture_trace(preset, decoder, DEFAULT_TOKENS, path, command="python -m reference.capture.tracing --defaults")
         paths.append(path)
     return paths
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser, required: bool, decoder_default: str | None = "speed"
                            ) -> None:
-    """The flags that say which run to trace or measure (shared by reference.tracing and reference.measure)."""
+    """The flags that say which run to trace or measure (shared by the tracing and measure commands)."""
     parser.add_argument("--preset", required=required, help="model preset; one of: " + ", ".join(PRESETS))
     default = None if required else decoder_default
     parser.add_argument("--decoder", choices=("sequential", "speed"), default=default, required=required,
@@ -555,7 +550,7 @@ def add_workload_arguments(parser: argparse.ArgumentParser, required: bool, deco
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.tracing", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reference.capture.tracing", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_workload_arguments(parser, required=False)
     parser.add_argument("--device", default="meta", help="cpu, cuda or meta (default meta: shapes only, no weights)")
@@ -564,15 +559,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.defaults:
         for path in write_defaults():
-            print(f"{path.relative_to(ROOT)}  {path.stat().st_size / 1e6:.2f} MB")
+            print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
         return 0
     if args.preset is None or args.out is None:
         parser.error("--preset and --out are required (or --defaults)")
     try:
         capture, elapsed = capture_trace(args.preset, args.decoder, args.tokens, args.out, args.device,
                                          getattr(torch, args.dtype), args.batch, args.prompt_len, args.source_len,
-                                         args.flips, args.seed, command=" ".join(["python -m reference.tracing",
-                                                                                   *sys.argv[1:]]))
+                                         args.flips, args.seed,
+                                         command=" ".join(["python -m reference.capture.tracing", *sys.argv[1:]]))
     except ValueError as err:
         parser.error(str(err))
     flops = sum(op.flops for op in capture.ops)

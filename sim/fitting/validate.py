@@ -1,8 +1,8 @@
 """Validate projections against measured runs: error per kernel, per stage and end to end.
 
-    python -m sim.validate --hw hwconfigs/h200.yaml --measured data/measured/h200/*.jsonl.gz [--plot OUT.png]
+    python -m sim.fitting.validate --hw hwconfigs/h200.yaml --measured data/measured/h200/*.jsonl.gz [--plot OUT.png]
 
-A measured trace (python -m reference.measure) holds every op's measured duration, every stage's wall time
+A measured trace (python -m reference.capture.measure) holds every op's measured duration, every stage's wall time
 and the end-to-end wall time. Each is compared with the projection of the same trace:
 
 - kernel: the op's device time (cuda: kernel time from the profiler; cpu: the host clock around the
@@ -14,9 +14,9 @@ Per metric (and per kernel class): mean and median absolute % error, P90, signed
 (projected - measured) / measured) and Pearson correlation. `--max-error PCT` exits 1 when the median
 end-to-end absolute error over the traces exceeds PCT.
 
-    python -m sim.validate --hw hwconfigs/h200-calibrated.yaml --microbench data/calibration/h200.microbench.json
+    python -m sim.fitting.validate --hw hwconfigs/h200-calibrated.yaml --microbench data/calibration/h200.microbench.json
 
-checks the resource models one by one instead, against the microbenchmarks (reference.microbench): copy over
+checks the resource models one by one instead, against the microbenchmarks (reference.capture.microbench): copy over
 sizes (the cache knee), matrix products of two or more rows and of one row (GEMV) per dtype, an elementwise
 multiply, decode attention; the same statistics per resource.
 """
@@ -32,10 +32,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sim.calibrate import microbench_traces
 from sim.engine import project
+from sim.files import atomic_write
+from sim.fitting.calibrate import microbench_traces
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
-from sim.run import atomic_write
 from sim.trace import Trace, TraceError, read_trace
 
 
@@ -59,11 +59,11 @@ def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool) -> N
     """Refuse a trace that cannot be validated against `hw`, saying why."""
     if not trace.header.measured:
         raise ValueError(f"{path}: not a measured trace (header 'measured' is false, no durations); measure one "
-                         "with python -m reference.measure")
+                         "with python -m reference.capture.measure")
     if not trace.ops:
         raise ValueError(f"{path}: empty trace (no op records)")
     if "end_to_end_s" not in trace.header.extra:
-        raise ValueError(f"{path}: header 'extra' has no 'end_to_end_s' (not written by reference.measure)")
+        raise ValueError(f"{path}: header 'extra' has no 'end_to_end_s' (not written by reference.capture.measure)")
     measured_cpu = trace.header.device == "cpu"
     if measured_cpu != (hw.kind == "cpu"):
         raise ValueError(f"{path}: measured on {trace.header.device} ({trace.header.device_name}) but hwconfig "
@@ -93,7 +93,7 @@ def validate_trace(trace: Trace, hw: HwConfig, launch: str = "eager") -> dict[st
 
 
 def microbench_pairs(mb: dict[str, Any], hw: HwConfig) -> dict[str, list[tuple[float, float]]]:
-    """(projected, measured) seconds per call of each microbenchmark (reference.microbench), per resource. The
+    """(projected, measured) seconds per call of each microbenchmark (reference.capture.microbench), per resource. The
     microbenchmarks time back-to-back calls (cuda: a graph between events; cpu: the host clock, dispatch
     included), so the projection is the kernel's time, without launch (of the last call, the measured one)."""
     out: dict[str, list[tuple[float, float]]] = {}
@@ -148,12 +148,12 @@ def scatter(pairs: dict[str, list[tuple[float, float]]], out: Path, title: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sim.validate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sim.fitting.validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hw", type=Path, required=True, help="hwconfig of the device the traces were measured on")
     parser.add_argument("--measured", type=Path, nargs="+", default=[], help="measured trace files")
-    parser.add_argument("--microbench", type=Path, help="microbenchmark results (JSON, from reference.microbench or "
-                        "sim.calibrate) to check the resource models against, one by one")
+    parser.add_argument("--microbench", type=Path, help="microbenchmark results (JSON, from reference.capture.microbench or "
+                        "sim.fitting.calibrate) to check the resource models against, one by one")
     parser.add_argument("--launch", choices=("eager", "graph"), default="eager",
                         help="launch mode the traces were measured in (default eager)")
     parser.add_argument("--max-error", type=float, metavar="PCT",

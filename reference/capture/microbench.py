@@ -1,4 +1,4 @@
-"""Microbenchmarks, one per hardware resource, for calibrating a hwconfig (`python -m sim.calibrate` fits them).
+"""Microbenchmarks, one per hardware resource, for calibrating a hwconfig (`python -m sim.fitting.calibrate` fits them).
 
 - copy: streaming copy bandwidth over sizes (bytes read + written); the on-chip cache shows as a knee;
 - gemm: matrix products per dtype, large (peak rate) and at decode shapes (GEMV, memory-bound);
@@ -178,7 +178,7 @@ def main() -> None:
     import json
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="python -m reference.microbench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reference.capture.microbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True, help="device to measure")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller sizes")

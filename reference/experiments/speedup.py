@@ -2,8 +2,8 @@
 cache (so batch-1 decoding reads them from memory on every pass, as a GPU does from HBM), decoded greedily by
 both decoders on held-out prompts.
 
-    python -m reference.train --preset code-wide-4x3 --steps 300 --lr 1.5e-3 --out-dir out/trained-wide
-    python -m reference.speedup --checkpoint out/trained-wide/code-wide-4x3.safetensors
+    python -m reference.experiments.train --preset code-wide-4x3 --steps 300 --lr 1.5e-3 --out-dir out/trained-wide
+    python -m reference.experiments.speedup --checkpoint out/trained-wide/code-wide-4x3.safetensors
 
 It prints, and writes with --json:
   amortization  the cost of a SPEED stage with r rows (r = 1..G: every in-flight row once through the shared
@@ -39,10 +39,10 @@ import torch
 from torch import Tensor, nn
 
 from reference import decode
-from reference.corpus import load_corpus
+from reference.experiments.corpus import load_corpus
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
-from sim.run import atomic_write
+from sim.files import atomic_write
 
 NO_EOS = -1  # an id no token has: every run decodes its full length
 
@@ -183,12 +183,12 @@ def report(m: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reference.train import load_checkpoint
+    from reference.experiments.train import load_checkpoint
 
-    parser = argparse.ArgumentParser(prog="python -m reference.speedup", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reference.experiments.speedup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="a trained shared model (reference.train), e.g. "
+                        help="a trained shared model (reference.experiments.train), e.g. "
                         "out/trained-wide/code-wide-4x3.safetensors")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per sequence (default 64)")
     parser.add_argument("--prompts", type=int, default=4, help="held-out prompts (default 4)")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = measure(model, prompts, args.tokens, args.repeats)
         figures["linear"] = args.linear
     except (ValueError, OSError) as err:
-        print(f"python -m reference.speedup: error: {err}", file=sys.stderr)
+        print(f"python -m reference.experiments.speedup: error: {err}", file=sys.stderr)
         return 2
     weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.startswith("blocks"))
     print(f"shared weights: {weights / 2**20:.1f} MiB ({next(model.parameters()).dtype})")
