@@ -122,7 +122,8 @@ def _code(layers: int, groups: int) -> ModelConfig:
 
 def _code_wide(layers: int, groups: int) -> ModelConfig:
     # code-* at d_model 512: the float32 shared weights of 4 layers (51 MB) exceed this CPU's 32 MiB last-level
-    # cache, so batch-1 decoding reads them from DRAM on every pass, as a GPU does from HBM (reference.experiments.speedup)
+    # cache, so batch-1 decoding reads them from DRAM on every pass, as a GPU does from HBM
+    # (reference.experiments.speedup)
     return _code(layers, groups).replace(name=f"code-wide-{layers}x{groups}", d_model=512, n_heads=8, n_kv_heads=8,
                                          d_ff=1408)
 

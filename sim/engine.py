@@ -5,7 +5,7 @@ Each resource is a named object, each actor a plain generator process, as in Sim
 
 - `HostThread` issues the stage's kernels in program order. In eager mode every kernel costs the host
   `launch_eager_s` (framework dispatch + launch), so a fast device waits for it; in graph mode the stage is
-  one launch and the device pays `launch_graph_s` per kernel instead.
+  one launch (`launch_graph_s`) and the device pays `graph_kernel_gap_s` between kernels instead.
 - `DeviceStream` runs kernels one after another (PyTorch eager uses one stream; the trace's program order is
   the dependency order), each for its cost from `sim.kernels`. On a CPU the host runs its own kernels, so it
   waits for each one (synchronous).
@@ -17,8 +17,9 @@ Each resource is a named object, each actor a plain generator process, as in Sim
   resource slow down in proportion, so concurrent transfers split DRAM bandwidth and the device never does
   more than its peak. Stage time is then bounded below by the stage's critical path (longest chain of
   dependent kernels) and by its aggregate roofline (all its FLOPs and bytes at peak rates).
-- `OnChipCache` (L2, or a CPU's last-level cache) holds weights by id and KV cache slices by depth, least
-  recently used out first: bytes it holds are served on chip, the rest move from device memory.
+- `OnChipCache` (L2, or a CPU's last-level cache) holds weights by id and KV cache slices by sequence and depth
+  (the trace's `kv` items), least recently used out first: bytes it holds are served on chip, the rest move
+  from device memory.
 
 Every stage ends with the host waiting for the device (the decoders read the argmax of every stage), so a
 stage's timeline depends only on its kernels' durations and the launch mode: stages whose durations in cycles
@@ -41,6 +42,10 @@ from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel
 from sim.trace import OpRecord, Trace
 
 LAUNCH_MODES = ("eager", "graph")
+# An op's activations were just written by the op before it, so they are read on chip while they fit in a
+# share of the cache: the rest of it holds weights and KV slices. A quarter is an assumption (not fitted), the
+# size below which a decode step's activations (a few KB to a few MB) never reach DRAM on any hwconfig here.
+ACTIVATION_RESIDENT_SHARE = 0.25
 
 
 class OnChipCache:
@@ -65,7 +70,7 @@ class OnChipCache:
                 while self.used > self.capacity:
                     self.used -= self.items.popitem(last=False)[1]
         # activations were just written by the kernel before (on chip while they fit); new KV entries persist
-        act_dram = k.act_bytes if k.act_bytes > self.capacity / 4 else 0
+        act_dram = k.act_bytes if k.act_bytes > self.capacity * ACTIVATION_RESIDENT_SHARE else 0
         return dram + act_dram + k.kv_write_bytes
 
 
@@ -266,15 +271,19 @@ class Projection:
         return sum(c for c, k in zip(self.stage_cycles, self.stage_kinds) if k in ("decode", "speed")) / self.clock_hz
 
 
+def kernel_key(op: OpRecord) -> tuple:
+    """Every field of an op that its kernel depends on, by value (`kernel_of` reads no other)."""
+    return (op.kind, op.op, op.flops, op.weight_bytes, op.act_read_bytes, op.act_write_bytes, op.kv_read_bytes,
+            op.kv_write_bytes, tuple(op.weights), tuple(op.kv), tuple(op.in_shapes[0]) if op.in_shapes else None,
+            tuple(op.out_shapes[0]) if op.out_shapes else None, (op.out_dtypes or op.in_dtypes or [None])[0])
+
+
 def kernels_of(trace: Trace, hw: HwConfig) -> list[Kernel]:
-    """The kernel of every op. Ops that the trace reader read from one repeated line share their list
-    objects, so each distinct op is built once (the key holds every field a kernel depends on)."""
+    """The kernel of every op; each distinct one (`kernel_key`) is built once."""
     built: dict[tuple, Kernel] = {}
     out = []
     for op in trace.ops:
-        key = (op.op, op.module, op.depth, op.flops, op.weight_bytes, op.act_read_bytes, op.act_write_bytes,
-               op.kv_read_bytes, op.kv_write_bytes, id(op.in_shapes), id(op.out_shapes), id(op.out_dtypes),
-               id(op.weights))
+        key = kernel_key(op)
         kernel = built.get(key)
         if kernel is None:
             kernel = built[key] = kernel_of(op, hw.tile.m, hw.tile.n)
@@ -297,7 +306,7 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     cache = OnChipCache(hw.peak.l2_capacity_bytes)
     graph = launch == "graph"
     launch_cycles = hw.cycles(hw.host.launch_graph_s if graph else hw.host.launch_eager_s)
-    gap_cycles = hw.cycles(hw.host.launch_graph_s)
+    gap_cycles = hw.cycles(hw.host.graph_kernel_gap_s)
     # (id(kernel), dram bytes) -> (cost, cycles, demand: only needed when kernels overlap)
     costs: dict[tuple[int, int], tuple[KernelCost, int, tuple[float, float] | None]] = {}
     timelines: dict[tuple, StageTimeline] = {}

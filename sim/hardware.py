@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sim.defaults import HWCONFIG_DIR
+from sim.opkinds import KERNEL_CLASSES
 
 
 class _Loader(yaml.SafeLoader):
@@ -32,7 +33,6 @@ _Loader.add_implicit_resolver(
 
 KINDS = ("gpu", "edge", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
-KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset")
 
 
 class HwConfigError(ValueError):
@@ -58,7 +58,8 @@ class Peak:
 @dataclass(frozen=True)
 class Host:
     launch_eager_s: float  # host time per kernel in eager mode (framework dispatch + launch)
-    launch_graph_s: float  # device-side gap per kernel when the stage is replayed as a graph
+    launch_graph_s: float  # host time to launch one stage replayed as a graph (CUDA graph launch)
+    graph_kernel_gap_s: float  # device-side gap between consecutive kernels of a replayed graph
     kernel_min_s: float  # shortest kernel on the device (an empty kernel, launch to completion)
 
 

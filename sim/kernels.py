@@ -1,9 +1,9 @@
 """Kernel classes and their cost models, each bounded below by its roofline floor.
 
-A trace op becomes a `Kernel`: its class (matmul, lm_head, attention, gather, norm, elementwise, reduction,
-memset), FLOPs, bytes split into weights / activations / KV cache, and the on-chip items it reads (weights by
-id, KV cache by depth). What a kernel costs on a device (`kernel_cost`) depends on the hardware and on how many
-of its bytes the cache model served on chip:
+A trace op becomes a `Kernel`: its class (the trace's `kind`: matmul, lm_head, attention, gather, norm,
+elementwise, reduction, memset), FLOPs, bytes split into weights / activations / KV cache, and the on-chip items
+it reads (weights by id, KV cache slices by sequence and depth, as the trace names them). What a kernel costs
+on a device (`kernel_cost`) depends on the hardware and on how many of its bytes the cache model served on chip:
 
     compute_s = waves * tile_flops / (unit rate * efficiency)       matmul, lm_head, attention (matrix units)
               = flops / (vector rate * efficiency)                  everything else
@@ -11,12 +11,16 @@ of its bytes the cache model served on chip:
     time_s    = max(compute_s, memory_s, kernel_min_s) + fixed_s   (fits per class or op kind, optional)
     floor_s   = max(flops / peak rate, dram_bytes / DRAM bw, all_bytes / L2 bw)  (<= time_s: eff <= 1)
 
+Efficiencies combine one way: a resource's efficiency (hwconfig `efficiency.matrix | vector | dram | l2`)
+times the kernel's fit, the most specific one there is (`ops.CLASS.KIND`, else `classes.CLASS`, else 1); the
+fit also brings `fixed_s`. Both factors are in (0, 1], so no kernel is projected below its floor.
+
 Kernels that overlap (`sim.engine`, streams > 1) share the device: a kernel's demand is the share of the
 compute units and of the memory system it keeps busy while it runs alone (`demand`).
 
 Waves: a matmul's output is cut into tiles (tile.m x tile.n, the m side shrunk to the rows there are, rounded
-up to 16 on matrix units, which take rows in blocks; vector units compute only the real rows), one tile per
-compute unit per wave, so wave quantization against the unit count shows.
+up to MATRIX_ROW_BLOCK on matrix units, which take rows in blocks; vector units compute only the real rows), one
+tile per compute unit per wave, so wave quantization against the unit count shows.
 """
 
 from __future__ import annotations
@@ -24,19 +28,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sim.hardware import KERNEL_CLASSES, HwConfig
+from sim.hardware import HwConfig
+from sim.opkinds import KERNEL_CLASSES, MATRIX_CLASSES
 from sim.trace import OpRecord
 
-MATMUL_OPS = {"aten.linear.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
-              "aten.baddbmm.default", "aten.matmul.default"}
-ATTENTION_OPS = {"aten.scaled_dot_product_attention"}
-GATHER_OPS = {"aten.embedding.default", "aten.index.Tensor", "aten.index_select.default"}
-REDUCTION_OPS = {"aten.mean.dim", "aten.sum.dim_IntList", "aten.argmax.default", "aten.amax.default",
-                 "aten.max.dim", "aten._softmax.default", "aten._safe_softmax.default"}
-MEMSET_OPS = {"aten.zeros.default", "aten.empty.memory_format", "aten.fill_.Scalar", "aten.zero_.default",
-              "aten.full.default"}
-MATRIX_CLASSES = ("matmul", "lm_head", "attention")
 CLASSES = KERNEL_CLASSES
+# Tensor cores take the rows (M) of a product in blocks of 16 (mma shapes m16n8k16 on Ampere and Hopper): a
+# product of fewer rows pays for 16 on the matrix units.
+MATRIX_ROW_BLOCK = 16
+# Fused attention kernels (FlashAttention, cuDNN, PyTorch's CPU flash kernel) give each compute unit a block of
+# 64 query rows of one (batch, head): the tile count that waves are cut from.
+ATTENTION_QUERY_TILE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +53,9 @@ class Kernel:
     act_bytes: int  # activations read + written
     kv_read_bytes: int
     kv_write_bytes: int
-    reads: tuple[tuple[str, int], ...]  # on-chip cache items read: (key, bytes): weights by id, KV by depth
+    reads: tuple[tuple[str, int], ...]  # on-chip cache items read: (key, bytes): weights by id, KV slices
     tiles: int  # independent output tiles (matrix classes), for wave quantization
-    tile_flops: float  # FLOPs of one tile, its rows padded to a multiple of 16 as matrix units take them
+    tile_flops: float  # FLOPs of one tile, its rows padded to whole MATRIX_ROW_BLOCKs as matrix units take them
     padding: float = 1.0  # padded / real rows of a tile: vector units (a CPU, a GPU's fp32) do no padded work
 
     @property
@@ -61,61 +63,47 @@ class Kernel:
         return self.weight_bytes + self.act_bytes + self.kv_read_bytes + self.kv_write_bytes
 
 
-def classify(op: OpRecord) -> str:
-    if op.op in MATMUL_OPS:
-        return "lm_head" if op.module == "head" else "matmul"
-    if op.op in ATTENTION_OPS:
-        return "attention"
-    if op.op in GATHER_OPS:
-        return "gather"
-    if op.op in MEMSET_OPS:
-        return "memset"
-    if op.module.endswith("norm"):
-        return "norm"
-    if op.op in REDUCTION_OPS:
-        return "reduction"
-    return "elementwise"
-
-
 def op_kind(op: OpRecord) -> str:
     """The aten name, with a suffix where PyTorch runs one op as different kernels: a matrix product of one
     row is a matrix-vector product (`.gemv`: BLAS and cuBLAS pick other kernels than for two or more rows);
     attention on other than 4-D inputs runs the unfused math path (`.math`: several kernels, ~5x longer at
     decode shapes on an H200), since PyTorch's fused attention kernels take only 4-D inputs."""
-    if op.op in ATTENTION_OPS and op.in_shapes and len(op.in_shapes[0]) != 4:
+    if op.kind == "attention" and op.in_shapes and len(op.in_shapes[0]) != 4:
         return op.op + ".math"
-    if op.op in MATMUL_OPS and op.out_shapes and math.prod(op.out_shapes[0][:-1]) == 1:
+    if op.kind in ("matmul", "lm_head") and op.out_shapes and math.prod(op.out_shapes[0][:-1]) == 1:
         return op.op + ".gemv"
     return op.op
 
 
-def _round16(n: int) -> int:
-    return max(16, -(-n // 16) * 16)
+def _row_blocks(n: int) -> int:
+    """Rows `n` rounded up to whole MATRIX_ROW_BLOCKs."""
+    return max(MATRIX_ROW_BLOCK, -(-n // MATRIX_ROW_BLOCK) * MATRIX_ROW_BLOCK)
 
 
 def kernel_of(op: OpRecord, tile_m: int, tile_n: int) -> Kernel:
     """The hardware-independent view of one op; `tile_m`, `tile_n` from the hwconfig cut matmuls into tiles."""
-    cls = classify(op)
+    cls = op.kind
     dtype = (op.out_dtypes or op.in_dtypes or ["float32"])[0]
     tiles, tile_flops, padding = 1, float(op.flops), 1.0
     if cls in ("matmul", "lm_head") and op.out_shapes:
         n = op.out_shapes[0][-1]
         m = max(1, math.prod(op.out_shapes[0]) // max(n, 1))
         k = op.flops / max(2 * m * n, 1)
-        tm, tn = min(tile_m, _round16(m)), min(tile_n, _round16(n))
+        tm, tn = min(tile_m, _row_blocks(m)), min(tile_n, _row_blocks(n))
         tiles = -(-m // tm) * -(-n // tn)
         tile_flops = 2.0 * tm * tn * k
         padding = tm / min(tile_m, m)
     elif cls == "attention" and op.in_shapes:
-        q = op.in_shapes[0]  # [..., heads, Lq, head_dim]: a tile per (batch, head, 64 query rows)
-        tiles = max(1, math.prod(q[:-2]) * -(-q[-2] // 64))
+        q = op.in_shapes[0]  # [..., heads, Lq, head_dim]: a tile per (batch, head, block of query rows)
+        tiles = max(1, math.prod(q[:-2]) * -(-q[-2] // ATTENTION_QUERY_TILE))
         tile_flops = op.flops / tiles
     reads: list[tuple[str, int]] = []
     if op.weights:
         share = op.weight_bytes // len(op.weights)
         reads += [(w, share) for w in op.weights]
-    if op.kv_read_bytes:
-        reads.append((f"kv:{op.depth}" if op.depth is not None else f"kv:{op.module}", op.kv_read_bytes))
+    if op.kv_read_bytes and op.kv:
+        share = op.kv_read_bytes // len(op.kv)
+        reads += [(item, share) for item in op.kv]
     return Kernel(cls, op_kind(op), dtype, op.flops, op.weight_bytes, op.act_read_bytes + op.act_write_bytes,
                   op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops, padding)
 

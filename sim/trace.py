@@ -1,13 +1,13 @@
 """Trace files: the contract between the decoder (which writes them) and the simulator (which reads them).
 
-Format, version 2 (the reader also reads version 1, which has no `deps`)
------------------------------------------------------------------------
+Format, version 3 (the reader also reads versions 1 and 2: see "Older versions" below)
+--------------------------------------------------------------------------------------
 A trace is gzip-compressed JSON Lines (suffix ``.jsonl.gz``), one JSON object per line, keys in the order of
 the dataclass fields below. Writes are byte-reproducible: no file name or time stamp in the gzip header,
 compact separators, floats as Python prints them. Units: bytes, FLOPs, seconds.
 
 Line 1, the header (`TraceHeader`):
-  format "speed-sim-trace", version 2, model {config field: scalar | null}, decoder "sequential" | "speed",
+  format "speed-sim-trace", version 3, model {config field: scalar | null}, decoder "sequential" | "speed",
   dtype str, batch int >= 1, prompt_lens [int >= 0], max_new_tokens int >= 1, device str ("cpu", "cuda",
   "meta"), device_name str, torch_version str, code_revision str, flips {"source": str, ...} (where SPEED's
   changed predictions came from: "model", an oracle's description, or "none"), weights {tensor id (parameter
@@ -15,14 +15,19 @@ Line 1, the header (`TraceHeader`):
   command str (the command line that produced the trace), extra {...} (free-form; optional, default {}).
 Then records, each with a "type" key first:
   "op" (`OpRecord`), one executed aten op: i (int: 0-based, = the number of op records before it), stage (int),
-  group, depth, layer (int >= 0 or null: layer group, depth, layer within the group), rows (int >= 0), module
-  (str, "" for top level), op (str, e.g. "aten.mm.default"), in_shapes [[int]], in_dtypes [str], out_shapes
-  [[int]], out_dtypes [str], flops, weight_bytes, act_read_bytes, act_write_bytes, kv_read_bytes,
-  kv_write_bytes (int >= 0), weights [weight id] (each a key of header.weights), deps [int >= 1] (the earlier
-  ops of the same stage that this op must follow, as distances back: 1 = the op just before; from the memory
-  each op reads and writes: read after write, write after read, write after write; version 2 only; version 1
-  ops read as deps null, meaning program order), duration_s (float >= 0 or null; non-null in a measured
-  trace). Distances, not indices, so that an op repeated from stage to stage writes the same line.
+  group, depth, layer (int >= 0 or null: layer group, depth, layer within the group), seq (int >= 0 or null:
+  the sequence of the batch the op works on alone, as its KV cache slice or its encoder / prefill stage; null
+  for an op over rows of several sequences), rows (int >= 0), module (str, "" for top level: for people and
+  timelines only, the simulator never reads it), kind (str: the kernel class, one of
+  `sim.opkinds.KERNEL_CLASSES`), op (str, e.g. "aten.mm.default"), in_shapes [[int]], in_dtypes [str],
+  out_shapes [[int]], out_dtypes [str], flops, weight_bytes, act_read_bytes, act_write_bytes, kv_read_bytes,
+  kv_write_bytes (int >= 0), weights [weight id] (each a key of header.weights), kv [cache item id] (the KV
+  cache slices the op reads: "kv:SEQ:DEPTH" for the self-attention cache of one sequence at one depth,
+  "xkv:SEQ:LAYER" for its cross-attention keys and values of one shared layer; kv_read_bytes are split evenly
+  between them), deps [int >= 1] (the earlier ops of the same stage that this op must follow, as distances
+  back: 1 = the op just before; from the memory each op reads and writes: read after write, write after read,
+  write after write), duration_s (float >= 0 or null; non-null in a measured trace). Distances, not indices,
+  so that an op repeated from stage to stage writes the same line.
   "stage" (`StageRecord`), written after the ops of its stage: stage (int, strictly increasing through the
   file), kind "encoder" | "prefill" | "decode" | "speed", rows [[seq, position, exit]] (the rows run: the
   position of each row's input token and the exit, 1..G, it reached this stage; a sequential decode step runs
@@ -30,6 +35,21 @@ Then records, each with a "type" key first:
   wall_s (float >= 0 or null: measured wall time of the stage).
   "end", the last line, exactly once: ops (number of op records), stages (number of stage records).
 Ops belong to the stage record that follows them: previous stage record's index < op.stage <= next one's.
+
+What the capture relies on (reference.capture.tracing; tests/test_tracing.py fails when the model drifts from
+it): the decoder's blocks are modules named `blocks.L` (`encoder.blocks.L` for the encoder), so an op inside
+one has layer L; norms are `RMSNorm` modules (kind "norm" for the ops inside them); the LM head is the model's
+`head` method (kind "lm_head" for its product); per-row attention reads a view of the KV cache tensor
+`[depth, seq, ...]` (cross: `[layer, seq, ...]`), whose storage offset gives depth (layer) and sequence.
+
+Older versions
+--------------
+Version 2 has no seq, kind or kv; version 1 has no deps either (its ops read as deps null: program order).
+Their captures followed naming rules instead, which the reader applies once, here: kind from the module (a
+product in module "head" is the LM head; ops in a module whose name ends in "norm" are norm kernels), and
+`read_trace` derives each KV read's sequence from the stage records (the r-th self-attention op of a layer
+belongs to the stage's r-th row, the j-th cross-attention op to its j-th sequence; prefill and encoder stages
+run one sequence each, in order). Streamed with `iter_records`, such ops have seq null and kv keyed by depth.
 
 Error policy
 ------------
@@ -62,9 +82,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sim.opkinds import KERNEL_CLASSES, kernel_class
+
 TRACE_FORMAT = "speed-sim-trace"
-TRACE_VERSION = 2
-READS_VERSIONS = (1, 2)  # version 1: no deps
+TRACE_VERSION = 3
+READS_VERSIONS = (1, 2, 3)  # version 2: no seq, kind, kv; version 1: no deps either
 DECODERS = ("sequential", "speed")
 STAGE_KINDS = ("encoder", "prefill", "decode", "speed")
 
@@ -117,8 +139,10 @@ class OpRecord:
     group: int | None
     depth: int | None
     layer: int | None
+    seq: int | None
     rows: int
     module: str
+    kind: str  # kernel class (sim.opkinds.KERNEL_CLASSES)
     op: str
     in_shapes: list[list[int]]
     in_dtypes: list[str]
@@ -131,6 +155,7 @@ class OpRecord:
     kv_read_bytes: int
     kv_write_bytes: int
     weights: list[str]
+    kv: list[str]  # KV cache items read: "kv:SEQ:DEPTH", "xkv:SEQ:LAYER"
     deps: list[int] | None = None  # distances back to the ops of this stage it must follow; None: program order
     duration_s: float | None = None
 
@@ -290,20 +315,22 @@ _HEADER: dict[str, tuple[Check, str]] = {
     "measured": (lambda v: type(v) is bool, "true or false"), "command": _STR, "extra": _OBJECT,
 }
 _OP: dict[str, tuple[Check, str]] = {
-    "i": _NAT, "stage": _NAT, "group": _OPT_NAT, "depth": _OPT_NAT, "layer": _OPT_NAT, "rows": _NAT,
-    "module": _STR, "op": _STR, "in_shapes": _SHAPES, "in_dtypes": _STRS, "out_shapes": _SHAPES, "out_dtypes": _STRS,
+    "i": _NAT, "stage": _NAT, "group": _OPT_NAT, "depth": _OPT_NAT, "layer": _OPT_NAT, "seq": _OPT_NAT, "rows": _NAT,
+    "module": _STR, "kind": (lambda v: v in KERNEL_CLASSES, f"one of {KERNEL_CLASSES}"), "op": _STR,
+    "in_shapes": _SHAPES, "in_dtypes": _STRS, "out_shapes": _SHAPES, "out_dtypes": _STRS,
     "flops": _NAT, "weight_bytes": _NAT, "act_read_bytes": _NAT, "act_write_bytes": _NAT, "kv_read_bytes": _NAT,
-    "kv_write_bytes": _NAT, "weights": _STRS,
+    "kv_write_bytes": _NAT, "weights": _STRS, "kv": _STRS,
     "deps": (lambda v: type(v) is list and all(type(x) is int and x >= 1 for x in v), "a list of integers >= 1"),
     "duration_s": _SECONDS,
 }
-_OP_V1 = {k: v for k, v in _OP.items() if k != "deps"}
+_OP_V2 = {k: v for k, v in _OP.items() if k not in ("seq", "kind", "kv")}
+_OP_V1 = {k: v for k, v in _OP_V2.items() if k != "deps"}
 _STAGE: dict[str, tuple[Check, str]] = {
     "stage": _NAT, "kind": (lambda v: v in STAGE_KINDS, f"one of {STAGE_KINDS}"), "rows": _TRIPLES,
     "commits": _TRIPLES, "flushes": _TRIPLES, "wall_s": _SECONDS,
 }
 _END: dict[str, tuple[Check, str]] = {"ops": _NAT, "stages": _NAT}
-_GETTERS = {id(schema): operator.itemgetter(*schema) for schema in (_HEADER, _OP, _OP_V1, _STAGE, _END)}
+_GETTERS = {id(schema): operator.itemgetter(*schema) for schema in (_HEADER, _OP, _OP_V2, _OP_V1, _STAGE, _END)}
 _MISSING = object()
 
 
@@ -352,15 +379,71 @@ def _parse(path: PathLike, line: int, data: bytes) -> dict[str, Any]:
 
 
 _OP_PREFIX = b'{"type":"op","i":'
-_OP_SCHEMAS = {2: _OP, 1: _OP_V1}  # version -> op schema
+_OP_SCHEMAS = {3: _OP, 2: _OP_V2, 1: _OP_V1}  # version -> op schema
 _OP_REST = {v: {k: c for k, c in schema.items() if k not in ("i", "stage")} for v, schema in _OP_SCHEMAS.items()}
 for _schema in _OP_REST.values():
     _GETTERS[id(_schema)] = operator.itemgetter(*_schema)
 
 
+def legacy_kind(op: str, module: str) -> str:
+    """The kernel class of a version 1 or 2 op, by the naming rules of the capture that wrote it."""
+    role = "head" if module == "head" else "norm" if module.endswith("norm") else None
+    return kernel_class(op, role)
+
+
+def _legacy_kv_item(module: str, depth: int | None, layer: int | None, seq: int | None) -> str:
+    """The KV item a version 1 or 2 op reads: cross-attention ran in modules named "*cross_attn"."""
+    who = "?" if seq is None else seq
+    return f"xkv:{who}:{layer}" if module.endswith("cross_attn") else f"kv:{who}:{depth}"
+
+
+def _legacy_sequences(trace: Trace) -> None:
+    """Version 1 and 2 ops: the sequence of each one-sequence stage's ops and of each KV read (module docstring,
+    "Older versions"), and their KV items keyed by it."""
+    groups = trace.header.model.get("n_groups")
+    nd = trace.header.model.get("n_unique_layers")
+    encoders = prefills = 0
+    for stage in trace.stages:
+        ops = trace.ops_of_stage(stage.stage)
+        if stage.kind in ("encoder", "prefill"):  # one sequence each, in order (a prefill after its encoder)
+            encoders += stage.kind == "encoder"
+            seq = encoders - 1 if stage.kind == "encoder" or encoders else prefills
+            prefills += stage.kind == "prefill"
+            for op in ops:
+                op.seq = seq
+                if op.kv:
+                    op.kv = [_legacy_kv_item(op.module, op.depth, op.layer, seq)]
+            continue
+        seen: dict[tuple[str, int | None], int] = {}
+        for op in ops:
+            if not op.kv:
+                continue
+            j = seen.get((op.module, op.depth), 0)
+            seen[op.module, op.depth] = j + 1
+            if op.module.endswith("cross_attn"):  # one call per sequence of the stage's rows
+                pool = list(dict.fromkeys(r[0] for r in stage.rows))
+            elif stage.kind == "speed" and type(nd) is int and nd and type(groups) is int and op.depth is not None:
+                pool = [r[0] for r in stage.rows if r[2] == op.depth // nd + 1]  # rows at this op's group
+            else:  # a sequential step: every row at every group
+                pool = [r[0] for r in stage.rows]
+            if j < len(pool):
+                op.seq = pool[j]
+                op.kv = [_legacy_kv_item(op.module, op.depth, op.layer, op.seq)]
+
+
 def _op_values(values: tuple[Any, ...], version: int) -> tuple[Any, ...]:
-    """Validated op values in `OpRecord` field order: a version 1 op gets deps None (program order)."""
-    return values if version >= 2 else (*values[:-1], None, values[-1])
+    """Validated op values in `OpRecord` field order (version 3). An older op gets seq None, its kind by the
+    old naming rules, KV items keyed by depth (or module) alone, and, from version 1, deps None."""
+    if version >= 3:
+        return values
+    if version == 1:
+        values = (*values[:-1], None, values[-1])
+    # indexed from the end: the fast path's values lack i and stage. ... layer, rows, module, op, in_shapes,
+    # in_dtypes, out_shapes, out_dtypes, flops, weight_bytes, act_read, act_write, kv_read, kv_write, weights,
+    # deps, duration_s
+    layer, depth, module, op, kv_read = values[-17], values[-18], values[-15], values[-14], values[-5]
+    kv = [_legacy_kv_item(module, depth, layer, None)] if kv_read else []
+    return (*values[:-16], None, values[-16], module, legacy_kind(op, module), *values[-14:-2], kv, *values[-2:])
 
 
 def _plain_int(text: bytes) -> bool:
@@ -510,19 +593,25 @@ def read_trace(path: PathLike) -> Trace:
         if gc_was_enabled:
             gc.enable()
     assert isinstance(header, TraceHeader)
-    return Trace(header, ops, stages)
+    trace = Trace(header, ops, stages)
+    if header.version < 3:
+        _legacy_sequences(trace)
+    return trace
 
 
 def one_op_trace(op: str, module: str, in_shapes: list[list[int]], out_shape: list[int], dtype: str, flops: int,
-                 act_bytes: int, weight_bytes: int = 0, kv_read_bytes: int = 0, calls: int = 1) -> Trace:
+                 act_bytes: int, weight_bytes: int = 0, kv_read_bytes: int = 0, calls: int = 1,
+                 role: str | None = None) -> Trace:
     """A trace of `calls` back-to-back calls of `op` on the same tensors (a single-operator measurement or a
     microbenchmark as the simulator sees it; after the first call, what fits on chip is served there):
-    `act_bytes` split evenly between read and written; `weight_bytes` of one weight, `kv_read_bytes` of cache."""
+    `act_bytes` split evenly between read and written; `weight_bytes` of one weight, `kv_read_bytes` of cache;
+    `role` as in `sim.opkinds.kernel_class` ("norm" for a norm kernel)."""
     weights = {"B": {"bytes": weight_bytes, "shape": [weight_bytes // 2], "dtype": dtype}} if weight_bytes else {}
     head = TraceHeader(model={"name": "single op"}, decoder="sequential", dtype=dtype, batch=1, prompt_lens=[1],
                        max_new_tokens=1, device="meta", device_name="-", torch_version="-", code_revision="-",
                        flips={"source": "none"}, weights=weights, measured=False, command="one op")
-    records = [OpRecord(i, 0, None, None, None, out_shape[0], module, op, in_shapes, [dtype] * len(in_shapes),
-                        [out_shape], [dtype], flops, weight_bytes, act_bytes // 2, act_bytes - act_bytes // 2,
-                        kv_read_bytes, 0, ["B"] if weight_bytes else []) for i in range(calls)]
+    records = [OpRecord(i, 0, None, None, None, 0, out_shape[0], module, kernel_class(op, role), op, in_shapes,
+                        [dtype] * len(in_shapes), [out_shape], [dtype], flops, weight_bytes, act_bytes // 2,
+                        act_bytes - act_bytes // 2, kv_read_bytes, 0, ["B"] if weight_bytes else [],
+                        ["kv:0:0"] if kv_read_bytes else []) for i in range(calls)]
     return Trace(head, records, [StageRecord(0, "decode", [], [], [])])

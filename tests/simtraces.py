@@ -3,6 +3,7 @@
 from hypothesis import strategies as st
 
 from sim.hardware import parse
+from sim.opkinds import kernel_class
 from sim.trace import OpRecord, StageRecord, Trace, TraceHeader
 
 OPS = [("aten.linear.default", "blocks.0.attn.wq"), ("aten.linear.default", "head"),
@@ -24,8 +25,10 @@ def op(i: int, stage: int, name: str, module: str, flops: int, weight: int = 0, 
        deps: list[int] | None = None) -> OpRecord:
     k = max(1, flops // max(2 * m * n, 1))
     in_shapes = [[m, k], [n, k]] if "linear" in name else [[1, 4, m, 64], [1, 4, 8, 64]]
-    return OpRecord(i, stage, None, 0 if kv else None, 0, m, module, name, in_shapes, ["bfloat16"] * 2, [[m, n]],
-                    ["bfloat16"], flops, weight, act, act, kv, 0, list(weights), deps, duration_s)
+    kind = kernel_class(name, "head" if module == "head" else "norm" if module.endswith("norm") else None)
+    return OpRecord(i, stage, None, 0 if kv else None, 0, 0, m, module, kind, name, in_shapes, ["bfloat16"] * 2,
+                    [[m, n]], ["bfloat16"], flops, weight, act, act, kv, 0, list(weights), ["kv:0:0"] if kv else [],
+                    deps, duration_s)
 
 
 @st.composite
@@ -55,9 +58,10 @@ def hw_dict(**peak: float) -> dict:
                "dram_capacity_bytes": 80e9, "l2_capacity_bytes": 40e6, "l2_bandwidth_bytes_per_s": 6e12}
     figures.update(peak)
     sources = {f"peak.{k}": "test" for k in figures} | {f"host.{k}": "test" for k in
-                                                      ("launch_eager_s", "launch_graph_s", "kernel_min_s")}
+                                                      ("launch_eager_s", "launch_graph_s", "graph_kernel_gap_s",
+                                                       "kernel_min_s")}
     return {"name": "synthetic", "kind": "gpu", "peak": figures,
-            "host": {"launch_eager_s": 1e-5, "launch_graph_s": 1e-6, "kernel_min_s": 2e-6},
+            "host": {"launch_eager_s": 1e-5, "launch_graph_s": 1e-6, "graph_kernel_gap_s": 1e-6, "kernel_min_s": 2e-6},
             "efficiency": {"matrix": 0.7, "vector": 0.5, "dram": 0.85, "l2": 0.7}, "tile": {"m": 128, "n": 128},
             "sources": sources}
 
@@ -72,6 +76,6 @@ def hwconfigs(draw):
     for k in raw["efficiency"]:
         raw["efficiency"][k] = draw(st.floats(0.05, 1.0))
     raw["host"] = {"launch_eager_s": draw(st.floats(0, 1e-4)), "launch_graph_s": draw(st.floats(0, 1e-5)),
-                   "kernel_min_s": draw(st.floats(0, 1e-5))}
+                   "graph_kernel_gap_s": draw(st.floats(0, 1e-5)), "kernel_min_s": draw(st.floats(0, 1e-5))}
     raw["tile"] = {"m": draw(st.sampled_from([16, 64, 128])), "n": draw(st.sampled_from([32, 128, 256]))}
     return parse(raw, "synthetic.yaml")

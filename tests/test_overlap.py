@@ -93,7 +93,7 @@ def two_kernel_stage(first: str, second: str) -> Trace:
 
 def test_concurrent_transfers_share_dram_bandwidth():
     hw = parse(hw_dict(l2_capacity_bytes=0), "synthetic.yaml").with_overrides(
-        {"host.launch_graph_s": "0", "host.kernel_min_s": "0"})
+        {"host.launch_graph_s": "0", "host.graph_kernel_gap_s": "0", "host.kernel_min_s": "0"})
     both_memory = two_kernel_stage("memory", "memory")
     one, two = project(both_memory, hw, "graph"), project(both_memory, hw, "graph", streams=2)
     assert all(c.bound == "memory" for c in one.costs)

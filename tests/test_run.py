@@ -35,7 +35,7 @@ def test_set_and_launch(capsys):
               "data/traces/t5-base-4.sequential.bf16.b1.t128.jsonl.gz"])
     base = capsys.readouterr().out
     run.main(["--hw", "hwconfigs/a100.yaml", "--launch", "graph", "--trace",
-              "data/traces/t5-base-4.sequential.bf16.b1.t128.jsonl.gz", "--set", "host.launch_graph_s=0",
+              "data/traces/t5-base-4.sequential.bf16.b1.t128.jsonl.gz", "--set", "host.graph_kernel_gap_s=0",
               "--set", "host.kernel_min_s=0"])
     assert "graph launch" in base and capsys.readouterr().out != base
 

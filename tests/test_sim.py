@@ -12,7 +12,7 @@ from simtraces import OPS, header, hw_dict, hwconfigs, op, traces
 
 from sim.engine import breakdown, project
 from sim.hardware import HWCONFIG_DIR, load_hwconfig, parse
-from sim.trace import StageRecord, Trace
+from sim.trace import StageRecord, Trace, read_trace
 
 LAUNCHES = st.sampled_from(["eager", "graph"])
 
@@ -129,7 +129,22 @@ def test_sim_runs_where_torch_cannot_be_imported():
 
 
 def test_ops_of_every_kind_get_a_class():
-    from sim.kernels import classify
+    from sim.kernels import kernel_of
 
-    assert {classify(op(0, 0, name, module, 1)) for name, module in OPS} == {
+    assert {kernel_of(op(0, 0, name, module, 1), 128, 128).cls for name, module in OPS} == {
         "matmul", "lm_head", "attention", "elementwise", "norm", "gather", "memset", "reduction"}
+
+
+def test_kv_reads_at_batch_8_are_charged_per_sequence():
+    """Each sequence has its own KV cache slice at each depth: with an on-chip cache that holds two slices but
+    not a stage's worth, every KV byte an attention kernel reads comes from DRAM (keyed by depth alone, the
+    second sequence's read at a depth was served on chip)."""
+    trace = read_trace("data/measured/h200/t5-base-4x3.speed.bf16.b8.t128.jsonl.gz")
+    largest = max(op.kv_read_bytes for op in trace.ops)
+    hw = load_hwconfig(HWCONFIG_DIR / "h200.yaml").with_overrides({"peak.l2_capacity_bytes": str(2 * largest)})
+    p = project(trace, hw)
+    attention = [(k, dram) for k, dram in zip(p.kernels, p.dram_bytes) if k.cls == "attention" and k.kv_read_bytes]
+    assert len(attention) > 1000
+    assert sum(dram for _, dram in attention) == sum(k.kv_read_bytes for k, _ in attention)
+    seqs = {op.seq for op in trace.ops if op.kv_read_bytes and trace.header.batch == 8}
+    assert seqs == set(range(8))  # the legacy (version 1) trace's sequences, derived from its stage records

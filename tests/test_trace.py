@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sim.opkinds import KERNEL_CLASSES
 from sim.trace import OpRecord, StageRecord, Trace, TraceError, TraceHeader, TraceWriter, iter_records, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +37,11 @@ def make_header(measured: bool = False) -> TraceHeader:
 
 
 def make_op(i: int, stage: int, measured: bool = False, weight: str = "blocks.0.attn.wq.weight") -> OpRecord:
-    return OpRecord(i=i, stage=stage, group=0, depth=i % 2, layer=0, rows=3, module="blocks.0.attn.wq",
-                    op="aten.mm.default", in_shapes=[[3, 32], [32, 32]], in_dtypes=["bfloat16", "bfloat16"],
+    return OpRecord(i=i, stage=stage, group=0, depth=i % 2, layer=0, seq=None, rows=3, module="blocks.0.attn.wq",
+                    kind="matmul", op="aten.mm.default", in_shapes=[[3, 32], [32, 32]],
+                    in_dtypes=["bfloat16", "bfloat16"],
                     out_shapes=[[3, 32]], out_dtypes=["bfloat16"], flops=2 * 3 * 32 * 32, weight_bytes=2048,
-                    act_read_bytes=192, act_write_bytes=192, kv_read_bytes=0, kv_write_bytes=0, weights=[weight],
+                    act_read_bytes=192, act_write_bytes=192, kv_read_bytes=0, kv_write_bytes=0, weights=[weight], kv=[],
                     deps=[1] if i % 4 else [], duration_s=1.5e-05 * (i + 1) if measured else None)
 
 
@@ -126,11 +128,12 @@ names = st.text(max_size=20)
 nat = st.integers(0, 1 << 60)
 opt = st.none() | st.integers(0, 100)
 op_records = st.builds(
-    OpRecord, i=st.just(0), stage=st.integers(0, 3), group=opt, depth=opt, layer=opt, rows=st.integers(0, 4096),
-    module=names, op=names, in_shapes=shapes, in_dtypes=st.lists(names, max_size=4), out_shapes=shapes,
+    OpRecord, i=st.just(0), stage=st.integers(0, 3), group=opt, depth=opt, layer=opt, seq=opt,
+    rows=st.integers(0, 4096), module=names, kind=st.sampled_from(KERNEL_CLASSES), op=names, in_shapes=shapes,
+    in_dtypes=st.lists(names, max_size=4), out_shapes=shapes,
     out_dtypes=st.lists(names, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
     kv_read_bytes=nat, kv_write_bytes=nat, weights=st.lists(st.sampled_from(sorted(WEIGHTS)), max_size=3),
-    deps=st.lists(st.integers(1, 4), max_size=3),
+    kv=st.lists(names, max_size=2), deps=st.lists(st.integers(1, 4), max_size=3),
     duration_s=st.none() | st.floats(0, 1e3, allow_nan=False, allow_infinity=False))
 triples = st.lists(st.lists(st.integers(0, 1 << 31), min_size=3, max_size=3), max_size=4)
 kinds = st.sampled_from(["encoder", "prefill", "decode", "speed"])
@@ -179,7 +182,7 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
 
 
 @pytest.mark.parametrize("line, field, change, text", [
-    (1, "version", lambda h: h.update(version=3), "unsupported version 3"),
+    (1, "version", lambda h: h.update(version=4), "unsupported version 4"),
     (1, "format", lambda h: h.update(format="other-trace"), "expected 'speed-sim-trace'"),
     (1, "format", lambda h: h.pop("format"), ""),
     (1, "batch", lambda h: h.update(batch=0), "expected an integer >= 1, got 0"),
@@ -201,6 +204,8 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
     (3, "deps", lambda op: op.update(deps=[2]), "reaches 2 ops back, but only 1 ops of its stage"),
     (7, "deps", lambda op: op.update(deps=[1]), "reaches 1 ops back, but only 0"),
     (6, "kind", lambda s: s.update(kind="verify"), ""),
+    (3, "kind", lambda op: op.update(kind="gemm"), "expected one of"),
+    (3, "kv", lambda op: op.pop("kv"), "missing"),
     (6, "rows", lambda s: s.update(rows=[[0, 1]]), ""),
     (6, "wall_s", lambda s: s.update(wall_s="1"), ""),
     (7, "stage", lambda op: op.update(stage=0), "expected > 0 (the previous stage record)"),
@@ -217,10 +222,16 @@ def test_version_1_reads_as_program_order(tmp_path: Path) -> None:
     lines = lines_of(path)
     lines[0]["version"] = 1
     for rec in lines:
-        rec.pop("deps", None)
+        if rec.get("type") == "op":
+            for name in ("deps", "seq", "kind", "kv"):
+                del rec[name]
     old = read_trace(rewrite(path, lines))
     assert old.header.version == 1 and all(op.deps is None for op in old.ops)
-    assert [dataclasses.replace(op, deps=None) for op in make_trace().ops] == old.ops
+    # kind from the module by the old naming rules; a prefill stage runs one sequence: the first
+    expected = make_trace()
+    prefill = {s.stage for s in expected.stages if s.kind == "prefill"}
+    assert [dataclasses.replace(op, deps=None, seq=0 if op.stage in prefill else None)
+            for op in expected.ops] == old.ops
     lines[2]["deps"] = []  # version 1 has no such field
     expect_error(rewrite(path, lines), 3, "deps", "unknown field")
 

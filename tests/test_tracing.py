@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from reference.capture import tracing
+from reference.capture.opcapture import OpCapture
 from reference.config import ModelConfig, get_preset
 from reference.model import SharedDecoder
 from sim.defaults import DEFAULT_TRACES
@@ -18,7 +19,7 @@ from sim.trace import read_trace
 
 
 def traced(model, decoder="speed", tokens=6, flips="0.3,0.2", prompt=(3, 4, 5), source=None):
-    capture = tracing.OpCapture(model)
+    capture = OpCapture(model)
     predictor = tracing.flip_oracle(model.config, flips if model.config.n_groups > 1 else None)
     with capture.attached():
         tracing.run_decoder(model, decoder, [list(prompt)], tokens, source, predictor, observer=capture)
@@ -142,3 +143,44 @@ def test_bad_requests_are_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match="needs 2 rates, got 1"):
         tracing.capture_trace("tiny-2x3", "speed", 4, tmp_path / "x.jsonl.gz", flips="0.1")
     assert not list(Path(tmp_path).iterdir())
+
+
+def test_the_trace_contract_kind_sequence_and_kv_items():
+    """Version 3: every op carries its kernel class, which agrees with the naming rules the old versions relied
+    on (so the model's names still mean what the capture says); per-row attention names the sequence and depth
+    of the KV slice it reads; an op over the rows of several sequences has no sequence."""
+    from sim.trace import legacy_kind
+
+    model = SharedDecoder(get_preset("tiny-t5-2x3"), dtype=torch.float32)
+    capture = OpCapture(model)
+    sources = [[5, 6, 7], [8, 9]]
+    with capture.attached():
+        tracing.run_decoder(model, "speed", [[0], [0]], 5, sources, tracing.flip_oracle(model.config, "0.3,0.2"),
+                            observer=capture)
+    nd = model.config.n_unique_layers
+    assert {op.kind for op in capture.ops} >= {"matmul", "lm_head", "attention", "norm", "gather", "elementwise"}
+    for op in capture.ops:
+        assert op.kind == legacy_kind(op.op, op.module), op
+        if op.kind == "attention" and op.kv_read_bytes:
+            assert len(op.kv) == 1 and op.seq in (0, 1)
+            prefix, seq, where = op.kv[0].split(":")
+            assert int(seq) == op.seq
+            if prefix == "kv":  # self-attention: its own depth
+                assert int(where) == op.depth and op.depth // nd == op.group
+            else:  # cross-attention: the encoder keys of its shared layer
+                assert prefix == "xkv" and int(where) == op.layer
+        stage_seqs = {r[0] for r in capture.stages[op.stage].rows}
+        if op.module == "blocks.0.attn.wq" and capture.stages[op.stage].kind == "speed":
+            # rows of both sequences in one product: no sequence; a stage of one sequence's rows: that one
+            assert op.seq == (None if len(stage_seqs) > 1 else next(iter(stage_seqs)))
+    # an encoder stage runs one sequence (the cache allocated before the first stage belongs to none)
+    assert {op.seq for op in capture.ops if capture.stages[op.stage].kind == "encoder"
+            and op.module != "kv_cache"} == {0, 1}
+
+
+def test_the_capture_refuses_a_model_whose_names_drifted():
+    model = SharedDecoder(get_preset("tiny-2x3"), dtype=torch.float32)
+    model.layers = model.blocks  # a rename the capture's rules would not see
+    del model.blocks
+    with pytest.raises(RuntimeError, match=r"no longer match the model.*blocks\.0"):
+        OpCapture(model).attached().__enter__()

@@ -142,8 +142,8 @@ def test_a_resumed_run_is_the_same_run(data, tmp_path):
 
 @pytest.mark.parametrize("preset", ["code-2x6", "code-4x3"])
 def test_trained_early_exits_agree_with_the_last_far_more_than_random_ones(preset):
-    """The committed checkpoints (python -m reference.experiments.train --family). The random baseline is the model's own
-    init, the random models of the decoding tests; a model fresh from the training init is none: its tiny
+    """The committed checkpoints (python -m reference.experiments.train --family). The random baseline is the model's
+    own init, the random models of the decoding tests; a model fresh from the training init is none: its tiny
     residual branches leave every exit echoing the input token, so its exits agree trivially."""
     model, tokenizer, _ = train.load_checkpoint(train.ROOT / "data" / "trained" / f"{preset}.safetensors")
     corpus = load_corpus()

@@ -1,5 +1,5 @@
-"""sim.fitting.validate and sim.fitting.calibrate: known errors are reported as known, fits recover what made the data, and
-traces that cannot be validated are refused clearly."""
+"""sim.fitting.validate and sim.fitting.calibrate: known errors are reported as known, fits recover what made the data,
+and traces that cannot be validated are refused clearly."""
 
 import dataclasses
 
@@ -110,7 +110,7 @@ def test_calibration_recovers_the_figures_that_made_the_measurements():
     measured = calibrate.peaks_from_microbench(synthetic_microbench(truth))
     assert measured["dram_bandwidth_bytes_per_s"] == pytest.approx(2e12 * 0.85, rel=0.05)
     assert measured["matrix_flops_per_s"]["bfloat16"] == pytest.approx(300e12 * 0.7, rel=0.05)
-    assert measured["kernel_min_s"] == 1.5e-6 and measured["launch_graph_s"] == pytest.approx(0.5e-6)
+    assert measured["kernel_min_s"] == 1.5e-6 and measured["graph_kernel_gap_s"] == pytest.approx(0.5e-6)
     _, report = calibrate.calibrate(truth, synthetic_microbench(truth), [], "synthetic.json")
     assert report["efficiency"]["dram"] == pytest.approx(0.85, rel=0.05)
     assert report["efficiency"]["matrix"] == pytest.approx(0.7, rel=0.05)

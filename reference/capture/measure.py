@@ -32,6 +32,7 @@ from torch.autograd import DeviceType
 from tqdm import tqdm
 
 from reference.capture import tracing
+from reference.capture.opcapture import OpCapture
 from reference.config import get_preset
 from reference.model import SharedDecoder
 from reference.pipeline import Row
@@ -90,7 +91,7 @@ class _Profiled:
         return found
 
 
-def deflate_host_times(capture: tracing.OpCapture) -> list[float]:
+def deflate_host_times(capture: OpCapture) -> list[float]:
     """On a cpu, op times are host-clock times taken under the capture, whose own work slows every op down
     (their sum exceeds the stage's untraced wall time). Scale each stage's op times to its wall time where
     they exceed it; return the factors."""
@@ -153,7 +154,7 @@ class Job:
 
     def op_run(self, dev: torch.device) -> None:
         profiled = _Profiled() if dev.type == "cuda" else None
-        self.capture = tracing.OpCapture(self.model, timer="host", annotate=profiled and profiled.annotate)
+        self.capture = OpCapture(self.model, timer="host", annotate=profiled and profiled.annotate)
         if profiled is not None:
             with profiled.profiler, self.capture.attached():
                 self.run(self.capture)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -79,21 +80,21 @@ def _repeat_for(seconds_guess: float, budget_s: float = 0.02) -> int:
     return int(max(3, min(200, budget_s / max(seconds_guess, 1e-7))))
 
 
-def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32"), quick: bool = False,
-                        progress: bool = True) -> dict[str, Any]:
-    """Measure every resource of `device` ("cpu" or "cuda"); `quick` uses fewer and smaller sizes."""
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    timer = Timer(dev, trials=3 if quick else 5)
-    gen = torch.Generator(device=dev).manual_seed(0)
-    out: dict[str, Any] = {"device": device, "device_name": torch.cuda.get_device_name(dev) if cuda else
-                           f"cpu ({torch.get_num_threads()} threads)", "torch_version": torch.__version__,
-                           "threads": torch.get_num_threads(),
-                           "copy": [], "gemm": [], "elementwise": [], "attention": []}
+# (heads, head_dim) of the decode-attention benchmark: a small and a large model
+_ATTENTION_HEADS = ((12, 64), (32, 128))
 
-    def rand(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, device=dev, dtype=torch.float32).to(dtype)
 
+class _Sizes(NamedTuple):
+    """What each microbenchmark sweeps on one device."""
+
+    copy: list[int]  # bytes
+    gemm: list[tuple[int, int, int]]  # (m, n, k): large (peak rate), then decode shapes (GEMV, memory-bound)
+    elementwise: list[int]  # elements
+    attention: list[int]  # key lengths
+
+
+def _sizes(cuda: bool, quick: bool) -> _Sizes:
+    """The sweep: larger on cuda, fewer and smaller sizes when `quick`."""
     max_copy = (2 << 30) if cuda else (256 << 20 if quick else 1 << 30)
     copy_sizes = [1 << s for s in range(16, max_copy.bit_length()) if (1 << s) <= max_copy][:: 2 if quick else 1]
     gemm_shapes = [(4096, 4096, 4096), (8192, 8192, 8192)] if cuda else [(512, 512, 512), (1024, 1024, 1024)]
@@ -103,63 +104,103 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
         gemv_shapes = gemv_shapes[::2]
     elem_sizes = [1 << s for s in (20, 24, 27)] if cuda else [1 << s for s in (16, 20, 24)]
     attn_lengths = [128, 512, 2048] if not quick else [128, 1024]
-    steps = len(copy_sizes) + len(dtypes) * (len(gemm_shapes) + len(gemv_shapes) + len(elem_sizes) + 2 * len(
-        attn_lengths)) + 3
-    bar = tqdm(total=steps, desc=f"microbenchmarks on {out['device_name']}", disable=not progress)
+    return _Sizes(copy_sizes, gemm_shapes + gemv_shapes, elem_sizes, attn_lengths)
 
-    for size in copy_sizes:  # bytes copied; rotate buffers so sizes past the cache really stream from memory
+
+@dataclass
+class _Bench:
+    """What every microbenchmark shares: the device, its timer, seeded random inputs and the progress bar."""
+
+    dev: torch.device
+    timer: Timer
+    gen: torch.Generator
+    bar: tqdm
+
+    @property
+    def cuda(self) -> bool:
+        """Whether the device is a GPU (device timing, larger sizes)."""
+        return self.dev.type == "cuda"
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal values (never zeros), drawn in float32 and cast to `dtype`."""
+        return torch.randn(*shape, generator=self.gen, device=self.dev, dtype=torch.float32).to(dtype)
+
+
+def _bench_copy(b: _Bench, sizes: list[int]) -> list[dict[str, Any]]:
+    """Streaming copy bandwidth per size in bytes."""
+    results = []
+    for size in sizes:  # rotate buffers so sizes past the cache really stream from memory
         n = size // 4
         copies = max(1, min(8, (256 << 20) // size)) if size < (64 << 20) else 2
-        src = [rand(n) for _ in range(copies)]
+        src = [b.rand(n) for _ in range(copies)]
         dst = [torch.empty_like(s) for s in src]
         copy = cycling(lambda d, s: d.copy_(s), dst, src)
-        seconds = timer(copy, _repeat_for(2 * size / (2e12 if cuda else 2e10)))
-        out["copy"].append({"bytes": size, "seconds": seconds, "bytes_moved": 2 * size})
-        bar.update()
+        seconds = b.timer(copy, _repeat_for(2 * size / (2e12 if b.cuda else 2e10)))
+        results.append({"bytes": size, "seconds": seconds, "bytes_moved": 2 * size})
+        b.bar.update()
+    return results
 
-    for dtype_name in dtypes:
-        dtype = getattr(torch, dtype_name)
-        for m, n, k in gemm_shapes + gemv_shapes:
-            count = max(1, min(6, (512 << 20) // (2 * n * k * 2)))  # rotate weights past the cache
-            mm = cycling(torch.mm, [rand(m, k, dtype=dtype) for _ in range(count)],
-                         [rand(k, n, dtype=dtype) for _ in range(count)])
-            seconds = timer(mm, _repeat_for(2 * m * n * k / (5e14 if cuda else 5e11) + 2 * n * k / 2e12))
-            out["gemm"].append({"m": m, "n": n, "k": k, "dtype": dtype_name, "seconds": seconds})
-            bar.update()
 
-    for dtype_name in dtypes:  # per dtype: calibration uses those of the traces it fits
-        dtype = getattr(torch, dtype_name)
-        for numel in elem_sizes:
-            x, y, z = rand(numel, dtype=dtype), rand(numel, dtype=dtype), torch.empty(numel, dtype=dtype, device=dev)
-            # into a preallocated output: a cpu would otherwise map fresh pages for every large result
-            seconds = timer(lambda x=x, y=y, z=z: torch.mul(x, y, out=z),
-                            _repeat_for(3 * numel * 2 / (2e12 if cuda else 2e10)))
-            out["elementwise"].append({"numel": numel, "dtype": dtype_name, "seconds": seconds})
-            bar.update()
-        for heads, head_dim in ((12, 64), (32, 128)):
-            for length in attn_lengths:
-                # 4-D, as the decoder passes them: PyTorch's fused attention kernels take only 4-D inputs
-                q = rand(1, heads, 1, head_dim, dtype=dtype)
-                k, v = (rand(1, heads, length, head_dim, dtype=dtype) for _ in range(2))
-                seconds = timer(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), 50)
-                out["attention"].append({"heads": heads, "length": length, "head_dim": head_dim,
-                                         "dtype": dtype_name, "query_shape": list(q.shape), "seconds": seconds})
-                bar.update()
+def _bench_gemm(b: _Bench, dtype_name: str, shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
+    """Seconds per (m, k) x (k, n) matrix product in `dtype_name`, per shape."""
+    dtype = getattr(torch, dtype_name)
+    results = []
+    for m, n, k in shapes:
+        count = max(1, min(6, (512 << 20) // (2 * n * k * 2)))  # rotate weights past the cache
+        mm = cycling(torch.mm, [b.rand(m, k, dtype=dtype) for _ in range(count)],
+                     [b.rand(k, n, dtype=dtype) for _ in range(count)])
+        seconds = b.timer(mm, _repeat_for(2 * m * n * k / (5e14 if b.cuda else 5e11) + 2 * n * k / 2e12))
+        results.append({"m": m, "n": n, "k": k, "dtype": dtype_name, "seconds": seconds})
+        b.bar.update()
+    return results
 
-    tiny = rand(1)
+
+def _bench_elementwise(b: _Bench, dtype_name: str, sizes: list[int]) -> list[dict[str, Any]]:
+    """Seconds per elementwise multiply of two tensors of `dtype_name`, per element count."""
+    dtype = getattr(torch, dtype_name)
+    results = []
+    for numel in sizes:
+        x, y, z = b.rand(numel, dtype=dtype), b.rand(numel, dtype=dtype), torch.empty(numel, dtype=dtype, device=b.dev)
+        # into a preallocated output: a cpu would otherwise map fresh pages for every large result
+        seconds = b.timer(lambda x=x, y=y, z=z: torch.mul(x, y, out=z),
+                          _repeat_for(3 * numel * 2 / (2e12 if b.cuda else 2e10)))
+        results.append({"numel": numel, "dtype": dtype_name, "seconds": seconds})
+        b.bar.update()
+    return results
+
+
+def _bench_attention(b: _Bench, dtype_name: str, lengths: list[int]) -> list[dict[str, Any]]:
+    """Seconds per decode attention (one query row over `length` keys) in `dtype_name`, per head shape and length."""
+    dtype = getattr(torch, dtype_name)
+    results = []
+    for heads, head_dim in _ATTENTION_HEADS:
+        for length in lengths:
+            # 4-D, as the decoder passes them: PyTorch's fused attention kernels take only 4-D inputs
+            q = b.rand(1, heads, 1, head_dim, dtype=dtype)
+            k, v = (b.rand(1, heads, length, head_dim, dtype=dtype) for _ in range(2))
+            seconds = b.timer(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), 50)
+            results.append({"heads": heads, "length": length, "head_dim": head_dim,
+                            "dtype": dtype_name, "query_shape": list(q.shape), "seconds": seconds})
+            b.bar.update()
+    return results
+
+
+def _bench_launch(b: _Bench) -> dict[str, float]:
+    """Host time per eager op, and device time per tiny kernel: alone (kernel_min) and as a graph node."""
+    tiny = b.rand(1)
     # host cost per eager op: the device keeps up with tiny kernels, so the host paces the loop
     n_ops = 2000
-    if cuda:
+    if b.cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n_ops):
         tiny.add_(1.0)
-    if cuda:
+    if b.cuda:
         torch.cuda.synchronize()
-    out["launch_eager_s"] = (time.perf_counter() - t0) / n_ops
-    bar.update()
-    if cuda:  # the same tiny kernel as a graph: per-kernel device time plus the graph's per-node gap
-        out["graph_per_kernel_s"] = timer(lambda: tiny.add_(1.0), 1000)
+    out = {"launch_eager_s": (time.perf_counter() - t0) / n_ops}
+    b.bar.update()
+    if b.cuda:  # the same tiny kernel as a graph: per-kernel device time plus the graph's per-node gap
+        out["graph_per_kernel_s"] = b.timer(lambda: tiny.add_(1.0), 1000)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(200):
                 tiny.add_(1.0)
@@ -167,9 +208,35 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
         kernels = [e.device_time_total * 1e-6 for e in prof.events() if e.device_time_total > 0 and "add" in e.name]
         out["kernel_min_s"] = statistics.median(kernels) if kernels else out["graph_per_kernel_s"]
     else:
-        out["graph_per_kernel_s"] = out["kernel_min_s"] = timer(lambda: tiny.add_(1.0), 2000)
-    bar.update(2)
-    bar.close()
+        out["graph_per_kernel_s"] = out["kernel_min_s"] = b.timer(lambda: tiny.add_(1.0), 2000)
+    b.bar.update(2)
+    return out
+
+
+def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32"), quick: bool = False,
+                        progress: bool = True) -> dict[str, Any]:
+    """Measure every resource of `device` ("cpu" or "cuda"); `quick` uses fewer and smaller sizes."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    timer = Timer(dev, trials=3 if quick else 5)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    out: dict[str, Any] = {"device": device, "device_name": torch.cuda.get_device_name(dev) if cuda else
+                           f"cpu ({torch.get_num_threads()} threads)", "torch_version": torch.__version__,
+                           "threads": torch.get_num_threads()}
+    sizes = _sizes(cuda, quick)
+    per_dtype = len(sizes.gemm) + len(sizes.elementwise) + len(_ATTENTION_HEADS) * len(sizes.attention)
+    steps = len(sizes.copy) + len(dtypes) * per_dtype + 3  # 3: launch, kernel_min and graph_gap
+    bar = tqdm(total=steps, desc=f"microbenchmarks on {out['device_name']}", disable=not progress)
+    b = _Bench(dev, timer, gen, bar)
+    # the order of the draws from `gen` (copy, every gemm, then elementwise and attention per dtype) fixes the inputs
+    out["copy"] = _bench_copy(b, sizes.copy)
+    out["gemm"] = [r for dtype_name in dtypes for r in _bench_gemm(b, dtype_name, sizes.gemm)]
+    out["elementwise"], out["attention"] = [], []
+    for dtype_name in dtypes:  # per dtype: calibration uses those of the traces it fits
+        out["elementwise"] += _bench_elementwise(b, dtype_name, sizes.elementwise)
+        out["attention"] += _bench_attention(b, dtype_name, sizes.attention)
+    out.update(_bench_launch(b))
+    b.bar.close()
     return out
 
 

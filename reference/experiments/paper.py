@@ -1,6 +1,6 @@
-"""The paper's experiments on the trained code-* family (reference.experiments.train): held-out loss and next-token accuracy at
-every exit, flip rates between consecutive group exits (Figure 4), CPU latency of sequential and SPEED greedy
-decoding against accuracy (Figure 3), and a check that SPEED's output is sequential decoding's on every prompt.
+"""The paper's experiments on the trained code-* family (reference.experiments.train): held-out loss and next-token
+accuracy at every exit, flip rates between consecutive group exits (Figure 4), CPU latency of sequential and SPEED
+greedy decoding against accuracy (Figure 3), and a check that SPEED's output is sequential decoding's on every prompt.
 
     python -m reference.experiments.paper                    # every checkpoint in data/trained, a few minutes
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from reference import decode
-from reference.experiments.corpus import load_corpus
+from reference.experiments.corpus import Corpus, load_corpus
 from reference.experiments.speedup import heldout_prompts
 from reference.experiments.train import FAMILY, ROOT, eval_windows, load_checkpoint
 from reference.model import SharedDecoder
@@ -129,7 +129,8 @@ def exact_in_float64(model: SharedDecoder, prompts: list[list[int]], tokens: int
 def flips_yaml(models: dict[str, dict], settings: dict) -> str:
     lines = [
         "# Share of predictions that change after each group exit, measured on the trained code-* models",
-        "# (reference.experiments.train, data/trained/). rates[k] is the share of exit-(k+2) predictions (argmax) that differ",
+        "# (reference.experiments.train, data/trained/). rates[k] is the share of exit-(k+2) predictions "
+        "(argmax) that differ",
         "# from the same token's exit-(k+1) prediction, as in paper-fig4.yaml; teacher forced over",
         f"# {settings['eval_windows']} held-out windows of {settings['context']} tokens of the stdlib corpus.",
         "# Regenerate: python -m reference.experiments.paper",
@@ -197,13 +198,18 @@ def checkpoints(models_dir: Path, presets: list[str] | None) -> list[Path]:
         return [models_dir / f"{name}.safetensors" for name in presets]
     found = {p.name.removesuffix(".safetensors"): p for p in models_dir.glob("*.safetensors")}
     if not found:
-        raise ValueError(f"no checkpoints (*.safetensors) in {models_dir}; train them: python -m reference.experiments.train "
-                         "--family")
+        raise ValueError(f"no checkpoints (*.safetensors) in {models_dir}; train them: "
+                         "python -m reference.experiments.train --family")
     order = [name for name in FAMILY if name in found] + sorted(set(found) - set(FAMILY))
     return [found[name] for name in order]
 
 
-def main(argv: list[str] | None = None) -> int:
+# the measurement settings, recorded in metrics.json and the flip profiles; each must be >= 1
+SETTINGS = ("eval_windows", "context", "prompts", "prompt_len", "tokens", "repeats", "threads")
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: which checkpoints, where the outputs go, the measurement settings."""
     parser = argparse.ArgumentParser(prog="python -m reference.experiments.paper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=ROOT / "data" / "trained",
@@ -230,52 +236,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: batch-1 decoding is latency bound, and one thread keeps "
                         "timings steadier on a shared machine)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _measure(path: Path, corpus: Corpus, heldout_files: list[bytes],
+             args: argparse.Namespace) -> tuple[str, dict, bool]:
+    """(preset, its figures, whether it was trained on `corpus`) of one checkpoint; prints its summary."""
+    model, tokenizer, meta = load_checkpoint(path)
+    cfg = model.config
+    corpus_matches = meta["run"]["corpus_sha256"] == corpus.sha256
+    if not corpus_matches:
+        print(f"warning: {cfg.name} was trained on corpus sha256 {meta['run']['corpus_sha256'][:12]}, this "
+              f"Python's stdlib gives {corpus.sha256[:12]}: held-out figures are not comparable",
+              file=sys.stderr)
+    heldout = tokenizer.encode_files(heldout_files)
+    inputs, targets = eval_windows(heldout, args.eval_windows, args.context)
+    prompts = heldout_prompts(heldout, args.prompts, args.prompt_len)
+    t0 = time.perf_counter()
+    train_settings = meta["run"]["settings"]
+    figures = {
+        "nd": cfg.n_unique_layers, "groups": cfg.n_groups, "depth": cfg.depth,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train": {"steps": meta["step"], "wall_s": meta["train_wall_s"],
+                  "tokens": meta["step"] * train_settings["batch"] * train_settings["context"]},
+        "heldout": evaluate(model, inputs, targets),
+        "latency": latency(model, prompts, args.tokens, args.repeats),
+        "exact_float64": exact_in_float64(model, prompts, args.tokens),
+    }
+    print(f"{cfg.name:>9}: {summary(figures)} [{time.perf_counter() - t0:.0f} s]")
+    return cfg.name, figures, corpus_matches
+
+
+def _write_outputs(args: argparse.Namespace, models: dict[str, dict], settings: dict, machine: str, corpus: Corpus,
+                   corpus_matches: bool) -> None:
+    """metrics.json, the flip profiles and Figure 3, each written atomically."""
+    metrics = {"command": "python -m reference.experiments.paper", "settings": settings,
+               "machine": {"cpu": machine, "cores": os.cpu_count(), "python": platform.python_version(),
+                           "torch": torch.__version__},
+               "corpus": {**{k: v for k, v in corpus.describe().items() if k != "root"},
+                          "matches_checkpoints": corpus_matches},
+               "models": models}
+    atomic_write(args.metrics, lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
+    atomic_write(args.flips_out, lambda tmp: tmp.write_text(flips_yaml(models, settings)))
+    save_plot(models, args.plot, machine)
+    print(f"wrote {args.metrics}, {args.flips_out}, {args.plot}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every checkpoint and write the outputs; 1 if SPEED differs from sequential decoding, 2 on bad input."""
+    args = _parser().parse_args(argv)
     try:
-        for flag in ("eval_windows", "context", "prompts", "prompt_len", "tokens", "repeats", "threads"):
-            if getattr(args, flag) < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+        settings = {k: getattr(args, k) for k in SETTINGS}
+        for flag, value in settings.items():
+            if value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
         torch.set_num_threads(args.threads)
         paths = checkpoints(args.models, args.presets)
         corpus = load_corpus(args.corpus)
         heldout_files = [corpus.heldout[name] for name in sorted(corpus.heldout)]
         machine = f"{cpu_name()}, {args.threads} thread{'s' if args.threads > 1 else ''}"
-        settings = {k: getattr(args, k) for k in ("eval_windows", "context", "prompts", "prompt_len", "tokens",
-                                                  "repeats", "threads")}
         models, corpus_matches = {}, True
         for path in paths:
-            model, tokenizer, meta = load_checkpoint(path)
-            cfg = model.config
-            if meta["run"]["corpus_sha256"] != corpus.sha256:
-                corpus_matches = False
-                print(f"warning: {cfg.name} was trained on corpus sha256 {meta['run']['corpus_sha256'][:12]}, this "
-                      f"Python's stdlib gives {corpus.sha256[:12]}: held-out figures are not comparable",
-                      file=sys.stderr)
-            heldout = tokenizer.encode_files(heldout_files)
-            inputs, targets = eval_windows(heldout, args.eval_windows, args.context)
-            prompts = heldout_prompts(heldout, args.prompts, args.prompt_len)
-            t0 = time.perf_counter()
-            train_settings = meta["run"]["settings"]
-            models[cfg.name] = {
-                "nd": cfg.n_unique_layers, "groups": cfg.n_groups, "depth": cfg.depth,
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "train": {"steps": meta["step"], "wall_s": meta["train_wall_s"],
-                          "tokens": meta["step"] * train_settings["batch"] * train_settings["context"]},
-                "heldout": evaluate(model, inputs, targets),
-                "latency": latency(model, prompts, args.tokens, args.repeats),
-                "exact_float64": exact_in_float64(model, prompts, args.tokens),
-            }
-            print(f"{cfg.name:>9}: {summary(models[cfg.name])} [{time.perf_counter() - t0:.0f} s]")
-        metrics = {"command": "python -m reference.experiments.paper", "settings": settings,
-                   "machine": {"cpu": machine, "cores": os.cpu_count(), "python": platform.python_version(),
-                               "torch": torch.__version__},
-                   "corpus": {**{k: v for k, v in corpus.describe().items() if k != "root"},
-                              "matches_checkpoints": corpus_matches},
-                   "models": models}
-        atomic_write(args.metrics, lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
-        atomic_write(args.flips_out, lambda tmp: tmp.write_text(flips_yaml(models, settings)))
-        save_plot(models, args.plot, machine)
-        print(f"wrote {args.metrics}, {args.flips_out}, {args.plot}")
+            name, figures, matches = _measure(path, corpus, heldout_files, args)
+            models[name] = figures
+            corpus_matches = corpus_matches and matches
+        _write_outputs(args, models, settings, machine, corpus, corpus_matches)
         inexact = [name for name, m in models.items() if m["exact_float64"]["identical"] != args.prompts]
         if inexact:
             print(f"error: SPEED output differs from sequential decoding for {', '.join(inexact)}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Train the code-* family (or any preset) from scratch on the Python standard library's source, with the
 weighted exit loss of SharedDecoder.forward (w_g = g / sum(1..G)), seeded and resumable.
 
-    python -m reference.experiments.train --family                 # all seven code-* models, about half an hour on 2 cores
+    python -m reference.experiments.train --family   # all seven code-* models, about half an hour on 2 cores
     python -m reference.experiments.train --preset code-4x3 --steps 100 --out-dir /tmp/run
 
 A run is a pure function of its settings: the batch of step s is drawn from a generator seeded by (seed, s), so
@@ -245,15 +245,72 @@ class TrainResult:
     skipped: bool = False
 
 
-def train(cfg: ModelConfig, data: TokenizedCorpus, settings: TrainSettings, out_dir: Path, state_dir: Path,
-          restart: bool = False, stop_after: int | None = None, progress: bool = True) -> TrainResult:
-    """Train `cfg` from scratch, or resume its state in `state_dir`; write the checkpoint and log to `out_dir`.
-    `stop_after` ends the call after that many steps (the state is saved: an interrupted run)."""
+def _check_fits(cfg: ModelConfig, data: TokenizedCorpus, settings: TrainSettings) -> None:
+    """Refuse a model whose vocabulary does not match the tokenizer or whose context is shorter than the run's."""
     if cfg.vocab_size != data.tokenizer.vocab_size or cfg.eos_id != data.tokenizer.eos_id:
         raise ValueError(f"model {cfg.name!r}: vocab_size {cfg.vocab_size} and eos_id {cfg.eos_id} must match the "
                          f"tokenizer's {data.tokenizer.vocab_size} and {data.tokenizer.eos_id}")
     if settings.context > cfg.max_seq_len:
         raise ValueError(f"--context {settings.context} exceeds {cfg.name}'s max_seq_len {cfg.max_seq_len}")
+
+
+def _finished(checkpoint: Path, settings: TrainSettings, same_run: dict) -> dict | None:
+    """The metadata of `checkpoint` if it holds this run, trained to the last step; else None."""
+    if not checkpoint.exists():
+        return None
+    meta = read_metadata(checkpoint)
+    if meta.get("step") == settings.steps and {k: meta.get("run", {}).get(k) for k in same_run} == same_run:
+        return meta
+    return None
+
+
+def _start(cfg: ModelConfig, settings: TrainSettings, state_path: Path, same_run: dict,
+           restart: bool) -> tuple[SharedDecoder, torch.optim.AdamW, int, float]:
+    """(model, optimizer, step, wall seconds so far): freshly initialised, or resumed from this run's state."""
+    model = SharedDecoder(cfg, seed=None)
+    init_for_training(model, settings.seed)
+    optimizer = make_optimizer(model, settings)
+    if restart or not state_path.exists():
+        return model, optimizer, 0, 0.0
+    saved_run = read_metadata(state_path)["run"]
+    changed = [k for k in same_run if saved_run.get(k) != same_run[k]]
+    if changed:
+        raise ValueError(f"resume state {state_path} belongs to a different run ({', '.join(changed)} changed); "
+                         "pass --restart to start over")
+    step, wall_s = _load_state(state_path, model, optimizer)
+    return model, optimizer, step, wall_s
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Keep the log lines of the steps before `step`, drop the rest (or every line when starting at 0)."""
+    # the state holds only those steps: a crash after the last save logged steps that rerun now
+    kept = []
+    if step > 0 and log_path.exists():
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] < step]
+    log_path.write_text("".join(line + "\n" for line in kept))
+
+
+def _optimizer_step(model: SharedDecoder, optimizer: torch.optim.AdamW, tokens: np.ndarray, step: int,
+                    settings: TrainSettings) -> tuple[torch.Tensor, float]:
+    """One AdamW step on the batch of `step` at its scheduled rate, gradients clipped; (train loss, lr)."""
+    model.train()
+    lr = lr_at(step, settings)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    inputs, targets = batch_at(tokens, step, settings)
+    _, loss = model(inputs, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    optimizer.step()
+    return loss, lr
+
+
+def train(cfg: ModelConfig, data: TokenizedCorpus, settings: TrainSettings, out_dir: Path, state_dir: Path,
+          restart: bool = False, stop_after: int | None = None, progress: bool = True) -> TrainResult:
+    """Train `cfg` from scratch, or resume its state in `state_dir`; write the checkpoint and log to `out_dir`.
+    `stop_after` ends the call after that many steps (the state is saved: an interrupted run)."""
+    _check_fits(cfg, data, settings)
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     checkpoint, log_path = out_dir / f"{cfg.name}.safetensors", out_dir / f"{cfg.name}.log.jsonl"
     state_path = state_dir / f"{cfg.name}.state.safetensors"
@@ -262,30 +319,13 @@ def train(cfg: ModelConfig, data: TokenizedCorpus, settings: TrainSettings, out_
            "corpus_sha256": data.corpus.sha256, "tokenizer_sha256": sha256_text(tokenizer_json),
            "threads": torch.get_num_threads()}
     same_run = {k: v for k, v in run.items() if k != "threads"}  # thread count may differ on resume
+    done = None if restart else _finished(checkpoint, settings, same_run)
+    if done is not None:
+        return TrainResult(checkpoint, [], done["heldout_loss"], done["train_wall_s"], skipped=True)
 
-    if not restart and checkpoint.exists():
-        meta = read_metadata(checkpoint)
-        if meta.get("step") == settings.steps and {k: meta.get("run", {}).get(k) for k in same_run} == same_run:
-            return TrainResult(checkpoint, [], meta["heldout_loss"], meta["train_wall_s"], skipped=True)
-
-    model = SharedDecoder(cfg, seed=None)
-    init_for_training(model, settings.seed)
-    optimizer = make_optimizer(model, settings)
-    step, wall_s = 0, 0.0
-    if not restart and state_path.exists():
-        saved_run = read_metadata(state_path)["run"]
-        changed = [k for k in same_run if saved_run.get(k) != same_run[k]]
-        if changed:
-            raise ValueError(f"resume state {state_path} belongs to a different run ({', '.join(changed)} changed); "
-                             "pass --restart to start over")
-        step, wall_s = _load_state(state_path, model, optimizer)
+    model, optimizer, step, wall_s = _start(cfg, settings, state_path, same_run, restart)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # keep the log lines of the steps the state holds: a crash after the last save logged steps that rerun now
-    kept = []
-    if step > 0 and log_path.exists():
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] < step]
-    log_path.write_text("".join(line + "\n" for line in kept))
-
+    _truncate_log(log_path, step)
     eval_inputs, eval_targets = eval_windows(data.heldout, settings.eval_windows, settings.context)
     last = settings.steps if stop_after is None else min(settings.steps, step + stop_after)
     losses, held = [], float("nan")
@@ -294,16 +334,7 @@ def train(cfg: ModelConfig, data: TokenizedCorpus, settings: TrainSettings, out_
                                          disable=not progress, dynamic_ncols=True) as bar:
         while step < last:
             t0 = time.perf_counter()
-            model.train()
-            lr = lr_at(step, settings)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            inputs, targets = batch_at(data.train, step, settings)
-            _, loss = model(inputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
+            loss, lr = _optimizer_step(model, optimizer, data.train, step, settings)
             wall_s += time.perf_counter() - t0
             losses.append(loss.item())
             record = {"step": step, "loss": round(losses[-1], 5), "lr": round(lr, 7), "wall_s": round(wall_s, 2)}
@@ -327,7 +358,8 @@ def train(cfg: ModelConfig, data: TokenizedCorpus, settings: TrainSettings, out_
     return TrainResult(checkpoint, losses, held, wall_s)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: which presets, the TrainSettings, where data goes."""
     parser = argparse.ArgumentParser(prog="python -m reference.experiments.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainSettings()
@@ -369,14 +401,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1),
                         help="torch CPU threads (default: the cores, at most 8; fewer leaves cores to other work)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _configs(args: argparse.Namespace) -> list[ModelConfig]:
+    """The presets to train, each checked to fit the byte-BPE tokenizer."""
+    configs = [get_preset(name) for name in (FAMILY if args.family else args.preset)]
+    for cfg in configs:
+        if cfg.vocab_size <= EOS_ID or cfg.eos_id != EOS_ID:
+            raise ValueError(f"preset {cfg.name}: vocab_size {cfg.vocab_size} and eos_id {cfg.eos_id} do not fit "
+                             f"the byte-BPE tokenizer (needs vocab_size > {EOS_ID}, eos_id {EOS_ID}); the code-* "
+                             "presets do")
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the presets the command line names, one after another; 2 on a bad setting or file."""
+    args = _parser().parse_args(argv)
     try:
-        configs = [get_preset(name) for name in (FAMILY if args.family else args.preset)]
-        for cfg in configs:
-            if cfg.vocab_size <= EOS_ID or cfg.eos_id != EOS_ID:
-                raise ValueError(f"preset {cfg.name}: vocab_size {cfg.vocab_size} and eos_id {cfg.eos_id} do not fit "
-                                 f"the byte-BPE tokenizer (needs vocab_size > {EOS_ID}, eos_id {EOS_ID}); the code-* "
-                                 "presets do")
+        configs = _configs(args)
         settings = TrainSettings(steps=args.steps, batch=args.batch, context=args.context, lr=args.lr,
                                  embed_lr_scale=args.embed_lr_scale, warmup_steps=args.warmup_steps,
                                  weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every,

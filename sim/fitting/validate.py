@@ -14,7 +14,8 @@ Per metric (and per kernel class): mean and median absolute % error, P90, signed
 (projected - measured) / measured) and Pearson correlation. `--max-error PCT` exits 1 when the median
 end-to-end absolute error over the traces exceeds PCT.
 
-    python -m sim.fitting.validate --hw hwconfigs/h200-calibrated.yaml --microbench data/calibration/h200.microbench.json
+    python -m sim.fitting.validate --hw hwconfigs/h200-calibrated.yaml \\
+        --microbench data/calibration/h200.microbench.json
 
 checks the resource models one by one instead, against the microbenchmarks (reference.capture.microbench): copy over
 sizes (the cache knee), matrix products of two or more rows and of one row (GEMV) per dtype, an elementwise
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hw", type=Path, required=True, help="hwconfig of the device the traces were measured on")
     parser.add_argument("--measured", type=Path, nargs="+", default=[], help="measured trace files")
-    parser.add_argument("--microbench", type=Path, help="microbenchmark results (JSON, from reference.capture.microbench or "
+    parser.add_argument("--microbench", type=Path,
+                        help="microbenchmark results (JSON, from reference.capture.microbench or "
                         "sim.fitting.calibrate) to check the resource models against, one by one")
     parser.add_argument("--launch", choices=("eager", "graph"), default="eager",
                         help="launch mode the traces were measured in (default eager)")

@@ -1,0 +1,49 @@
+"""The one table of op kinds that capture and simulator share: which aten ops are matrix products, attention,
+gathers, reductions, memsets and plain copies, and the kernel class each executed op becomes.
+
+Capture (reference.capture.tracing) uses it to count FLOPs and bytes and writes each op's class into the trace
+(`OpRecord.kind`); the simulator reads that class and never looks at module names. Two classes depend on where
+an op runs rather than on the op: a matrix product inside the LM head is `lm_head`, and the small ops inside a
+norm are `norm`. The capture knows where it is (it wraps the model's head and sees its norm modules) and passes
+that `role`.
+"""
+
+from __future__ import annotations
+
+KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset")
+MATRIX_CLASSES = ("matmul", "lm_head", "attention")  # run on the matrix units, in waves of output tiles
+ROLES = ("head", "norm")  # where an op runs, when that decides its class
+
+MATMUL_OPS = frozenset({"aten.linear.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
+                        "aten.baddbmm.default", "aten.matmul.default"})
+MATMULS_WITH_BIAS_FIRST = frozenset({"aten.addmm.default", "aten.baddbmm.default"})
+# one op whatever kernels it lowers to (a fused kernel on cpu and cuda, a dozen math ops on meta)
+ATTENTION_OPS = frozenset({"aten.scaled_dot_product_attention"})
+GATHER_OPS = frozenset({"aten.embedding.default", "aten.index.Tensor", "aten.index_select.default"})
+# one FLOP per input element; softmax is a reduction pass (max, sum) over its rows
+REDUCTION_OPS = frozenset({"aten.mean.dim", "aten.sum.dim_IntList", "aten.argmax.default", "aten.amax.default",
+                           "aten.max.dim", "aten._softmax.default", "aten._safe_softmax.default"})
+MEMSET_OPS = frozenset({"aten.zeros.default", "aten.empty.memory_format", "aten.fill_.Scalar", "aten.zero_.default",
+                        "aten.full.default"})
+# data movement without arithmetic: bytes, no FLOPs (elementwise kernels on the device)
+COPY_OPS = frozenset({"aten.copy_.default", "aten.cat.default", "aten.stack.default", "aten.clone.default",
+                      "aten._to_copy.default", "aten.lift_fresh_copy.default", "aten._local_scalar_dense.default",
+                      "aten.arange.start"})
+MOVE_OPS = MEMSET_OPS | COPY_OPS
+
+
+def kernel_class(op: str, role: str | None = None) -> str:
+    """The kernel class of aten op `op` (e.g. "aten.mm.default") run in `role` (one of ROLES, or None)."""
+    if op in MATMUL_OPS:
+        return "lm_head" if role == "head" else "matmul"
+    if op in ATTENTION_OPS:
+        return "attention"
+    if op in GATHER_OPS:
+        return "gather"
+    if op in MEMSET_OPS:
+        return "memset"
+    if role == "norm":
+        return "norm"
+    if op in REDUCTION_OPS:
+        return "reduction"
+    return "elementwise"

@@ -1,0 +1,90 @@
+"""The layers follow the data flow and never import back up; there is no import cycle; the simulator core
+never imports torch; and the shipped data is found where an installed package has it."""
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# (layer, module prefixes), lowest first. A module may import its own layer and the layers below it, except
+# that the two cores are independent of each other: the trace file is what crosses between them.
+LAYERS = [
+    ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
+                      "reference.flips", "reference.compiled")),
+    ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.fusion", "sim.engine",
+                        "sim.defaults", "sim.files")),
+    ("capture", ("reference.capture",)),
+    ("experiments", ("reference.experiments",)),
+    ("fitting and validation", ("sim.fitting",)),
+    ("command lines", ("sim.run", "sim.bench", "sim.sweep", "reference.demo")),
+]
+CORES = ("decoder core", "simulator core")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int | None:
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for d in ("reference", "sim") for p in (ROOT / d).rglob("*.py")}
+
+
+def project_imports() -> dict[str, set[str]]:
+    """Every module of reference/ and sim/ -> the project modules it imports, anywhere in it (lazy ones too)."""
+    known = modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known}
+        graph[name] = {m for m in found if m in known and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def test_every_module_has_a_layer() -> None:
+    packages = {name for name, path in modules().items() if path.name == "__init__.py"}
+    unplaced = [m for m in modules() if m not in packages and layer_of(m) is None]
+    assert not unplaced, f"modules in no layer of tests/test_layers.py: {unplaced}"
+
+
+def test_no_import_cycle() -> None:
+    g = nx.DiGraph([(a, b) for a, bs in project_imports().items() for b in bs])
+    cycles = list(nx.simple_cycles(g))
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_import_runs_up_a_layer() -> None:
+    bad = []
+    for module, imports in project_imports().items():
+        mine = layer_of(module)
+        for other in imports:
+            theirs = layer_of(other)
+            if mine is None or theirs is None:
+                continue
+            if theirs > mine or (mine != theirs and LAYERS[mine][0] in CORES and LAYERS[theirs][0] in CORES):
+                bad.append(f"{module} ({LAYERS[mine][0]}) imports {other} ({LAYERS[theirs][0]})")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.engine",
+                                  "sim.defaults", "sim.files"])
+def test_the_simulator_core_never_imports_torch(core: str) -> None:
+    import subprocess
+    import sys
+
+    code = f"import sys; sys.modules['torch'] = None; import {core}"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
