@@ -291,10 +291,59 @@ def kernels_of(trace: Trace, hw: HwConfig) -> list[Kernel]:
     return out
 
 
-def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Kernel] | None = None,
-            streams: int = 1) -> Projection:
-    """Replay `trace` on `hw`. `kernels` (from `kernels_of`) may be passed in to reuse them across devices
-    with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`)."""
+class _StageReplay:
+    """What `project` keeps from stage to stage: the cache state, kernel costs by (kernel, DRAM bytes), and
+    the timelines of the stages simulated so far, by what decides them."""
+
+    def __init__(self, hw: HwConfig, launch: str, streams: int) -> None:
+        self.hw, self.streams = hw, streams
+        self.cache = OnChipCache(hw.peak.l2_capacity_bytes)
+        self.graph = launch == "graph"
+        self.launch_cycles = hw.cycles(hw.host.launch_graph_s if self.graph else hw.host.launch_eager_s)
+        self.gap_cycles = hw.cycles(hw.host.graph_kernel_gap_s)
+        # (kernel, dram bytes) -> (cost, cycles, demand: only needed when kernels overlap)
+        self.costs: dict[tuple[Kernel, int], tuple[KernelCost, int, tuple[float, float] | None]] = {}
+        self.timelines: dict[tuple, StageTimeline] = {}
+        self.graphs: dict[tuple, tuple[nx.DiGraph, dict[tuple[int, ...], int]]] = {}  # deps -> graph, paths
+
+    def costs_of(self, kernels: list[Kernel]) -> list[tuple[KernelCost, int, tuple[float, float] | None, int]]:
+        """(cost, cycles, demand, DRAM bytes) of each kernel of a stage, in order; the cache learns the stage."""
+        out = []
+        for k in kernels:
+            dram = self.cache.serve(k)
+            key = (k, dram)
+            cost = self.costs.get(key)
+            if cost is None:
+                c = kernel_cost(k, self.hw, dram)
+                cost = self.costs[key] = (c, self.hw.cycles(c.time_s),
+                                          demand(k, c, self.hw) if self.streams > 1 else None)
+            out.append((*cost, dram))
+        return out
+
+    def timeline(self, ops: list[OpRecord], durations: tuple[int, ...], demands: tuple) -> tuple[StageTimeline, int]:
+        """The stage's timeline and (streams > 1) its critical path in cycles, simulated once per distinct
+        stage."""
+        if self.streams == 1:
+            timeline = self.timelines.get(durations)
+            if timeline is None:
+                timeline = self.timelines[durations] = simulate_stage(
+                    durations, self.launch_cycles, self.graph, self.gap_cycles, synchronous=self.hw.kind == "cpu")
+            return timeline, 0
+        deps_key = tuple(None if op.deps is None else tuple(op.deps) for op in ops)
+        if deps_key not in self.graphs:
+            self.graphs[deps_key] = (stage_graph(ops), {})
+        g, paths = self.graphs[deps_key]
+        if durations not in paths:
+            paths[durations] = critical_path_cycles(g, durations)
+        key = (durations, demands, deps_key)
+        timeline = self.timelines.get(key)
+        if timeline is None:
+            timeline = self.timelines[key] = simulate_stage_overlapped(
+                durations, demands, g, self.launch_cycles, self.graph, self.gap_cycles, self.streams)
+        return timeline, paths[durations]
+
+
+def _check_request(hw: HwConfig, launch: str, streams: int) -> None:
     if launch not in LAUNCH_MODES:
         raise ValueError(f"launch must be one of {LAUNCH_MODES}, got {launch!r}")
     if type(streams) is not int or streams < 1:
@@ -302,53 +351,27 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     if streams > 1 and hw.kind == "cpu":
         raise ValueError(f"streams > 1 overlaps kernels on an accelerator; {hw.path} describes a CPU, whose host "
                          "runs its own kernels one at a time")
+
+
+def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Kernel] | None = None,
+            streams: int = 1) -> Projection:
+    """Replay `trace` on `hw`. `kernels` (from `kernels_of`) may be passed in to reuse them across devices
+    with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`)."""
+    _check_request(hw, launch, streams)
     kernels = kernels if kernels is not None else kernels_of(trace, hw)
-    cache = OnChipCache(hw.peak.l2_capacity_bytes)
-    graph = launch == "graph"
-    launch_cycles = hw.cycles(hw.host.launch_graph_s if graph else hw.host.launch_eager_s)
-    gap_cycles = hw.cycles(hw.host.graph_kernel_gap_s)
-    # (id(kernel), dram bytes) -> (cost, cycles, demand: only needed when kernels overlap)
-    costs: dict[tuple[int, int], tuple[KernelCost, int, tuple[float, float] | None]] = {}
-    timelines: dict[tuple, StageTimeline] = {}
-    graphs: dict[tuple, tuple[nx.DiGraph, dict[tuple[int, ...], int]]] = {}  # deps -> graph, critical paths
+    replay = _StageReplay(hw, launch, streams)
     p = Projection(hw.name, hw.path, launch, hw.peak.clock_hz, kernels, [], [], [], [], [], [], [], 0,
                    streams=streams, critical_path_cycles=0 if streams > 1 else None)
     now, op_index = 0, 0
     for stage in trace.stages:
         ops = trace.ops_of_stage(stage.stage)
         n = len(ops)
-        durations, demands = [], []
-        for k in kernels[op_index : op_index + n]:
-            dram = cache.serve(k)
-            key = (id(k), dram)
-            cost = costs.get(key)
-            if cost is None:
-                c = kernel_cost(k, hw, dram)
-                cost = costs[key] = (c, hw.cycles(c.time_s), demand(k, c, hw) if streams > 1 else None)
-            p.costs.append(cost[0])
-            p.dram_bytes.append(dram)
-            durations.append(cost[1])
-            demands.append(cost[2])
-        durations_key = tuple(durations)
-        if streams == 1:
-            timeline = timelines.get(durations_key)
-            if timeline is None:
-                timeline = timelines[durations_key] = simulate_stage(durations_key, launch_cycles, graph, gap_cycles,
-                                                                     synchronous=hw.kind == "cpu")
-        else:
-            deps_key = tuple(None if op.deps is None else tuple(op.deps) for op in ops)
-            if deps_key not in graphs:
-                graphs[deps_key] = (stage_graph(ops), {})
-            g, paths = graphs[deps_key]
-            if durations_key not in paths:
-                paths[durations_key] = critical_path_cycles(g, durations_key)
-            p.critical_path_cycles += paths[durations_key]
-            demands_key = tuple(demands)
-            key = (durations_key, demands_key, deps_key)
-            timeline = timelines.get(key)
-            if timeline is None:
-                timeline = timelines[key] = simulate_stage_overlapped(durations_key, demands_key, g, launch_cycles,
-                                                                      graph, gap_cycles, streams)
+        costs = replay.costs_of(kernels[op_index : op_index + n])
+        p.costs += [c[0] for c in costs]
+        p.dram_bytes += [c[3] for c in costs]
+        timeline, path = replay.timeline(ops, tuple(c[1] for c in costs), tuple(c[2] for c in costs))
+        if streams > 1:
+            p.critical_path_cycles += path
         op_index += n
         p.stage_sizes.append(n)
         p.issue_cycles += [now + t for t in timeline.issues]
@@ -358,7 +381,7 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
         p.stage_cycles.append(timeline.cycles)
         p.stage_kinds.append(stage.kind)
     p.tokens = sum(len(s.commits) for s in trace.stages if s.kind in ("decode", "speed"))
-    p.stats = {"stages_simulated": len(timelines), "stages": len(trace.stages), "kernels": len(kernels)}
+    p.stats = {"stages_simulated": len(replay.timelines), "stages": len(trace.stages), "kernels": len(kernels)}
     return p
 
 

@@ -182,6 +182,28 @@ def _section(path: str, raw: Any, name: str, cls: type, check: Any) -> Any:
     return cls(**values)
 
 
+def _peak_field(path: str, field: str, value: Any) -> Any:
+    if field.endswith("flops_per_s"):
+        if not isinstance(value, dict) or "float32" not in value:
+            raise HwConfigError(path, field, f"expected a mapping of dtype to FLOP/s with at least float32, "
+                                f"got {value!r}")
+        for dtype, rate in value.items():
+            if dtype not in DTYPES:
+                raise HwConfigError(path, f"{field}.{dtype}", f"unknown dtype; allowed: {', '.join(DTYPES)}")
+            _number(path, f"{field}.{dtype}", rate)
+        return {k: float(v) for k, v in value.items()}
+    if field == "peak.compute_units":
+        return int(_number(path, field, value, integer=True))
+    return float(_number(path, field, value, positive=field != "peak.l2_capacity_bytes"))  # 0: no cache
+
+
+def _efficiency(path: str, field: str, value: Any) -> float:
+    value = _number(path, field, value)
+    if value > 1:
+        raise HwConfigError(path, field, f"an efficiency is achieved / peak, in (0, 1]; got {value!r}")
+    return float(value)
+
+
 def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     """Validate a hwconfig mapping (as loaded from YAML)."""
     path = os.fspath(path)
@@ -199,29 +221,9 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     if raw["kind"] not in KINDS:
         raise HwConfigError(path, "kind", f"must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
 
-    def peak_field(field: str, value: Any) -> Any:
-        if field.endswith("flops_per_s"):
-            if not isinstance(value, dict) or "float32" not in value:
-                raise HwConfigError(path, field, f"expected a mapping of dtype to FLOP/s with at least float32, "
-                                    f"got {value!r}")
-            for dtype, rate in value.items():
-                if dtype not in DTYPES:
-                    raise HwConfigError(path, f"{field}.{dtype}", f"unknown dtype; allowed: {', '.join(DTYPES)}")
-                _number(path, f"{field}.{dtype}", rate)
-            return {k: float(v) for k, v in value.items()}
-        if field == "peak.compute_units":
-            return int(_number(path, field, value, integer=True))
-        return float(_number(path, field, value, positive=field != "peak.l2_capacity_bytes"))  # 0: no cache
-
-    def efficiency(field: str, value: Any) -> float:
-        value = _number(path, field, value)
-        if value > 1:
-            raise HwConfigError(path, field, f"an efficiency is achieved / peak, in (0, 1]; got {value!r}")
-        return float(value)
-
-    peak = _section(path, raw["peak"], "peak", Peak, peak_field)
+    peak = _section(path, raw["peak"], "peak", Peak, lambda f, v: _peak_field(path, f, v))
     host = _section(path, raw["host"], "host", Host, lambda f, v: float(_number(path, f, v, positive=False)))
-    eff = _section(path, raw["efficiency"], "efficiency", Efficiency, efficiency)
+    eff = _section(path, raw["efficiency"], "efficiency", Efficiency, lambda f, v: _efficiency(path, f, v))
     tile = _section(path, raw["tile"], "tile", Tile, lambda f, v: int(_number(path, f, v, integer=True)))
     sources = raw["sources"]
     if not isinstance(sources, dict):
@@ -237,7 +239,7 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     if not isinstance(notes, str):
         raise HwConfigError(path, "notes", f"expected a string, got {notes!r}")
     def fit(field: str, value: Any) -> KernelFit:
-        return _section(path, value, field, KernelFit, lambda f, v: efficiency(f, v) if f.endswith("efficiency")
+        return _section(path, value, field, KernelFit, lambda f, v: _efficiency(path, f, v) if f.endswith("efficiency")
                         else float(_number(path, f, v, positive=False)))
 
     classes = {cls: fit(f"classes.{cls}", value) for cls, value in _class_mapping(path, raw, "classes").items()}

@@ -24,7 +24,10 @@ Then records, each with a "type" key first:
   kv_write_bytes (int >= 0), weights [weight id] (each a key of header.weights), kv [cache item id] (the KV
   cache slices the op reads: "kv:SEQ:DEPTH" for the self-attention cache of one sequence at one depth,
   "xkv:SEQ:LAYER" for its cross-attention keys and values of one shared layer; kv_read_bytes are split evenly
-  between them), deps [int >= 1] (the earlier ops of the same stage that this op must follow, as distances
+  between them), srcs [int >= 0] (one per input, in in_shapes order: how many ops back, in this stage, the op
+  that last wrote that input's memory is; 0: written before the stage, as weights, a cache or the residual
+  stream carried from the last stage are; what a fusion model needs to tell a fused kernel's intermediates
+  from its external inputs), deps [int >= 1] (the earlier ops of the same stage that this op must follow, as distances
   back: 1 = the op just before; from the memory each op reads and writes: read after write, write after read,
   write after write), duration_s (float >= 0 or null; non-null in a measured trace). Distances, not indices,
   so that an op repeated from stage to stage writes the same line.
@@ -44,12 +47,13 @@ one has layer L; norms are `RMSNorm` modules (kind "norm" for the ops inside the
 
 Older versions
 --------------
-Version 2 has no seq, kind or kv; version 1 has no deps either (its ops read as deps null: program order).
-Their captures followed naming rules instead, which the reader applies once, here: kind from the module (a
-product in module "head" is the LM head; ops in a module whose name ends in "norm" are norm kernels), and
-`read_trace` derives each KV read's sequence from the stage records (the r-th self-attention op of a layer
-belongs to the stage's r-th row, the j-th cross-attention op to its j-th sequence; prefill and encoder stages
-run one sequence each, in order). Streamed with `iter_records`, such ops have seq null and kv keyed by depth.
+Version 2 has no seq, kind, kv or srcs (read as [], unknown); version 1 has no deps either (its ops read as
+deps null: program order). Their captures followed naming rules instead, which the reader applies once, here:
+kind from the module (a product in module "head" is the LM head; ops in a module whose name ends in "norm" are
+norm kernels), and `read_trace` derives each KV read's sequence from the stage records (the r-th
+self-attention op of a layer belongs to the stage's r-th row, the j-th cross-attention op to its j-th sequence;
+prefill and encoder stages run one sequence each, in order). Streamed with `iter_records`, such ops have seq
+null and kv keyed by depth alone.
 
 Error policy
 ------------
@@ -86,7 +90,7 @@ from sim.opkinds import KERNEL_CLASSES, kernel_class
 
 TRACE_FORMAT = "speed-sim-trace"
 TRACE_VERSION = 3
-READS_VERSIONS = (1, 2, 3)  # version 2: no seq, kind, kv; version 1: no deps either
+READS_VERSIONS = (1, 2, 3)  # version 2: no seq, kind, kv, srcs; version 1: no deps either
 DECODERS = ("sequential", "speed")
 STAGE_KINDS = ("encoder", "prefill", "decode", "speed")
 
@@ -156,6 +160,7 @@ class OpRecord:
     kv_write_bytes: int
     weights: list[str]
     kv: list[str]  # KV cache items read: "kv:SEQ:DEPTH", "xkv:SEQ:LAYER"
+    srcs: list[int]  # per input: distance back to the op of this stage that wrote it; 0: before the stage
     deps: list[int] | None = None  # distances back to the ops of this stage it must follow; None: program order
     duration_s: float | None = None
 
@@ -320,10 +325,11 @@ _OP: dict[str, tuple[Check, str]] = {
     "in_shapes": _SHAPES, "in_dtypes": _STRS, "out_shapes": _SHAPES, "out_dtypes": _STRS,
     "flops": _NAT, "weight_bytes": _NAT, "act_read_bytes": _NAT, "act_write_bytes": _NAT, "kv_read_bytes": _NAT,
     "kv_write_bytes": _NAT, "weights": _STRS, "kv": _STRS,
+    "srcs": (lambda v: type(v) is list and all(type(x) is int and x >= 0 for x in v), "a list of integers >= 0"),
     "deps": (lambda v: type(v) is list and all(type(x) is int and x >= 1 for x in v), "a list of integers >= 1"),
     "duration_s": _SECONDS,
 }
-_OP_V2 = {k: v for k, v in _OP.items() if k not in ("seq", "kind", "kv")}
+_OP_V2 = {k: v for k, v in _OP.items() if k not in ("seq", "kind", "kv", "srcs")}
 _OP_V1 = {k: v for k, v in _OP_V2.items() if k != "deps"}
 _STAGE: dict[str, tuple[Check, str]] = {
     "stage": _NAT, "kind": (lambda v: v in STAGE_KINDS, f"one of {STAGE_KINDS}"), "rows": _TRIPLES,
@@ -443,7 +449,8 @@ def _op_values(values: tuple[Any, ...], version: int) -> tuple[Any, ...]:
     # deps, duration_s
     layer, depth, module, op, kv_read = values[-17], values[-18], values[-15], values[-14], values[-5]
     kv = [_legacy_kv_item(module, depth, layer, None)] if kv_read else []
-    return (*values[:-16], None, values[-16], module, legacy_kind(op, module), *values[-14:-2], kv, *values[-2:])
+    return (*values[:-16], None, values[-16], module, legacy_kind(op, module), *values[-14:-2], kv, [],
+            *values[-2:])
 
 
 def _plain_int(text: bytes) -> bool:
@@ -506,6 +513,27 @@ def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
     return TraceHeader(**obj)
 
 
+def _check_op_in_place(op: OpRecord, header: TraceHeader, where: tuple[PathLike, int], n_ops: int, last: int,
+                       since_stage: int) -> None:
+    """The checks of an op record against the records before it: its index, stage, weights, duration, and
+    how far back in its stage (`since_stage` ops) its srcs and deps reach; `last` is the last stage record."""
+    if op.i != n_ops:
+        raise TraceError(*where, "i", f"expected {n_ops} (the number of op records before it), got {op.i}")
+    if op.stage <= last:
+        raise TraceError(*where, "stage", f"expected > {last} (the previous stage record), got {op.stage}")
+    for w in op.weights:
+        if w not in header.weights:
+            raise TraceError(*where, "weights", f"unknown weight id {w!r} (not in the header's weights)")
+    if op.duration_s is None and header.measured:
+        raise TraceError(*where, "duration_s", "expected a number >= 0 in a measured trace, got null")
+    if op.srcs and (len(op.srcs) != len(op.in_shapes) or max(op.srcs) > since_stage):
+        raise TraceError(*where, "srcs", f"expected one distance per input ({len(op.in_shapes)}), each at most "
+                         f"{since_stage} (the ops of its stage before it), got {_show(op.srcs)}")
+    if op.deps and max(op.deps) > since_stage:
+        raise TraceError(*where, "deps", f"a dep reaches {max(op.deps)} ops back, but only {since_stage} ops of its "
+                         "stage come before it")
+
+
 def _records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
     lines = _lines(path)
     first = next(lines, None)
@@ -532,18 +560,7 @@ def _records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
             # positional: 10x faster than keywords
             op = (OpRecord(fast[0], fast[1], *fast[2]) if fast
                   else OpRecord(*_op_values(_check(obj, _OP_SCHEMAS[version], path, line), version)))
-            if op.i != n_ops:
-                raise TraceError(path, line, "i", f"expected {n_ops} (the number of op records before it), got {op.i}")
-            if op.stage <= last:
-                raise TraceError(path, line, "stage", f"expected > {last} (the previous stage record), got {op.stage}")
-            for w in op.weights:
-                if w not in header.weights:
-                    raise TraceError(path, line, "weights", f"unknown weight id {w!r} (not in the header's weights)")
-            if op.duration_s is None and header.measured:
-                raise TraceError(path, line, "duration_s", "expected a number >= 0 in a measured trace, got null")
-            if op.deps and max(op.deps) > since_stage:
-                raise TraceError(path, line, "deps", f"a dep reaches {max(op.deps)} ops back, but only "
-                                 f"{since_stage} ops of its stage come before it")
+            _check_op_in_place(op, header, (path, line), n_ops, last, since_stage)
             pending = max(pending, op.stage)
             n_ops += 1
             since_stage += 1
@@ -613,5 +630,5 @@ def one_op_trace(op: str, module: str, in_shapes: list[list[int]], out_shape: li
     records = [OpRecord(i, 0, None, None, None, 0, out_shape[0], module, kernel_class(op, role), op, in_shapes,
                         [dtype] * len(in_shapes), [out_shape], [dtype], flops, weight_bytes, act_bytes // 2,
                         act_bytes - act_bytes // 2, kv_read_bytes, 0, ["B"] if weight_bytes else [],
-                        ["kv:0:0"] if kv_read_bytes else []) for i in range(calls)]
+                        ["kv:0:0"] if kv_read_bytes else [], [0] * len(in_shapes)) for i in range(calls)]
     return Trace(head, records, [StageRecord(0, "decode", [], [], [])])

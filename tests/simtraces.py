@@ -28,7 +28,7 @@ def op(i: int, stage: int, name: str, module: str, flops: int, weight: int = 0, 
     kind = kernel_class(name, "head" if module == "head" else "norm" if module.endswith("norm") else None)
     return OpRecord(i, stage, None, 0 if kv else None, 0, 0, m, module, kind, name, in_shapes, ["bfloat16"] * 2,
                     [[m, n]], ["bfloat16"], flops, weight, act, act, kv, 0, list(weights), ["kv:0:0"] if kv else [],
-                    deps, duration_s)
+                    [0, 0], deps, duration_s)
 
 
 @st.composite

@@ -42,7 +42,8 @@ def make_op(i: int, stage: int, measured: bool = False, weight: str = "blocks.0.
                     in_dtypes=["bfloat16", "bfloat16"],
                     out_shapes=[[3, 32]], out_dtypes=["bfloat16"], flops=2 * 3 * 32 * 32, weight_bytes=2048,
                     act_read_bytes=192, act_write_bytes=192, kv_read_bytes=0, kv_write_bytes=0, weights=[weight], kv=[],
-                    deps=[1] if i % 4 else [], duration_s=1.5e-05 * (i + 1) if measured else None)
+                    srcs=[1, 0] if i % 4 else [0, 0], deps=[1] if i % 4 else [],
+                    duration_s=1.5e-05 * (i + 1) if measured else None)
 
 
 def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4) -> Trace:
@@ -133,7 +134,7 @@ op_records = st.builds(
     in_dtypes=st.lists(names, max_size=4), out_shapes=shapes,
     out_dtypes=st.lists(names, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
     kv_read_bytes=nat, kv_write_bytes=nat, weights=st.lists(st.sampled_from(sorted(WEIGHTS)), max_size=3),
-    kv=st.lists(names, max_size=2), deps=st.lists(st.integers(1, 4), max_size=3),
+    kv=st.lists(names, max_size=2), srcs=st.just([]), deps=st.lists(st.integers(1, 4), max_size=3),
     duration_s=st.none() | st.floats(0, 1e3, allow_nan=False, allow_infinity=False))
 triples = st.lists(st.lists(st.integers(0, 1 << 31), min_size=3, max_size=3), max_size=4)
 kinds = st.sampled_from(["encoder", "prefill", "decode", "speed"])
@@ -223,14 +224,14 @@ def test_version_1_reads_as_program_order(tmp_path: Path) -> None:
     lines[0]["version"] = 1
     for rec in lines:
         if rec.get("type") == "op":
-            for name in ("deps", "seq", "kind", "kv"):
+            for name in ("deps", "seq", "kind", "kv", "srcs"):
                 del rec[name]
     old = read_trace(rewrite(path, lines))
     assert old.header.version == 1 and all(op.deps is None for op in old.ops)
     # kind from the module by the old naming rules; a prefill stage runs one sequence: the first
     expected = make_trace()
     prefill = {s.stage for s in expected.stages if s.kind == "prefill"}
-    assert [dataclasses.replace(op, deps=None, seq=0 if op.stage in prefill else None)
+    assert [dataclasses.replace(op, deps=None, srcs=[], seq=0 if op.stage in prefill else None)
             for op in expected.ops] == old.ops
     lines[2]["deps"] = []  # version 1 has no such field
     expect_error(rewrite(path, lines), 3, "deps", "unknown field")

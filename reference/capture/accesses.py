@@ -33,6 +33,13 @@ class Accesses:
         self.writes.clear()
         self.reads.clear()
 
+    def last_writer(self, where: Region | None) -> int | None:
+        """The latest op of this stage that wrote any of `where`, or None."""
+        if where is None:
+            return None
+        key, lo, hi = where
+        return max((j for a, b, j in self.writes.get(key, ()) if a < hi and lo < b), default=None)
+
     def record(self, op: int, reads: list[Region], writes: list[Region], fresh: list[Region]) -> set[int]:
         """Note that op `op` reads `reads` and writes `writes` (`fresh`: newly allocated outputs, whose storage
         may reuse a freed one's address); return the earlier ops it depends on."""

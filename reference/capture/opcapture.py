@@ -205,6 +205,7 @@ class OpCapture(TorchDispatchMode):
         if kv_slice is not None:
             seq = kv_slice[2]
         index = len(self.ops)
+        writers = [self.accesses.last_writer(region(t)) for t in tensors]
         deps = self.accesses.record(index, acc["read_regions"], acc["write_regions"], acc["fresh"])
         reads, writes = acc["reads"], acc["writes"]
         self.ops.append(OpRecord(
@@ -215,6 +216,7 @@ class OpCapture(TorchDispatchMode):
             flops=op_flops(name, func, tensors, outs), weight_bytes=reads["weight"], act_read_bytes=reads["act"],
             act_write_bytes=writes["act"], kv_read_bytes=reads["kv"], kv_write_bytes=writes["kv"],
             weights=sorted(acc["weights"]), kv=acc["kv"] if reads["kv"] else [],
+            srcs=[0 if w is None else index - w for w in writers],
             deps=sorted(index - j for j in deps), duration_s=duration_s))
 
     def timed(self, call: Callable[[], Any]) -> tuple[Any, float | None]:
