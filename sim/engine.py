@@ -5,7 +5,8 @@ Each resource is a named object, each actor a plain generator process, as in Sim
 
 - `HostThread` issues the stage's kernels in program order. In eager mode every kernel costs the host
   `launch_eager_s` (framework dispatch + launch), so a fast device waits for it; in graph mode the stage is
-  one launch (`launch_graph_s`) and the device pays `graph_kernel_gap_s` between kernels instead.
+  one launch (`launch_graph_s`) and the device pays `graph_kernel_gap_s` between kernels instead; compiled mode
+  replays, the same way, the fewer kernels a graph compiler generates for the stage (`sim.fusion`).
 - `DeviceStream` runs kernels one after another (PyTorch eager uses one stream; the trace's program order is
   the dependency order), each for its cost from `sim.kernels`. On a CPU the host runs its own kernels, so it
   waits for each one (synchronous).
@@ -37,11 +38,14 @@ from dataclasses import dataclass, field
 import networkx as nx
 import simpy
 
+from sim.fusion import fuse, is_fused
 from sim.hardware import HwConfig
 from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
 from sim.trace import OpRecord, Trace
 
-LAUNCH_MODES = ("eager", "graph")
+# eager: a host launch per kernel; graph: the stage's eager kernels replayed as one graph; compiled: the
+# kernels a graph compiler generates for the stage (sim.fusion), replayed as one graph
+LAUNCH_MODES = ("eager", "graph", "compiled")
 # An op's activations were just written by the op before it, so they are read on chip while they fit in a
 # share of the cache: the rest of it holds weights and KV slices. A quarter is an assumption (not fitted), the
 # size below which a decode step's activations (a few KB to a few MB) never reach DRAM on any hwconfig here.
@@ -298,7 +302,7 @@ class _StageReplay:
     def __init__(self, hw: HwConfig, launch: str, streams: int) -> None:
         self.hw, self.streams = hw, streams
         self.cache = OnChipCache(hw.peak.l2_capacity_bytes)
-        self.graph = launch == "graph"
+        self.graph = launch in ("graph", "compiled")
         self.launch_cycles = hw.cycles(hw.host.launch_graph_s if self.graph else hw.host.launch_eager_s)
         self.gap_cycles = hw.cycles(hw.host.graph_kernel_gap_s)
         # (kernel, dram bytes) -> (cost, cycles, demand: only needed when kernels overlap)
@@ -358,6 +362,10 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     """Replay `trace` on `hw`. `kernels` (from `kernels_of`) may be passed in to reuse them across devices
     with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`)."""
     _check_request(hw, launch, streams)
+    if launch == "compiled" and not is_fused(trace):
+        if kernels is not None:
+            raise ValueError("compiled launch: pass the kernels of the fused trace (sim.fusion.fuse), or none")
+        trace = fuse(trace).trace
     kernels = kernels if kernels is not None else kernels_of(trace, hw)
     replay = _StageReplay(hw, launch, streams)
     p = Projection(hw.name, hw.path, launch, hw.peak.clock_hz, kernels, [], [], [], [], [], [], [], 0,

@@ -10,7 +10,8 @@ that `role`.
 
 from __future__ import annotations
 
-KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset")
+# "fused": a kernel a graph compiler generated for a chain of the other non-matrix classes (sim.fusion)
+KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset", "fused")
 MATRIX_CLASSES = ("matmul", "lm_head", "attention")  # run on the matrix units, in waves of output tiles
 ROLES = ("head", "norm")  # where an op runs, when that decides its class
 

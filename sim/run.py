@@ -39,6 +39,7 @@ from sim.defaults import (
 )
 from sim.engine import LAUNCH_MODES, Projection, breakdown, kernels_of, project
 from sim.files import atomic_write
+from sim.fusion import fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.trace import Trace, TraceError, read_trace
 
@@ -47,9 +48,10 @@ from sim.trace import Trace, TraceError, read_trace
 class Run:
     label: str  # e.g. "t5-base-4x3 speed"
     trace_path: Path
-    trace: Trace
+    trace: Trace  # as projected: under compiled launch, the fused trace
     projection: Projection
     summary: dict
+    covers: list[list[str]] | None = None  # compiled launch: per kernel, the traced ops it covers
 
 
 def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None) -> Path:
@@ -113,14 +115,15 @@ def print_table(runs: list[Run], baselines: list[str]) -> None:
     streams = first["streams"]
     print(f"\n{first['hardware']} ({first['hw_path']}), {first['launch']} launch"
           + (f", up to {streams} kernels at once" if streams > 1 else ""))
-    speed_cols = "".join(f"{'vs ' + short(b):>16}" for b in baselines)
+    width = max([16] + [len(short(b)) + 5 for b in baselines])
+    speed_cols = "".join(f"{'vs ' + short(b):>{width}}" for b in baselines)
     print(f"{'configuration':<28}{'ms/token':>9}{'ms/seq':>9}{speed_cols}  {'comp':>5}{'mem':>5}{'lat':>5}{'launch':>7}"
           f"{'DRAM GB/s':>10}{'floor ms/tok':>13}" + (f"{'path ms/tok':>12}" if streams > 1 else ""))
     per_token = {r.label: r.summary["s_per_token"] for r in runs}
     for r in runs:
         s = r.summary
-        speedups = "".join(f"{per_token[b] / s['s_per_token']:>15.2f}x" if b in per_token else f"{'-':>16}"
-                           for b in baselines)
+        speedups = "".join(f"{per_token[b] / s['s_per_token']:>{width - 1}.2f}x" if b in per_token
+                           else f"{'-':>{width}}" for b in baselines)
         shares = s["bound"]
         print(f"{r.label:<28}{s['s_per_token'] * 1e3:>9.3f}{s['total_s'] * 1e3:>9.1f}{speedups}  "
               f"{shares['compute'] * 100:>4.0f}%{shares['memory'] * 100:>4.0f}%{shares['latency'] * 100:>4.0f}%"
@@ -161,12 +164,14 @@ def perfetto_events(runs: list[Run]) -> list[dict]:
                                  for lane in range(max(track, default=0) + 1)]
         for tid, name in names:
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
-        for op, k, cost, dram, issue, start, end, lane in zip(run.trace.ops, p.kernels, p.costs, p.dram_bytes,
-                                                              p.issue_cycles, p.start_cycles, p.end_cycles, track):
+        for n, (op, k, cost, dram, issue, start, end, lane) in enumerate(zip(
+                run.trace.ops, p.kernels, p.costs, p.dram_bytes, p.issue_cycles, p.start_cycles, p.end_cycles, track)):
+            covers = run.covers[n] if run.covers else None
+            args = {"op": op.op, "bound": cost.bound, "floor_us": cost.floor_s * 1e6, "dram_bytes": dram,
+                    "stage": op.stage, **({"covers": covers} if covers and len(covers) > 1 else {})}
+            name = f"{k.cls} {op.module}" + (f" (+{len(covers) - 1} ops)" if covers and len(covers) > 1 else "")
             events.append({"ph": "X", "pid": pid, "tid": 2 + lane, "ts": start * us, "dur": (end - start) * us,
-                           "name": f"{k.cls} {op.module}",
-                           "args": {"op": op.op, "bound": cost.bound, "floor_us": cost.floor_s * 1e6,
-                                    "dram_bytes": dram, "stage": op.stage}})
+                           "name": name, "args": args})
             events.append({"ph": "i", "s": "t", "pid": pid, "tid": 1, "ts": issue * us, "name": "issue"})
     return events
 
@@ -228,8 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(paper-fig4.yaml: the paper's; trained.yaml: the code-* models trained here) or rates per "
                         "exit '0.09,0.04' (default: the preset's profile)")
     parser.add_argument("--launch", choices=LAUNCH_MODES, default="eager",
-                        help="eager: the host pays a dispatch + launch per kernel; graph: one launch per stage "
-                        "(CUDA graph replay). Default eager")
+                        help="eager: the host pays a dispatch + launch per kernel (PyTorch eager); graph: the eager "
+                        "kernels of a stage replayed as one CUDA graph; compiled: the kernels a graph compiler "
+                        "(torch.compile / XLA) generates, pointwise, norm and reduction chains fused (sim.fusion), "
+                        "replayed as one graph per stage. Default eager")
     parser.add_argument("--streams", type=int, default=1,
                         help="kernels that may run at once (default 1: one stream in program order, as PyTorch "
                         "eager runs). N > 1: independent kernels of the trace's dependency graph overlap and share "
@@ -274,6 +281,12 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
     and tile shape, and reused by every hwconfig with that tile shape."""
     runs_by_hw: list[list[Run]] = []
     kernels_cache: dict[tuple[int, tuple[int, int]], list] = {}
+    covers: list[list[list[str]] | None] = [None] * len(traces)
+    if launch == "compiled":  # fused once per trace, whatever the hwconfigs
+        fused = [fuse(trace) for _, _, trace in traces]
+        covers = [[[f"{trace.ops[j].module} {trace.ops[j].op}" for j in group] for group in f.covers]
+                  for (_, _, trace), f in zip(traces, fused)]
+        traces = [(label, path, f.trace) for (label, path, _), f in zip(traces, fused)]
     progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
     for hw in hws:
         runs = []
@@ -282,7 +295,7 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
             if key not in kernels_cache:
                 kernels_cache[key] = kernels_of(trace, hw)
             projection = project(trace, hw, launch, kernels_cache[key], streams)
-            runs.append(Run(label, path, trace, projection, summarize(projection, trace)))
+            runs.append(Run(label, path, trace, projection, summarize(projection, trace), covers[t]))
             progress.update()
         runs_by_hw.append(runs)
     progress.close()

@@ -1,0 +1,202 @@
+"""The fusion model: the kernels a graph compiler (torch.compile's inductor, XLA) runs for a traced stage.
+
+Hardware-independent and torch-free: it reads only a trace's op kinds, their data flow (`srcs`: which op of the
+stage wrote each input; `deps`: which ops an op must follow) and their bytes. The rules, as inductor applies them
+to a decoder step:
+
+- matrix products, the LM head and attention stay library kernels (cuBLAS / oneDNN GEMMs, fused attention),
+  one kernel each, with their traced FLOPs and bytes;
+- every other op (pointwise, norms, reductions, gathers, copies, memsets) is fusible: it joins the fused kernel
+  of an op it reads from (producer and consumer) or shares an input with (a horizontal fusion, as the rotary
+  embeddings of q and k sharing cos and sin), unless the joined kernel would then both feed and depend on a
+  library kernel (a cycle: the compiler would have to split it);
+- a fused kernel's FLOPs are its ops' FLOPs; its bytes are only its external inputs (read once, whoever of its
+  ops reads them) and the outputs used outside it or after the stage; intermediates stay in registers;
+- kernels run in an order the dependencies allow, earliest traced op first, and the stage replays as one graph.
+
+A fused kernel has kind "fused" (its own kernel class: no eager fit applies to it); a fusible op left alone
+keeps its own kind. `fuse` needs a format-3 trace (older ones do not record `srcs`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, replace
+
+from sim.trace import OpRecord, Trace
+
+LIBRARY_CLASSES = ("matmul", "lm_head", "attention")
+FUSED_OP = "inductor.fused"
+_DTYPE_BYTES = {"float64": 8, "float32": 4, "int64": 8, "int32": 4, "bfloat16": 2, "float16": 2, "bool": 1,
+                "int8": 1, "uint8": 1}
+
+
+@dataclass
+class FusedTrace:
+    """`trace` has one op per kernel the compiler runs; `covers[k]` lists the indices (in the source trace's
+    `ops`) of the traced ops kernel k covers, in program order."""
+
+    trace: Trace
+    covers: list[list[int]]
+
+
+def is_fused(trace: Trace) -> bool:
+    """Whether `trace` is already a fused trace (made by `fuse`)."""
+    return trace.header.extra.get("fused_by") == "sim.fusion"
+
+
+def _input_bytes(op: OpRecord, i: int) -> int:
+    dtype = op.in_dtypes[i] if i < len(op.in_dtypes) else "float32"
+    return math.prod(op.in_shapes[i]) * _DTYPE_BYTES.get(dtype, 4)
+
+
+def _preds(ops: list[OpRecord]) -> list[set[int]]:
+    """Per op, the ops of the stage it must follow: its deps (program order when the trace has none) and the
+    writers of its inputs."""
+    out = []
+    for i, op in enumerate(ops):
+        deps = op.deps if op.deps is not None else ([1] if i else [])
+        out.append({i - d for d in deps} | {i - s for s in op.srcs if s})
+    return out
+
+
+def stage_groups(ops: list[OpRecord]) -> list[list[int]]:
+    """The kernels of one stage as groups of op indices (within the stage), in launch order."""
+    preds = _preds(ops)
+    node_of: list[int] = []  # op -> kernel (node) id
+    members: list[list[int]] = []
+    ancestors: list[set[int]] = []  # node -> every node it depends on, transitively
+    fused_by_input: dict[int, list[int]] = {}  # producing op -> fused nodes that read it
+    for i, op in enumerate(ops):
+        direct = {node_of[j] for j in preds[i]}
+        anc = set(direct)
+        for node in direct:
+            anc |= ancestors[node]
+        target = None
+        if op.kind not in LIBRARY_CLASSES:
+            producers = {i - s for s in op.srcs if s}
+            candidates = {node_of[j] for j in producers if ops[j].kind not in LIBRARY_CLASSES}
+            candidates |= {n for j in producers for n in fused_by_input.get(j, ())}
+            for node in sorted(candidates):  # the earliest kernel first
+                if not any(node in ancestors[x] for x in anc if x != node):
+                    target = node
+                    break
+        if target is None:
+            target = len(members)
+            members.append([])
+            ancestors.append(set())
+        members[target].append(i)
+        ancestors[target] |= anc - {target}
+        node_of.append(target)
+        if op.kind not in LIBRARY_CLASSES:
+            for j in {i - s for s in op.srcs if s}:
+                fused_by_input.setdefault(j, []).append(target)
+    return [members[n] for n in _launch_order(members, node_of, preds)]
+
+
+def _launch_order(members: list[list[int]], node_of: list[int], preds: list[set[int]]) -> list[int]:
+    """Kernels in an order the dependencies allow, the one holding the earliest op first."""
+    after: list[set[int]] = [set() for _ in members]
+    waiting = [0] * len(members)
+    for i, ps in enumerate(preds):
+        for j in ps:
+            a, b = node_of[j], node_of[i]
+            if a != b and b not in after[a]:
+                after[a].add(b)
+                waiting[b] += 1
+    ready = [(members[n][0], n) for n in range(len(members)) if not waiting[n]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, n = heapq.heappop(ready)
+        order.append(n)
+        for m in after[n]:
+            waiting[m] -= 1
+            if not waiting[m]:
+                heapq.heappush(ready, (members[m][0], m))
+    if len(order) != len(members):
+        raise AssertionError("sim.fusion: the fused kernels of a stage depend on each other in a cycle")
+    return order
+
+
+def _common(values: list[int | None]) -> int | None:
+    return values[0] if len(set(values)) == 1 else None
+
+
+def fused_op(ops: list[OpRecord], group: list[int], consumers: list[set[int]]) -> OpRecord:
+    """One kernel covering ops `group` of a stage (`consumers[j]`: the ops of the stage that read op j's
+    output). Its `i`, `deps` and `srcs` are set by `fuse`."""
+    if len(group) == 1:
+        return ops[group[0]]
+    inside = set(group)
+    act_read = act_write = 0
+    weights: dict[str, int] = {}  # distinct weights: a norm's weight read by two of its ops is read once
+    read_outside: set[int] = set()  # producers outside the kernel whose output it already reads
+    ins: list[tuple[list[int], str]] = []
+    outs: list[tuple[list[int], str]] = []
+    for j in group:
+        op = ops[j]
+        skipped = 0
+        for k, s in enumerate(op.srcs):
+            producer = j - s if s else None
+            if producer in inside or producer in read_outside:
+                skipped += _input_bytes(op, k)  # an intermediate, or an input another op of it read
+                continue
+            if producer is not None:
+                read_outside.add(producer)
+            ins.append((op.in_shapes[k], op.in_dtypes[k] if k < len(op.in_dtypes) else "float32"))
+        act_read += max(0, op.act_read_bytes - skipped)
+        if not consumers[j] or consumers[j] - inside:  # used after the kernel, or after the stage
+            act_write += op.act_write_bytes
+            outs += list(zip(op.out_shapes, op.out_dtypes))
+        for w in op.weights:
+            weights.setdefault(w, op.weight_bytes // len(op.weights))
+    members = [ops[j] for j in group]
+    return replace(
+        members[0], group=_common([m.group for m in members]), depth=_common([m.depth for m in members]),
+        layer=_common([m.layer for m in members]), seq=_common([m.seq for m in members]),
+        rows=max(m.rows for m in members), kind="fused", op=FUSED_OP, in_shapes=[x[0] for x in ins],
+        in_dtypes=[x[1] for x in ins], out_shapes=[x[0] for x in outs], out_dtypes=[x[1] for x in outs],
+        flops=sum(m.flops for m in members), weight_bytes=sum(weights.values()), act_read_bytes=act_read,
+        act_write_bytes=act_write, kv_read_bytes=sum(m.kv_read_bytes for m in members),
+        kv_write_bytes=sum(m.kv_write_bytes for m in members), weights=sorted(weights),
+        kv=list(dict.fromkeys(item for m in members for item in m.kv)), srcs=[], duration_s=None)
+
+
+def _stage_key(ops: list[OpRecord]) -> tuple:
+    """What `stage_groups` reads of a stage: stages alike in it fuse alike."""
+    return tuple((op.kind, tuple(op.srcs), None if op.deps is None else tuple(op.deps)) for op in ops)
+
+
+def fuse(trace: Trace) -> FusedTrace:
+    """The trace of the kernels a compiler runs for `trace` (module docstring), and what each covers."""
+    if trace.header.version < 3:
+        raise ValueError(f"compiled launch fuses a trace by its data flow, which format {trace.header.version} does "
+                         "not record (srcs): re-trace it with python -m reference.capture.tracing (format 3)")
+    ops_out: list[OpRecord] = []
+    covers: list[list[int]] = []
+    memo: dict[tuple, list[list[int]]] = {}
+    first = 0
+    for stage in trace.stages:
+        ops = trace.ops_of_stage(stage.stage)
+        key = _stage_key(ops)
+        groups = memo.get(key)
+        if groups is None:
+            groups = memo[key] = stage_groups(ops)
+        consumers: list[set[int]] = [set() for _ in ops]
+        for c, op in enumerate(ops):
+            for s in op.srcs:
+                if s:
+                    consumers[c - s].add(c)
+        preds = _preds(ops)
+        kernel_of = {j: k for k, group in enumerate(groups) for j in group}
+        for k, group in enumerate(groups):
+            before = {kernel_of[p] for j in group for p in preds[j]} - {k}
+            op = fused_op(ops, group, consumers)
+            ops_out.append(replace(op, i=len(ops_out), deps=sorted(k - b for b in before), srcs=[],
+                                   duration_s=None))
+            covers.append([first + j for j in group])
+        first += len(ops)
+    header = replace(trace.header, measured=False, extra={**trace.header.extra, "fused_by": "sim.fusion"})
+    return FusedTrace(Trace(header, ops_out, list(trace.stages)), covers)
