@@ -4,6 +4,10 @@ Both share one convention: the prompt minus its last token is prefilled at every
 is then produced by one row whose input is the token before it (a decode step in `sequential`, a pipeline row
 in `speed`). So with G = 1 the two run the same rows, stage for stage.
 
+With `compile=True` both run their per-stage step under `torch.compile` with static shapes (reference.compiled):
+one compiled variant per number of rows in flight, its compile time reported on `DecodeResult.compile_variants`
+apart from decode time; prefill, encoding and the bookkeeping stay eager. The tokens are the eager ones.
+
 A batch is a list of prompts of any lengths. Each sequence has its own SPEED pipeline; the rows of all
 sequences of a stage run through the shared group together, so the output of every sequence is exact.
 """
@@ -17,6 +21,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from reference import compiled
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import PipelineStats, Row, SpeedPipeline
 
@@ -43,6 +48,15 @@ class DecodeResult:
     stages: int  # stages (speed) or decode steps (sequential) run
     stats: PipelineStats | None = None  # speed only: all sequences' pipeline statistics merged
     per_sequence: list[PipelineStats] | None = None
+    # compile=True only: the compiled step variants first run (compiled) during this call, each with the seconds of
+    # that first call; calls that reuse earlier variants have none
+    compile_variants: list[compiled.Variant] | None = None
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds of this call spent in first calls of compiled variants (compilation + one run): report apart
+        from, and subtract from, the decode time."""
+        return sum(v.first_call_s for v in self.compile_variants or [])
 
 
 def _check_inputs(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int,
@@ -76,12 +90,14 @@ def _check_inputs(model: SharedDecoder, prompts: list[list[int]], max_new_tokens
 
 
 def start(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int,
-          encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None) -> KVCache:
-    """Validate inputs, allocate the cache, encode, and prefill every prompt but its last token."""
+          encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None,
+          new_cache: Callable[[int, int, int], KVCache] | None = None) -> KVCache:
+    """Validate inputs, allocate the cache (with `new_cache(batch, max_len, encoder_len)`, by default the model's),
+    encode, and prefill every prompt but its last token."""
     _check_inputs(model, prompts, max_new_tokens, encoder_inputs)
     max_len = max(len(p) for p in prompts) + max_new_tokens - 1
     encoder_len = max(len(s) for s in encoder_inputs) if encoder_inputs else 0
-    cache = model.new_cache(len(prompts), max_len, encoder_len)
+    cache = (model.new_cache if new_cache is None else new_cache)(len(prompts), max_len, encoder_len)
     for b, prompt in enumerate(prompts):
         if encoder_inputs is not None:
             _observed(observer, "encoder", lambda b=b: model.encode_into(cache, b, encoder_inputs[b]))
@@ -101,22 +117,50 @@ def _observed(observer: StageObserver | None, kind: str, work: Callable[[], None
 def _predict(logits: Tensor, run: list[tuple[int, Row]], exits: list[int], predictor: Predictor | None) -> list[int]:
     """The argmax of every row, or the predictor's word where one is given. The argmax and its copy to the host
     still run (but on the meta device, which has no values), so a run with a predictor does the same work."""
-    argmax = logits.argmax(dim=-1)
+    return _chosen(logits.argmax(dim=-1), run, exits, predictor)
+
+
+def _chosen(argmax: Tensor, run: list[tuple[int, Row]], exits: list[int], predictor: Predictor | None) -> list[int]:
     values = argmax.tolist() if argmax.device.type != "meta" else None
     if predictor is None:
         return values
     return [predictor(seq, row, exit_) for (seq, row), exit_ in zip(run, exits)]
 
 
+def _custom_exits(model: SharedDecoder) -> bool:
+    """Whether `exit_logits` is overridden (tests model early exits so): compiled decoding then calls it eagerly
+    on the compiled hidden states instead of running the compiled head."""
+    return type(model).exit_logits is not SharedDecoder.exit_logits or "exit_logits" in vars(model)
+
+
+def _compiled_start(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int,
+                    encoder_inputs: list[list[int]] | None, observer: StageObserver | None,
+                    compile: bool) -> tuple[KVCache, compiled.BoundStep | None, int]:
+    """start(), with the compiled step's cache and the step bound to it where `compile`; the number of variants
+    compiled before."""
+    if not compile:
+        return start(model, prompts, max_new_tokens, encoder_inputs, observer), None, 0
+    step = compiled.compiled_step(model)
+    cache = start(model, prompts, max_new_tokens, encoder_inputs, observer, new_cache=step.new_cache)
+    return cache, step.bind(cache), len(step.variants)
+
+
+def _compile_variants(bound: compiled.BoundStep | None, before: int) -> list[compiled.Variant] | None:
+    return None if bound is None else bound.step.variants[before:]
+
+
 @torch.inference_mode()
 def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
                encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None,
-               predictor: Predictor | None = None) -> DecodeResult:
+               predictor: Predictor | None = None, compile: bool = False) -> DecodeResult:
     """Greedy decoding, each token through all N = Nd * G layers before the next starts. `eos_id` defaults to
-    the config's; generation of a sequence stops after EOS or max_new_tokens."""
+    the config's; generation of a sequence stops after EOS or max_new_tokens. `compile`: run the group passes
+    compiled (reference.compiled), the last with the head in one graph, one variant per number of active
+    sequences."""
     cfg = model.config
     eos_id = cfg.eos_id if eos_id is None else eos_id
-    cache = start(model, prompts, max_new_tokens, encoder_inputs, observer)
+    cache, bound, before = _compiled_start(model, prompts, max_new_tokens, encoder_inputs, observer, compile)
+    custom_exits = _custom_exits(model)
     inputs = [(len(p) - 1, p[-1]) for p in prompts]  # per sequence: (position, token) of the next row
     tokens: list[list[int]] = [[] for _ in prompts]
     step = 0
@@ -128,31 +172,47 @@ def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: i
         if observer is not None:
             observer.begin("decode")
         run = [(b, Row(*inputs[b], group=cfg.n_groups)) for b in active]  # a step runs every group
-        rows = model.rows(active, [row.position for _, row in run])
-        h = model.embed(torch.tensor([row.token for _, row in run], device=cache.k.device))
-        for group in range(cfg.n_groups):
-            h = model.run_group(h, rows, [group] * len(active), cache)
         exits = [cfg.n_groups] * len(active)
-        predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+        if bound is None:
+            rows = model.rows(active, [row.position for _, row in run])
+            h = model.embed(torch.tensor([row.token for _, row in run], device=cache.k.device))
+            for group in range(cfg.n_groups):
+                h = model.run_group(h, rows, [group] * len(active), cache)
+            predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+        else:
+            positions = [row.position for _, row in run]
+            h = model.embed(torch.tensor([row.token for _, row in run], device=cache.k.device))
+            for group in range(cfg.n_groups - 1):
+                h = bound.group(h, active, positions, [group] * len(active))
+            last = [cfg.n_groups - 1] * len(active)
+            if custom_exits:
+                h = bound.group(h, active, positions, last)
+                predictions = _predict(model.exit_logits(h, model.rows(active, positions), exits), run, exits,
+                                       predictor)
+            else:  # the last group and the head in one graph, the variant SPEED runs for as many rows
+                h, argmax = bound.stage(h, active, positions, last)
+                predictions = _chosen(argmax, run, exits, predictor)
         for (b, row), prediction in zip(run, predictions):
             tokens[b].append(prediction)
             inputs[b] = (row.position + 1, prediction)
         if observer is not None:
             observer.end(run, predictions, [(b, row.position + 1, p) for (b, row), p in zip(run, predictions)], [])
         step += 1
-    return DecodeResult(tokens, cache, step)
+    return DecodeResult(tokens, cache, step, compile_variants=_compile_variants(bound, before))
 
 
 @torch.inference_mode()
 def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
           encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None,
-          predictor: Predictor | None = None) -> DecodeResult:
+          predictor: Predictor | None = None, compile: bool = False) -> DecodeResult:
     """SPEED: up to G tokens in flight per sequence, one per group; each stage runs every in-flight row once
     through the Nd shared blocks as one batch, the LM head on every row, then compares, flushes and commits
-    (see reference.pipeline). The output equals `sequential`'s."""
+    (see reference.pipeline). The output equals `sequential`'s. `compile`: run each stage (group pass and head)
+    as one compiled graph (reference.compiled), one variant per number of rows in flight."""
     cfg = model.config
     eos_id = cfg.eos_id if eos_id is None else eos_id
-    cache = start(model, prompts, max_new_tokens, encoder_inputs, observer)
+    cache, bound, before = _compiled_start(model, prompts, max_new_tokens, encoder_inputs, observer, compile)
+    custom_exits = _custom_exits(model)
     pipes = [SpeedPipeline(cfg.n_groups, p[-1], len(p) - 1, max_new_tokens, eos_id) for p in prompts]
     hidden: list[Tensor | None] = [None] * len(prompts)  # residual stream of each sequence's in-flight rows
     stage = 0
@@ -174,10 +234,21 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
                 pieces.append(embedded[n_new : n_new + 1])
                 n_new += 1
         h = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        rows = model.rows([b for b, _ in run], [row.position for _, row in run])
-        h = model.run_group(h, rows, [row.group for _, row in run], cache)
         exits = [row.group + 1 for _, row in run]
-        predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+        if bound is None:
+            rows = model.rows([b for b, _ in run], [row.position for _, row in run])
+            h = model.run_group(h, rows, [row.group for _, row in run], cache)
+            predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+        else:
+            seqs, positions = [b for b, _ in run], [row.position for _, row in run]
+            groups = [row.group for _, row in run]
+            if custom_exits:
+                h = bound.group(h, seqs, positions, groups)
+                predictions = _predict(model.exit_logits(h, model.rows(seqs, positions), exits), run, exits,
+                                       predictor)
+            else:
+                h, argmax = bound.stage(h, seqs, positions, groups)
+                predictions = _chosen(argmax, run, exits, predictor)
         offset, commits, flushes = 0, [], []
         for b in active:
             n = len(staged[b])
@@ -196,4 +267,5 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
     merged = stats[0]
     for other in stats[1:]:
         merged = merged.merge(other)
-    return DecodeResult([pipe.committed for pipe in pipes], cache, stage, merged, stats)
+    return DecodeResult([pipe.committed for pipe in pipes], cache, stage, merged, stats,
+                        _compile_variants(bound, before))
