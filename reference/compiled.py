@@ -143,19 +143,22 @@ class CompiledStep:
     so the model may be trained or loaded afterwards (a change of shape or dtype recompiles).
 
     mode: torch.compile's mode (default: "reduce-overhead" on cuda, else the default mode); backend: its backend
-    ("inductor"; "aot_eager" traces without generating code). reuse_cache: keep one cache per shape and hand it
+    ("inductor"; "aot_eager" traces without generating code), or None: no compiler at all, the static-shape
+    step runs as plain PyTorch (what the compiler is handed: tracing it records the compiled formulation's ops,
+    on any device, meta included). reuse_cache: keep one cache per shape and hand it
     to every call (default: where CUDA graphs run)."""
 
-    def __init__(self, model: SharedDecoder, mode: str | None = None, backend: str = "inductor",
+    def __init__(self, model: SharedDecoder, mode: str | None = None, backend: str | None = "inductor",
                  reuse_cache: bool | None = None) -> None:
         device = model.embed.weight.device
-        if device.type == "meta":
+        if device.type == "meta" and backend is not None:
             raise ValueError("compiled decoding needs values: the model is on the meta device")
         self._model = weakref.ref(model)
         self.device = device
         self.mode = mode if mode is not None else ("reduce-overhead" if device.type == "cuda" else None)
         self.backend = backend
-        self.cudagraphs = device.type == "cuda" and self.mode in ("reduce-overhead", "max-autotune")
+        self.cudagraphs = (device.type == "cuda" and self.mode in ("reduce-overhead", "max-autotune")
+                           and backend is not None)
         self.reuse_cache = self.cudagraphs if reuse_cache is None else reuse_cache
         self.variants: list[Variant] = []
         self._compiled: dict[tuple, Callable] = {}
@@ -194,6 +197,8 @@ class CompiledStep:
         return cache
 
     def _call(self, kind: str, fn: Callable, key: tuple, rows: int, *args: object) -> Tensor:
+        if self.backend is None:  # no compiler: the step as it is
+            return fn(self.model, *args)
         compiled = self._compiled.get(key)
         if compiled is not None:
             return compiled(self.model, *args)
@@ -249,6 +254,13 @@ class BoundStep:
 
 
 _STEPS: weakref.WeakKeyDictionary[SharedDecoder, CompiledStep] = weakref.WeakKeyDictionary()
+
+
+def uncompiled_step(model: SharedDecoder) -> CompiledStep:
+    """Make `decode.*(model, compile=True)` run the static-shape step without a compiler from now on (for tracing
+    the ops a compiler is handed); returns that step."""
+    step = _STEPS[model] = CompiledStep(model, backend=None)
+    return step
 
 
 def compiled_step(model: SharedDecoder) -> CompiledStep:

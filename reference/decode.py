@@ -201,6 +201,40 @@ def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: i
     return DecodeResult(tokens, cache, step, compile_variants=_compile_variants(bound, before))
 
 
+def _stage_rows(model: SharedDecoder, cache: KVCache, active: list[int], staged: dict[int, list[Row]],
+                hidden: list[Tensor | None]) -> Tensor:
+    """The residual stream of a stage's rows [R, d], sequence by sequence: each one's rows still in flight,
+    then its newly injected token's embedding (all injected tokens embedded at once)."""
+    new = [row for b in active for row in staged[b] if row.group == 0]
+    embedded = model.embed(torch.tensor([row.token for row in new], device=cache.k.device)) if new else None
+    pieces, n_new = [], 0
+    for b in active:
+        if hidden[b] is not None:
+            pieces.append(hidden[b])
+        if staged[b][-1].group == 0:
+            pieces.append(embedded[n_new : n_new + 1])
+            n_new += 1
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _end_stage(pipes: list[SpeedPipeline], active: list[int], staged: dict[int, list[Row]], predictions: list[int],
+               h: Tensor, hidden: list[Tensor | None]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Hand each sequence's predictions to its pipeline; keep the rows still in flight in `hidden`. Returns the
+    stage's commits (seq, position, token) and flushes (seq, exit, rows flushed)."""
+    offset, commits, flushes = 0, [], []
+    for b in active:
+        n = len(staged[b])
+        outcome = pipes[b].end_stage(predictions[offset : offset + n])
+        kept = outcome.kept
+        hidden[b] = h[offset : offset + n][kept] if kept.stop > kept.start else None
+        if outcome.committed is not None:
+            commits.append((b, staged[b][0].position + 1, outcome.committed))
+        if outcome.flushed:
+            flushes.append((b, outcome.flush_exit, outcome.flushed))
+        offset += n
+    return commits, flushes
+
+
 @torch.inference_mode()
 def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None = None,
           encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None,
@@ -224,16 +258,7 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
             observer.begin("speed")
         staged = {b: pipes[b].begin_stage() for b in active}
         run = [(b, row) for b in active for row in staged[b]]
-        new = [(b, row) for b, row in run if row.group == 0]  # injected this stage: embed them
-        embedded = model.embed(torch.tensor([row.token for _, row in new], device=cache.k.device)) if new else None
-        pieces, n_new = [], 0
-        for b in active:
-            if hidden[b] is not None:
-                pieces.append(hidden[b])
-            if staged[b][-1].group == 0:
-                pieces.append(embedded[n_new : n_new + 1])
-                n_new += 1
-        h = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        h = _stage_rows(model, cache, active, staged, hidden)
         exits = [row.group + 1 for _, row in run]
         if bound is None:
             rows = model.rows([b for b, _ in run], [row.position for _, row in run])
@@ -249,17 +274,7 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
             else:
                 h, argmax = bound.stage(h, seqs, positions, groups)
                 predictions = _chosen(argmax, run, exits, predictor)
-        offset, commits, flushes = 0, [], []
-        for b in active:
-            n = len(staged[b])
-            outcome = pipes[b].end_stage(predictions[offset : offset + n])
-            kept = outcome.kept
-            hidden[b] = h[offset : offset + n][kept] if kept.stop > kept.start else None
-            if outcome.committed is not None:
-                commits.append((b, staged[b][0].position + 1, outcome.committed))
-            if outcome.flushed:
-                flushes.append((b, outcome.flush_exit, outcome.flushed))
-            offset += n
+        commits, flushes = _end_stage(pipes, active, staged, predictions, h, hidden)
         if observer is not None:
             observer.end(run, predictions, commits, flushes)
         stage += 1

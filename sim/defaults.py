@@ -37,14 +37,15 @@ DEFAULT_RUNS = (("t5-base-4x3", "speed"), ("t5-base-4x3", "sequential"), ("t5-ba
 DEFAULT_HW = "a100"
 
 
-def default_trace_name(preset: str, decoder: str) -> str:
-    """File name of a default trace (`python -m reference.capture.tracing --defaults` writes them)."""
-    return f"{preset}.{decoder}.bf16.b1.t{DEFAULT_TOKENS}.jsonl.gz"
+def default_trace_name(preset: str, decoder: str, compiled: bool = False) -> str:
+    """File name of a default trace (`python -m reference.capture.tracing --defaults` writes them); `compiled`:
+    of the run compiled decoding makes (its static-shape step, as the compiler is handed it)."""
+    return f"{preset}.{decoder}{'.compiled' if compiled else ''}.bf16.b1.t{DEFAULT_TOKENS}.jsonl.gz"
 
 
-def default_trace(preset: str, decoder: str) -> Path:
-    """The committed (or shipped) default trace of one (preset, decoder)."""
-    return DEFAULT_TRACES / default_trace_name(preset, decoder)
+def default_trace(preset: str, decoder: str, compiled: bool = False) -> Path:
+    """The committed (or shipped) default trace of one (preset, decoder), eager or compiled."""
+    return DEFAULT_TRACES / default_trace_name(preset, decoder, compiled)
 
 
 def hwconfig_names() -> list[str]:

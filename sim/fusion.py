@@ -61,37 +61,91 @@ def _preds(ops: list[OpRecord]) -> list[set[int]]:
     return out
 
 
+class _Kernels:
+    """The kernels of a stage being formed: members (op indices) per node, each op's node, and each node's
+    ancestors (every node it depends on, transitively, kept exact through joins and merges)."""
+
+    def __init__(self) -> None:
+        self.members: list[list[int]] = []
+        self.node_of: list[int] = []
+        self.ancestors: list[set[int]] = []
+        self.alive: set[int] = set()
+
+    def add(self, i: int, node: int | None, anc: set[int]) -> int:
+        """Put op i (depending on nodes `anc`) into `node`, or into a new node when None."""
+        if node is None:
+            node = len(self.members)
+            self.members.append([])
+            self.ancestors.append(set())
+            self.alive.add(node)
+        self.members[node].append(i)
+        self.node_of.append(node)
+        self._depend(node, anc - {node})
+        return node
+
+    def _depend(self, node: int, more: set[int]) -> None:
+        """`node` now also depends on `more`: so does every node that depends on it."""
+        self.ancestors[node] |= more
+        for x in self.alive:
+            if node in self.ancestors[x]:
+                self.ancestors[x] |= more - {x}
+
+    def cycle(self, a: int, b: int) -> bool:
+        """Whether one kernel holding nodes a and b would depend on itself: a path a -> x -> b or b -> x -> a."""
+        return (any(a in self.ancestors[x] for x in self.ancestors[b] if x != a)
+                or any(b in self.ancestors[x] for x in self.ancestors[a] if x != b))
+
+    def merge(self, a: int, b: int) -> None:
+        """Node b into node a."""
+        for j in self.members[b]:
+            self.node_of[j] = a
+        self.members[a] += self.members[b]
+        self.alive.discard(b)
+        for x in self.alive:
+            if b in self.ancestors[x]:
+                self.ancestors[x].discard(b)
+                self.ancestors[x].add(a)
+        self._depend(a, (self.ancestors[b] | self.ancestors[a]) - {a, b})
+        self.ancestors[a] -= {a, b}
+
+    def try_merge(self, nodes: list[int]) -> None:
+        """Merge the nodes into the first one, each where that makes no cycle."""
+        for other in nodes[1:]:
+            target = self.node_of[self.members[nodes[0]][0]]
+            if other in self.alive and other != target and not self.cycle(target, other):
+                self.merge(target, other)
+
+
 def stage_groups(ops: list[OpRecord]) -> list[list[int]]:
-    """The kernels of one stage as groups of op indices (within the stage), in launch order."""
+    """The kernels of one stage as groups of op indices (within the stage), in launch order: each fusible op
+    joins the earliest kernel it reads from or shares an input with, and merges the others it could join; the
+    fusible kernels that feed one library kernel merge too (its prologue). No merge makes a cycle."""
     preds = _preds(ops)
-    node_of: list[int] = []  # op -> kernel (node) id
-    members: list[list[int]] = []
-    ancestors: list[set[int]] = []  # node -> every node it depends on, transitively
-    fused_by_input: dict[int, list[int]] = {}  # producing op -> fused nodes that read it
+    fusible = [op.kind not in LIBRARY_CLASSES for op in ops]
+    k = _Kernels()
+    readers: dict[int, list[int]] = {}  # producing op -> fusible ops that read it
     for i, op in enumerate(ops):
-        direct = {node_of[j] for j in preds[i]}
-        anc = set(direct)
-        for node in direct:
-            anc |= ancestors[node]
+        anc: set[int] = set()
+        for j in preds[i]:
+            anc |= {k.node_of[j]} | k.ancestors[k.node_of[j]]
+        producers = sorted({i - s for s in op.srcs if s})
         target = None
-        if op.kind not in LIBRARY_CLASSES:
-            producers = {i - s for s in op.srcs if s}
-            candidates = {node_of[j] for j in producers if ops[j].kind not in LIBRARY_CLASSES}
-            candidates |= {n for j in producers for n in fused_by_input.get(j, ())}
-            for node in sorted(candidates):  # the earliest kernel first
-                if not any(node in ancestors[x] for x in anc if x != node):
-                    target = node
-                    break
-        if target is None:
-            target = len(members)
-            members.append([])
-            ancestors.append(set())
-        members[target].append(i)
-        ancestors[target] |= anc - {target}
-        node_of.append(target)
-        if op.kind not in LIBRARY_CLASSES:
-            for j in {i - s for s in op.srcs if s}:
-                fused_by_input.setdefault(j, []).append(target)
+        candidates: list[int] = []
+        if fusible[i]:
+            related = [j for j in producers if fusible[j]] + [r for j in producers for r in readers.get(j, ())]
+            candidates = sorted({k.node_of[j] for j in related})
+            target = next((n for n in candidates if not any(n in k.ancestors[x] for x in anc if x != n)), None)
+            for j in producers:
+                readers.setdefault(j, []).append(i)
+        node = k.add(i, target, anc)
+        if target is not None:
+            k.try_merge([node] + [n for n in candidates if n != node])
+        elif not fusible[i]:  # a library kernel: the fusible kernels that feed it form its prologue
+            k.try_merge(sorted({k.node_of[j] for j in producers if fusible[j]}))
+    alive = sorted(k.alive)
+    renumber = {n: r for r, n in enumerate(alive)}
+    members = [sorted(k.members[n]) for n in alive]
+    node_of = [renumber[k.node_of[i]] for i in range(len(ops))]
     return [members[n] for n in _launch_order(members, node_of, preds)]
 
 

@@ -30,7 +30,9 @@ MEMSET_OPS = frozenset({"aten.zeros.default", "aten.empty.memory_format", "aten.
 COPY_OPS = frozenset({"aten.copy_.default", "aten.cat.default", "aten.stack.default", "aten.clone.default",
                       "aten._to_copy.default", "aten.lift_fresh_copy.default", "aten._local_scalar_dense.default",
                       "aten.arange.start"})
-MOVE_OPS = MEMSET_OPS | COPY_OPS
+# writes of indexed elements into a tensor (compiled decoding's KV cache writes): only the values move
+SCATTER_OPS = frozenset({"aten.index_put_.default", "aten.index_put.default", "aten._index_put_impl_.default"})
+MOVE_OPS = MEMSET_OPS | COPY_OPS | SCATTER_OPS
 
 
 def kernel_class(op: str, role: str | None = None) -> str:

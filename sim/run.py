@@ -41,7 +41,7 @@ from sim.engine import LAUNCH_MODES, Projection, breakdown, kernels_of, project
 from sim.files import atomic_write
 from sim.fusion import fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
-from sim.trace import Trace, TraceError, read_trace
+from sim.trace import Trace, read_trace
 
 
 @dataclass
@@ -54,8 +54,10 @@ class Run:
     covers: list[list[str]] | None = None  # compiled launch: per kernel, the traced ops it covers
 
 
-def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None) -> Path:
-    """Trace a preset (or a model config file) with the reference decoder on the meta device, cached."""
+def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None,
+                    compiled: bool = False) -> Path:
+    """Trace a preset (or a model config file) with the reference decoder on the meta device, cached;
+    `compiled`: the run compiled decoding makes."""
     try:
         import torch
 
@@ -75,16 +77,17 @@ def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: st
     else:
         cfg = get_preset(model)
     # the code revision in the name: a trace made before the reference decoder changed is not reused
-    name = (f"{cfg.name}.{decoder}.{dtype}.b{batch}.t{tokens}.{(flips or 'profile').replace(',', '_')}."
-            f"{tracing.code_revision()}.jsonl.gz")
+    name = (f"{cfg.name}.{decoder}{'.compiled' if compiled else ''}.{dtype}.b{batch}.t{tokens}."
+            f"{(flips or 'profile').replace(',', '_')}.{tracing.code_revision()}.jsonl.gz")
     path = TRACE_CACHE / name
     if not path.exists() or Path(model).is_file():
-        print(f"tracing {cfg.name} ({decoder}, {tokens} tokens, batch {batch}) on the meta device ...",
-              file=sys.stderr)
+        print(f"tracing {cfg.name} ({decoder}{', compiled' if compiled else ''}, {tokens} tokens, batch {batch}) "
+              "on the meta device ...", file=sys.stderr)
         try:
             tracing.capture_trace(cfg.name if not Path(model).is_file() else cfg, decoder, tokens, path,
                                   dtype=getattr(torch, dtype), batch=batch, source_len=DEFAULT_SOURCE_LEN,
-                                  flips=flips, command=f"python -m sim.run --model {model} (on demand)")
+                                  flips=flips, compiled=compiled,
+                                  command=f"python -m sim.run --model {model} (on demand)")
         except ValueError as err:  # a bad --flips, or a length the model cannot hold
             raise SystemExit(f"error: tracing {cfg.name}: {err}") from None
     return path
@@ -177,6 +180,7 @@ def perfetto_events(runs: list[Run]) -> list[dict]:
 
 
 def plot(runs_by_hw: list[list[Run]], out: Path) -> None:
+    """Bars of ms/token per configuration, one series per (hwconfig, launch), the roofline floor marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,13 +191,14 @@ def plot(runs_by_hw: list[list[Run]], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(2 + 1.6 * len(labels), 4.5))
     for h, runs in enumerate(runs_by_hw):
         xs = [i + h * width for i in range(len(runs))]
-        ax.bar(xs, [r.summary["s_per_token"] * 1e3 for r in runs], width, label=runs[0].summary["hardware"])
+        ax.bar(xs, [r.summary["s_per_token"] * 1e3 for r in runs], width,
+               label=f"{runs[0].summary['hardware']}, {runs[0].summary['launch']}")
         ax.scatter(xs, [r.summary["roofline_s_per_token"] * 1e3 for r in runs], marker="_", s=300, color="black",
                    label="roofline floor" if h == 0 else None, zorder=3)
     ax.set_xticks([i + width * (len(runs_by_hw) - 1) / 2 for i in range(len(labels))], labels, rotation=15)
     ax.set_ylabel("projected decode time (ms / token)")
     ax.set_yscale("log")
-    ax.set_title(f"speed-sim projection, {runs_by_hw[0][0].summary['launch']} launch")
+    ax.set_title("speed-sim projection")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
@@ -232,11 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flips", help="SPEED flips for traces made on demand: a profile of data/flips/*.yaml "
                         "(paper-fig4.yaml: the paper's; trained.yaml: the code-* models trained here) or rates per "
                         "exit '0.09,0.04' (default: the preset's profile)")
-    parser.add_argument("--launch", choices=LAUNCH_MODES, default="eager",
-                        help="eager: the host pays a dispatch + launch per kernel (PyTorch eager); graph: the eager "
-                        "kernels of a stage replayed as one CUDA graph; compiled: the kernels a graph compiler "
-                        "(torch.compile / XLA) generates, pointwise, norm and reduction chains fused (sim.fusion), "
-                        "replayed as one graph per stage. Default eager")
+    parser.add_argument("--launch", nargs="+", choices=LAUNCH_MODES, default=["eager", "compiled"],
+                        help="how the decode runs, one table each: eager: the host pays a dispatch + launch per kernel "
+                        "(PyTorch eager); graph: the eager kernels of a stage replayed as one CUDA graph; compiled: "
+                        "compiled decoding (torch.compile / XLA): its static-shape step traced, pointwise, norm and "
+                        "reduction chains fused into the kernels a compiler generates (sim.fusion), one graph per "
+                        "stage. Default: eager compiled")
     parser.add_argument("--streams", type=int, default=1,
                         help="kernels that may run at once (default 1: one stream in program order, as PyTorch "
                         "eager runs). N > 1: independent kernels of the trace's dependency graph overlap and share "
@@ -260,19 +266,21 @@ def load_hws(names: list[str], overrides: dict[str, str], parser: argparse.Argum
         parser.error(str(err))
 
 
-def trace_jobs(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    """(label, trace file) of every configuration to project: given traces, a model traced on demand, or the
-    built-in default (its committed traces, or traced on demand at other lengths, batches, dtypes or flips)."""
+def trace_jobs(args: argparse.Namespace, launch: str) -> list[tuple[str, Path]]:
+    """(label, trace file) of every configuration to project under `launch`: given traces, a model traced on
+    demand, or the built-in default (its committed traces, or traced on demand at other lengths, batches,
+    dtypes or flips). Compiled launch projects the run compiled decoding makes (given traces as they are)."""
     if args.trace:
         return [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace]
+    compiled = launch == "compiled"
     if args.model:
         decoders = ("speed", "sequential") if args.decoder == "both" else (args.decoder,)
-        return [(f"{args.model} {d}", trace_on_demand(args.model, d, args.tokens, args.batch, args.dtype, args.flips))
-                for d in decoders]
+        return [(f"{args.model} {d}", trace_on_demand(args.model, d, args.tokens, args.batch, args.dtype, args.flips,
+                                                      compiled)) for d in decoders]
     on_demand = (args.tokens, args.batch, args.dtype, args.flips) != (DEFAULT_TOKENS, 1, "bfloat16", None)
     return [(f"{preset} {decoder}",
-             trace_on_demand(preset, decoder, args.tokens, args.batch, args.dtype, args.flips) if on_demand
-             else default_trace(preset, decoder)) for preset, decoder in DEFAULT_RUNS]
+             trace_on_demand(preset, decoder, args.tokens, args.batch, args.dtype, args.flips, compiled) if on_demand
+             else default_trace(preset, decoder, compiled)) for preset, decoder in DEFAULT_RUNS]
 
 
 def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], launch: str, streams: int
@@ -325,18 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokens < 1 or args.batch < 1 or args.streams < 1:
         parser.error("--tokens, --batch and --streams must be >= 1")
     hws = load_hws(args.hw, overrides, parser)
-    try:
-        traces = [(label, path, read_trace(path)) for label, path in trace_jobs(args)]
-    except TraceError as err:
-        parser.error(str(err))
-    try:
-        runs_by_hw = project_all(hws, traces, args.launch, args.streams)
-    except ValueError as err:
-        parser.error(str(err))
-    baselines = [r.label for r in runs_by_hw[0] if r.summary["decoder"] == "sequential"]
-    for runs in runs_by_hw:
-        print_table(runs, baselines)
-    write_outputs(args, runs_by_hw)
+    tables: list[list[Run]] = []  # per (launch, hwconfig)
+    for launch in dict.fromkeys(args.launch):
+        try:
+            traces = [(label, path, read_trace(path)) for label, path in trace_jobs(args, launch)]
+            tables += project_all(hws, traces, launch, args.streams)
+        except ValueError as err:  # a TraceError, or a request the engine refuses
+            parser.error(str(err))
+    for runs in tables:
+        print_table(runs, [r.label for r in runs if r.summary["decoder"] == "sequential"])
+    write_outputs(args, tables)
     return 0
 
 

@@ -22,14 +22,15 @@ Then records, each with a "type" key first:
   `sim.opkinds.KERNEL_CLASSES`), op (str, e.g. "aten.mm.default"), in_shapes [[int]], in_dtypes [str],
   out_shapes [[int]], out_dtypes [str], flops, weight_bytes, act_read_bytes, act_write_bytes, kv_read_bytes,
   kv_write_bytes (int >= 0), weights [weight id] (each a key of header.weights), kv [cache item id] (the KV
-  cache slices the op reads: "kv:SEQ:DEPTH" for the self-attention cache of one sequence at one depth,
-  "xkv:SEQ:LAYER" for its cross-attention keys and values of one shared layer; kv_read_bytes are split evenly
-  between them), srcs [int >= 0] (one per input, in in_shapes order: how many ops back, in this stage, the op
-  that last wrote that input's memory is; 0: written before the stage, as weights, a cache or the residual
-  stream carried from the last stage are; what a fusion model needs to tell a fused kernel's intermediates
-  from its external inputs), deps [int >= 1] (the earlier ops of the same stage that this op must follow, as distances
-  back: 1 = the op just before; from the memory each op reads and writes: read after write, write after read,
-  write after write), duration_s (float >= 0 or null; non-null in a measured trace). Distances, not indices,
+  cache slices the op reads: "k:SEQ:DEPTH" and "v:SEQ:DEPTH" for the self-attention keys and values of one
+  sequence at one depth, "xk:SEQ:LAYER" and "xv:SEQ:LAYER" for its cross-attention keys and values of one
+  shared layer; kv_read_bytes are split evenly between them), srcs [int >= 0] (one per input, in in_shapes
+  order: how many ops back, in this stage, the op that last wrote that input's memory is; 0: written before
+  the stage, as weights, a cache or the residual stream carried from the last stage are; what a fusion model
+  needs to tell a fused kernel's intermediates from its external inputs), deps [int >= 1] (the earlier ops of
+  the same stage that this op must follow, as distances back: 1 = the op just before; from the memory each op
+  reads and writes: read after write, write after read, write after write), duration_s (float >= 0 or null;
+  non-null in a measured trace). Distances, not indices,
   so that an op repeated from stage to stage writes the same line.
   "stage" (`StageRecord`), written after the ops of its stage: stage (int, strictly increasing through the
   file), kind "encoder" | "prefill" | "decode" | "speed", rows [[seq, position, exit]] (the rows run: the
@@ -159,7 +160,7 @@ class OpRecord:
     kv_read_bytes: int
     kv_write_bytes: int
     weights: list[str]
-    kv: list[str]  # KV cache items read: "kv:SEQ:DEPTH", "xkv:SEQ:LAYER"
+    kv: list[str]  # KV cache items read: "k:SEQ:DEPTH", "v:SEQ:DEPTH", "xk:SEQ:LAYER", "xv:SEQ:LAYER"
     srcs: list[int]  # per input: distance back to the op of this stage that wrote it; 0: before the stage
     deps: list[int] | None = None  # distances back to the ops of this stage it must follow; None: program order
     duration_s: float | None = None

@@ -13,18 +13,24 @@ def test_default_run_prints_the_table_and_writes_json_perfetto_and_plot(tmp_path
     assert run.main(["--hw", "hwconfigs/a100.yaml", "hwconfigs/h200.yaml", "--json", str(out_json),
                      "--perfetto", str(out_trace), "--plot", str(out_png)]) == 0
     table = capsys.readouterr().out
-    assert "NVIDIA A100" in table and "NVIDIA H200" in table and table.count("t5-base-4x3 speed") == 2
+    # the default shows both regimes: eager and compiled, each on both devices
+    assert "NVIDIA A100" in table and "NVIDIA H200" in table and table.count("t5-base-4x3 speed") == 4
+    assert table.count("eager launch") == table.count("compiled launch") == 2
     runs = json.loads(out_json.read_text())["runs"]
-    assert len(runs) == 8
+    assert len(runs) == 16 and {r["launch"] for r in runs} == {"eager", "compiled"}
     for r in runs:
         assert {"hardware", "model", "decoder", "tokens", "total_s", "s_per_token", "bound", "roofline_s"} <= set(r)
         assert r["tokens"] == 128 and r["total_s"] >= r["roofline_s"]
         assert r["s_per_token"] >= r["roofline_s_per_token"]  # both count the decode stages only
         assert abs(sum(r["bound"].values()) - 1) < 1e-9
-    speed = {r["hardware"]: r["s_per_token"] for r in runs if r["decoder"] == "speed"}
-    seq = {r["hardware"]: r["s_per_token"] for r in runs
+    speed = {(r["hardware"], r["launch"]): r["s_per_token"] for r in runs if r["decoder"] == "speed"}
+    seq = {(r["hardware"], r["launch"]): r["s_per_token"] for r in runs
            if r["model"] == "t5-base-4x3" and r["decoder"] == "sequential"}
     assert all(speed[h] < seq[h] for h in speed)  # SPEED beats decoding the same model sequentially
+    # compiled, the device sets the time: far faster than eager, and the H200 (more bandwidth) beats the A100
+    assert all(speed[hw, "compiled"] < speed[hw, "eager"] / 5 for hw, _ in speed)
+    a100, h200 = (next(h for h, _ in speed if name in h) for name in ("A100", "H200"))
+    assert speed[h200, "compiled"] < speed[a100, "compiled"]
     events = json.loads(out_trace.read_text())["traceEvents"]
     assert {e["ph"] for e in events} == {"M", "X", "i"}
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

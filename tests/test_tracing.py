@@ -129,7 +129,7 @@ def test_trace_file_round_trip_and_header(tmp_path):
 
 def test_default_traces_regenerate_byte_identical(tmp_path):
     committed = sorted(DEFAULT_TRACES.glob("*.jsonl.gz"))
-    assert len(committed) == 4, "run: python -m reference.capture.tracing --defaults"
+    assert len(committed) == 8, "run: python -m reference.capture.tracing --defaults"
     fresh = tracing.write_defaults(tmp_path, progress=False)
     assert sorted(p.name for p in fresh) == [p.name for p in committed]
     for path in committed:
@@ -162,13 +162,13 @@ def test_the_trace_contract_kind_sequence_and_kv_items():
     for op in capture.ops:
         assert op.kind == legacy_kind(op.op, op.module), op
         if op.kind == "attention" and op.kv_read_bytes:
-            assert len(op.kv) == 1 and op.seq in (0, 1)
-            prefix, seq, where = op.kv[0].split(":")
-            assert int(seq) == op.seq
-            if prefix == "kv":  # self-attention: its own depth
-                assert int(where) == op.depth and op.depth // nd == op.group
-            else:  # cross-attention: the encoder keys of its shared layer
-                assert prefix == "xkv" and int(where) == op.layer
+            items = [item.split(":") for item in op.kv]
+            assert len(items) == 2 and op.seq in (0, 1) and {int(seq) for _, seq, _ in items} == {op.seq}
+            prefixes, (where,) = {p for p, _, _ in items}, {int(w) for _, _, w in items}
+            if prefixes == {"k", "v"}:  # self-attention: keys and values of its own depth
+                assert where == op.depth and op.depth // nd == op.group
+            else:  # cross-attention: the encoder keys and values of its shared layer
+                assert prefixes == {"xk", "xv"} and where == op.layer
         stage_seqs = {r[0] for r in capture.stages[op.stage].rows}
         if op.module == "blocks.0.attn.wq" and capture.stages[op.stage].kind == "speed":
             # rows of both sequences in one product: no sequence; a stage of one sequence's rows: that one

@@ -31,6 +31,7 @@ from sim.opkinds import (
     MATMULS_WITH_BIAS_FIRST,
     MOVE_OPS,
     REDUCTION_OPS,
+    SCATTER_OPS,
     kernel_class,
 )
 from sim.trace import OpRecord, StageRecord
@@ -176,23 +177,37 @@ class OpCapture(TorchDispatchMode):
             if item is not None and acc["kv_slice"] is None:
                 acc["kv_slice"] = item
             if id(t) in written:
-                acc["writes"]["kv" if kind == "kv" else "act"] += nbytes(t)
+                # a scatter writes only its values (the last input) into its destination, and reads none of it
+                acc["writes"]["kv" if kind == "kv" else "act"] += nbytes(tensors[-1] if name in SCATTER_OPS else t)
                 if where is not None:
                     acc["write_regions"].append(where)
-                if func in OVERWRITES:
+                if func in OVERWRITES or name in SCATTER_OPS:
                     continue
             if where is not None:
                 acc["read_regions"].append(where)
             acc["reads"][kind] += nbytes(outs[0]) if name in GATHER_OPS and i == 0 else nbytes(t)
             if kind == "weight":
                 acc["weights"].add(self.origins.tags[t][1])
-            elif item is not None and f"{item[0]}:{item[2]}:{item[1]}" not in acc["kv"]:
-                acc["kv"].append(f"{item[0]}:{item[2]}:{item[1]}")
+            elif item is not None:
+                acc["kv"] += [i for i in self._kv_items(name, item) if i not in acc["kv"]]
         if not written:  # a fresh result: an activation, or the KV cache being allocated
             acc["writes"]["kv" if self.where.module == "kv_cache" else "act"] += sum(nbytes(t) for t in outs)
             self.origins.forget(outs)
         acc["fresh"] = [] if written else [r for r in map(region, outs) if r is not None]
         return acc
+
+    def _kv_items(self, name: str, item: tuple[str, int, int]) -> list[str]:
+        """The KV items ("PREFIX:SEQ:DEPTH" or, cross, "PREFIX:SEQ:LAYER") a read of the cache view `item` =
+        (prefix, depth or layer, seq) touches: its own, or, where the compiled step gathers every row's slice
+        from the whole cache, the slices of the step's rows."""
+        prefix, where, seq = item
+        rows = self.where.static_rows
+        if name not in GATHER_OPS or rows is None:
+            return [f"{prefix}:{seq}:{where}"]
+        seqs, groups = rows
+        if prefix in ("k", "v"):  # depth of row r in this block: groups[r] * Nd + layer
+            return [f"{prefix}:{s}:{g * self.where.nd + (self.where.layer or 0)}" for s, g in zip(seqs, groups)]
+        return [f"{prefix}:{s}:{where}" for s in dict.fromkeys(seqs)]
 
     def record(self, name: str, func: Any, args: tuple, kwargs: dict, out: Any, duration_s: float | None) -> None:
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
@@ -200,8 +215,11 @@ class OpCapture(TorchDispatchMode):
         if not tensors and not outs:
             return  # a scalar helper (promote_types and the like): no kernel
         acc = self._bytes(name, func, args, tensors, outs)
-        kv_slice = acc["kv_slice"]  # the self-attention cache names the op's depth; any cache its sequence
-        group, depth, layer, seq, rows = self.where.place(kv_slice[1:] if kv_slice and kv_slice[0] == "kv" else None)
+        # a view of one cache slice names the op's sequence, and a self-attention one its depth (the compiled
+        # step's views of the whole cache name neither)
+        kv_slice = acc["kv_slice"] if self.where.static_rows is None else None
+        self_kv = kv_slice[1:] if kv_slice and kv_slice[0] in ("k", "v") else None
+        group, depth, layer, seq, rows = self.where.place(self_kv)
         if kv_slice is not None:
             seq = kv_slice[2]
         index = len(self.ops)

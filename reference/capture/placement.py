@@ -11,7 +11,10 @@ renamed module fails loudly instead of silently mislabelling kernels):
   `encode_into(cache, seq, tokens)`, and the per-row methods `forward_rows`, `cross_rows`, `encoder_kv`,
   `rows` and `new_cache`, which are wrapped to name where the run is;
 - the KV cache is `KVCache.k / .v` of shape [depth, seq, ...] and `.cross_k / .cross_v` of shape
-  [layer, seq, ...]: a view of one of them names its depth (layer) and sequence by its storage offset.
+  [layer, seq, ...]: a view of one of them names its depth (layer) and sequence by its storage offset;
+- compiled decoding (reference.compiled) runs `BoundStep.group / .stage(h, seqs, positions, groups)`, whose
+  `self_attention_static(attn, ...)` and `cross_attention_static(attn, ...)` gather every row's cache slices
+  from the whole cache: the rows say which slices.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from typing import Any
 
 import torch
 
+from reference import compiled
 from reference.model import KVCache, RMSNorm, Rows, SharedDecoder
 
-BLOCK_NAME = re.compile(r"(encoder\.)?blocks\.(\d+)")
+BLOCK_NAME = re.compile(r"(encoder\.)?blocks\.(\d+)(\..+)?")  # a block, or a module inside one
 ROW_METHODS = ("forward_rows", "cross_rows", "encoder_kv")  # per-module methods the decoders call directly
 MODEL_METHODS = ("head", "rows", "new_cache", "run_group", "prefill", "encode_into")
-KV_FIELDS = {"k": "kv", "v": "kv", "cross_k": "xkv", "cross_v": "xkv"}  # KVCache field -> item prefix
+KV_FIELDS = {"k": "k", "v": "v", "cross_k": "xk", "cross_v": "xv"}  # KVCache field -> item prefix
+STATIC_ATTENTION = ("self_attention_static", "cross_attention_static")  # reference.compiled, per block
 
 
 def check_model(model: SharedDecoder) -> None:
@@ -59,6 +64,7 @@ class Placement:
         self.seq: int | None = None  # the one sequence of an encoder or prefill stage
         self.layer: int | None = None
         self.depth: int | None = None  # prefill: depth of the block being run
+        self.static_rows: tuple[list[int], list[int]] | None = None  # compiled step: (seqs, groups) of its rows
         self.modules: list[tuple[str, str | None]] = []  # (name, role) from the outermost in
 
     def begin_stage(self, kind: str) -> None:
@@ -79,7 +85,7 @@ class Placement:
         match = BLOCK_NAME.fullmatch(name)
         if match:
             self.layer = int(match.group(2))
-            if self.depth is not None and not match.group(1):
+            if self.depth is not None and not match.group(1) and not match.group(3):
                 self.depth += 1  # prefill runs the blocks in depth order
 
     def leave(self) -> None:
@@ -131,6 +137,12 @@ class ModelHooks:
             self._around(model, "run_group", self._run_group)
             self._around(model, "prefill", self._one_sequence(prefill=True))
             self._around(model, "encode_into", self._one_sequence(prefill=False))
+            for method in ("group", "stage"):
+                self._around(compiled.BoundStep, method, self._static_rows, restore=getattr(compiled.BoundStep, method))
+            names = {id(m): n for n, m in model.named_modules()}
+            for function in STATIC_ATTENTION:
+                self._around(compiled, function, lambda inner, attn, *a: self._named(names[id(attn)], inner, attn, *a),
+                             restore=getattr(compiled, function))
             yield
         finally:
             for undo in reversed(self._undo):
@@ -144,6 +156,22 @@ class ModelHooks:
             return inner(h, rows, groups, cache)
         finally:
             self.where.groups = None
+
+    def _static_rows(self, inner: Callable[..., Any], bound: compiled.BoundStep, h: torch.Tensor, seqs: list[int],
+                     positions: list[int], groups: list[int]) -> Any:
+        self.where.static_rows, self.where.rows = (seqs, groups), len(seqs)
+        try:
+            return inner(bound, h, seqs, positions, groups)
+        finally:
+            self.where.static_rows = None
+
+    def _named(self, name: str, inner: Callable[..., Any], *args: Any) -> Any:
+        """A call that counts as module `name` (the static step's per-block attention functions)."""
+        self.where.enter(name, None)
+        try:
+            return inner(*args)
+        finally:
+            self.where.leave()
 
     def _one_sequence(self, prefill: bool) -> Callable[..., Any]:
         """A wrapper of `prefill(cache, seq, tokens)` or `encode_into(cache, seq, tokens)`."""
@@ -159,10 +187,12 @@ class ModelHooks:
 
         return around
 
-    def _around(self, obj: Any, method: str, around: Callable[..., Any]) -> None:
+    def _around(self, obj: Any, method: str, around: Callable[..., Any], restore: Any = None) -> None:
+        """Route calls of `obj.method` through `around(inner, *args)`; undone by deleting the instance attribute,
+        or, for a class or module attribute, by restoring `restore`."""
         inner = getattr(obj, method)
         setattr(obj, method, lambda *args, **kwargs: around(inner, *args, **kwargs))
-        self._undo.append(lambda: delattr(obj, method))
+        self._undo.append(lambda: delattr(obj, method) if restore is None else setattr(obj, method, restore))
 
     def _wrap(self, obj: Any, method: str, name: str, role: str | None = None,
               after: Callable[[Any], None] | None = None) -> None:

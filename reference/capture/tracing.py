@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from reference import compiled as compiled_steps
 from reference import decode
 from reference.capture.opcapture import OpCapture
 from reference.config import PRESETS, ModelConfig, get_preset
@@ -52,8 +53,9 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]  # holds reference/ and sim/: 
 # Sources whose content decides what a trace holds: their hash is the trace's code revision, so that a
 # regenerated default trace is byte-identical until one of them changes.
 TRACE_SOURCES = ("reference/config.py", "reference/model.py", "reference/decode.py", "reference/pipeline.py",
-                 "reference/flips.py", "reference/capture/tracing.py", "reference/capture/opcapture.py",
-                 "reference/capture/placement.py", "reference/capture/accesses.py", "sim/opkinds.py", "sim/trace.py")
+                 "reference/compiled.py", "reference/flips.py", "reference/capture/tracing.py",
+                 "reference/capture/opcapture.py", "reference/capture/placement.py", "reference/capture/accesses.py",
+                 "sim/opkinds.py", "sim/trace.py")
 
 
 def code_revision() -> str:
@@ -122,17 +124,24 @@ def header(model: SharedDecoder, capture: OpCapture, decoder: str, prompts: list
 
 
 def run_decoder(model: SharedDecoder, decoder: str, prompts: list[list[int]], tokens: int,
-                encoder_inputs: list[list[int]] | None, predictor: Any, observer: Any = None) -> decode.DecodeResult:
+                encoder_inputs: list[list[int]] | None, predictor: Any, observer: Any = None,
+                compiled: bool = False) -> decode.DecodeResult:
+    """Decode with `decoder`; `compiled`: through the static-shape step compiled decoding runs (uncompiled, so
+    that a capture sees the ops a compiler is handed)."""
     fn = decode.speed if decoder == "speed" else decode.sequential
-    return fn(model, prompts, tokens, encoder_inputs=encoder_inputs, observer=observer, predictor=predictor)
+    if compiled:
+        compiled_steps.uncompiled_step(model)
+    return fn(model, prompts, tokens, encoder_inputs=encoder_inputs, observer=observer, predictor=predictor,
+              compile=compiled)
 
 
 def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Path, device: str = "meta",
                   dtype: torch.dtype = torch.bfloat16, batch: int = 1, prompt_len: int = 16,
                   source_len: int = DEFAULT_SOURCE_LEN, flips: str | None = None, seed: int = 0,
-                  command: str = "") -> tuple[OpCapture, float]:
-    """Trace one decoding run of a preset (or a config) and write it to `out`. Returns the capture and its time
-    in s."""
+                  command: str = "", compiled: bool = False) -> tuple[OpCapture, float]:
+    """Trace one decoding run of a preset (or a config) and write it to `out`; `compiled`: the run compiled
+    decoding makes (static shapes: the whole padded cache attended under a mask, tensor-indexed cache writes),
+    as the compiler is handed it. Returns the capture and its time in s."""
     cfg = preset if isinstance(preset, ModelConfig) else get_preset(preset)
     predictor = flip_oracle(cfg, flips, seed, decoder == "sequential")
     if predictor is None and device == "meta":
@@ -142,9 +151,11 @@ def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Pat
     capture = OpCapture(model)
     t0 = time.perf_counter()
     with capture.attached():
-        run_decoder(model, decoder, prompts, tokens, sources, predictor, observer=capture)
+        run_decoder(model, decoder, prompts, tokens, sources, predictor, observer=capture, compiled=compiled)
     elapsed = time.perf_counter() - t0
-    write_trace(out, header(model, capture, decoder, prompts, tokens, predictor, device, False, command), capture)
+    extra = {"formulation": "compiled"} if compiled else {}
+    write_trace(out, header(model, capture, decoder, prompts, tokens, predictor, device, False, command, extra),
+                capture)
     return capture, elapsed
 
 
@@ -168,9 +179,11 @@ def write_defaults(out_dir: Path = DEFAULT_TRACES, progress: bool = True) -> lis
     from tqdm import tqdm
 
     paths = []
-    for preset, decoder in tqdm(DEFAULT_RUNS, desc="default traces", disable=not progress):
-        path = out_dir / default_trace_name(preset, decoder)
-        capture_trace(preset, decoder, DEFAULT_TOKENS, path, command="python -m reference.capture.tracing --defaults")
+    runs = [(preset, decoder, compiled) for compiled in (False, True) for preset, decoder in DEFAULT_RUNS]
+    for preset, decoder, compiled in tqdm(runs, desc="default traces", disable=not progress):
+        path = out_dir / default_trace_name(preset, decoder, compiled)
+        capture_trace(preset, decoder, DEFAULT_TOKENS, path, compiled=compiled,
+                      command="python -m reference.capture.tracing --defaults")
         paths.append(path)
     return paths
 
@@ -202,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     add_workload_arguments(parser, required=False)
     parser.add_argument("--device", default="meta", help="cpu, cuda or meta (default meta: shapes only, no weights)")
     parser.add_argument("--out", type=Path, help="trace file to write (.jsonl.gz)")
-    parser.add_argument("--defaults", action="store_true", help="regenerate the default traces under data/traces/")
+    parser.add_argument("--compiled", action="store_true", help="trace the run compiled decoding makes (its "
+                        "static-shape step, as torch.compile is handed it: masked attention over the padded cache, "
+                        "tensor-indexed cache writes), for python -m sim.run --launch compiled")
+    parser.add_argument("--defaults", action="store_true", help="regenerate the default traces under data/traces/ "
+                        "(eager and compiled)")
     args = parser.parse_args(argv)
     if args.defaults:
         for path in write_defaults():
@@ -213,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         capture, elapsed = capture_trace(args.preset, args.decoder, args.tokens, args.out, args.device,
                                          getattr(torch, args.dtype), args.batch, args.prompt_len, args.source_len,
-                                         args.flips, args.seed,
+                                         args.flips, args.seed, compiled=args.compiled,
                                          command=" ".join(["python -m reference.capture.tracing", *sys.argv[1:]]))
     except ValueError as err:
         parser.error(str(err))

@@ -1,0 +1,153 @@
+"""What the compiler really runs, against what the simulator's fusion model projects, stage for stage.
+
+For one compiled step variant (a SPEED stage, or the last group of a sequential step, of R rows: the function
+`reference.compiled.stage_static` compiles), this
+
+- records the kernels inductor generated, from the code it wrote (`torch._inductor.utils.run_and_get_code`):
+  each call in the compiled graph's `call()` is a generated kernel (`cpp_fused_*` on cpu, `triton_*` on cuda;
+  its name lists the aten ops it fused) or a library kernel (`extern_kernels.*`, an aten fallback);
+- traces the same function run eagerly under the op capture (the ops the compiler was handed) and fuses them
+  with `sim.fusion.stage_groups`, the model `python -m sim.run --launch compiled` uses;
+- reports both side by side: generated vs fused kernels, library vs library kernels, with their names.
+
+    python -m reference.capture.inductor --preset tiny-4x3 --rows 1 2 3
+    python -m reference.capture.inductor --preset t5-base-4x3 --rows 3 --json data/compiled/t5-base-4x3.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from reference.capture.opcapture import OpCapture
+from reference.compiled import bucket, stage_static
+from reference.config import PRESETS, get_preset
+from reference.model import KVCache, SharedDecoder
+from sim.files import atomic_write
+from sim.fusion import LIBRARY_CLASSES, stage_groups
+
+# a call in the compiled module's call(): a generated kernel, or a library (extern / fallback) kernel
+_GENERATED = re.compile(r"^\s+((?:cpp_fused|triton_\w+?_fused)\w*?)(?:_\d+)?(?:\.run)?\(")
+_LIBRARY = re.compile(r"^\s+(?:buf\w+ = )?(extern_kernels\.\w+|torch\.ops\.\w+\.\w+(?:\.\w+)?|aten\.\w+(?:\.\w+)?)\(")
+
+
+@dataclass
+class StageKernels:
+    """The kernels of one compiled variant: inductor's and the fusion model's, each as (names of generated or
+    fused kernels, names of library kernels)."""
+
+    preset: str
+    rows: int
+    dtype: str
+    cache_length: int
+    traced_ops: int
+    inductor_generated: list[str] = field(default_factory=list)
+    inductor_library: list[str] = field(default_factory=list)
+    model_fused: list[str] = field(default_factory=list)
+    model_library: list[str] = field(default_factory=list)
+    compile_s: float = 0.0
+
+
+def inductor_kernels(code: str) -> tuple[list[str], list[str]]:
+    """(generated, library) kernel calls of inductor's output module, in call order."""
+    body = code[code.index("def call(") :] if "def call(" in code else code
+    generated, library = [], []
+    for line in body.splitlines():
+        if m := _GENERATED.match(line):
+            generated.append(m.group(1))
+        elif m := _LIBRARY.match(line):
+            library.append(m.group(1))
+    return generated, library
+
+
+def _inputs(model: SharedDecoder, rows: int, length: int) -> tuple:
+    """Arguments of `stage_static` for `rows` rows of one sequence at consecutive positions and groups (a SPEED
+    stage in steady state), over a cache of `length` positions."""
+    cfg = model.config
+    cache: KVCache = model.new_cache(1, bucket(length, cfg.max_seq_len),
+                                     bucket(8, cfg.max_seq_len) if cfg.is_encoder_decoder else 0)
+    device = cache.k.device
+    groups = list(range(rows - 1, -1, -1)) if rows <= cfg.n_groups else [0] * rows
+    index = torch.tensor([[0] * rows, [length - rows + r for r in range(rows)], groups], device=device)
+    h = torch.randn(rows, cfg.d_model, generator=torch.Generator().manual_seed(0)).to(cache.k)  # meta: no values
+    lens = torch.tensor([8], device=device) if cfg.is_encoder_decoder else None
+    return h, index, cache.k, cache.v, cache.cross_k, cache.cross_v, lens
+
+
+def model_kernels(model: SharedDecoder, args: tuple) -> tuple[int, list[str], list[str]]:
+    """(traced ops, fused kernels, library kernels) of `stage_static` run eagerly under the op capture and fused
+    by the simulator's fusion model."""
+    capture = OpCapture(model)
+    with torch.inference_mode(), capture.attached():
+        capture.begin("speed")
+        stage_static(model, *args)
+    ops = [op for op in capture.ops if op.stage == capture.where.stage]
+    fused, library = [], []
+    for group in stage_groups(ops):
+        kind = ops[group[0]].kind
+        if kind in LIBRARY_CLASSES:
+            library.append(ops[group[0]].op)
+        else:
+            fused.append("+".join(sorted({ops[j].op.split(".")[1] for j in group})))
+    return len(ops), fused, library
+
+
+def compare(preset: str, rows: int, dtype: torch.dtype = torch.float32, length: int = 32) -> StageKernels:
+    """Inductor's kernels and the fusion model's for one variant of `preset` (random weights, cpu; the fusion
+    model's side traced on the meta device, as `sim.run --launch compiled` traces)."""
+    meta = SharedDecoder(get_preset(preset), device="meta", dtype=dtype)
+    traced, fused, library = model_kernels(meta, _inputs(meta, rows, length))
+    model = SharedDecoder(get_preset(preset), dtype=dtype, seed=0)
+    args = _inputs(model, rows, length)
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        _, codes = run_and_get_code(torch.compile(stage_static, dynamic=False, fullgraph=True), model, *args)
+    generated, extern = [], []
+    for code in codes:
+        g, e = inductor_kernels(code)
+        generated += g
+        extern += e
+    return StageKernels(preset, rows, str(dtype).removeprefix("torch."), length, traced, generated, extern, fused,
+                        library, time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference.capture.inductor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", nargs="+", default=["tiny-4x3"],
+                        help="model presets (default tiny-4x3); any of: " + ", ".join(PRESETS))
+    parser.add_argument("--rows", nargs="+", type=int, default=[1, 3],
+                        help="rows in flight of the variants compared (default 1 3)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="default float32")
+    parser.add_argument("--json", type=Path, help="write the kernels of every variant as JSON")
+    args = parser.parse_args(argv)
+    if any(r < 1 for r in args.rows):
+        parser.error("--rows must be >= 1")
+    try:
+        results = [compare(p, r, getattr(torch, args.dtype)) for p in args.preset for r in args.rows]
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"{'preset':<16}{'rows':>5}{'traced ops':>11}{'fused: model':>14}{'inductor':>10}"
+          f"{'library: model':>16}{'inductor':>10}{'compile s':>11}")
+    for r in results:
+        print(f"{r.preset:<16}{r.rows:>5}{r.traced_ops:>11}{len(r.model_fused):>14}{len(r.inductor_generated):>10}"
+              f"{len(r.model_library):>16}{len(r.inductor_library):>10}{r.compile_s:>11.1f}")
+    if args.json:
+        payload = {"command": " ".join(["python -m reference.capture.inductor", *sys.argv[1:]]),
+                   "torch": torch.__version__, "variants": [asdict(r) for r in results]}
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
