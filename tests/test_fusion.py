@@ -104,3 +104,23 @@ def test_older_traces_are_refused_for_compiled_launch():
     trace = read_trace(Path("data/measured/h200/t5-base-4.sequential.bf16.b1.t128.jsonl.gz"))
     with pytest.raises(ValueError, match="re-trace it"):
         fuse(trace)
+
+
+def test_fused_kernel_counts_match_the_compiler_recorded():
+    """Item 4's check, pinned: per compiled variant, the fusion model's kernels against inductor's, as
+    `python -m reference.capture.inductor` recorded them (data/compiled/inductor-kernels.json, its command
+    inside): library kernels equal, generated kernels within 20%. The model side is traced here, on meta."""
+    import json
+
+    from reference.capture.inductor import _inputs, model_kernels
+    from reference.config import get_preset
+    from reference.model import SharedDecoder
+
+    recorded = json.loads(Path("data/compiled/inductor-kernels.json").read_text())["variants"]
+    assert {v["preset"] for v in recorded} >= {"tiny-4x3", "tiny-t5-2x3", "t5-base-4x3", "llama-1b-11x2"}
+    for v in recorded:
+        model = SharedDecoder(get_preset(v["preset"]), device="meta", dtype=getattr(torch, v["dtype"]))
+        _, fused, library = model_kernels(model, _inputs(model, v["rows"], v["cache_length"]))
+        assert len(library) == len(v["inductor_library"]), v["preset"]
+        generated = len(v["inductor_generated"])
+        assert abs(len(fused) - generated) <= 0.2 * generated, (v["preset"], v["rows"], len(fused), generated)

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,18 @@ def test_outputs_are_written_atomically(tmp_path):
     with pytest.raises(RuntimeError):
         run.atomic_write(target, lambda tmp: (tmp.write_text("half"), (_ for _ in ()).throw(RuntimeError("x"))))
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_default_projections_are_the_recorded_ones(tmp_path):
+    """A refactor must not move a projection: the default table's figures equal those recorded in
+    tests/data/default-projections.json (regenerate it with tests/data/regenerate.py only for a change meant to
+    move them)."""
+    recorded = json.loads((Path(__file__).parent / "data" / "default-projections.json").read_text())["runs"]
+    out = tmp_path / "runs.json"
+    assert run.main(["--hw", "a100", "h200", "--json", str(out)]) == 0
+    now = json.loads(out.read_text())["runs"]
+    assert [(r["hardware"], r["launch"], r["label"]) for r in now] == [
+        (r["hardware"], r["launch"], r["label"]) for r in recorded]
+    for a, b in zip(now, recorded):
+        assert (a["total_s"], a["s_per_token"], a["dram_bytes"], a["kernels"]) == pytest.approx(
+            (b["total_s"], b["s_per_token"], b["dram_bytes"], b["kernels"]), rel=1e-9), a["label"]
