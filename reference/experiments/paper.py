@@ -13,7 +13,10 @@ Flip rate after exit g: over every position of the held-out windows (teacher for
 argmax differs from its exit-g argmax, Figure 4's definition. Latency: batch 1, one prompt at a time, a fixed
 number of new tokens (EOS does not stop decoding), float32, one warm-up run per decoder, then every prompt
 `--repeats` times, decoders interleaved; per prompt the median over its repeats (a shared machine only ever
-slows a run down), averaged over the prompts and divided by the new tokens, is ms per token.
+slows a run down), averaged over the prompts and divided by the new tokens, is ms per token. With --compile the
+decoders run compiled (decode.*(compile=True)): the warm-up compiles every variant, and the compile time is reported
+apart (latency.compile_s), never timed; the outputs then default to metrics-compiled.json and
+accuracy-vs-latency-compiled.png, so that the eager figures stay.
 Exactness: every prompt decoded by both decoders in float64 (and the float32 runs compared too).
 """
 
@@ -73,33 +76,40 @@ def evaluate(model: SharedDecoder, inputs: torch.Tensor, targets: torch.Tensor, 
 
 
 def _timed(fn: Callable[..., decode.DecodeResult], model: SharedDecoder, prompt: list[int],
-           tokens: int) -> tuple[float, decode.DecodeResult]:
+           tokens: int, compile: bool = False) -> tuple[float, decode.DecodeResult]:
+    """(seconds, result) of one decode; the seconds exclude any compilation the call did (`result.compile_s`)."""
     t0 = time.perf_counter()
-    result = fn(model, [prompt], tokens, eos_id=NO_EOS)
-    return time.perf_counter() - t0, result
+    result = fn(model, [prompt], tokens, eos_id=NO_EOS, compile=compile)
+    return time.perf_counter() - t0 - result.compile_s, result
 
 
-def latency(model: SharedDecoder, prompts: list[list[int]], tokens: int, repeats: int) -> dict:
+def latency(model: SharedDecoder, prompts: list[list[int]], tokens: int, repeats: int, compile: bool = False) -> dict:
     """ms per sequence (per prompt the median over repeats, averaged over prompts) and per token of each decoder
-    (SPEED only for shared models), whether their float32 outputs agree, SPEED's pipeline statistics."""
+    (SPEED only for shared models), whether their float32 outputs agree, SPEED's pipeline statistics. `compile`:
+    decode compiled (reference.compiled); the warm-up compiles every variant, and the compile time is reported apart
+    (`compile_s`), never timed."""
     decoders = {"sequential": decode.sequential}
     if model.config.n_groups > 1:
         decoders["speed"] = decode.speed
-    for fn in decoders.values():  # warm-up: allocator, dispatch caches
-        _timed(fn, model, prompts[0], tokens)
+    compile_s = 0.0
+    for fn in decoders.values():  # warm-up: allocator, dispatch caches, compiled variants
+        compile_s += _timed(fn, model, prompts[0], tokens, compile)[1].compile_s
     seconds = {name: [[] for _ in prompts] for name in decoders}
     outputs: dict[str, list[list[int]]] = {name: [] for name in decoders}
     stats = None
     for repeat in range(repeats):
         for i, prompt in enumerate(prompts):
             for name, fn in decoders.items():
-                elapsed, result = _timed(fn, model, prompt, tokens)
+                elapsed, result = _timed(fn, model, prompt, tokens, compile)
+                compile_s += result.compile_s
                 seconds[name][i].append(elapsed)
                 if repeat == 0:
                     outputs[name].append(result.tokens[0])
                     if name == "speed":
                         stats = result.stats if stats is None else stats.merge(result.stats)
-    report = {}
+    report: dict = {"mode": "compiled" if compile else "eager"}
+    if compile:
+        report["compile_s"] = compile_s
     for name, runs in seconds.items():
         by_prompt_ms = [1e3 * statistics.median(r) for r in runs]
         ms = statistics.fmean(by_prompt_ms)
@@ -190,6 +200,8 @@ def summary(m: dict) -> str:
         flips = ", ".join(f"{100 * r:.1f}" for r in m["heldout"]["flip_rates"])
         line += (f", SPEED {lat['speed']['ms_per_token']:.2f} ms/token (x{lat['speedup']:.2f}), flips after each "
                  f"group [{flips}]%")
+    if "compile_s" in lat:
+        line += f", compiled (compile {lat['compile_s']:.1f} s, not timed)"
     return line + f", SPEED = sequential on {exact['identical']}/{exact['sequences']} prompts (float64)"
 
 
@@ -216,12 +228,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="directory of the checkpoints (default data/trained)")
     parser.add_argument("--presets", nargs="+", metavar="NAME",
                         help="checkpoints to measure, by preset name (default: every *.safetensors in --models)")
-    parser.add_argument("--metrics", type=Path, default=ROOT / "data" / "trained" / "metrics.json",
-                        help="where the figures go (default data/trained/metrics.json)")
+    parser.add_argument("--metrics", type=Path,
+                        help="where the figures go (default data/trained/metrics.json; with --compile "
+                        "data/trained/metrics-compiled.json)")
     parser.add_argument("--flips-out", type=Path, default=ROOT / "data" / "flips" / "trained.yaml",
                         help="where the flip profiles go (default data/flips/trained.yaml)")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "accuracy-vs-latency.png",
-                        help="where Figure 3 goes (default docs/accuracy-vs-latency.png)")
+    parser.add_argument("--plot", type=Path,
+                        help="where Figure 3 goes (default docs/accuracy-vs-latency.png; with --compile "
+                        "docs/accuracy-vs-latency-compiled.png)")
     parser.add_argument("--corpus", type=Path, metavar="DIR",
                         help="corpus directory, as in reference.experiments.train (default: this Python's stdlib)")
     parser.add_argument("--eval-windows", type=int, default=128,
@@ -236,6 +250,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: batch-1 decoding is latency bound, and one thread keeps "
                         "timings steadier on a shared machine)")
+    parser.add_argument("--compile", action="store_true",
+                        help="decode compiled in the latency part (torch.compile, reference.compiled): every "
+                        "variant is compiled in the warm-up, its compile time reported apart, never timed")
     return parser
 
 
@@ -260,7 +277,7 @@ def _measure(path: Path, corpus: Corpus, heldout_files: list[bytes],
         "train": {"steps": meta["step"], "wall_s": meta["train_wall_s"],
                   "tokens": meta["step"] * train_settings["batch"] * train_settings["context"]},
         "heldout": evaluate(model, inputs, targets),
-        "latency": latency(model, prompts, args.tokens, args.repeats),
+        "latency": latency(model, prompts, args.tokens, args.repeats, args.compile),
         "exact_float64": exact_in_float64(model, prompts, args.tokens),
     }
     print(f"{cfg.name:>9}: {summary(figures)} [{time.perf_counter() - t0:.0f} s]")
@@ -270,7 +287,8 @@ def _measure(path: Path, corpus: Corpus, heldout_files: list[bytes],
 def _write_outputs(args: argparse.Namespace, models: dict[str, dict], settings: dict, machine: str, corpus: Corpus,
                    corpus_matches: bool) -> None:
     """metrics.json, the flip profiles and Figure 3, each written atomically."""
-    metrics = {"command": "python -m reference.experiments.paper", "settings": settings,
+    command = "python -m reference.experiments.paper" + (" --compile" if args.compile else "")
+    metrics = {"command": command, "settings": {**settings, "compile": args.compile},
                "machine": {"cpu": machine, "cores": os.cpu_count(), "python": platform.python_version(),
                            "torch": torch.__version__},
                "corpus": {**{k: v for k, v in corpus.describe().items() if k != "root"},
@@ -278,18 +296,22 @@ def _write_outputs(args: argparse.Namespace, models: dict[str, dict], settings: 
                "models": models}
     atomic_write(args.metrics, lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))
     atomic_write(args.flips_out, lambda tmp: tmp.write_text(flips_yaml(models, settings)))
-    save_plot(models, args.plot, machine)
+    save_plot(models, args.plot, machine + (", compiled" if args.compile else ""))
     print(f"wrote {args.metrics}, {args.flips_out}, {args.plot}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure every checkpoint and write the outputs; 1 if SPEED differs from sequential decoding, 2 on bad input."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    for flag, value in settings.items():
+        if value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    suffix = "-compiled" if args.compile else ""
+    args.metrics = args.metrics or ROOT / "data" / "trained" / f"metrics{suffix}.json"
+    args.plot = args.plot or ROOT / "docs" / f"accuracy-vs-latency{suffix}.png"
     try:
-        settings = {k: getattr(args, k) for k in SETTINGS}
-        for flag, value in settings.items():
-            if value < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
         torch.set_num_threads(args.threads)
         paths = checkpoints(args.models, args.presets)
         corpus = load_corpus(args.corpus)
