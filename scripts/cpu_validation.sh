@@ -5,21 +5,60 @@
 # to load changing between runs on a shared machine), and the validation of all of them against it. Fails when
 # the median end-to-end error exceeds ${MAX_ERROR:-25}%. Then the fair test, reported and not gated: a hwconfig
 # fitted to three presets (unshared sequential, shared SPEED, T5 SPEED) judged on the two it did not see.
+#
+# The compiled regime, in the same loop: compiled decoding (torch.compile of the static-shape stage step) of
+# sequential and SPEED runs, measured per stage and end to end (compile time excluded), code-wide-4x3 among them
+# (d_model 512: 49 MiB of float32 shared weights, more than a 32 MiB L3). The same calibration fits the compiled
+# figures (the host cost of a graph call per stage, the gap per kernel, the fused kernel class) to the tiny
+# presets' decode stages, and `validate --launch compiled` of those four fails above ${MAX_ERROR:-25}% (median end
+# to end) or ${MAX_STAGE_ERROR:-25}% (median stage); the targets are 10% and 15%. code-wide-4x3 is judged, not
+# fitted, and not gated: its stages are weight streams through library GEMVs/GEMMs whose model comes from the
+# eager calibration, which no measured preset past the L3 informs (eager decoding of it is as far off); fitting
+# the compiled figures to it would make the graph launch absorb that matmul error. Held out, reported and not
+# gated: the compiled figures fitted to tiny-4x3 alone, judged on the other four.
+#
+# Everything runs on one thread (--threads 1): on a busy 2-core machine, two threads make a run wait for a
+# descheduled thread at every parallel region (decode runs of 40 ms took 5 s), one thread only shares the core.
 set -euo pipefail
 out=${1:-$(mktemp -d)}
-mkdir -p "$out"
+mkdir -p "$out/compiled"
 # one interleaved measurement: each round runs every preset once, so a slow phase of the machine (which made one
 # preset 40% slower than the others in a CI run measured preset by preset) touches them all alike
 job() { echo "--preset $1 --decoder $2 ${3:+--flips $3} --out $out/$1.$2.jsonl.gz"; }
-python -m reference.capture.measure --device cpu --dtype float32 --tokens 32 --warmup 1 --repeats 5 --op-repeats 3 --quiet \
+python -m reference.capture.measure --device cpu --threads 1 --dtype float32 --tokens 32 --warmup 1 --repeats 5 \
+  --op-repeats 3 --quiet \
   --job "$(job tiny-6 sequential)" --job "$(job tiny-4x3 speed 0.09,0.04)" --job "$(job tiny-4x3 sequential)" \
   --job "$(job tiny-2x3 speed 0.15,0.06)" --job "$(job tiny-t5-2x3 speed 0.09,0.04)"
-python -m sim.fitting.calibrate --device cpu --quick --out "$out/cpu-calibrated.yaml" --measured "$out"/*.jsonl.gz 2>&1 \
-  | grep -v "it/s\]"
-python -m sim.fitting.validate --hw "$out/cpu-calibrated.yaml" --measured "$out"/*.jsonl.gz --max-error "${MAX_ERROR:-25}" \
-  --plot "$out/validation.png"
+# compiled: the warm-up compiles every variant (one per rows in flight; reported, excluded), then timed runs.
+# 128 tokens for the tiny presets: the first stages after eager work (and after a change of rows in flight) run
+# with cold caches, a share of the decode that shrinks with its length; code-wide-4x3's stages take milliseconds
+cjob() { echo "--preset $1 --decoder $2 ${3:+--flips $3} --out $out/compiled/$1.$2.jsonl.gz"; }
+python -m reference.capture.measure --device cpu --threads 1 --dtype float32 --tokens 128 --compile --warmup 1 \
+  --repeats 7 --op-repeats 1 --quiet \
+  --job "$(cjob tiny-6 sequential)" --job "$(cjob tiny-4x3 speed 0.09,0.04)" --job "$(cjob tiny-4x3 sequential)" \
+  --job "$(cjob tiny-t5-2x3 speed 0.09,0.04)" --job "$(cjob code-wide-4x3 speed 0.09,0.04) --tokens 32" \
+  --job "$(cjob code-wide-4x3 sequential) --tokens 32"
+python -m sim.fitting.calibrate --device cpu --quick --threads 1 --out "$out/cpu-calibrated.yaml" \
+  --measured "$out"/*.jsonl.gz "$out"/compiled/tiny-*.jsonl.gz 2>&1 | grep -v "it/s\]"
 python -m sim.fitting.calibrate --device cpu --microbench "$out/cpu-calibrated.microbench.json" --out "$out/cpu-heldout.yaml" \
-  --measured "$out"/{tiny-6.sequential,tiny-4x3.speed,tiny-t5-2x3.speed}.jsonl.gz >"$out/cpu-heldout.txt"
-echo "held out: fitted to tiny-6.sequential, tiny-4x3.speed, tiny-t5-2x3.speed"
+  --measured "$out"/{tiny-6.sequential,tiny-4x3.speed,tiny-t5-2x3.speed}.jsonl.gz \
+  "$out"/compiled/tiny-4x3.{speed,sequential}.jsonl.gz >"$out/cpu-heldout.txt"
+# the full reports go to files; what is printed is a summary (CI shows the last 22 lines): per metric n, mean,
+# median and P90 absolute error in %, signed bias in %, Pearson r
+summary() { awk '/^all [0-9]+ traces/ {on = 1; next} on && /^(kernel|stage|end_to_end) /'; }
+echo "eager, all five, fitted to all (full report: $out/validation.txt):"
+python -m sim.fitting.validate --hw "$out/cpu-calibrated.yaml" --measured "$out"/*.jsonl.gz --max-error "${MAX_ERROR:-25}" \
+  --plot "$out/validation.png" | tee "$out/validation.txt" | summary
+echo "compiled, the four tiny presets, fitted to them (gated; full report: $out/validation-compiled.txt):"
+python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml" --measured "$out"/compiled/tiny-*.jsonl.gz \
+  --max-error "${MAX_ERROR:-25}" --max-stage-error "${MAX_STAGE_ERROR:-25}" | tee "$out/validation-compiled.txt" | summary
+echo "compiled, all six, code-wide-4x3 (weights past the L3) judged, not fitted (not gated):"
+python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml" --measured "$out"/compiled/*.jsonl.gz \
+  --plot "$out/validation-compiled.png" | tee "$out/validation-compiled-all.txt" | summary
+echo "held out, eager: fitted to tiny-6.sequential, tiny-4x3.speed, tiny-t5-2x3.speed, judged on the other two:"
 python -m sim.fitting.validate --hw "$out/cpu-heldout.yaml" --measured "$out"/{tiny-4x3.sequential,tiny-2x3.speed}.jsonl.gz \
-  | sed -n '/^all 2 traces/,/^end_to_end/p'
+  | summary
+echo "held out, compiled: fitted to tiny-4x3, judged on tiny-6, tiny-t5-2x3, code-wide-4x3:"
+python -m sim.fitting.validate --launch compiled --hw "$out/cpu-heldout.yaml" \
+  --measured "$out"/compiled/{tiny-6.sequential,tiny-t5-2x3.speed,code-wide-4x3.speed,code-wide-4x3.sequential}.jsonl.gz \
+  | summary

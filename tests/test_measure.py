@@ -61,3 +61,54 @@ def test_measurement_refuses_what_it_cannot_do(tmp_path):
 def test_spread_summarises_seconds():
     s = measure.spread([3.0, 1.0, 2.0, 10.0, 4.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (3.0, 1.0, 10.0, 5)
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """Compiled decoding with torch.compile's aot_eager backend (Dynamo and AOTAutograd, no code generation), so
+    that a test compiles in seconds; the capture's uncompiled step (reference.compiled.uncompiled_step) still
+    replaces it."""
+    from reference import compiled
+
+    def step(model):
+        found = compiled._STEPS.get(model)
+        if found is None:
+            found = compiled._STEPS[model] = compiled.CompiledStep(model, backend="aot_eager")
+        return found
+
+    monkeypatch.setattr(compiled, "compiled_step", step)
+
+
+def test_compiled_measurement_writes_a_trace_that_validates(tmp_path, aot_eager, capsys):
+    from sim.fitting import validate
+
+    a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+    rc = measure.main(["--device", "cpu", "--dtype", "float32", "--tokens", "5", "--warmup", "1", "--repeats", "2",
+                       "--op-repeats", "2", "--quiet",
+                       "--job", f"--preset tiny-2x3 --decoder speed --flips 0.2,0.1 --compile --out {a}",
+                       "--job", f"--preset tiny-2x3 --decoder sequential --out {b}"])
+    assert rc == 0 and "variants compiled in" in capsys.readouterr().out
+    trace, eager = read_trace(a), read_trace(b)
+    extra = trace.header.extra
+    assert not trace.header.measured and extra["measurement"] == "compiled" and extra["formulation"] == "compiled"
+    assert all(op.duration_s is None for op in trace.ops)  # a fused kernel has no per-op time: none is invented
+    assert any(op.op.startswith("aten.index_put") for op in trace.ops)  # the static-shape step's cache writes
+    assert all(stage.wall_s is not None and stage.wall_s > 0 for stage in trace.stages)
+    assert extra["end_to_end_s"]["n"] == 2 and extra["end_to_end_s"]["median"] > 0 and extra["repeats"] == 2
+    assert {v["rows"] for v in extra["compile_variants"]} <= {1, 2, 3} and extra["compile_s"] > 0
+    assert extra["graph_calls_per_decode_stage"] == 1 and sum(len(s.commits) for s in trace.stages) == 5
+    assert eager.header.measured and "measurement" not in eager.header.extra  # the other job stayed eager
+    rc = validate.main(["--launch", "compiled", "--hw", "hwconfigs/cpu-xeon-8480.yaml", "--measured", str(a)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "stage" in out and "end_to_end" in out and "kernel" not in out
+
+
+def test_compiled_measurement_needs_its_warmup(tmp_path, aot_eager):
+    with pytest.raises(ValueError, match="--compile needs --warmup >= 1"):
+        measure.measure("tiny-6", "sequential", 3, tmp_path / "x.jsonl.gz", "cpu", torch.float32, warmup=0,
+                        compiled=True, progress=False)
+    job = measure.Job("tiny-6", "sequential", 3, tmp_path / "x.jsonl.gz", torch.float32, compiled=True)
+    job.build(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"a timed run compiled new variants .*more --warmup"):
+        job.timed_run(torch.device("cpu"))  # nothing compiled before: this run compiles, so it is no measurement
+    assert not list(tmp_path.iterdir())

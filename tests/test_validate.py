@@ -256,3 +256,113 @@ def test_report_refuses_an_incomplete_cpu_loop_folder(tmp_path, capsys):
         report.main(["--cpu-loop", str(tmp_path), "--out", str(tmp_path / "V.md")])
     assert "not a complete output of scripts/cpu_validation.sh" in capsys.readouterr().err
     assert not (tmp_path / "V.md").exists()
+
+
+# -- the compiled regime: stage times of compiled measurements, no per-op times
+
+
+def compiled_trace(hw, n_stages: int = 24, seed: int = 0) -> Trace:
+    """A compiled measurement whose stage wall times are `hw`'s compiled projection of it: stages of library
+    products and chains of pointwise ops (srcs link them, so they fuse), in numbers and sizes that vary from stage
+    to stage (so that a graph launch, a per-kernel gap and the fused kernels' fit can be told apart); a prefill
+    stage first, which compiled decoding runs eagerly."""
+    rng = np.random.default_rng(seed)
+    ops, stages = [], []
+    for s in range(n_stages + 1):
+        for _ in range(1 + s % 3 if s else 2):
+            first = len(ops)
+            ops.append(op(len(ops), s, "aten.linear.default", "blocks.0.ffn.up", flops=2 * 64 * 64, weight=2 * 64 * 64,
+                          act=256, m=1, n=64, weights=("w0",), deps=[1] if ops and ops[-1].stage == s else []))
+            for _ in range(int(rng.integers(1, 4))):  # a chain of pointwise ops: one fused kernel
+                act = int(rng.choice([10**3, 10**5, 3 * 10**6]))
+                ops.append(dataclasses.replace(op(len(ops), s, "aten.mul.Tensor", "blocks.0.ffn", flops=act // 4,
+                                                  act=act, m=1, deps=[1]), srcs=[1, 0]))
+            assert ops[first].stage == s
+        stages.append(StageRecord(s, "prefill" if s == 0 else "speed", [[0, s, 1]], [[0, s + 1, 7]], []))
+    trace = Trace(header({"w0": 2 * 64 * 64}), ops, stages)
+    seconds = calibrate.compiled_stage_seconds(trace, hw)
+    for st, t in zip(trace.stages, seconds):
+        st.wall_s = t
+    trace.header.device, trace.header.device_name = "cpu", "cpu (1 threads)"
+    trace.header.extra = {"measurement": "compiled", "formulation": "compiled",
+                          "end_to_end_s": {"median": sum(seconds)}}
+    return trace
+
+
+def cpu_hw(launch_graph_s: float = 4e-5, gap_s: float = 1.5e-6, efficiency: float = 0.3, fixed_s: float = 3e-6):
+    raw = hw_dict(clock_hz=3e9, compute_units=1, l2_capacity_bytes=1e6, dram_bandwidth_bytes_per_s=2e10,
+                  l2_bandwidth_bytes_per_s=1e11)
+    raw["kind"] = "cpu"
+    raw["host"] = {"launch_eager_s": 3e-6, "launch_graph_s": launch_graph_s, "graph_kernel_gap_s": gap_s,
+                   "kernel_min_s": 1e-7}
+    raw["classes"] = {"matmul": {"efficiency": 0.8, "fixed_s": 4e-6}, "fused": {"efficiency": efficiency,
+                                                                                  "fixed_s": fixed_s}}
+    return parse(raw, "cpu.yaml")
+
+
+def test_the_direct_cpu_stage_model_is_the_compiled_projection():
+    hw = cpu_hw()
+    trace = compiled_trace(hw)
+    stages = calibrate.compiled_stages([trace], hw)
+    projected = [t for t, s in zip(calibrate.compiled_stage_seconds(trace, hw), trace.stages) if s.kind == "speed"]
+    direct = stages.predict(4e-5, 1.5e-6, 0.3, 3e-6, kernel_min_s=1e-7)
+    assert len(stages.fused_work_s) > len(trace.stages)  # the chains fused
+    np.testing.assert_allclose(direct, projected, rtol=1e-5, atol=1e-8)  # the engine rounds to whole cycles
+
+
+@pytest.mark.parametrize("launch_s, gap_s, efficiency, fixed_s", [(4e-5, 1.5e-6, 0.3, 3e-6), (1e-5, 0.5e-6, 0.8, 0.0)])
+def test_compiled_fit_recovers_the_figures_that_made_the_stage_times(launch_s, gap_s, efficiency, fixed_s):
+    truth = cpu_hw(launch_s, gap_s, efficiency, fixed_s)
+    traces = [compiled_trace(truth, seed=seed) for seed in range(3)]
+    start = cpu_hw(0.0, 0.0, 1.0, 0.0)  # the eager fits (matmul) known, the compiled figures not
+    fit = calibrate.fit_compiled(traces, start)
+    assert fit["launch_graph_s"] == pytest.approx(launch_s, rel=0.02)
+    assert fit["graph_kernel_gap_s"] == pytest.approx(gap_s, rel=0.05, abs=2e-8)
+    assert fit["fused"]["efficiency"] == pytest.approx(efficiency, rel=0.05)
+    assert fit["fused"]["fixed_s"] == pytest.approx(fixed_s, rel=0.05, abs=2e-8)
+    assert fit["median_abs_pct"] < 0.5 and fit["stages"] == 3 * 24
+
+
+def test_compiled_fit_off_a_cpu_projects_each_trial():
+    """An accelerator's host does not wait for each kernel: the fit projects the traces with the engine."""
+    raw = dataclasses.asdict(cpu_hw())
+    raw.pop("path")
+    truth = parse(dict(raw, kind="gpu"), "gpu.yaml")
+    fit = calibrate.fit_compiled([compiled_trace(truth, n_stages=12)], parse(dict(raw, kind="gpu", host=dict(
+        raw["host"], launch_graph_s=0.0, graph_kernel_gap_s=0.0)), "start.yaml"), efficiency=0.3)
+    assert fit["launch_graph_s"] == pytest.approx(4e-5, rel=0.02)
+    assert fit["graph_kernel_gap_s"] == pytest.approx(1.5e-6, rel=0.05) and fit["median_abs_pct"] < 0.5
+
+
+def test_calibrate_writes_the_compiled_figures_and_validate_judges_them(tmp_path, capsys):
+    truth = cpu_hw()
+    trace = compiled_trace(truth)
+    raw, report = calibrate.calibrate(cpu_hw(0.0, 0.0, 1.0, 0.0), synthetic_microbench(truth), [trace], "mb.json")
+    fitted = parse(raw, "fitted.yaml")
+    assert fitted.host.launch_graph_s == pytest.approx(4e-5, rel=0.02) and "compiled" in report
+    assert fitted.classes["fused"].efficiency == pytest.approx(0.3, rel=0.05)
+    assert fitted.sources["host.launch_graph_s"].startswith("fitted: decode stage wall times of compiled runs")
+    pairs = validate.validate_trace(trace, fitted, "compiled")
+    assert set(pairs) == {"stage", "end_to_end"} and len(pairs["stage"]) == 24  # the decode stages; no kernels
+    assert validate.metrics(pairs["end_to_end"])["median_abs_pct"] < 1
+
+
+def test_compiled_and_eager_measurements_are_validated_only_in_their_own_mode():
+    hw = cpu_hw()
+    trace = compiled_trace(hw)
+    validate.check_pairing(trace, hw, "c", False, "compiled")
+    with pytest.raises(ValueError, match=r"a compiled measurement .*--launch compiled"):
+        validate.check_pairing(trace, hw, "c", False, "eager")
+    eager = measured_trace(parse(hw_dict(), "synthetic.yaml"))
+    with pytest.raises(ValueError, match=r"not a compiled measurement .*--launch eager"):
+        validate.check_pairing(eager, parse(hw_dict(), "synthetic.yaml"), "e", False, "compiled")
+
+
+def test_report_reads_which_compiled_traces_a_hwconfig_was_fitted_to():
+    from sim.fitting import report
+
+    raw = hw_dict()
+    raw["sources"]["host.launch_graph_s"] = ("fitted: decode stage wall times of compiled runs of tiny-4x3/speed, "
+                                             "tiny-6/sequential")
+    assert report.compiled_fit_set(parse(raw, "x.yaml")) == {"tiny-4x3.speed", "tiny-6.sequential"}
+    assert report.compiled_fit_set(parse(hw_dict(), "x.yaml")) == set()  # an assumption, not a fit

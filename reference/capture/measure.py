@@ -2,6 +2,7 @@
 
     python -m reference.capture.measure --device cpu|cuda --preset P --decoder sequential|speed --tokens N --out FILE
     python -m reference.capture.measure --device cpu|cuda --job '--preset P --decoder D --out FILE' --job '...'
+    python -m reference.capture.measure --device cpu --compile --preset P --decoder D --out FILE   # compiled
 
 Several `--job`s are measured together, their runs interleaved (each round runs every job once).
 
@@ -14,6 +15,25 @@ Several `--job`s are measured together, their runs interleaved (each round runs 
 
 Every run uses the same seeded flip oracle (or the model's own argmax with `--flips model`), so all runs
 execute the same ops and their stages line up.
+
+Compiled decoding (`--compile`, for all jobs or in one `--job`): `decode.*(compile=True)`, the static-shape stage
+step under torch.compile, one compiled variant per number of rows in flight (reference.compiled).
+
+1. The warm-up compiles every variant (so at least one warm-up run): the seconds of each variant's first call
+   are recorded apart (`extra.compile_s`, `extra.compile_variants`) and excluded from every time; a timed run
+   that compiled a new variant is an error, not a measurement.
+2. Timed runs as above: the host clock around each stage (on cpu the compiled call is synchronous; on cuda the
+   device is synchronized at both ends) and around the whole decode.
+3. One capture run (no timing) of the same workload through the same static-shape step uncompiled
+   (`reference.compiled.uncompiled_step`): the ops the compiler is handed, what
+   `python -m sim.run --launch compiled` fuses. It runs last: the model's compiled variants are dropped by it.
+
+A fused kernel has no per-op time, and none is invented: a compiled measurement writes header `measured` false
+(no op carries a duration), every stage record's `wall_s` from the compiled timed runs (medians), and in
+`extra`: "measurement": "compiled" (what marks such a trace; `sim.fitting.validate --launch compiled` and
+`sim.fitting.calibrate` read it), "formulation": "compiled", "end_to_end_s" (median, spread), "warmup",
+"repeats", "compile_s", "compile_variants", "graph_calls_per_decode_stage" (a sequential step runs G compiled
+calls, G - 1 group passes and the last group with the head; a SPEED stage one) and "stage_wall_spread_s".
 """
 
 from __future__ import annotations
@@ -31,6 +51,7 @@ import torch
 from torch.autograd import DeviceType
 from tqdm import tqdm
 
+from reference import decode
 from reference.capture import tracing
 from reference.capture.opcapture import OpCapture
 from reference.config import get_preset
@@ -112,7 +133,8 @@ def deflate_host_times(capture: OpCapture) -> list[float]:
 
 @dataclass
 class Job:
-    """One configuration to measure, and the times collected for it so far."""
+    """One configuration to measure, and the times collected for it so far. `compiled`: compiled decoding
+    (module docstring)."""
 
     preset: str
     decoder: str
@@ -125,9 +147,11 @@ class Job:
     flips: str | None = None
     seed: int = 0
     command: str = ""
+    compiled: bool = False
     end_to_end_s: list[float] = field(default_factory=list)
     stage_times_s: list[list[float]] = field(default_factory=list)
     op_times_s: list[list[float]] = field(default_factory=list)
+    variants: list[Any] = field(default_factory=list)  # compiled: the variants compiled so far (warm-up)
 
     def build(self, dev: torch.device) -> None:
         """Model and workload (a bad preset or --flips fails here, before any job runs)."""
@@ -141,18 +165,33 @@ class Job:
         return tracing.flip_oracle(self.cfg, self.flips, self.seed, self.decoder == "sequential")
 
     def run(self, observer: Any = None) -> None:
-        tracing.run_decoder(self.model, self.decoder, self.prompts, self.tokens, self.sources, self.oracle(), observer)
+        if not self.compiled:
+            tracing.run_decoder(self.model, self.decoder, self.prompts, self.tokens, self.sources, self.oracle(),
+                                observer)
+            return
+        fn = decode.speed if self.decoder == "speed" else decode.sequential
+        result = fn(self.model, self.prompts, self.tokens, encoder_inputs=self.sources, observer=observer,
+                    predictor=self.oracle(), compile=True)
+        self.variants += result.compile_variants or []
 
     def timed_run(self, dev: torch.device) -> None:
         clock = StageClock(dev)
+        compiled_before = len(self.variants)
         clock._sync()
         t0 = time.perf_counter()
         self.run(clock)
         clock._sync()
         self.end_to_end_s.append(time.perf_counter() - t0)
         self.stage_times_s.append(clock.times_s)
+        if len(self.variants) > compiled_before:
+            new = ", ".join(f"{v.kind} of {v.rows} rows" for v in self.variants[compiled_before:])
+            raise RuntimeError(f"{self.out}: a timed run compiled new variants ({new}): it is not a measurement of "
+                               "compiled decoding; give more --warmup runs")
 
     def op_run(self, dev: torch.device) -> None:
+        if self.compiled:
+            self.capture_compiled()
+            return
         profiled = _Profiled() if dev.type == "cuda" else None
         self.capture = OpCapture(self.model, timer="host", annotate=profiled and profiled.annotate)
         if profiled is not None:
@@ -164,51 +203,88 @@ class Job:
                 self.run(self.capture)
             self.op_times_s.append([op.duration_s for op in self.capture.ops])
 
+    def capture_compiled(self) -> None:
+        """The ops of the compiled formulation, once: the same workload through the static-shape step run
+        uncompiled (what the compiler is handed); no op is timed. Drops the model's compiled variants."""
+        if self.op_times_s:
+            return
+        self.capture = OpCapture(self.model)
+        with self.capture.attached():
+            tracing.run_decoder(self.model, self.decoder, self.prompts, self.tokens, self.sources, self.oracle(),
+                                self.capture, compiled=True)
+        self.op_times_s.append([])
+
+    def _check_repeatable(self) -> None:
+        stages = {len(s) for s in self.stage_times_s}
+        ops = {len(t) for t in self.op_times_s}
+        if len(ops) != 1 or len(stages) != 1 or stages != {len(self.capture.stages)}:
+            raise RuntimeError(f"{self.out}: runs executed different numbers of ops or stages: the measurement is "
+                               "not repeatable")
+
     def write(self, dev: torch.device, warmup: int) -> dict[str, Any]:
         """Medians into the last capture, written as the measured trace; returns a summary."""
         capture = self.capture
-        if len({len(t) for t in self.op_times_s}) != 1 or len({len(s) for s in self.stage_times_s}) != 1:
-            raise RuntimeError(f"{self.out}: runs executed different numbers of ops or stages: the measurement is "
-                               "not repeatable")
-        for op, times in zip(capture.ops, zip(*self.op_times_s)):
-            op.duration_s = statistics.median(times)
+        self._check_repeatable()
         for stage, times in zip(capture.stages, zip(*self.stage_times_s)):
             stage.wall_s = statistics.median(times)
-        scales = [] if dev.type == "cuda" else deflate_host_times(capture)
         e2e = spread(self.end_to_end_s)
-        device_busy = sum(op.duration_s for op in capture.ops)
         extra = {"end_to_end_s": e2e, "warmup": warmup, "repeats": len(self.end_to_end_s),
-                 "op_repeats": len(self.op_times_s), "op_time_sum_s": device_busy,
-                 "op_timing": "cuda kernel time per op (torch.profiler/CUPTI)" if dev.type == "cuda"
-                 else "host clock per op (synchronous cpu ops)",
                  "stage_wall_spread_s": [spread(list(t))["p90"] - spread(list(t))["p10"]
                                          for t in zip(*self.stage_times_s)]}
+        extra |= self._compiled_extra() if self.compiled else self._op_times(dev)
+        head = tracing.header(self.model, capture, self.decoder, self.prompts, self.tokens, self.oracle(), str(dev),
+                              not self.compiled, self.command, extra)
+        tracing.write_trace(self.out, head, capture)
+        return {"preset": self.preset, "decoder": self.decoder, "ops": len(capture.ops),
+                "stages": len(capture.stages), "end_to_end_s": e2e, "op_time_sum_s": extra.get("op_time_sum_s"),
+                "compile_s": extra.get("compile_s"), "tokens": self.tokens * self.batch}
+
+    def _op_times(self, dev: torch.device) -> dict[str, Any]:
+        """Per-op medians into the capture (eager); the header extras that describe them."""
+        capture = self.capture
+        for op, times in zip(capture.ops, zip(*self.op_times_s)):
+            op.duration_s = statistics.median(times)
+        scales = [] if dev.type == "cuda" else deflate_host_times(capture)
+        extra: dict[str, Any] = {
+            "op_repeats": len(self.op_times_s), "op_time_sum_s": sum(op.duration_s for op in capture.ops),
+            "op_timing": "cuda kernel time per op (torch.profiler/CUPTI)" if dev.type == "cuda"
+            else "host clock per op (synchronous cpu ops)"}
         if scales:
             extra["op_time_scale"] = {"median": statistics.median(scales), "min": min(scales),
                                       "why": "cpu op times taken under the capture, scaled per stage to the untraced "
                                              "stage wall time where they exceeded it"}
-        head = tracing.header(self.model, capture, self.decoder, self.prompts, self.tokens, self.oracle(), str(dev),
-                              True, self.command, extra)
-        tracing.write_trace(self.out, head, capture)
-        return {"preset": self.preset, "decoder": self.decoder, "ops": len(capture.ops),
-                "stages": len(capture.stages), "end_to_end_s": e2e, "op_time_sum_s": device_busy,
-                "tokens": self.tokens * self.batch}
+        return extra
+
+    def _compiled_extra(self) -> dict[str, Any]:
+        """What marks a compiled measurement, and its compile time (excluded from every time)."""
+        return {"measurement": "compiled", "formulation": "compiled",
+                "op_timing": "none: fused kernels have no per-op time; stage and end-to-end wall times only",
+                "compile_s": sum(v.first_call_s for v in self.variants),
+                "compile_variants": [{"kind": v.kind, "rows": v.rows, "first_call_s": v.first_call_s}
+                                     for v in self.variants],
+                "graph_calls_per_decode_stage": self.cfg.n_groups if self.decoder == "sequential" else 1}
 
 
 def measure_jobs(jobs: list[Job], device: str, warmup: int = 2, repeats: int = 5, op_repeats: int = 3,
-                 progress: bool = True) -> list[dict[str, Any]]:
+                 progress: bool = True, threads: int | None = None) -> list[dict[str, Any]]:
     """Measure every job and write its measured trace; returns their summaries. Runs are interleaved: each
     round runs every job once, so a slow phase of a shared machine (or a throttled GPU) touches all of them
-    alike instead of one, and the jobs stay comparable."""
+    alike instead of one, and the jobs stay comparable. `threads`: torch's intra-op threads for every run."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda to measure, got {device!r}")
+    if warmup < 1 and any(job.compiled for job in jobs):
+        raise ValueError("--compile needs --warmup >= 1: the warm-up compiles every variant, untimed")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     for job in jobs:
         job.build(dev)
     steps = [Job.run] * warmup + [lambda j: j.timed_run(dev)] * repeats + [lambda j: j.op_run(dev)] * op_repeats
-    names = ", ".join(f"{j.preset} {j.decoder}" for j in jobs)
+    names = ", ".join(f"{j.preset} {j.decoder}{' compiled' if j.compiled else ''}" for j in jobs)
     with tqdm(total=len(steps) * len(jobs), desc=f"{names} on {device}", disable=not progress) as bar:
         for step in steps:
             for job in jobs:
@@ -220,34 +296,47 @@ def measure_jobs(jobs: list[Job], device: str, warmup: int = 2, repeats: int = 5
 def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtype: torch.dtype, batch: int = 1,
             prompt_len: int = 16, source_len: int = tracing.DEFAULT_SOURCE_LEN, flips: str | None = None,
             seed: int = 0, warmup: int = 2, repeats: int = 5, op_repeats: int = 3, command: str = "",
-            progress: bool = True) -> dict[str, Any]:
-    """Measure one configuration and write its measured trace to `out`; returns a summary."""
-    job = Job(preset, decoder, tokens, out, dtype, batch, prompt_len, source_len, flips, seed, command)
-    return measure_jobs([job], device, warmup, repeats, op_repeats, progress)[0]
+            progress: bool = True, compiled: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Measure one configuration and write its measured trace to `out`; returns a summary. `compiled`: compiled
+    decoding (module docstring)."""
+    job = Job(preset, decoder, tokens, out, dtype, batch, prompt_len, source_len, flips, seed, command, compiled)
+    return measure_jobs([job], device, warmup, repeats, op_repeats, progress, threads)[0]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reference.capture.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", required=True, choices=("cpu", "cuda"), help="device to measure on")
     tracing.add_workload_arguments(parser, required=False, decoder_default=None)  # --preset, --decoder: needed
     parser.add_argument("--out", type=Path, help="measured trace to write (.jsonl.gz); --preset, --decoder and "
                         "--out are needed, for all or in each --job")
+    parser.add_argument("--compile", action="store_true", help="measure compiled decoding (decode.*(compile=True): "
+                        "the static-shape stage step under torch.compile, one variant per rows in flight): the "
+                        "warm-up compiles every variant (compile time reported apart, excluded), the timed runs "
+                        "give stage and end-to-end wall times, one uncompiled capture run the ops of the compiled "
+                        "formulation; no per-op times (header measured false, extra.measurement 'compiled'); "
+                        "for all jobs, or inside one --job")
     parser.add_argument("--job", action="append", default=[], metavar="FLAGS",
                         help="one of several configurations to measure together, as its own flags in one string, "
                         "e.g. --job '--preset tiny-6 --decoder sequential --out a.jsonl.gz' (repeatable; the "
                         "flags outside every --job apply to all). Runs are interleaved, a round runs each job once, "
                         "so a slow phase of a shared machine touches every configuration alike")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2; >= 1 with --compile)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs for wall times (default 5)")
-    parser.add_argument("--op-repeats", type=int, default=3, help="runs timing every op (default 3)")
+    parser.add_argument("--op-repeats", type=int, default=3, help="runs timing every op (default 3); a compiled job "
+                        "makes one capture run, untimed, whatever the number")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads for every run (default: torch's, "
+                        "usually the cores); 1 keeps a busy shared machine's other work from stalling the runs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if min(args.repeats, args.op_repeats) < 1 or args.warmup < 0:
-        parser.error("--repeats and --op-repeats must be >= 1, --warmup >= 0")
+    return parser
+
+
+def _jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Job]:
+    """The --job configurations (or the one the flags outside them give)."""
     job_parser = argparse.ArgumentParser(prog="python -m reference.capture.measure --job", add_help=False)
     tracing.add_workload_arguments(job_parser, required=False, decoder_default=None)
     job_parser.add_argument("--out", type=Path)
+    job_parser.add_argument("--compile", action="store_true")
     command = " ".join(["python -m reference.capture.measure", *sys.argv[1:]])
     jobs = []
     for text in args.job or [""]:
@@ -257,18 +346,34 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             parser.error(f"{' and '.join(missing)} required" + (f" in --job {text!r}" if text else ""))
         jobs.append(Job(flags.preset, flags.decoder, flags.tokens, flags.out, getattr(torch, flags.dtype), flags.batch,
-                        flags.prompt_len, flags.source_len, flags.flips, flags.seed, command))
+                        flags.prompt_len, flags.source_len, flags.flips, flags.seed, command, flags.compile))
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if min(args.repeats, args.op_repeats) < 1 or args.warmup < 0:
+        parser.error("--repeats and --op-repeats must be >= 1, --warmup >= 0")
+    jobs = _jobs(parser, args)
     try:
         summaries = measure_jobs(jobs, args.device, args.warmup, args.repeats, args.op_repeats,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, threads=args.threads)
     except ValueError as err:
         parser.error(str(err))
+    except RuntimeError as err:  # a measurement that did not repeat, or compiled during a timed run
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
     for job, summary in zip(jobs, summaries):
         e2e = summary["end_to_end_s"]
-        print(f"{job.out}: {summary['ops']} ops, {summary['stages']} stages; end to end {e2e['median'] * 1e3:.1f} ms "
-              f"median ({e2e['min'] * 1e3:.1f}-{e2e['max'] * 1e3:.1f}), "
-              f"{e2e['median'] / summary['tokens'] * 1e3:.2f} ms/token; sum of op times "
-              f"{summary['op_time_sum_s'] * 1e3:.1f} ms")
+        line = (f"{job.out}: {summary['ops']} ops, {summary['stages']} stages; end to end {e2e['median'] * 1e3:.1f} ms "
+                f"median ({e2e['min'] * 1e3:.1f}-{e2e['max'] * 1e3:.1f}), "
+                f"{e2e['median'] / summary['tokens'] * 1e3:.2f} ms/token; ")
+        if job.compiled:
+            line += f"compiled, {len(job.variants)} variants compiled in {summary['compile_s']:.1f} s (excluded)"
+        else:
+            line += f"sum of op times {summary['op_time_sum_s'] * 1e3:.1f} ms"
+        print(line)
     return 0
 
 

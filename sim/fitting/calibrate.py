@@ -14,6 +14,17 @@ kernel times.
    a fixed time, and a fixed time per op kind seen often enough, against the measured kernel times of
    `--measured` traces; the host's eager cost per kernel against their stage wall times (log error). Traces
    not given to the fit are the fair test of the result (python -m sim.fitting.validate).
+4. Compiled measurements among `--measured` (reference.capture.measure --compile: `extra.measurement` "compiled",
+   stage wall times, no per-op times) fit what compiled projections need and eager fits do not give: the host
+   cost of one compiled graph call per stage (`host.launch_graph_s`: on a cpu Dynamo's guards and the
+   generated Python wrapper), the gap per kernel (`host.graph_kernel_gap_s`) and the `fused` kernel class's
+   fixed time and efficiency (`classes.fused`; with eager traces too, the efficiency is the elementwise
+   class's, which the microbenchmarks anchor: a fused kernel streams its inputs as they do), by least squares
+   (soft-L1 loss, error relative to each stage) on the wall times of their decode stages, projected as
+   `python -m sim.run --launch compiled` projects them: the trace fused by sim.fusion, one graph per stage, the
+   library kernels at the eager fits. Prefill and encoder stages run eagerly in compiled decoding and are not
+   part of this fit. On a cpu (a synchronous host, one kernel at a time) a stage is one launch plus its
+   kernels' gaps and times, computed directly; elsewhere each trial projects the traces.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from scipy.optimize import least_squares, minimize_scalar
 
 from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
+from sim.fusion import fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig, parse, to_dict
 from sim.kernels import Kernel, KernelCost, kernel_cost
 from sim.trace import Trace, TraceError, one_op_trace, read_trace
@@ -39,6 +51,7 @@ from sim.trace import Trace, TraceError, one_op_trace, read_trace
 MAX_SAMPLES = 4000  # per fit: a deterministic stride over the measured kernels keeps the fit fast
 MIN_OP_SAMPLES = 30  # measured kernels of an op kind below which it keeps its class's fit
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+DECODE_STAGES = ("decode", "speed")  # the stages compiled decoding runs compiled (prefill and encoder: eager)
 
 
 def peaks_from_microbench(mb: dict[str, Any]) -> dict[str, float]:
@@ -242,6 +255,123 @@ def fit_launch(traces: list[Trace], hw: HwConfig) -> float:
     return float(np.exp(result.x))
 
 
+def is_compiled_measurement(trace: Trace) -> bool:
+    """Whether `trace` measured compiled decoding (reference.capture.measure --compile): stage and end-to-end wall
+    times of the compiled runs, the ops of the compiled formulation, no per-op times."""
+    return trace.header.extra.get("measurement") == "compiled"
+
+
+def compiled_stage_seconds(trace: Trace, hw: HwConfig) -> list[float]:
+    """Each stage's projected seconds as compiled decoding runs it: decode and SPEED stages compiled (the trace
+    fused, each stage one graph: `project(..., "compiled")`), prefill and encoder stages eager."""
+    compiled = project(trace, hw, "compiled")
+    eager = project(trace, hw, "eager") if any(s.kind not in DECODE_STAGES for s in trace.stages) else compiled
+    return [(c if s.kind in DECODE_STAGES else e) / compiled.clock_hz
+            for s, c, e in zip(trace.stages, compiled.stage_cycles, eager.stage_cycles)]
+
+
+@dataclasses.dataclass
+class CompiledStages:
+    """The measured decode stages of compiled traces and what their projection on a cpu is made of: per stage its
+    wall time, its kernels and the seconds of those that are not fused kernels (library kernels and ops left
+    alone: their fits are known); per fused kernel its stage (an index into the stages), its work at unit
+    efficiency (compute or memory time, the longer) and its roofline floor."""
+
+    wall_s: np.ndarray
+    kernels: np.ndarray
+    other_s: np.ndarray
+    fused_stage: np.ndarray
+    fused_work_s: np.ndarray
+    fused_floor_s: np.ndarray
+
+    def predict(self, launch_s: float, gap_s: float, efficiency: float, fixed_s: float, kernel_min_s: float
+                ) -> np.ndarray:
+        """Projected seconds of every stage: one graph launch, a gap and the time of each kernel, one after the
+        other (a synchronous host), a fused kernel's time as `sim.kernels.kernel_cost` computes it."""
+        fused = np.maximum(np.maximum(self.fused_work_s / efficiency, kernel_min_s), self.fused_floor_s) + fixed_s
+        return (launch_s + gap_s * self.kernels + self.other_s
+                + np.bincount(self.fused_stage, fused, minlength=len(self.wall_s)))
+
+
+def compiled_stages(traces: list[Trace], hw: HwConfig) -> CompiledStages:
+    """The decode stages with a wall time of compiled measurements, fused as the compiled projection fuses them,
+    the on-chip cache advancing kernel by kernel through every stage as in a projection."""
+    unit = dataclasses.replace(hw, classes={}, ops={})
+    stages: list[tuple[float, int, float]] = []
+    fused: list[tuple[int, float, float]] = []
+    for trace in traces:
+        ft = fuse(trace).trace
+        cache = OnChipCache(hw.peak.l2_capacity_bytes)
+        kernels = iter(kernels_of(ft, hw))
+        for stage in ft.stages:
+            mine = [next(kernels) for _ in ft.ops_of_stage(stage.stage)]
+            keep = stage.kind in DECODE_STAGES and bool(stage.wall_s)
+            other = 0.0
+            for k in mine:
+                dram = cache.serve(k)
+                if keep and k.cls == "fused":
+                    c = kernel_cost(k, unit, dram)
+                    fused.append((len(stages), max(c.compute_s, c.memory_s), c.floor_s))
+                elif keep:
+                    other += kernel_cost(k, hw, dram).time_s
+            if keep:
+                stages.append((stage.wall_s, len(mine), other))
+    if not stages:
+        raise ValueError("compiled measurements without a decode stage that has a wall time: nothing to fit")
+    wall, n, other = (np.array(column, dtype=float) for column in zip(*stages))
+    f_stage, f_work, f_floor = (np.array(c) for c in zip(*fused)) if fused else ([np.zeros(0)] * 3)
+    return CompiledStages(wall, n, other, f_stage.astype(int), f_work.astype(float), f_floor.astype(float))
+
+
+def _with_compiled(hw: HwConfig, x: np.ndarray) -> HwConfig:
+    """`hw` with the compiled figures x = (launch_graph_s, graph_kernel_gap_s, fused efficiency, fused fixed_s)."""
+    raw = to_dict(hw)
+    raw["host"]["launch_graph_s"], raw["host"]["graph_kernel_gap_s"] = float(x[0]), float(x[1])
+    raw["classes"] = {**raw["classes"], "fused": {"efficiency": float(x[2]), "fixed_s": float(x[3])}}
+    return parse(raw, hw.path)
+
+
+def _projected_decode_stages(traces: list[Trace], hw: HwConfig) -> np.ndarray:
+    """The compiled projection's seconds of every decode stage with a wall time (any device: the engine)."""
+    out = []
+    for trace in traces:
+        p = project(trace, hw, "compiled")
+        out += [c / p.clock_hz for s, c in zip(trace.stages, p.stage_cycles) if s.kind in DECODE_STAGES and s.wall_s]
+    return np.array(out)
+
+
+def fit_compiled(traces: list[Trace], hw: HwConfig, efficiency: float | None = None) -> dict[str, Any]:
+    """The host cost of one compiled graph call per stage, the gap per kernel and the `fused` class's fit that best
+    explain the decode stage wall times of compiled measurements (module docstring, step 4): least squares of the
+    error relative to each stage, soft-L1 so that the stages a busy machine stretched do not pull the fit. The
+    other kernels keep `hw`'s fits. `efficiency` given: the fused class's efficiency, only its fixed time is
+    fitted. Returns the fitted figures, the number of stages, and the fit's median absolute error per stage in %."""
+    stages = compiled_stages(traces, hw)
+    if hw.kind == "cpu":
+        def predict(x: np.ndarray) -> np.ndarray:
+            return stages.predict(*x, kernel_min_s=hw.host.kernel_min_s)
+    else:  # an asynchronous host: the engine decides what overlaps (slower: a projection per trial)
+        fused = [fuse(t).trace for t in traces]
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            return _projected_decode_stages(fused, _with_compiled(hw, x))
+
+    def full(x: np.ndarray) -> np.ndarray:  # (launch, gap, efficiency, fixed)
+        return x if efficiency is None else np.array([x[0], x[1], efficiency, x[2]])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return predict(full(x)) / stages.wall_s - 1
+
+    keep = [0, 1, 2, 3] if efficiency is None else [0, 1, 3]
+    x0, lower, upper, x_scale = ([v[i] for i in keep] for v in (
+        [1e-5, 1e-6, 0.5, 1e-6], [0.0, 0.0, 1e-3, 0.0], [1e-2, 1e-3, 1.0, 1e-3], [1e-5, 1e-6, 0.1, 1e-6]))
+    fit = least_squares(residuals, x0=x0, bounds=(lower, upper), x_scale=x_scale, loss="soft_l1", f_scale=0.1)
+    launch, gap, efficiency, fixed = (float(f"{v:.4g}") for v in full(fit.x))
+    errors = np.abs(predict(np.array([launch, gap, efficiency, fixed])) / stages.wall_s - 1) * 100
+    return {"launch_graph_s": launch, "graph_kernel_gap_s": gap, "fused": {"efficiency": efficiency, "fixed_s": fixed},
+            "stages": len(stages.wall_s), "median_abs_pct": float(np.median(errors))}
+
+
 def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: str) -> tuple[dict, dict]:
     """The calibrated hwconfig (as a mapping) and a report of what was measured and fitted."""
     raw = to_dict(base)
@@ -262,18 +392,31 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
                                           "of the replay (host.graph_kernel_gap_s); not measured apart from it")
     report: dict[str, Any] = {"measured": measured, "efficiency": dict(eff)}
     hw = parse(raw, base.path)
-    if traces:
-        anchors = microbench_samples(mb, hw, {t.header.dtype for t in traces})
-        raw["classes"], raw["ops"] = fit_kernels(traces, hw, anchors)
+    eager = [t for t in traces if t.header.measured]
+    compiled = [t for t in traces if is_compiled_measurement(t)]
+    if eager:
+        anchors = microbench_samples(mb, hw, {t.header.dtype for t in eager})
+        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors)
         hw = parse(raw, base.path)
-        host["launch_eager_s"] = float(f"{fit_launch(traces, hw):.4g}")
-        sources["host.launch_eager_s"] = ("fitted: stage wall times of " + ", ".join(
-            sorted({t.header.model.get("name", "?") + "/" + t.header.decoder for t in traces})))
+        host["launch_eager_s"] = float(f"{fit_launch(eager, hw):.4g}")
+        sources["host.launch_eager_s"] = "fitted: stage wall times of " + _names(eager)
         report["classes"], report["ops"], report["launch_eager_s"] = raw["classes"], raw["ops"], host["launch_eager_s"]
+    if compiled:  # a fused kernel streams as the elementwise kernels the microbenchmarks anchor do
+        elementwise = (raw.get("classes") or {}).get("elementwise") if eager else None
+        fit = fit_compiled(compiled, parse(raw, base.path), elementwise and elementwise["efficiency"])
+        host["launch_graph_s"], host["graph_kernel_gap_s"] = fit["launch_graph_s"], fit["graph_kernel_gap_s"]
+        raw["classes"] = {**(raw.get("classes") or {}), "fused": fit["fused"]}
+        for field in ("launch_graph_s", "graph_kernel_gap_s"):
+            sources[f"host.{field}"] = "fitted: decode stage wall times of compiled runs of " + _names(compiled)
+        report["compiled"] = fit
     return raw, report
 
 
-def main(argv: list[str] | None = None) -> int:
+def _names(traces: list[Trace]) -> str:
+    return ", ".join(sorted({t.header.model.get("name", "?") + "/" + t.header.decoder for t in traces}))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sim.fitting.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True, help="device to calibrate")
@@ -282,36 +425,78 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="calibrated hwconfig to write (YAML)")
     parser.add_argument("--microbench", type=Path, help="saved microbenchmark results (JSON) instead of running them")
     parser.add_argument("--measured", type=Path, nargs="*", default=[],
-                        help="measured traces to fit per-class efficiencies and the host cost to")
+                        help="measured traces to fit per-class efficiencies and the host cost to; compiled "
+                        "measurements among them (reference.capture.measure --compile) fit the compiled figures: "
+                        "host.launch_graph_s, host.graph_kernel_gap_s and classes.fused, on their decode stage times")
     parser.add_argument("--quick", action="store_true", help="fewer microbenchmark sizes")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads for the microbenchmarks run here (default: "
+                        "torch's); give the measured traces' count (the cpu hwconfig's compute units follow it)")
+    return parser
+
+
+def _microbench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """The microbenchmark results, loaded from --microbench or run here (and saved beside --out), and their path."""
+    if args.microbench:
+        try:
+            return json.loads(args.microbench.read_text()), args.microbench
+        except (OSError, ValueError) as err:
+            parser.error(f"--microbench {args.microbench}: {err}")
+    try:
+        import torch
+
+        from reference.capture.microbench import run_microbenchmarks
+    except ImportError as err:
+        parser.error(f"running the microbenchmarks needs torch ({err}); give --microbench FILE")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    mb = run_microbenchmarks(args.device, quick=args.quick)
+    mb_path = args.out.with_suffix(".microbench.json")
+    atomic_write(mb_path, lambda tmp: tmp.write_text(json.dumps(mb, indent=1)))
+    return mb, mb_path
+
+
+def _print_report(out: Path, report: dict[str, Any]) -> None:
+    m = report["measured"]
+    print(f"{out}: DRAM {m['dram_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s measured (efficiency "
+          f"{report['efficiency']['dram']:.3f}), matrix {max(m['matrix_flops_per_s'].values()) / 1e12:.3g} TFLOP/s "
+          f"(efficiency {report['efficiency']['matrix']:.3f}), kernel {m['kernel_min_s'] * 1e6:.2f} us, graph gap "
+          f"{m['graph_kernel_gap_s'] * 1e6:.2f} us")
+    if "launch_eager_s" in report:
+        print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
+              f"(microbenchmark: {m['launch_eager_s'] * 1e6:.2f} us)")
+        for cls, fit in report["classes"].items():
+            print(f"  {cls:<40} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
+            for op, fit in report["ops"].get(cls, {}).items():
+                print(f"    {op:<38} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
+    if "compiled" in report:
+        c = report["compiled"]
+        print(f"compiled, fitted to {c['stages']} decode stages (median |e| {c['median_abs_pct']:.1f}%): graph call "
+              f"{c['launch_graph_s'] * 1e6:.2f} us per stage, gap {c['graph_kernel_gap_s'] * 1e6:.2f} us per kernel, "
+              f"fused efficiency {c['fused']['efficiency']:.3f} fixed {c['fused']['fixed_s'] * 1e6:.2f} us")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.base is None and args.device != "cpu":
         parser.error("--base is required for cuda: the hwconfig with the GPU's datasheet figures")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
         base = load_hwconfig(args.base) if args.base else None
         traces = [read_trace(p) for p in args.measured]
     except (HwConfigError, TraceError) as err:
         parser.error(str(err))
     for path, t in zip(args.measured, traces):
-        if not t.header.measured:
-            parser.error(f"{path}: not a measured trace (no durations)")
-    if args.microbench:
-        mb_path = args.microbench
-        try:
-            mb = json.loads(mb_path.read_text())
-        except (OSError, ValueError) as err:
-            parser.error(f"--microbench {mb_path}: {err}")
-    else:
-        try:
-            from reference.capture.microbench import run_microbenchmarks
-        except ImportError as err:
-            parser.error(f"running the microbenchmarks needs torch ({err}); give --microbench FILE")
-        mb = run_microbenchmarks(args.device, quick=args.quick)
-        mb_path = args.out.with_suffix(".microbench.json")
-        atomic_write(mb_path, lambda tmp: tmp.write_text(json.dumps(mb, indent=1)))
+        if not (t.header.measured or is_compiled_measurement(t)):
+            parser.error(f"{path}: not a measured trace (no durations, and not a compiled measurement)")
+    mb, mb_path = _microbench(parser, args)
     if base is None:
         base = parse(cpu_base(mb, str(mb_path)), "this machine")
-    raw, report = calibrate(base, mb, traces, str(mb_path))
+    try:
+        raw, report = calibrate(base, mb, traces, str(mb_path))
+    except ValueError as err:
+        parser.error(str(err))
     raw["name"] = f"{base.name} (calibrated {date.today().isoformat()})"
     raw["notes"] = (f"Calibrated from {base.path}: host figures and efficiencies measured or fitted (sources say "
                     f"which); fits per kernel class and per op kind from {len(traces)} measured traces.")
@@ -319,18 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             + yaml.safe_dump(raw, sort_keys=False))
     atomic_write(args.out, lambda tmp: tmp.write_text(text))
     load_hwconfig(args.out)  # what was written loads
-    m = report["measured"]
-    print(f"{args.out}: DRAM {m['dram_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s measured (efficiency "
-          f"{report['efficiency']['dram']:.3f}), matrix {max(m['matrix_flops_per_s'].values()) / 1e12:.3g} TFLOP/s "
-          f"(efficiency {report['efficiency']['matrix']:.3f}), kernel {m['kernel_min_s'] * 1e6:.2f} us, graph gap "
-          f"{m['graph_kernel_gap_s'] * 1e6:.2f} us")
-    if traces:
-        print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
-              f"(microbenchmark: {m['launch_eager_s'] * 1e6:.2f} us)")
-        for cls, fit in report["classes"].items():
-            print(f"  {cls:<40} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
-            for op, fit in report["ops"].get(cls, {}).items():
-                print(f"    {op:<38} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
+    _print_report(args.out, report)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Write VALIDATION.md: every committed measured trace against the datasheet and the calibrated hwconfig of
-its device, with scatter plots; and, when given, the CPU loop's results from this machine.
+its device, with scatter plots; and, when given, the CPU loop's results from this machine, eager and compiled
+(its `compiled/` measurements of compiled decoding, validated per stage and end to end).
 
     python -m sim.fitting.report [--cpu-loop DIR]     # DIR: the output folder of scripts/cpu_validation.sh
 """
@@ -12,11 +13,13 @@ import sys
 from pathlib import Path
 
 from sim.defaults import CHECKOUT as ROOT
+from sim.engine import breakdown, project
 from sim.files import atomic_write
 from sim.fitting.public import pairs as public_pairs
-from sim.fitting.validate import metrics, microbench_pairs, scatter, validate_trace
+from sim.fitting.validate import metrics, microbench_pairs, scatter, validate_compiled, validate_trace
+from sim.fusion import LIBRARY_CLASSES
 from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig
-from sim.trace import TraceError, read_trace
+from sim.trace import Trace, TraceError, read_trace
 
 MEASURED = ROOT / "data" / "measured"
 # device folder -> (datasheet hwconfig, calibrated hwconfig, traces the calibration was fitted to)
@@ -82,7 +85,7 @@ def cpu_section(loop: Path, lines: list[str]) -> None:
     held = load_hwconfig(loop / "cpu-heldout.yaml")
     fitted = set(HELD_OUT_FIT)
     lines += ["## A CPU: the CI loop (`bash scripts/cpu_validation.sh DIR`)", "",
-              f"One run of the loop on {every.name}, {every.peak.compute_units} threads (the development machine; CI "
+              f"One run of the loop on {every.name}, {every.peak.compute_units} thread(s) (the development machine; CI "
               "runs it on its own CPU), float32, 32 tokens. Two calibrated hwconfigs: one fitted to all five measured "
               "presets (CI fails when its median end-to-end error passes 25%), and one fitted to the three marked "
               "(fit), so the other two are a fair test.", "",
@@ -105,6 +108,97 @@ def cpu_section(loop: Path, lines: list[str]) -> None:
         f"{label} {metrics(values)['median_abs_pct']:.1f}%" for label, values in (
             ("fit to all, all five", totals["all"]), ("fit to three, the two held out", totals["held out"]))), ""]
     resources(loop / "cpu-calibrated.microbench.json", every, lines)
+    if list((loop / "compiled").glob("*.jsonl.gz")):
+        compiled_section(loop, every, held, lines)
+
+
+def compiled_fit_set(hw: HwConfig) -> set[str]:
+    """The compiled traces (preset.decoder) `hw`'s compiled figures were fitted to, as its sources say."""
+    source = hw.sources.get("host.launch_graph_s", "")
+    marker = "compiled runs of "
+    if marker not in source:
+        return set()
+    return {name.strip().replace("/", ".") for name in source.split(marker, 1)[1].split(",")}
+
+
+def _compiled_row(name: str, trace: Trace, hws: tuple[HwConfig, HwConfig], fits: tuple[set[str], set[str]],
+                  totals: dict[str, list]) -> str:
+    """One trace's row of the compiled table; its pairs join `totals` (per hwconfig: all; held out)."""
+    extra = trace.header.extra
+    cells = [str(trace.header.max_new_tokens), f"{extra['end_to_end_s']['median'] * 1e3:.1f}",
+             f"{sum(s.wall_s or 0 for s in trace.stages) * 1e3:.1f}"]
+    for label, hw, fit in zip(("all", "held"), hws, fits):
+        pairs = validate_compiled(trace, hw)
+        (p, m), = pairs["end_to_end"]
+        stage = metrics(pairs["stage"])
+        if label == "all":
+            cells.append(f"{p * 1e3:.1f}")
+        cells += [f"{100 * (p - m) / m:+.1f}%", f"{stage['median_abs_pct']:.1f}%"]
+        groups = ([label, "fit"] if name in fit else [label]) if label == "all" else ([] if name in fit else [label])
+        for group in groups:
+            for metric, values in pairs.items():
+                totals.setdefault(f"{group} {metric}", []).extend(values)
+    cells.append(f"{extra['compile_s']:.1f} ({len(extra['compile_variants'])})")
+    marks = "".join(mark for mark, fit in zip((" (fit)", " (fit to two)"), fits) if name in fit)
+    return f"| {name}{marks} | " + " | ".join(cells) + " |"
+
+
+def library_shares(paths: list[Path], hw: HwConfig) -> str:
+    """A sentence: the share of each compiled trace's projected decode time in library kernels (matrix products,
+    attention), whose model is the eager calibration's."""
+    shares = []
+    for path in paths:
+        p = project(read_trace(path), hw, "compiled")
+        library_s = sum(breakdown(p)["class_s"].get(c, 0.0) for c in LIBRARY_CLASSES)
+        shares.append(f"{path.name.removesuffix('.jsonl.gz')} {100 * library_s / p.total_s:.0f}%")
+    return ("Library kernels (products, attention: their model is the eager calibration's) take, of each projected "
+            "compiled run: " + ", ".join(shares) + ".")
+
+
+def compiled_section(loop: Path, every: HwConfig, held: HwConfig, lines: list[str]) -> None:
+    """The CPU loop's compiled measurements against both calibrated hwconfigs, per stage and end to end."""
+    fits = (compiled_fit_set(every), compiled_fit_set(held))
+    paths = sorted((loop / "compiled").glob("*.jsonl.gz"))
+    first = read_trace(paths[0]).header
+    host = every.host
+    elementwise = every.classes.get("elementwise")
+    anchored = " (the elementwise class's)" if elementwise and elementwise.efficiency == every.classes[
+        "fused"].efficiency else ""
+    lines += ["### Compiled decoding (`reference.capture.measure --compile`, `sim.fitting.validate --launch compiled`)",
+              "", f"The same run of the loop: compiled decoding (`decode.*(compile=True)`, inductor, "
+              f"{first.dtype}, {first.device_name}), each variant compiled in the "
+              "warm-up (compile seconds and variants below, excluded from every time), then "
+              f"{first.extra['repeats']} timed runs interleaved; no per-op times, so per stage (decode and SPEED "
+              "stages, compiled) and end to end (those plus the prefill or encoder stage, projected eager as "
+              "compiled decoding runs it). The compiled figures of `cpu-calibrated.yaml`, fitted to the decode "
+              f"stages of the traces marked (fit): a graph call costs {host.launch_graph_s * 1e6:.1f} us per "
+              f"stage, {host.graph_kernel_gap_s * 1e6:.2f} us per kernel, a fused kernel "
+              f"{every.classes['fused'].fixed_s * 1e6:.2f} us fixed at efficiency "
+              f"{every.classes['fused'].efficiency:.3f}{anchored}. Traces not marked are judged, "
+              "not fitted; `cpu-heldout.yaml` has the compiled figures fitted to the two marked (fit to two) and is "
+              "judged on the others. CI fails when the median end-to-end or stage error of the traces marked (fit) "
+              "against `cpu-calibrated.yaml` passes 25% (targets: 10% end to end, 15% per stage).", "",
+              "| compiled trace | tokens | measured ms | stages summed ms | projected ms | end-to-end error | "
+              "stage median \\|e\\| | end-to-end error, fit to two | stage median \\|e\\|, fit to two | "
+              "compile s (variants) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    totals: dict[str, list] = {}
+    for path in paths:
+        name = path.name.removesuffix(".jsonl.gz")
+        lines.append(_compiled_row(name, read_trace(path), (every, held), fits, totals))
+    lines += ["", "Measured: the median end-to-end wall time of the timed runs; stages summed: the medians of its "
+              "stages, summed (a gap between the two is time outside the stages, or runs that a busy machine "
+              "stretched). " + library_shares(paths, every), "",
+              "| hwconfig, traces | metric | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, what in (("fit", "`cpu-calibrated.yaml`, the traces fitted (gated)"),
+                        ("all", "`cpu-calibrated.yaml`, all"), ("held", "`cpu-heldout.yaml`, held out")):
+        for metric in ("end_to_end", "stage"):
+            m = metrics(totals.get(f"{label} {metric}", []))
+            if not m["n"]:
+                continue
+            lines.append(f"| {what} | {metric} | {m['n']} | {m['median_abs_pct']:.1f}% | {m['p90_abs_pct']:.1f}% | "
+                         f"{m['bias_pct']:+.1f}% | {m['pearson_r']:.3f} |")
+    lines.append("")
 
 
 def main(argv: list[str] | None = None) -> int:

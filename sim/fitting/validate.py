@@ -12,7 +12,14 @@ and the end-to-end wall time. Each is compared with the projection of the same t
 
 Per metric (and per kernel class): mean and median absolute % error, P90, signed bias (median of
 (projected - measured) / measured) and Pearson correlation. `--max-error PCT` exits 1 when the median
-end-to-end absolute error over the traces exceeds PCT.
+end-to-end absolute error over the traces exceeds PCT; `--max-stage-error PCT` when the median stage error does.
+
+    python -m sim.fitting.validate --launch compiled --hw cpu-calibrated.yaml --measured compiled/*.jsonl.gz
+
+validates compiled measurements (reference.capture.measure --compile: stage and end-to-end wall times, the ops of
+the compiled formulation, no per-op times, so no kernel metric): each decode and SPEED stage against its compiled
+projection (the trace fused by sim.fusion, one graph per stage, as `python -m sim.run --launch compiled`), and
+end to end against those plus the prefill and encoder stages projected eager, as compiled decoding runs them.
 
     python -m sim.fitting.validate --hw hwconfigs/h200-calibrated.yaml \\
         --microbench data/calibration/h200.microbench.json
@@ -35,7 +42,7 @@ from typing import Any
 
 from sim.engine import project
 from sim.files import atomic_write
-from sim.fitting.calibrate import microbench_traces
+from sim.fitting.calibrate import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement, microbench_traces
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.trace import Trace, TraceError, read_trace
 
@@ -56,9 +63,16 @@ def metrics(pairs: list[tuple[float, float]]) -> dict[str, float]:
             "bias_pct": statistics.median(signed), "pearson_r": r}
 
 
-def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool) -> None:
-    """Refuse a trace that cannot be validated against `hw`, saying why."""
-    if not trace.header.measured:
+def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool, launch: str = "eager") -> None:
+    """Refuse a trace that cannot be validated against `hw` in `launch` mode, saying why."""
+    compiled = is_compiled_measurement(trace)
+    if launch == "compiled" and not compiled:
+        eager = " (an eager measurement: validate it with --launch eager)" if trace.header.measured else ""
+        raise ValueError(f"{path}: not a compiled measurement{eager}; header extra 'measurement' is not 'compiled' "
+                         "(measure one with python -m reference.capture.measure --compile)")
+    if launch != "compiled" and compiled:
+        raise ValueError(f"{path}: a compiled measurement (no per-op times): validate it with --launch compiled")
+    if not (trace.header.measured or compiled):
         raise ValueError(f"{path}: not a measured trace (header 'measured' is false, no durations); measure one "
                          "with python -m reference.capture.measure")
     if not trace.ops:
@@ -75,10 +89,21 @@ def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool) -> N
                          "pass --any-device to compare anyway")
 
 
+def validate_compiled(trace: Trace, hw: HwConfig) -> dict[str, list[tuple[float, float]]]:
+    """(projected, measured) seconds of a compiled measurement: 'stage' (its decode and SPEED stages, compiled)
+    and 'end_to_end' (every stage as compiled decoding runs it: prefill and encoder eager)."""
+    seconds = compiled_stage_seconds(trace, hw)
+    stages = [(p, s.wall_s) for p, s in zip(seconds, trace.stages) if s.kind in DECODE_STAGES and s.wall_s is not None]
+    return {"stage": stages, "end_to_end": [(sum(seconds), trace.header.extra["end_to_end_s"]["median"])]}
+
+
 def validate_trace(trace: Trace, hw: HwConfig, launch: str = "eager") -> dict[str, list[tuple[float, float]]]:
     """(projected, measured) seconds per metric: 'kernel', 'kernel:<class>', 'stage', 'end_to_end'. A kernel is
     its own time on both sides: on a cpu the measured op time includes the op's dispatch (the host clock runs
-    around the call), and the projected host cost per kernel is the gap between ops, which no op time holds."""
+    around the call), and the projected host cost per kernel is the gap between ops, which no op time holds.
+    `launch` "compiled": a compiled measurement, stage and end to end only (`validate_compiled`)."""
+    if launch == "compiled":
+        return validate_compiled(trace, hw)
     p = project(trace, hw, launch)
     clock = p.clock_hz
     out: dict[str, list[tuple[float, float]]] = {"kernel": [], "stage": [], "end_to_end": []}
@@ -148,7 +173,7 @@ def scatter(pairs: dict[str, list[tuple[float, float]]], out: Path, title: str) 
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sim.fitting.validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hw", type=Path, required=True, help="hwconfig of the device the traces were measured on")
@@ -156,14 +181,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--microbench", type=Path,
                         help="microbenchmark results (JSON, from reference.capture.microbench or "
                         "sim.fitting.calibrate) to check the resource models against, one by one")
-    parser.add_argument("--launch", choices=("eager", "graph"), default="eager",
-                        help="launch mode the traces were measured in (default eager)")
+    parser.add_argument("--launch", choices=("eager", "graph", "compiled"), default="eager",
+                        help="launch mode the traces were measured in (default eager); compiled: measurements of "
+                        "compiled decoding (reference.capture.measure --compile), validated per stage and end to "
+                        "end, no kernel metric")
     parser.add_argument("--max-error", type=float, metavar="PCT",
                         help="exit 1 when the median end-to-end absolute error over the traces exceeds PCT")
+    parser.add_argument("--max-stage-error", type=float, metavar="PCT",
+                        help="exit 1 when the median stage absolute error over the traces exceeds PCT")
     parser.add_argument("--plot", type=Path, help="scatter plot, projected vs measured (PNG)")
     parser.add_argument("--json", type=Path, help="write the error statistics as JSON")
     parser.add_argument("--any-device", action="store_true",
                         help="compare even when the trace's device differs from the hwconfig's")
+    return parser
+
+
+def _failed(overall: dict[str, dict[str, float]], max_error: float | None, max_stage_error: float | None) -> bool:
+    """Whether a median error passes its limit (each one that does is said on stderr)."""
+    failed = False
+    for metric, limit in (("end_to_end", max_error), ("stage", max_stage_error)):
+        median = overall.get(metric, {}).get("median_abs_pct", 0.0)
+        if limit is not None and median > limit:
+            print(f"FAIL: median {metric.replace('_', '-')} error {median:.1f}% > {limit}%", file=sys.stderr)
+            failed = True
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if not args.measured and not args.microbench:
         parser.error("give --measured traces, --microbench results, or both")
@@ -184,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.measured:
         try:
             trace = read_trace(path)
-            check_pairing(trace, hw, path, args.any_device)
+            check_pairing(trace, hw, path, args.any_device, args.launch)
         except (TraceError, ValueError) as err:
             parser.error(str(err))
         pairs = validate_trace(trace, hw, args.launch)
@@ -195,16 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             everything.setdefault(metric, []).extend(values)
     overall = {metric: metrics(values) for metric, values in everything.items()}
     print_report(f"all {len(args.measured)} traces on {hw.name} ({args.hw})", overall)
-    e2e = overall["end_to_end"]
     if args.json:
         atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps({"overall": overall, "traces": per_trace},
                                                                       indent=1)))
     if args.plot:
         scatter(everything, args.plot, f"{hw.name}: {len(args.measured)} measured traces")
-    if args.max_error is not None and e2e["median_abs_pct"] > args.max_error:
-        print(f"FAIL: median end-to-end error {e2e['median_abs_pct']:.1f}% > {args.max_error}%", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if _failed(overall, args.max_error, args.max_stage_error) else 0
 
 
 if __name__ == "__main__":
