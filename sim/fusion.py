@@ -24,12 +24,12 @@ import heapq
 import math
 from dataclasses import dataclass, replace
 
+from sim.opkinds import DTYPE_BYTES, MATRIX_CLASSES
 from sim.trace import OpRecord, Trace
 
-LIBRARY_CLASSES = ("matmul", "lm_head", "attention")
+# a compiler leaves exactly the matrix-unit classes (GEMMs, the LM head, attention) to library kernels
+LIBRARY_CLASSES = MATRIX_CLASSES
 FUSED_OP = "inductor.fused"
-_DTYPE_BYTES = {"float64": 8, "float32": 4, "int64": 8, "int32": 4, "bfloat16": 2, "float16": 2, "bool": 1,
-                "int8": 1, "uint8": 1}
 
 
 @dataclass
@@ -48,7 +48,7 @@ def is_fused(trace: Trace) -> bool:
 
 def _input_bytes(op: OpRecord, i: int) -> int:
     dtype = op.in_dtypes[i] if i < len(op.in_dtypes) else "float32"
-    return math.prod(op.in_shapes[i]) * _DTYPE_BYTES.get(dtype, 4)
+    return math.prod(op.in_shapes[i]) * DTYPE_BYTES.get(dtype, 4)
 
 
 def _preds(ops: list[OpRecord]) -> list[set[int]]:

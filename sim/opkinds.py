@@ -14,6 +14,9 @@ from __future__ import annotations
 KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset", "fused")
 MATRIX_CLASSES = ("matmul", "lm_head", "attention")  # run on the matrix units, in waves of output tiles
 ROLES = ("head", "norm")  # where an op runs, when that decides its class
+# bytes per element of the dtypes traces name
+DTYPE_BYTES = {"float64": 8, "float32": 4, "int64": 8, "int32": 4, "bfloat16": 2, "float16": 2, "bool": 1, "int8": 1,
+               "uint8": 1}
 
 MATMUL_OPS = frozenset({"aten.linear.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
                         "aten.baddbmm.default", "aten.matmul.default"})

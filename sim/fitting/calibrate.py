@@ -46,11 +46,11 @@ from sim.files import atomic_write
 from sim.fusion import fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig, parse, to_dict
 from sim.kernels import Kernel, KernelCost, kernel_cost
+from sim.opkinds import DTYPE_BYTES
 from sim.trace import Trace, TraceError, one_op_trace, read_trace
 
 MAX_SAMPLES = 4000  # per fit: a deterministic stride over the measured kernels keeps the fit fast
 MIN_OP_SAMPLES = 30  # measured kernels of an op kind below which it keeps its class's fit
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 DECODE_STAGES = ("decode", "speed")  # the stages compiled decoding runs compiled (prefill and encoder: eager)
 
 
