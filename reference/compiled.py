@@ -44,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from reference.model import Attention, KVCache, SharedDecoder, apply_rope
@@ -72,13 +73,12 @@ def cross_attention_static(attn: Attention, x: Tensor, cross_k: Tensor, cross_v:
     return attn._merge(attn._sdpa(q, cross_k[seqs], cross_v[seqs], mask))[:, 0]
 
 
-def run_group_static(model: SharedDecoder, h: Tensor, index: Tensor, cache_k: Tensor, cache_v: Tensor,
-                     cross_k: Tensor | None = None, cross_v: Tensor | None = None,
+def run_group_static(model: SharedDecoder, h: Tensor, seqs: Tensor, positions: Tensor, groups: Tensor,
+                     cache_k: Tensor, cache_v: Tensor, cross_k: Tensor | None = None, cross_v: Tensor | None = None,
                      encoder_lens: Tensor | None = None) -> Tensor:
-    """`SharedDecoder.run_group` with static shapes: rows h [R, d]; index int64 [3, R] = (sequence slots,
-    positions, groups completed, 0-based); encoder_lens int64 [B] with cross_k, cross_v [Nd, B, H, S, hd] for
+    """`SharedDecoder.run_group` with static shapes: rows h [R, d]; seqs (sequence slots), positions, groups
+    (completed, 0-based): int64 [R]; encoder_lens int64 [B] with cross_k, cross_v [Nd, B, H, S, hd] for
     encoder-decoder models. Mutates cache_k, cache_v [N, B, Hkv, max_len, hd]; returns the new h [R, d]."""
-    seqs, positions, groups = index[0], index[1], index[2]
     nd = model.config.n_unique_layers
     cos, sin = model.rope_cos[positions][:, None, None], model.rope_sin[positions][:, None, None]
     key_positions = torch.arange(cache_k.shape[3], device=h.device)
@@ -97,13 +97,55 @@ def run_group_static(model: SharedDecoder, h: Tensor, index: Tensor, cache_k: Te
     return h
 
 
-def stage_static(model: SharedDecoder, h: Tensor, index: Tensor, cache_k: Tensor, cache_v: Tensor,
-                 cross_k: Tensor | None = None, cross_v: Tensor | None = None,
-                 encoder_lens: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """`run_group_static`, then the argmax of the final norm + LM head of every row, in one graph: a SPEED stage,
-    or the last group of a sequential step. Returns (h [R, d], int64 [R])."""
-    h = run_group_static(model, h, index, cache_k, cache_v, cross_k, cross_v, encoder_lens)
-    return h, model.head(h).argmax(dim=-1)
+def _unpack(packed: Tensor, rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The int64 inputs of a step, sent as one tensor (one host-to-device copy per stage): seqs, positions, groups
+    [R] and, after them, the stage's other indices (`order`, then the new tokens)."""
+    return packed[:rows], packed[rows : 2 * rows], packed[2 * rows : 3 * rows], packed[3 * rows :]
+
+
+def _argmax_of_head(model: SharedDecoder, h: Tensor) -> Tensor:
+    return model.head(h).argmax(dim=-1)
+
+
+def make_token_step(passes: int, head: bool) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """A sequential decode step for R rows: embed their tokens, `passes` (= G) passes through the shared blocks,
+    then (`head`) the argmax of the final norm + LM head, all in one graph. The step's function:
+    (model, packed int64 [4R]: seqs, positions, groups (0), tokens; caches...) -> (h [R, d], argmax [R] or None)."""
+
+    def token_step(model: SharedDecoder, packed: Tensor, cache_k: Tensor, cache_v: Tensor,
+                   cross_k: Tensor | None, cross_v: Tensor | None, encoder_lens: Tensor | None
+                   ) -> tuple[Tensor, Tensor | None]:
+        rows = packed.shape[0] // 4
+        seqs, positions, groups, tokens = _unpack(packed, rows)
+        h = model.embed(tokens)  # [R, d]
+        for g in range(passes):
+            h = run_group_static(model, h, seqs, positions, groups + g, cache_k, cache_v, cross_k, cross_v,
+                                 encoder_lens)
+        return h, _argmax_of_head(model, h) if head else None
+
+    return token_step
+
+
+def make_speed_stage(head: bool) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """A SPEED stage for R rows in one graph: the rows are picked (`order`) from the rows the previous stage
+    carried out (`carry` [C, d], C = G x B, static: unused rows are padding) followed by the embeddings of the B
+    new tokens (one per sequence; padding where a sequence injects none); one pass through the shared blocks, row
+    r at group groups[r]; then (`head`) the argmax of every row's exit. Returns the new carry (the R rows, padded
+    to C) and the argmax [R] (or None). packed: int64 [4R + B]: seqs, positions, groups, order, tokens."""
+
+    def speed_stage(model: SharedDecoder, carry: Tensor, packed: Tensor, cache_k: Tensor, cache_v: Tensor,
+                    cross_k: Tensor | None, cross_v: Tensor | None, encoder_lens: Tensor | None
+                    ) -> tuple[Tensor, Tensor | None]:
+        batch = cache_k.shape[1]
+        rows = (packed.shape[0] - batch) // 4
+        seqs, positions, groups, rest = _unpack(packed, rows)
+        order, tokens = rest[:rows], rest[rows:]
+        h = torch.cat([carry, model.embed(tokens)])[order]  # [R, d]
+        h = run_group_static(model, h, seqs, positions, groups, cache_k, cache_v, cross_k, cross_v, encoder_lens)
+        new_carry = F.pad(h, (0, 0, 0, carry.shape[0] - rows))  # [C, d]
+        return new_carry, _argmax_of_head(model, h) if head else None
+
+    return speed_stage
 
 
 def _fresh(fn: Callable, name: str) -> Callable:
@@ -125,9 +167,9 @@ def bucket(length: int, cap: int) -> int:
 
 @dataclass(frozen=True)
 class Variant:
-    """One compiled step variant: its kind ("group": the pass through the Nd shared blocks; "stage": the pass and
-    the LM head's argmax in one graph), the rows it takes, its full key, and the seconds of its first call
-    (compilation + one run; with CUDA graphs also their warm-up and recording)."""
+    """One compiled step variant: its kind ("token": a whole sequential decode step; "stage": a SPEED stage), the
+    rows it takes, its full key, and the seconds of its first call (compilation + one run; with CUDA graphs also
+    their warm-up and recording)."""
 
     kind: str
     rows: int
@@ -136,11 +178,11 @@ class Variant:
 
 
 class CompiledStep:
-    """The compiled steps of one model, one compiled variant per key: "stage" (the pass of R rows through the shared
-    blocks and the LM head's argmax in one graph: a SPEED stage, the last group of a sequential step) and "group"
-    (the pass alone: the other G - 1 groups of a sequential step, and any pass whose logits an overridden
-    `exit_logits` computes). Shares the model's weights: Dynamo reads the parameters as graph inputs,
-    so the model may be trained or loaded afterwards (a change of shape or dtype recompiles).
+    """The compiled steps of one model, one compiled variant per key: "token" (a whole sequential decode step of R
+    rows, `make_token_step`) and "stage" (a SPEED stage of R rows, `make_speed_stage`), each with the head's argmax
+    in the graph, or without it where an overridden `exit_logits` computes the logits eagerly. Every stage of a
+    decode is one compiled call. Shares the model's weights: Dynamo reads the parameters as graph inputs, so the
+    model may be trained or loaded afterwards (a change of shape or dtype recompiles).
 
     mode: torch.compile's mode (default: "reduce-overhead" on cuda, else the default mode); backend: its backend
     ("inductor"; "aot_eager" traces without generating code), or None: no compiler at all, the static-shape
@@ -196,16 +238,19 @@ class CompiledStep:
             self._caches[shape] = cache
         return cache
 
-    def _call(self, kind: str, fn: Callable, key: tuple, rows: int, *args: object) -> Tensor:
-        if self.backend is None:  # no compiler: the step as it is
-            return fn(self.model, *args)
+    def _call(self, kind: str, make: Callable[[], Callable], key: tuple, rows: int, *args: object
+              ) -> tuple[Tensor, Tensor | None]:
+        """Run variant `key` (made by `make` and compiled on its first call) on args."""
         compiled = self._compiled.get(key)
         if compiled is not None:
             return compiled(self.model, *args)
+        if self.backend is None:  # no compiler: the step as it is
+            compiled = self._compiled[key] = make()
+            return compiled(self.model, *args)
         _synchronize(self.device)
         t0 = time.perf_counter()
-        compiled = torch.compile(_fresh(fn, f"{kind}_step_{len(self._compiled)}"), dynamic=False, fullgraph=True,
-                                 mode=self.mode, backend=self.backend)
+        compiled = torch.compile(_fresh(make(), f"{kind}_step_{len(self._compiled)}"), dynamic=False,
+                                 fullgraph=True, mode=self.mode, backend=self.backend)
         # CUDA graph trees warm up on a function's first call and record on its second: make both the first call
         # (the step is idempotent: the second run writes the same keys/values and returns the same rows)
         for _ in range(2 if self.cudagraphs else 1):
@@ -230,27 +275,40 @@ class BoundStep:
         self.shapes = (cache.k.dtype, tuple(cache.k.shape),
                        None if cache.cross_k is None else tuple(cache.cross_k.shape))
 
-    def _args(self, h: Tensor, seqs: list[int], positions: list[int], groups: list[int]) -> tuple:
+    def _caches(self) -> tuple:
         cache = self.cache
-        index = torch.tensor([seqs, positions, groups], device=h.device)  # one host-to-device copy per call
-        return h, index, cache.k, cache.v, cache.cross_k, cache.cross_v, self.encoder_lens
+        return cache.k, cache.v, cache.cross_k, cache.cross_v, self.encoder_lens
 
-    def _out(self, out: Tensor) -> Tensor:
-        return out.clone() if self.step.cudagraphs else out  # out of the CUDA graph's pool before the next replay
+    def _out(self, out: Tensor | None) -> Tensor | None:
+        # out of the CUDA graph's pool before the next replay
+        return out.clone() if self.step.cudagraphs and out is not None else out
 
-    def group(self, h: Tensor, seqs: list[int], positions: list[int], groups: list[int]) -> Tensor:
-        """`run_group(h, model.rows(seqs, positions), groups, cache)`, compiled for len(seqs) rows."""
-        rows = len(seqs)
-        out = self.step._call("group", run_group_static, ("group", rows, *self.shapes), rows,
-                              *self._args(h, seqs, positions, groups))
-        return self._out(out)
-
-    def stage(self, h: Tensor, seqs: list[int], positions: list[int], groups: list[int]) -> tuple[Tensor, Tensor]:
-        """`group`, then the argmax of `model.head` of every row, in one compiled graph."""
-        rows = len(seqs)
-        h, ids = self.step._call("stage", stage_static, ("stage", rows, *self.shapes), rows,
-                                 *self._args(h, seqs, positions, groups))
+    def token(self, tokens: list[int], seqs: list[int], positions: list[int], head: bool = True
+              ) -> tuple[Tensor, Tensor | None]:
+        """A whole sequential step of one row per sequence `seqs` (its token and position): the new h [R, d] after
+        all G groups, and the argmax of the head (None without `head`)."""
+        rows, passes = len(seqs), self.step.model.config.n_groups
+        packed = torch.tensor(seqs + positions + [0] * rows + tokens, device=self.cache.k.device)
+        h, ids = self.step._call("token", lambda: make_token_step(passes, head), ("token", rows, head, *self.shapes),
+                                 rows, packed, *self._caches())
         return self._out(h), self._out(ids)
+
+    def new_carry(self) -> Tensor:
+        """The rows a SPEED stage carries to the next, all padding before the first: [G x B, d]."""
+        model, cache = self.step.model, self.cache
+        return torch.zeros(model.config.n_groups * cache.k.shape[1], model.config.d_model, device=cache.k.device,
+                           dtype=cache.k.dtype)
+
+    def stage(self, carry: Tensor, tokens: list[int], order: list[int], seqs: list[int], positions: list[int],
+              groups: list[int], head: bool = True) -> tuple[Tensor, Tensor | None]:
+        """A SPEED stage (`make_speed_stage`): the rows `order` picks from carry and the new tokens (one per
+        sequence), at their sequences, positions and groups. Returns the new carry (its first R rows are the
+        stage's rows) and the argmax of the head (None without `head`)."""
+        rows = len(seqs)
+        packed = torch.tensor(seqs + positions + groups + order + tokens, device=self.cache.k.device)
+        carry, ids = self.step._call("stage", lambda: make_speed_stage(head), ("stage", rows, head, *self.shapes),
+                                     rows, carry, packed, *self._caches())
+        return self._out(carry), self._out(ids)
 
 
 _STEPS: weakref.WeakKeyDictionary[SharedDecoder, CompiledStep] = weakref.WeakKeyDictionary()

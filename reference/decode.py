@@ -154,9 +154,9 @@ def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: i
                encoder_inputs: list[list[int]] | None = None, observer: StageObserver | None = None,
                predictor: Predictor | None = None, compile: bool = False) -> DecodeResult:
     """Greedy decoding, each token through all N = Nd * G layers before the next starts. `eos_id` defaults to
-    the config's; generation of a sequence stops after EOS or max_new_tokens. `compile`: run the group passes
-    compiled (reference.compiled), the last with the head in one graph, one variant per number of active
-    sequences."""
+    the config's; generation of a sequence stops after EOS or max_new_tokens. `compile`: run each step (the
+    embedding, every group and the head) as one compiled graph (reference.compiled), one variant per number of
+    active sequences."""
     cfg = model.config
     eos_id = cfg.eos_id if eos_id is None else eos_id
     cache, bound, before = _compiled_start(model, prompts, max_new_tokens, encoder_inputs, observer, compile)
@@ -179,18 +179,13 @@ def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: i
             for group in range(cfg.n_groups):
                 h = model.run_group(h, rows, [group] * len(active), cache)
             predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
-        else:
+        else:  # the whole step (every group, and the head unless exits are custom) in one compiled graph
             positions = [row.position for _, row in run]
-            h = model.embed(torch.tensor([row.token for _, row in run], device=cache.k.device))
-            for group in range(cfg.n_groups - 1):
-                h = bound.group(h, active, positions, [group] * len(active))
-            last = [cfg.n_groups - 1] * len(active)
+            h, argmax = bound.token([row.token for _, row in run], active, positions, head=not custom_exits)
             if custom_exits:
-                h = bound.group(h, active, positions, last)
                 predictions = _predict(model.exit_logits(h, model.rows(active, positions), exits), run, exits,
                                        predictor)
-            else:  # the last group and the head in one graph, the variant SPEED runs for as many rows
-                h, argmax = bound.stage(h, active, positions, last)
+            else:
                 predictions = _chosen(argmax, run, exits, predictor)
         for (b, row), prediction in zip(run, predictions):
             tokens[b].append(prediction)
@@ -217,22 +212,54 @@ def _stage_rows(model: SharedDecoder, cache: KVCache, active: list[int], staged:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def _end_stage(pipes: list[SpeedPipeline], active: list[int], staged: dict[int, list[Row]], predictions: list[int],
-               h: Tensor, hidden: list[Tensor | None]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-    """Hand each sequence's predictions to its pipeline; keep the rows still in flight in `hidden`. Returns the
-    stage's commits (seq, position, token) and flushes (seq, exit, rows flushed)."""
-    offset, commits, flushes = 0, [], []
+def _end_stage(pipes: list[SpeedPipeline], active: list[int], staged: dict[int, list[Row]], predictions: list[int]
+               ) -> tuple[dict[int, range], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Hand each sequence's predictions to its pipeline. Returns, per sequence, the rows of the stage (indices
+    into its rows, all sequences' in order) that stay in flight, and the stage's commits (seq, position, token) and
+    flushes (seq, exit, rows flushed)."""
+    offset, kept, commits, flushes = 0, {}, [], []
     for b in active:
         n = len(staged[b])
         outcome = pipes[b].end_stage(predictions[offset : offset + n])
-        kept = outcome.kept
-        hidden[b] = h[offset : offset + n][kept] if kept.stop > kept.start else None
+        kept[b] = range(offset + outcome.kept.start, offset + outcome.kept.stop)
         if outcome.committed is not None:
             commits.append((b, staged[b][0].position + 1, outcome.committed))
         if outcome.flushed:
             flushes.append((b, outcome.flush_exit, outcome.flushed))
         offset += n
-    return commits, flushes
+    return kept, commits, flushes
+
+
+def _eager_stage(model: SharedDecoder, cache: KVCache, active: list[int], staged: dict[int, list[Row]],
+                 hidden: list[Tensor | None], run: list[tuple[int, Row]], exits: list[int],
+                 predictor: Predictor | None) -> tuple[Tensor, list[int]]:
+    """A SPEED stage run eagerly: its rows' new residual stream [R, d] and their predictions."""
+    h = _stage_rows(model, cache, active, staged, hidden)
+    rows = model.rows([b for b, _ in run], [row.position for _, row in run])
+    h = model.run_group(h, rows, [row.group for _, row in run], cache)
+    return h, _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+
+
+def _compiled_stage(model: SharedDecoder, bound: compiled.BoundStep, carry: Tensor, active: list[int],
+                    staged: dict[int, list[Row]], carried: list[list[int]], run: list[tuple[int, Row]],
+                    exits: list[int], predictor: Predictor | None, custom_exits: bool) -> tuple[Tensor, list[int]]:
+    """A SPEED stage as one compiled call: each sequence's rows still in flight (rows `carried[b]` of the carry),
+    then its newly injected token. Returns the new carry and the rows' predictions."""
+    batch, carry_rows = len(carried), carry.shape[0]
+    tokens = [0] * batch  # padding where a sequence injects no token this stage
+    order = []
+    for b in active:
+        order += carried[b]
+        if staged[b][-1].group == 0:
+            tokens[b] = staged[b][-1].token
+            order.append(carry_rows + b)
+    seqs, positions = [b for b, _ in run], [row.position for _, row in run]
+    carry, argmax = bound.stage(carry, tokens, order, seqs, positions, [row.group for _, row in run],
+                                head=not custom_exits)
+    if custom_exits:
+        logits = model.exit_logits(carry[: len(run)], model.rows(seqs, positions), exits)
+        return carry, _predict(logits, run, exits, predictor)
+    return carry, _chosen(argmax, run, exits, predictor)
 
 
 @torch.inference_mode()
@@ -241,14 +268,17 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
           predictor: Predictor | None = None, compile: bool = False) -> DecodeResult:
     """SPEED: up to G tokens in flight per sequence, one per group; each stage runs every in-flight row once
     through the Nd shared blocks as one batch, the LM head on every row, then compares, flushes and commits
-    (see reference.pipeline). The output equals `sequential`'s. `compile`: run each stage (group pass and head)
-    as one compiled graph (reference.compiled), one variant per number of rows in flight."""
+    (see reference.pipeline). The output equals `sequential`'s. `compile`: run each stage (the new tokens'
+    embedding, the group pass and the head) as one compiled graph (reference.compiled), one variant per number
+    of rows in flight."""
     cfg = model.config
     eos_id = cfg.eos_id if eos_id is None else eos_id
     cache, bound, before = _compiled_start(model, prompts, max_new_tokens, encoder_inputs, observer, compile)
     custom_exits = _custom_exits(model)
     pipes = [SpeedPipeline(cfg.n_groups, p[-1], len(p) - 1, max_new_tokens, eos_id) for p in prompts]
-    hidden: list[Tensor | None] = [None] * len(prompts)  # residual stream of each sequence's in-flight rows
+    hidden: list[Tensor | None] = [None] * len(prompts)  # eager: residual stream of each sequence's in-flight rows
+    carried: list[list[int]] = [[] for _ in prompts]  # compiled: the rows of the carry each sequence has in flight
+    carry = bound.new_carry() if bound is not None else None
     stage = 0
     while True:
         active = [b for b, pipe in enumerate(pipes) if not pipe.done]
@@ -258,23 +288,18 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
             observer.begin("speed")
         staged = {b: pipes[b].begin_stage() for b in active}
         run = [(b, row) for b in active for row in staged[b]]
-        h = _stage_rows(model, cache, active, staged, hidden)
         exits = [row.group + 1 for _, row in run]
         if bound is None:
-            rows = model.rows([b for b, _ in run], [row.position for _, row in run])
-            h = model.run_group(h, rows, [row.group for _, row in run], cache)
-            predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+            h, predictions = _eager_stage(model, cache, active, staged, hidden, run, exits, predictor)
         else:
-            seqs, positions = [b for b, _ in run], [row.position for _, row in run]
-            groups = [row.group for _, row in run]
-            if custom_exits:
-                h = bound.group(h, seqs, positions, groups)
-                predictions = _predict(model.exit_logits(h, model.rows(seqs, positions), exits), run, exits,
-                                       predictor)
+            carry, predictions = _compiled_stage(model, bound, carry, active, staged, carried, run, exits, predictor,
+                                                 custom_exits)
+        kept, commits, flushes = _end_stage(pipes, active, staged, predictions)
+        for b, rows in kept.items():
+            if bound is None:
+                hidden[b] = h[rows.start : rows.stop] if rows else None
             else:
-                h, argmax = bound.stage(h, seqs, positions, groups)
-                predictions = _chosen(argmax, run, exits, predictor)
-        commits, flushes = _end_stage(pipes, active, staged, predictions, h, hidden)
+                carried[b] = list(rows)
         if observer is not None:
             observer.end(run, predictions, commits, flushes)
         stage += 1

@@ -303,6 +303,7 @@ class _StageReplay:
         self.hw, self.streams = hw, streams
         self.cache = OnChipCache(hw.peak.l2_capacity_bytes)
         self.graph = launch in ("graph", "compiled")
+        self.compiled = launch == "compiled"
         self.launch_cycles = hw.cycles(hw.host.launch_graph_s if self.graph else hw.host.launch_eager_s)
         self.gap_cycles = hw.cycles(hw.host.graph_kernel_gap_s)
         # (kernel, dram bytes) -> (cost, cycles, demand: only needed when kernels overlap)
@@ -318,7 +319,7 @@ class _StageReplay:
             key = (k, dram)
             cost = self.costs.get(key)
             if cost is None:
-                c = kernel_cost(k, self.hw, dram)
+                c = kernel_cost(k, self.hw, dram, self.compiled)
                 cost = self.costs[key] = (c, self.hw.cycles(c.time_s),
                                           demand(k, c, self.hw) if self.streams > 1 else None)
             out.append((*cost, dram))

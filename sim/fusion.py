@@ -10,12 +10,16 @@ to a decoder step:
   of an op it reads from (producer and consumer) or shares an input with (a horizontal fusion, as the rotary
   embeddings of q and k sharing cos and sin), unless the joined kernel would then both feed and depend on a
   library kernel (a cycle: the compiler would have to split it);
+- a scatter into an existing buffer (compiled decoding's KV cache writes, `index_put_`) is a mutation: the
+  values it writes are materialized by a kernel before it, so it never shares a kernel with the op that
+  produced them; the reads of the buffer after it (the gather of the cache slices attention reads) may join it;
 - a fused kernel's FLOPs are its ops' FLOPs; its bytes are only its external inputs (read once, whoever of its
   ops reads them) and the outputs used outside it or after the stage; intermediates stay in registers;
 - kernels run in an order the dependencies allow, earliest traced op first, and the stage replays as one graph.
 
-A fused kernel has kind "fused" (its own kernel class: no eager fit applies to it); a fusible op left alone
-keeps its own kind. `fuse` needs a format-3 trace (older ones do not record `srcs`).
+Every kernel the compiler generates has kind "fused" (its own kernel class: a generated kernel costs as the
+compiler's code does, not as the eager op it replaces), a fusible op left alone too (its `op` keeps the aten
+name); library kernels keep their own. `fuse` needs a format-3 trace (older ones do not record `srcs`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import heapq
 import math
 from dataclasses import dataclass, replace
 
-from sim.opkinds import DTYPE_BYTES, MATRIX_CLASSES
+from sim.opkinds import DTYPE_BYTES, MATRIX_CLASSES, SCATTER_OPS
 from sim.trace import OpRecord, Trace
 
 # a compiler leaves exactly the matrix-unit classes (GEMMs, the LM head, attention) to library kernels
@@ -62,26 +66,36 @@ def _preds(ops: list[OpRecord]) -> list[set[int]]:
 
 
 class _Kernels:
-    """The kernels of a stage being formed: members (op indices) per node, each op's node, and each node's
-    ancestors (every node it depends on, transitively, kept exact through joins and merges)."""
+    """The kernels of a stage being formed: members (op indices) per node, each op's node, each node's ancestors
+    (every node it depends on, transitively, kept exact through joins and merges) and the ops whose kernels it
+    must stay apart from (a scatter's value producer)."""
 
     def __init__(self) -> None:
         self.members: list[list[int]] = []
         self.node_of: list[int] = []
         self.ancestors: list[set[int]] = []
+        self.apart: list[set[int]] = []
         self.alive: set[int] = set()
 
-    def add(self, i: int, node: int | None, anc: set[int]) -> int:
-        """Put op i (depending on nodes `anc`) into `node`, or into a new node when None."""
+    def add(self, i: int, node: int | None, anc: set[int], apart: set[int]) -> int:
+        """Put op i (depending on nodes `anc`, kept apart from the kernels of ops `apart`) into `node`, or into a
+        new node when None."""
         if node is None:
             node = len(self.members)
             self.members.append([])
             self.ancestors.append(set())
+            self.apart.append(set())
             self.alive.add(node)
         self.members[node].append(i)
         self.node_of.append(node)
+        self.apart[node] |= apart
         self._depend(node, anc - {node})
         return node
+
+    def kept_apart(self, a: int, b: int) -> bool:
+        """Whether nodes a and b hold ops that must not share a kernel."""
+        return (any(self.node_of[j] == b for j in self.apart[a])
+                or any(j < len(self.node_of) and self.node_of[j] == a for j in self.apart[b]))
 
     def _depend(self, node: int, more: set[int]) -> None:
         """`node` now also depends on `more`: so does every node that depends on it."""
@@ -100,6 +114,7 @@ class _Kernels:
         for j in self.members[b]:
             self.node_of[j] = a
         self.members[a] += self.members[b]
+        self.apart[a] |= self.apart[b]
         self.alive.discard(b)
         for x in self.alive:
             if b in self.ancestors[x]:
@@ -112,7 +127,8 @@ class _Kernels:
         """Merge the nodes into the first one, each where that makes no cycle."""
         for other in nodes[1:]:
             target = self.node_of[self.members[nodes[0]][0]]
-            if other in self.alive and other != target and not self.cycle(target, other):
+            if (other in self.alive and other != target and not self.cycle(target, other)
+                    and not self.kept_apart(target, other)):
                 self.merge(target, other)
 
 
@@ -129,15 +145,18 @@ def stage_groups(ops: list[OpRecord]) -> list[list[int]]:
         for j in preds[i]:
             anc |= {k.node_of[j]} | k.ancestors[k.node_of[j]]
         producers = sorted({i - s for s in op.srcs if s})
+        # a scatter stays apart from the producer of the values it writes (the last input), and from its kernel
+        apart = {i - op.srcs[-1]} if op.op in SCATTER_OPS and op.srcs and op.srcs[-1] else set()
         target = None
         candidates: list[int] = []
         if fusible[i]:
-            related = [j for j in producers if fusible[j]] + [r for j in producers for r in readers.get(j, ())]
-            candidates = sorted({k.node_of[j] for j in related})
+            joinable = [j for j in producers if j not in apart]
+            related = [j for j in joinable if fusible[j]] + [r for j in joinable for r in readers.get(j, ())]
+            candidates = sorted({k.node_of[j] for j in related} - {k.node_of[j] for j in apart})
             target = next((n for n in candidates if not any(n in k.ancestors[x] for x in anc if x != n)), None)
             for j in producers:
                 readers.setdefault(j, []).append(i)
-        node = k.add(i, target, anc)
+        node = k.add(i, target, anc, apart)
         if target is not None:
             k.try_merge([node] + [n for n in candidates if n != node])
         elif not fusible[i]:  # a library kernel: the fusible kernels that feed it form its prologue
@@ -182,7 +201,8 @@ def fused_op(ops: list[OpRecord], group: list[int], consumers: list[set[int]]) -
     """One kernel covering ops `group` of a stage (`consumers[j]`: the ops of the stage that read op j's
     output). Its `i`, `deps` and `srcs` are set by `fuse`."""
     if len(group) == 1:
-        return ops[group[0]]
+        op = ops[group[0]]
+        return op if op.kind in LIBRARY_CLASSES else replace(op, kind="fused")
     inside = set(group)
     act_read = act_write = 0
     weights: dict[str, int] = {}  # distinct weights: a norm's weight read by two of its ops is read once

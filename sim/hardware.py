@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from sim.defaults import HWCONFIG_DIR
-from sim.opkinds import KERNEL_CLASSES
+from sim.opkinds import KERNEL_CLASSES, MATRIX_CLASSES
 
 
 class _Loader(yaml.SafeLoader):
@@ -32,6 +32,7 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 KINDS = ("gpu", "edge", "cpu")
+GENERATED_CLASS = "fused"  # the kernel class of the kernels a graph compiler generates (sim.fusion)
 DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -75,15 +76,36 @@ class Efficiency:
 
 @dataclass(frozen=True)
 class KernelFit:
-    """Fitted per kernel class, or per op kind within a class (optional): compute and memory time are divided
-    by `efficiency`, and `fixed_s` is added (work beyond FLOPs and bytes: attention's softmax passes, a
-    reduction's second pass, the dispatch of an op on a CPU, which differs from op to op)."""
+    """Fitted per kernel class, or per op kind within a class (optional): compute time is divided by `efficiency`,
+    memory time by `memory_efficiency` (the share of the memory system's bandwidth the kernel achieves; default:
+    `efficiency`), and `fixed_s` is added (work beyond FLOPs and bytes: attention's softmax passes, a
+    reduction's second pass, the dispatch of an op on a CPU, which differs from op to op). A matrix product
+    reaches its compute peak when large and streams its weights at a bandwidth of its own when it has few rows,
+    which depends on the kernel the library picks (on a CPU a GEMV streams twice as fast as a 3-row product)."""
 
     efficiency: float = 1.0
     fixed_s: float = 0.0
+    memory_efficiency: float | None = None
+
+    @property
+    def bandwidth_share(self) -> float:
+        """The efficiency memory time is divided by."""
+        return self.efficiency if self.memory_efficiency is None else self.memory_efficiency
 
 
 NO_FIT = KernelFit()
+
+
+@dataclass(frozen=True)
+class CompiledFits:
+    """What kernels cost under compiled launch where eager fits do not tell (fitted by sim.fitting.compiled to
+    compiled measurements): a library kernel (matrix products, the LM head, attention) called from a compiled
+    graph costs its eager fit's work plus `library_fixed_s` (on a cpu an eager op's measured time includes the
+    framework's dispatch, which the graph's calls skip); a kernel the compiler generates (class fused) has a fit of
+    its own, `generated`."""
+
+    library_fixed_s: float
+    generated: KernelFit
 
 
 @dataclass(frozen=True)
@@ -106,11 +128,20 @@ class HwConfig:
     classes: dict[str, KernelFit] = dataclasses.field(default_factory=dict)
     # class -> op kind (aten name) -> fit: refines the class fit for the op kinds calibration saw often enough
     ops: dict[str, dict[str, KernelFit]] = dataclasses.field(default_factory=dict)
+    compiled: CompiledFits | None = None  # under compiled launch, where it differs from eager
 
-    def fit(self, cls: str, op: str) -> KernelFit:
-        """The fit of op kind `op` of kernel class `cls`: its own, else its class's, else none."""
+    def fit(self, cls: str, op: str, compiled: bool = False) -> KernelFit:
+        """The fit of op kind `op` of kernel class `cls`: the op kind's own, else its class's, else none; under
+        compiled launch (`compiled`) with a `compiled` section, a library kernel's fixed time is the section's
+        and a generated kernel (class fused) takes the section's `generated` fit."""
         fit = self.ops.get(cls, {}).get(op)
-        return fit if fit is not None else self.classes.get(cls, NO_FIT)
+        fit = fit if fit is not None else self.classes.get(cls, NO_FIT)
+        if compiled and self.compiled is not None:
+            if cls == GENERATED_CLASS:
+                return self.compiled.generated
+            if cls in MATRIX_CLASSES:
+                return dataclasses.replace(fit, fixed_s=self.compiled.library_fixed_s)
+        return fit
 
     def matrix_flops(self, dtype: str) -> float:
         return self.peak.matrix_flops_per_s.get(dtype, self.peak.matrix_flops_per_s["float32"])
@@ -155,6 +186,14 @@ def _leaves(d: dict, prefix: str = "") -> list[str]:
 def to_dict(hw: HwConfig) -> dict[str, Any]:
     raw = dataclasses.asdict(hw)
     raw.pop("path")
+    fits = [*raw["classes"].values(), *(f for by_op in raw["ops"].values() for f in by_op.values())]
+    if raw["compiled"] is None:
+        del raw["compiled"]
+    else:
+        fits.append(raw["compiled"]["generated"])
+    for fit in fits:
+        if fit["memory_efficiency"] is None:
+            del fit["memory_efficiency"]
     return raw
 
 
@@ -167,7 +206,7 @@ def _number(path: str, field: str, value: Any, integer: bool = False, positive: 
     return value
 
 
-def _section(path: str, raw: Any, name: str, cls: type, check: Any) -> Any:
+def _section(path: str, raw: Any, name: str, cls: type, check: Any, optional: tuple[str, ...] = ()) -> Any:
     if not isinstance(raw, dict):
         raise HwConfigError(path, name, f"expected a mapping, got {raw!r}")
     names = [f.name for f in dataclasses.fields(cls)]
@@ -177,6 +216,8 @@ def _section(path: str, raw: Any, name: str, cls: type, check: Any) -> Any:
     values = {}
     for field in names:
         if field not in raw:
+            if field in optional:
+                continue
             raise HwConfigError(path, f"{name}.{field}", "missing")
         values[field] = check(f"{name}.{field}", raw[field])
     return cls(**values)
@@ -209,7 +250,7 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     path = os.fspath(path)
     if not isinstance(raw, dict):
         raise HwConfigError(path, None, "expected a YAML mapping at the top level")
-    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]  # classes, ops: optional
+    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]  # classes, ops, compiled: optional
     for key in raw:
         if key not in allowed:
             raise HwConfigError(path, key, f"unknown field; allowed: {', '.join(allowed)}")
@@ -240,13 +281,18 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
         raise HwConfigError(path, "notes", f"expected a string, got {notes!r}")
     def fit(field: str, value: Any) -> KernelFit:
         return _section(path, value, field, KernelFit, lambda f, v: _efficiency(path, f, v) if f.endswith("efficiency")
-                        else float(_number(path, f, v, positive=False)))
+                        else float(_number(path, f, v, positive=False)), optional=("memory_efficiency",))
 
     classes = {cls: fit(f"classes.{cls}", value) for cls, value in _class_mapping(path, raw, "classes").items()}
     ops = {cls: {op: fit(f"ops.{cls}.{op}", value)
                  for op, value in _mapping(path, f"ops.{cls}", by_op, "op kind (aten name) to fit").items()}
            for cls, by_op in _class_mapping(path, raw, "ops").items()}
-    return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes, ops)
+    compiled = None
+    if raw.get("compiled") is not None:
+        compiled = _section(path, raw["compiled"], "compiled", CompiledFits, lambda f, v: fit(f, v) if f.endswith(
+            "generated") else float(_number(path, f, v, positive=False)))
+    return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes, ops,
+                    compiled)
 
 
 def _mapping(path: str, field: str, value: Any, what: str) -> dict:
@@ -259,8 +305,8 @@ def _mapping(path: str, field: str, value: Any, what: str) -> dict:
 
 def _class_mapping(path: str, raw: dict, field: str) -> dict:
     """The optional top-level mapping `field` keyed by kernel class."""
-    out = _mapping(path, field, raw.get(field), "kernel class to fit" if field == "classes" else
-                   "kernel class to op kinds")
+    out = _mapping(path, field, raw.get(field), "kernel class to op kinds" if field == "ops" else
+                   "kernel class to fit")
     for cls in out:
         if cls not in KERNEL_CLASSES:
             raise HwConfigError(path, f"{field}.{cls}", f"unknown kernel class; allowed: {', '.join(KERNEL_CLASSES)}")

@@ -12,8 +12,10 @@ on a device (`kernel_cost`) depends on the hardware and on how many of its bytes
     floor_s   = max(flops / peak rate, dram_bytes / DRAM bw, all_bytes / L2 bw)  (<= time_s: eff <= 1)
 
 Efficiencies combine one way: a resource's efficiency (hwconfig `efficiency.matrix | vector | dram | l2`)
-times the kernel's fit, the most specific one there is (`ops.CLASS.KIND`, else `classes.CLASS`, else 1); the
-fit also brings `fixed_s`. Both factors are in (0, 1], so no kernel is projected below its floor.
+times the kernel's fit, the most specific one there is (under compiled launch `compiled.CLASS` first; then
+`ops.CLASS.KIND`, else `classes.CLASS`, else 1): its `efficiency` for compute time, its `memory_efficiency` (by
+default the same) for memory time; the fit also brings `fixed_s`. All factors are in (0, 1], so no kernel is
+projected below its floor.
 
 Kernels that overlap (`sim.engine`, streams > 1) share the device: a kernel's demand is the share of the
 compute units and of the memory system it keeps busy while it runs alone (`demand`).
@@ -120,8 +122,9 @@ class KernelCost:
     floor_l2_s: float  # all bytes at peak L2 bandwidth
 
 
-def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
-    """Device time of kernel `k` when `dram_bytes` of its bytes come from device memory (the rest on chip)."""
+def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int, compiled: bool = False) -> KernelCost:
+    """Device time of kernel `k` when `dram_bytes` of its bytes come from device memory (the rest on chip);
+    `compiled`: a kernel of a compiled graph (`hw.fit`)."""
     peak, eff = hw.peak, hw.efficiency
     if k.cls in MATRIX_CLASSES:
         rate = hw.matrix_flops(k.dtype)
@@ -134,8 +137,8 @@ def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int) -> KernelCost:
         compute_s = k.flops / (rate * eff.vector)
     memory_s = max(dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram),
                    k.bytes / (peak.l2_bandwidth_bytes_per_s * eff.l2))
-    fit = hw.fit(k.cls, k.op)
-    compute_s, memory_s = compute_s / fit.efficiency, memory_s / fit.efficiency
+    fit = hw.fit(k.cls, k.op, compiled)
+    compute_s, memory_s = compute_s / fit.efficiency, memory_s / fit.bandwidth_share
     floors = (k.flops / rate, dram_bytes / peak.dram_bandwidth_bytes_per_s, k.bytes / peak.l2_bandwidth_bytes_per_s)
     floor_s = max(floors)
     time_s = max(compute_s, memory_s, hw.host.kernel_min_s, floor_s) + fit.fixed_s

@@ -53,7 +53,8 @@ def test_fused_trace_keeps_flops_library_kernels_and_covers_every_op_once(traces
         assert kernel.act_read_bytes <= sum(m.act_read_bytes for m in members)
         assert kernel.act_write_bytes <= sum(m.act_write_bytes for m in members)
         assert kernel.kv_write_bytes == sum(m.kv_write_bytes for m in members)
-        assert (kernel.kind == "fused") == (len(group) > 1)
+        assert (kernel.kind == "fused") == (members[0].kind not in LIBRARY_CLASSES)
+        assert len(group) == 1 or kernel.kind == "fused"
         assert all(d >= 1 for d in kernel.deps)
 
 
@@ -109,10 +110,11 @@ def test_older_traces_are_refused_for_compiled_launch():
 def test_fused_kernel_counts_match_the_compiler_recorded():
     """Item 4's check, pinned: per compiled variant, the fusion model's kernels against inductor's, as
     `python -m reference.capture.inductor` recorded them (data/compiled/inductor-kernels.json, its command
-    inside): library kernels equal, generated kernels within 20%. The model side is traced here, on meta."""
+    inside): library kernels equal, generated kernels within 15% (the target is 20%). The model side is traced here,
+    on meta."""
     import json
 
-    from reference.capture.inductor import _inputs, model_kernels
+    from reference.capture.inductor import model_kernels
     from reference.config import get_preset
     from reference.model import SharedDecoder
 
@@ -120,7 +122,8 @@ def test_fused_kernel_counts_match_the_compiler_recorded():
     assert {v["preset"] for v in recorded} >= {"tiny-4x3", "tiny-t5-2x3", "t5-base-4x3", "llama-1b-11x2"}
     for v in recorded:
         model = SharedDecoder(get_preset(v["preset"]), device="meta", dtype=getattr(torch, v["dtype"]))
-        _, fused, library = model_kernels(model, _inputs(model, v["rows"], v["cache_length"]))
-        assert len(library) == len(v["inductor_library"]), v["preset"]
+        _, fused, library = model_kernels(model, v["kind"], v["rows"], v["cache_length"])
+        assert len(library) == len(v["inductor_library"]), (v["preset"], v["kind"], v["rows"])
         generated = len(v["inductor_generated"])
-        assert abs(len(fused) - generated) <= 0.2 * generated, (v["preset"], v["rows"], len(fused), generated)
+        assert abs(len(fused) - generated) <= 0.15 * generated, (v["preset"], v["kind"], v["rows"], len(fused),
+                                                                generated)

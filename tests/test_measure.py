@@ -1,5 +1,7 @@
 """Measurement on the cpu: a measured trace with per-op durations and per-stage wall times."""
 
+import time
+
 import pytest
 import torch
 
@@ -18,6 +20,36 @@ def test_cpu_measurement_writes_a_measured_trace(tmp_path):
     e2e = trace.header.extra["end_to_end_s"]
     assert e2e["n"] == 2 and e2e["min"] <= e2e["median"] <= e2e["max"]
     assert summary["ops"] == len(trace.ops) and sum(len(s.commits) for s in trace.stages) == 6
+
+
+def test_stage_times_are_contiguous_and_add_up_to_the_decode():
+    """A stage runs from its start to the next one's (the decode loop's own work between stages belongs to the
+    stage before it); the last one to its end."""
+    ticks = iter([0.0, 1.0, 3.0, 3.5, 7.0, 8.0])
+    clock = measure.StageClock(torch.device("cpu"))
+    clock.now = lambda: next(ticks)
+    for kind in ("prefill", "decode", "decode"):
+        clock.begin(kind)
+        clock.end([], [], [], [])
+    clock.finish()
+    assert clock.times_s == [3.0, 4.0, 1.0] and sum(clock.times_s) == 8.0
+
+
+def test_one_cpu_thread_is_timed_by_its_cpu_time():
+    """On one cpu thread a measurement reads the thread's CPU time, which other processes on a shared machine do
+    not stretch; with more threads, wall time."""
+    from reference.capture import clock
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert clock.host_clock(torch.device("cpu")) is time.thread_time
+        assert clock.clock_name(torch.device("cpu")).startswith("thread cpu time")
+        torch.set_num_threads(2)
+        assert clock.host_clock(torch.device("cpu")) is time.perf_counter
+    finally:
+        torch.set_num_threads(threads)
+    assert not clock.uses_thread_time(torch.device("meta"))
 
 
 def test_jobs_are_measured_interleaved_and_each_written(tmp_path, monkeypatch, capsys):
@@ -96,7 +128,7 @@ def test_compiled_measurement_writes_a_trace_that_validates(tmp_path, aot_eager,
     assert all(stage.wall_s is not None and stage.wall_s > 0 for stage in trace.stages)
     assert extra["end_to_end_s"]["n"] == 2 and extra["end_to_end_s"]["median"] > 0 and extra["repeats"] == 2
     assert {v["rows"] for v in extra["compile_variants"]} <= {1, 2, 3} and extra["compile_s"] > 0
-    assert extra["graph_calls_per_decode_stage"] == 1 and sum(len(s.commits) for s in trace.stages) == 5
+    assert sum(len(s.commits) for s in trace.stages) == 5
     assert eager.header.measured and "measurement" not in eager.header.extra  # the other job stayed eager
     rc = validate.main(["--launch", "compiled", "--hw", "hwconfigs/cpu-xeon-8480.yaml", "--measured", str(a)])
     out = capsys.readouterr().out

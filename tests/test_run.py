@@ -107,3 +107,15 @@ def test_default_projections_are_the_recorded_ones(tmp_path):
     for a, b in zip(now, recorded):
         assert (a["total_s"], a["s_per_token"], a["dram_bytes"], a["kernels"]) == pytest.approx(
             (b["total_s"], b["s_per_token"], b["dram_bytes"], b["kernels"]), rel=1e-9), a["label"]
+
+
+def test_compiled_projections_order_gpus_as_their_memory_systems_do(tmp_path):
+    """Compiled, the device sets the time of these memory-bound decodes: each default configuration is slowest on
+    the A5000 (768 GB/s) and fastest on the H200 (4.8 TB/s), in the order of their DRAM bandwidth."""
+    out = tmp_path / "runs.json"
+    assert run.main(["--hw", "a5000", "a100", "h100", "h200", "--launch", "compiled", "--json", str(out)]) == 0
+    by_label: dict[str, list[float]] = {}
+    for r in json.loads(out.read_text())["runs"]:
+        by_label.setdefault(r["label"], []).append(r["s_per_token"])
+    for label, seconds in by_label.items():
+        assert seconds == sorted(seconds, reverse=True) and seconds[0] > 1.1 * seconds[-1], (label, seconds)

@@ -8,7 +8,7 @@ import pytest
 from simtraces import header, hw_dict, op
 
 from sim.engine import project
-from sim.fitting import calibrate, validate
+from sim.fitting import calibrate, compiled, validate
 from sim.hardware import HwConfigError, KernelFit, parse
 from sim.kernels import kernel_of
 from sim.trace import StageRecord, Trace
@@ -120,9 +120,20 @@ def test_calibration_recovers_the_figures_that_made_the_measurements():
 def test_class_fits_recover_efficiency_and_fixed_time(efficiency, fixed_s):
     work = np.geomspace(1e-6, 1e-3, 200)  # compute or memory time at unit class efficiency
     samples = [(w, w / 3, max(w / efficiency, 1e-6) + fixed_s) for w in work]
-    e, f = calibrate.fit_class(samples, kernel_min_s=1e-6)
-    assert e == pytest.approx(efficiency, rel=0.05)
+    e, e_m, f = calibrate.fit_class(samples, kernel_min_s=1e-6)
+    assert e == e_m == pytest.approx(efficiency, rel=0.05)
     assert f == pytest.approx(fixed_s, abs=2e-7)
+
+
+def test_anchors_tell_compute_and_memory_efficiency_apart():
+    """Large products pin the compute efficiency, memory-bound ones the memory efficiency; samples that never reach
+    the compute bound leave it to the caller."""
+    compute, memory = np.geomspace(1e-5, 1e-2, 12), np.geomspace(1e-5, 1e-2, 12)
+    samples = [(c, c / 50, c / 0.8 + 1e-6) for c in compute] + [(m / 50, m, m / 0.35 + 1e-6) for m in memory]
+    e_c, e_m = calibrate.anchor_efficiencies(samples, kernel_min_s=1e-7)
+    assert e_c == pytest.approx(0.8, rel=0.03) and e_m == pytest.approx(0.35, rel=0.03)
+    e_c, e_m = calibrate.anchor_efficiencies(samples[12:], kernel_min_s=1e-7, compute=0.6)
+    assert e_c == 0.6 and e_m == pytest.approx(0.35, rel=0.03)
 
 
 def test_host_cost_fit_recovers_the_launch_time():
@@ -214,10 +225,49 @@ def test_class_efficiency_comes_from_the_microbenchmarks_that_cover_the_class():
         o.duration_s = (end - start) / p.clock_hz
     start = parse(hw_dict(), "start.yaml")
     classes, _ = calibrate.fit_kernels([trace], start, calibrate.microbench_samples(mb, start, {"bfloat16"}))
-    assert classes["elementwise"]["efficiency"] == pytest.approx(0.4, rel=0.05)
+    # copies are memory-bound: they tell the memory efficiency, and leave the compute one at 1
+    assert classes["elementwise"]["memory_efficiency"] == pytest.approx(0.4, rel=0.05)
+    assert classes["elementwise"]["efficiency"] == 1.0
     assert classes["elementwise"]["fixed_s"] == pytest.approx(2e-6, rel=0.05)
     errors = validate.microbench_pairs(mb, parse(dict(hw_dict(), classes=classes), "fitted.yaml"))["copy"]
     assert validate.metrics(errors)["median_abs_pct"] < 5
+
+
+def test_a_gemv_and_a_few_row_product_stream_weights_at_their_own_rates():
+    """Libraries run a one-row product (GEMV) and a few-row one as different kernels (on a CPU the few-row product
+    packs its weights and streams them at half the rate): each op kind takes its memory efficiency from the
+    microbenchmarks of its own shapes, the class its compute efficiency from the large products."""
+    truth_raw = hw_dict()
+    truth_raw["classes"] = {"matmul": {"efficiency": 0.9, "fixed_s": 1e-6}}
+    truth_raw["ops"] = {"matmul": {
+        "aten.linear.default.gemv": {"efficiency": 0.9, "memory_efficiency": 0.6, "fixed_s": 1e-6},
+        "aten.linear.default": {"efficiency": 0.9, "memory_efficiency": 0.3, "fixed_s": 1e-6}}}
+    truth = parse(truth_raw, "truth.yaml")
+    shapes = [(4096, 4096, 4096), (8192, 8192, 8192), (1, 4096, 4096), (1, 11008, 4096), (1, 32128, 768),
+              (4, 4096, 4096), (8, 4096, 4096), (4, 4096, 11008)]
+    mb = {"copy": [], "elementwise": [], "attention": [],
+          "gemm": [{"m": m, "n": n, "k": k, "dtype": "bfloat16", "seconds": 0.0} for m, n, k in shapes]}
+    pairs = validate.microbench_pairs(mb, truth)
+    by_resource = {r: iter(v) for r, v in pairs.items()}
+    for g in mb["gemm"]:
+        g["seconds"] = next(by_resource["gemv bfloat16" if g["m"] == 1 else "gemm bfloat16"])[0]
+    ops, stages = [], []
+    for s in range(40):
+        m = 1 if s % 2 else 3
+        ops.append(op(s, s, "aten.linear.default", "blocks.0.ffn.up", flops=2 * m * 512 * 512, weight=2 * 512 * 512,
+                      act=2 * m * 1024, m=m, n=512, weights=(f"w{s % 8}",)))
+        stages.append(StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []))
+    trace = Trace(header({f"w{j}": 2 * 512 * 512 for j in range(8)}), ops, stages)
+    p = project(trace, truth)
+    for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
+        o.duration_s = (end - start) / p.clock_hz
+    start = parse(hw_dict(), "start.yaml")
+    classes, by_op = calibrate.fit_kernels([trace], start, calibrate.microbench_samples(mb, start, {"bfloat16"}))
+    assert classes["matmul"]["efficiency"] == pytest.approx(0.9, rel=0.05)
+    gemv, few = by_op["matmul"]["aten.linear.default.gemv"], by_op["matmul"]["aten.linear.default"]
+    assert gemv["memory_efficiency"] == pytest.approx(0.6, rel=0.05)
+    assert few["memory_efficiency"] == pytest.approx(0.3, rel=0.05)
+    assert gemv["fixed_s"] == pytest.approx(1e-6, rel=0.1) and few["fixed_s"] == pytest.approx(1e-6, rel=0.1)
 
 
 def test_public_a100_measurements_are_read_and_projected():
@@ -264,8 +314,8 @@ def test_report_refuses_an_incomplete_cpu_loop_folder(tmp_path, capsys):
 def compiled_trace(hw, n_stages: int = 24, seed: int = 0) -> Trace:
     """A compiled measurement whose stage wall times are `hw`'s compiled projection of it: stages of library
     products and chains of pointwise ops (srcs link them, so they fuse), in numbers and sizes that vary from stage
-    to stage (so that a graph launch, a per-kernel gap and the fused kernels' fit can be told apart); a prefill
-    stage first, which compiled decoding runs eagerly."""
+    to stage (so that the host's cost per stage and the fixed times of library and generated kernels can be told
+    apart); a prefill stage first, which compiled decoding runs eagerly."""
     rng = np.random.default_rng(seed)
     ops, stages = [], []
     for s in range(n_stages + 1):
@@ -273,14 +323,14 @@ def compiled_trace(hw, n_stages: int = 24, seed: int = 0) -> Trace:
             first = len(ops)
             ops.append(op(len(ops), s, "aten.linear.default", "blocks.0.ffn.up", flops=2 * 64 * 64, weight=2 * 64 * 64,
                           act=256, m=1, n=64, weights=("w0",), deps=[1] if ops and ops[-1].stage == s else []))
-            for _ in range(int(rng.integers(1, 4))):  # a chain of pointwise ops: one fused kernel
+            for _ in range(int(rng.integers(0, 4))):  # a chain of pointwise ops (one fused kernel), or none
                 act = int(rng.choice([10**3, 10**5, 3 * 10**6]))
                 ops.append(dataclasses.replace(op(len(ops), s, "aten.mul.Tensor", "blocks.0.ffn", flops=act // 4,
                                                   act=act, m=1, deps=[1]), srcs=[1, 0]))
             assert ops[first].stage == s
         stages.append(StageRecord(s, "prefill" if s == 0 else "speed", [[0, s, 1]], [[0, s + 1, 7]], []))
     trace = Trace(header({"w0": 2 * 64 * 64}), ops, stages)
-    seconds = calibrate.compiled_stage_seconds(trace, hw)
+    seconds = compiled.compiled_stage_seconds(trace, hw)
     for st, t in zip(trace.stages, seconds):
         st.wall_s = t
     trace.header.device, trace.header.device_name = "cpu", "cpu (1 threads)"
@@ -289,58 +339,74 @@ def compiled_trace(hw, n_stages: int = 24, seed: int = 0) -> Trace:
     return trace
 
 
-def cpu_hw(launch_graph_s: float = 4e-5, gap_s: float = 1.5e-6, efficiency: float = 0.3, fixed_s: float = 3e-6):
+def cpu_hw(launch_graph_s: float = 4e-5, library_fixed_s: float = 2e-6, generated_fixed_s: float = 3e-6,
+           generated_efficiency: float = 0.3, kind: str = "cpu", compiled: bool = True):
+    """A small cpu-like device. Its eager matmul fit (4 us fixed) must not apply under compiled launch, where the
+    compiled section (when `compiled`) gives a library kernel `library_fixed_s` and a generated one
+    `generated_fixed_s`."""
     raw = hw_dict(clock_hz=3e9, compute_units=1, l2_capacity_bytes=1e6, dram_bandwidth_bytes_per_s=2e10,
                   l2_bandwidth_bytes_per_s=1e11)
-    raw["kind"] = "cpu"
-    raw["host"] = {"launch_eager_s": 3e-6, "launch_graph_s": launch_graph_s, "graph_kernel_gap_s": gap_s,
+    raw["kind"] = kind
+    raw["host"] = {"launch_eager_s": 3e-6, "launch_graph_s": launch_graph_s, "graph_kernel_gap_s": 0.0,
                    "kernel_min_s": 1e-7}
-    raw["classes"] = {"matmul": {"efficiency": 0.8, "fixed_s": 4e-6}, "fused": {"efficiency": efficiency,
-                                                                                  "fixed_s": fixed_s}}
+    raw["classes"] = {"matmul": {"efficiency": 0.8, "fixed_s": 4e-6},
+                      "elementwise": {"efficiency": generated_efficiency, "fixed_s": 1e-5}}
+    if compiled:
+        raw["compiled"] = {"library_fixed_s": library_fixed_s,
+                           "generated": {"efficiency": generated_efficiency, "fixed_s": generated_fixed_s}}
     return parse(raw, "cpu.yaml")
 
 
-def test_the_direct_cpu_stage_model_is_the_compiled_projection():
+def test_compiled_fits_apply_only_under_compiled_launch():
     hw = cpu_hw()
     trace = compiled_trace(hw)
-    stages = calibrate.compiled_stages([trace], hw)
-    projected = [t for t, s in zip(calibrate.compiled_stage_seconds(trace, hw), trace.stages) if s.kind == "speed"]
-    direct = stages.predict(4e-5, 1.5e-6, 0.3, 3e-6, kernel_min_s=1e-7)
-    assert len(stages.fused_work_s) > len(trace.stages)  # the chains fused
-    np.testing.assert_allclose(direct, projected, rtol=1e-5, atol=1e-8)  # the engine rounds to whole cycles
+    eager, compiled = project(trace, hw, "eager"), project(trace, hw, "compiled")
+    assert hw.fit("matmul", "aten.linear.default").fixed_s == 4e-6
+    assert hw.fit("matmul", "aten.linear.default", compiled=True).fixed_s == 2e-6
+    assert hw.fit("norm", "aten.mul.Tensor", compiled=True) == hw.fit("norm", "aten.mul.Tensor")  # none: no override
+    assert {k.cls for k in compiled.kernels} == {"matmul", "fused"}  # every generated kernel is of class fused
+    assert compiled.total_s < eager.total_s
 
 
-@pytest.mark.parametrize("launch_s, gap_s, efficiency, fixed_s", [(4e-5, 1.5e-6, 0.3, 3e-6), (1e-5, 0.5e-6, 0.8, 0.0)])
-def test_compiled_fit_recovers_the_figures_that_made_the_stage_times(launch_s, gap_s, efficiency, fixed_s):
-    truth = cpu_hw(launch_s, gap_s, efficiency, fixed_s)
-    traces = [compiled_trace(truth, seed=seed) for seed in range(3)]
-    start = cpu_hw(0.0, 0.0, 1.0, 0.0)  # the eager fits (matmul) known, the compiled figures not
-    fit = calibrate.fit_compiled(traces, start)
-    assert fit["launch_graph_s"] == pytest.approx(launch_s, rel=0.02)
-    assert fit["graph_kernel_gap_s"] == pytest.approx(gap_s, rel=0.05, abs=2e-8)
-    assert fit["fused"]["efficiency"] == pytest.approx(efficiency, rel=0.05)
-    assert fit["fused"]["fixed_s"] == pytest.approx(fixed_s, rel=0.05, abs=2e-8)
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_the_linear_stage_model_is_the_compiled_projection(kind):
+    """On a synchronous cpu host as under an accelerator's graph replay, a compiled stage is a launch plus its
+    kernels one after another: the fit's linear model is the engine's projection."""
+    hw = cpu_hw(kind=kind)
+    trace = compiled_trace(hw)
+    generated = compiled.generated_fit(hw)
+    assert generated == KernelFit(0.3, 0.0)  # the elementwise class's efficiency
+    stages = compiled.compiled_stages([trace], hw, generated)
+    projected = [t for t, s in zip(compiled.compiled_stage_seconds(trace, hw), trace.stages) if s.kind == "speed"]
+    assert stages.n_generated.sum() > 0 and stages.n_library.sum() == 48  # the chains fused, one per product
+    np.testing.assert_allclose(stages.predict(4e-5, 2e-6, 3e-6), projected, rtol=1e-5, atol=1e-8)  # whole cycles
+
+
+@pytest.mark.parametrize("truth", [(4e-5, 2e-6, 3e-6), (1e-5, 0.0, 6e-6), (2e-4, 5e-6, 0.0)])
+@pytest.mark.parametrize("kind", ["cpu", "gpu"])
+def test_compiled_fit_recovers_the_figures_that_made_the_stage_times(truth, kind):
+    traces = [compiled_trace(cpu_hw(*truth, kind=kind), seed=seed) for seed in range(3)]
+    start = cpu_hw(0.0, kind=kind, compiled=False)  # the eager fits known, the compiled figures not
+    fit = compiled.fit_compiled(traces, start)
+    launch, library, generated = truth
+    assert fit["launch_graph_s"] == pytest.approx(launch, rel=0.02)
+    assert fit["library_fixed_s"] == pytest.approx(library, rel=0.05, abs=2e-8)
+    assert fit["generated_fixed_s"] == pytest.approx(generated, rel=0.05, abs=2e-8)
+    assert fit["compiled"] == {"library_fixed_s": fit["library_fixed_s"],
+                               "generated": {"efficiency": 0.3, "fixed_s": fit["generated_fixed_s"]}}
     assert fit["median_abs_pct"] < 0.5 and fit["stages"] == 3 * 24
-
-
-def test_compiled_fit_off_a_cpu_projects_each_trial():
-    """An accelerator's host does not wait for each kernel: the fit projects the traces with the engine."""
-    raw = dataclasses.asdict(cpu_hw())
-    raw.pop("path")
-    truth = parse(dict(raw, kind="gpu"), "gpu.yaml")
-    fit = calibrate.fit_compiled([compiled_trace(truth, n_stages=12)], parse(dict(raw, kind="gpu", host=dict(
-        raw["host"], launch_graph_s=0.0, graph_kernel_gap_s=0.0)), "start.yaml"), efficiency=0.3)
-    assert fit["launch_graph_s"] == pytest.approx(4e-5, rel=0.02)
-    assert fit["graph_kernel_gap_s"] == pytest.approx(1.5e-6, rel=0.05) and fit["median_abs_pct"] < 0.5
 
 
 def test_calibrate_writes_the_compiled_figures_and_validate_judges_them(tmp_path, capsys):
     truth = cpu_hw()
     trace = compiled_trace(truth)
-    raw, report = calibrate.calibrate(cpu_hw(0.0, 0.0, 1.0, 0.0), synthetic_microbench(truth), [trace], "mb.json")
+    raw, report = calibrate.calibrate(cpu_hw(0.0, compiled=False), synthetic_microbench(truth), [trace], "mb.json")
     fitted = parse(raw, "fitted.yaml")
     assert fitted.host.launch_graph_s == pytest.approx(4e-5, rel=0.02) and "compiled" in report
-    assert fitted.classes["fused"].efficiency == pytest.approx(0.3, rel=0.05)
+    assert fitted.compiled.generated.fixed_s == pytest.approx(3e-6, rel=0.05)
+    assert fitted.compiled.library_fixed_s == pytest.approx(2e-6, rel=0.05)
+    assert fitted.fit("attention", "aten.scaled_dot_product_attention", compiled=True).fixed_s == pytest.approx(
+        2e-6, rel=0.05)
     assert fitted.sources["host.launch_graph_s"].startswith("fitted: decode stage wall times of compiled runs")
     pairs = validate.validate_trace(trace, fitted, "compiled")
     assert set(pairs) == {"stage", "end_to_end"} and len(pairs["stage"]) == 24  # the decode stages; no kernels

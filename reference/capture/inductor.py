@@ -1,7 +1,7 @@
 """What the compiler really runs, against what the simulator's fusion model projects, stage for stage.
 
-For one compiled step variant (a SPEED stage, or the last group of a sequential step, of R rows: the function
-`reference.compiled.stage_static` compiles), this
+For one compiled step variant (a SPEED stage of R rows, `reference.compiled.make_speed_stage`, or a whole
+sequential step of R rows, `make_token_step`: what compiled decoding compiles), this
 
 - records the kernels inductor generated, from the code it wrote (`torch._inductor.utils.run_and_get_code`):
   each call in the compiled graph's `call()` is a generated kernel (`cpp_fused_*` on cpu, `triton_*` on cuda;
@@ -11,7 +11,7 @@ For one compiled step variant (a SPEED stage, or the last group of a sequential 
 - reports both side by side: generated vs fused kernels, library vs library kernels, with their names.
 
     python -m reference.capture.inductor --preset tiny-4x3 --rows 1 2 3
-    python -m reference.capture.inductor --preset t5-base-4x3 --rows 3 --json data/compiled/t5-base-4x3.json
+    python -m reference.capture.inductor --preset t5-base-4x3 --rows 3 --kind stage token --json out.json
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from reference.capture.opcapture import OpCapture
-from reference.compiled import bucket, stage_static
+from reference.compiled import CompiledStep
 from reference.config import PRESETS, get_preset
 from reference.model import KVCache, SharedDecoder
 from sim.files import atomic_write
@@ -44,6 +45,7 @@ class StageKernels:
     fused kernels, names of library kernels)."""
 
     preset: str
+    kind: str  # "stage": a SPEED stage; "token": a whole sequential step
     rows: int
     dtype: str
     cache_length: int
@@ -67,58 +69,62 @@ def inductor_kernels(code: str) -> tuple[list[str], list[str]]:
     return generated, library
 
 
-def _inputs(model: SharedDecoder, rows: int, length: int) -> tuple:
-    """Arguments of `stage_static` for `rows` rows of one sequence at consecutive positions and groups (a SPEED
-    stage in steady state), over a cache of `length` positions."""
+def _variant(kind: str, model: SharedDecoder, rows: int, length: int, backend: str | None
+             ) -> Callable[[], object]:
+    """A call of compiled variant `kind` (through `reference.compiled.BoundStep`, as decoding calls it; `backend`
+    None: uncompiled) for `rows` rows over a cache of `length` positions: a SPEED stage of one sequence in steady
+    state (groups G-1 .. 0, the newest row injected), or a sequential step of one row per sequence."""
     cfg = model.config
-    cache: KVCache = model.new_cache(1, bucket(length, cfg.max_seq_len),
-                                     bucket(8, cfg.max_seq_len) if cfg.is_encoder_decoder else 0)
-    device = cache.k.device
+    batch = 1 if kind == "stage" else rows
+    cache: KVCache = CompiledStep(model, backend=backend).new_cache(batch, length, 8 if cfg.is_encoder_decoder else 0)
+    if cfg.is_encoder_decoder:
+        cache.encoder_lens = [8] * batch
+    bound = CompiledStep(model, backend=backend).bind(cache)
+    if kind == "token":
+        return lambda: bound.token([1] * rows, list(range(rows)), [length - 1] * rows)
     groups = list(range(rows - 1, -1, -1)) if rows <= cfg.n_groups else [0] * rows
-    index = torch.tensor([[0] * rows, [length - rows + r for r in range(rows)], groups], device=device)
-    h = torch.randn(rows, cfg.d_model, generator=torch.Generator().manual_seed(0)).to(cache.k)  # meta: no values
-    lens = torch.tensor([8], device=device) if cfg.is_encoder_decoder else None
-    return h, index, cache.k, cache.v, cache.cross_k, cache.cross_v, lens
+    order = [*range(rows - 1), cfg.n_groups]  # the rows carried from the previous stage, then the new token
+    carry = bound.new_carry()
+    return lambda: bound.stage(carry, [1], order, [0] * rows, [length - rows + r for r in range(rows)], groups)
 
 
-def model_kernels(model: SharedDecoder, args: tuple) -> tuple[int, list[str], list[str]]:
-    """(traced ops, fused kernels, library kernels) of `stage_static` run eagerly under the op capture and fused
+def model_kernels(model: SharedDecoder, kind: str, rows: int, length: int) -> tuple[int, list[str], list[str]]:
+    """(traced ops, fused kernels, library kernels) of variant `kind` run eagerly under the op capture and fused
     by the simulator's fusion model."""
     capture = OpCapture(model)
     with torch.inference_mode(), capture.attached():
+        call = _variant(kind, model, rows, length, backend=None)
         capture.begin("speed")
-        stage_static(model, *args)
+        call()
     ops = [op for op in capture.ops if op.stage == capture.where.stage]
     fused, library = [], []
     for group in stage_groups(ops):
-        kind = ops[group[0]].kind
-        if kind in LIBRARY_CLASSES:
+        if ops[group[0]].kind in LIBRARY_CLASSES:
             library.append(ops[group[0]].op)
         else:
             fused.append("+".join(sorted({ops[j].op.split(".")[1] for j in group})))
     return len(ops), fused, library
 
 
-def compare(preset: str, rows: int, dtype: torch.dtype = torch.float32, length: int = 32) -> StageKernels:
+def compare(preset: str, kind: str, rows: int, dtype: torch.dtype = torch.float32, length: int = 32) -> StageKernels:
     """Inductor's kernels and the fusion model's for one variant of `preset` (random weights, cpu; the fusion
     model's side traced on the meta device, as `sim.run --launch compiled` traces)."""
     meta = SharedDecoder(get_preset(preset), device="meta", dtype=dtype)
-    traced, fused, library = model_kernels(meta, _inputs(meta, rows, length))
+    traced, fused, library = model_kernels(meta, kind, rows, length)
     model = SharedDecoder(get_preset(preset), dtype=dtype, seed=0)
-    args = _inputs(model, rows, length)
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
     t0 = time.perf_counter()
     with torch.inference_mode():
-        _, codes = run_and_get_code(torch.compile(stage_static, dynamic=False, fullgraph=True), model, *args)
+        _, codes = run_and_get_code(_variant(kind, model, rows, length, backend="inductor"))
     generated, extern = [], []
     for code in codes:
         g, e = inductor_kernels(code)
         generated += g
         extern += e
-    return StageKernels(preset, rows, str(dtype).removeprefix("torch."), length, traced, generated, extern, fused,
-                        library, time.perf_counter() - t0)
+    return StageKernels(preset, kind, rows, str(dtype).removeprefix("torch."), length, traced, generated, extern,
+                        fused, library, time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,19 +134,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="model presets (default tiny-4x3); any of: " + ", ".join(PRESETS))
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 3],
                         help="rows in flight of the variants compared (default 1 3)")
+    parser.add_argument("--kind", nargs="+", choices=("stage", "token"), default=["stage"],
+                        help="variants compared: stage (a SPEED stage of R rows of one sequence), token (a whole "
+                        "sequential step of R sequences); default stage")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="default float32")
     parser.add_argument("--json", type=Path, help="write the kernels of every variant as JSON")
     args = parser.parse_args(argv)
     if any(r < 1 for r in args.rows):
         parser.error("--rows must be >= 1")
     try:
-        results = [compare(p, r, getattr(torch, args.dtype)) for p in args.preset for r in args.rows]
+        results = [compare(p, k, r, getattr(torch, args.dtype)) for p in args.preset for k in args.kind
+                   for r in args.rows]
     except ValueError as err:
         parser.error(str(err))
-    print(f"{'preset':<16}{'rows':>5}{'traced ops':>11}{'fused: model':>14}{'inductor':>10}"
+    print(f"{'preset':<16}{'kind':>6}{'rows':>5}{'traced ops':>11}{'fused: model':>14}{'inductor':>10}"
           f"{'library: model':>16}{'inductor':>10}{'compile s':>11}")
     for r in results:
-        print(f"{r.preset:<16}{r.rows:>5}{r.traced_ops:>11}{len(r.model_fused):>14}{len(r.inductor_generated):>10}"
+        print(f"{r.preset:<16}{r.kind:>6}{r.rows:>5}{r.traced_ops:>11}{len(r.model_fused):>14}{len(r.inductor_generated):>10}"
               f"{len(r.model_library):>16}{len(r.inductor_library):>10}{r.compile_s:>11.1f}")
     if args.json:
         payload = {"command": " ".join(["python -m reference.capture.inductor", *sys.argv[1:]]),

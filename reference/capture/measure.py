@@ -7,7 +7,10 @@
 Several `--job`s are measured together, their runs interleaved (each round runs every job once).
 
 1. Warm-up runs (not timed).
-2. Timed runs: end-to-end wall time (synchronized) and every stage's wall time; medians and spread.
+2. Timed runs: end-to-end wall time (synchronized) and every stage's wall time, contiguous (`StageClock`: from its
+   start to the next stage's, so the stages add up to the decode); medians and spread. On a cpu on one thread
+   the clock is the thread's CPU time (reference.capture.clock: a shared machine's other processes do not count);
+   `extra.clock` says which.
 3. Per-op runs under the capture (reference.capture.tracing): on cpu each op is timed by the host clock (cpu ops are
    synchronous); on cuda each op runs inside a profiler range and its duration is the device time of the
    kernels it launched (CUPTI, via torch.profiler), never host timestamps of asynchronous launches. The
@@ -32,8 +35,8 @@ A fused kernel has no per-op time, and none is invented: a compiled measurement 
 (no op carries a duration), every stage record's `wall_s` from the compiled timed runs (medians), and in
 `extra`: "measurement": "compiled" (what marks such a trace; `sim.fitting.validate --launch compiled` and
 `sim.fitting.calibrate` read it), "formulation": "compiled", "end_to_end_s" (median, spread), "warmup",
-"repeats", "compile_s", "compile_variants", "graph_calls_per_decode_stage" (a sequential step runs G compiled
-calls, G - 1 group passes and the last group with the head; a SPEED stage one) and "stage_wall_spread_s".
+"repeats", "compile_s", "compile_variants" and "stage_wall_spread_s". Every decode stage (a sequential step, a SPEED
+stage) is one compiled call.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ import argparse
 import shlex
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from tqdm import tqdm
 
 from reference import decode
 from reference.capture import tracing
+from reference.capture.clock import clock_name, host_clock
 from reference.capture.opcapture import OpCapture
 from reference.config import get_preset
 from reference.model import SharedDecoder
@@ -60,11 +63,16 @@ from reference.pipeline import Row
 
 
 class StageClock:
-    """A StageObserver that takes the wall time of every stage (synchronizing the device at its end)."""
+    """A StageObserver that takes the wall time of every stage (synchronizing the device at its boundaries). Stage
+    times are contiguous: a stage runs from its start to the next stage's start (the last one to its end), so the
+    decode loop's own work between stages (the pipeline's bookkeeping, building the next stage's inputs) belongs to
+    the stage before it, and the stage times add up to the decode."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.times_s = device, []
-        self._t0 = 0.0
+        self.now = host_clock(device)
+        self._t0: float | None = None
+        self._t_end = 0.0
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -72,11 +80,20 @@ class StageClock:
 
     def begin(self, kind: str) -> None:
         self._sync()
-        self._t0 = time.perf_counter()
+        now = self.now()
+        if self._t0 is not None:
+            self.times_s.append(now - self._t0)
+        self._t0 = now
 
     def end(self, rows: list[tuple[int, Row]], predictions: list[int], commits: list, flushes: list) -> None:
         self._sync()
-        self.times_s.append(time.perf_counter() - self._t0)
+        self._t_end = self.now()
+
+    def finish(self) -> None:
+        """After the run: the last stage ends at its end."""
+        if self._t0 is not None:
+            self.times_s.append(self._t_end - self._t0)
+            self._t0 = None
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -178,10 +195,11 @@ class Job:
         clock = StageClock(dev)
         compiled_before = len(self.variants)
         clock._sync()
-        t0 = time.perf_counter()
+        t0 = clock.now()
         self.run(clock)
         clock._sync()
-        self.end_to_end_s.append(time.perf_counter() - t0)
+        self.end_to_end_s.append(clock.now() - t0)
+        clock.finish()
         self.stage_times_s.append(clock.times_s)
         if len(self.variants) > compiled_before:
             new = ", ".join(f"{v.kind} of {v.rows} rows" for v in self.variants[compiled_before:])
@@ -228,7 +246,7 @@ class Job:
         for stage, times in zip(capture.stages, zip(*self.stage_times_s)):
             stage.wall_s = statistics.median(times)
         e2e = spread(self.end_to_end_s)
-        extra = {"end_to_end_s": e2e, "warmup": warmup, "repeats": len(self.end_to_end_s),
+        extra = {"end_to_end_s": e2e, "warmup": warmup, "repeats": len(self.end_to_end_s), "clock": clock_name(dev),
                  "stage_wall_spread_s": [spread(list(t))["p90"] - spread(list(t))["p10"]
                                          for t in zip(*self.stage_times_s)]}
         extra |= self._compiled_extra() if self.compiled else self._op_times(dev)
@@ -248,7 +266,7 @@ class Job:
         extra: dict[str, Any] = {
             "op_repeats": len(self.op_times_s), "op_time_sum_s": sum(op.duration_s for op in capture.ops),
             "op_timing": "cuda kernel time per op (torch.profiler/CUPTI)" if dev.type == "cuda"
-            else "host clock per op (synchronous cpu ops)"}
+            else f"host clock per op (synchronous cpu ops; {clock_name(dev)})"}
         if scales:
             extra["op_time_scale"] = {"median": statistics.median(scales), "min": min(scales),
                                       "why": "cpu op times taken under the capture, scaled per stage to the untraced "
@@ -261,8 +279,7 @@ class Job:
                 "op_timing": "none: fused kernels have no per-op time; stage and end-to-end wall times only",
                 "compile_s": sum(v.first_call_s for v in self.variants),
                 "compile_variants": [{"kind": v.kind, "rows": v.rows, "first_call_s": v.first_call_s}
-                                     for v in self.variants],
-                "graph_calls_per_decode_stage": self.cfg.n_groups if self.decoder == "sequential" else 1}
+                                     for v in self.variants]}
 
 
 def measure_jobs(jobs: list[Job], device: str, warmup: int = 2, repeats: int = 5, op_repeats: int = 3,

@@ -1,14 +1,16 @@
 """Microbenchmarks, one per hardware resource, for calibrating a hwconfig (`python -m sim.fitting.calibrate` fits them).
 
 - copy: streaming copy bandwidth over sizes (bytes read + written); the on-chip cache shows as a knee;
-- gemm: matrix products per dtype, large (peak rate) and at decode shapes (GEMV, memory-bound);
+- gemm: matrix products per dtype as the decoder computes them (x @ W^T), large (peak rate) and at decode shapes
+  past the cache (memory-bound): one row (GEMV) and a few rows;
 - elementwise: a multiply over large tensors (vector units / memory), per dtype;
 - attention: scaled_dot_product_attention at decode shapes (one query row over L keys, 4-D), per dtype;
 - launch: host time per tiny op in eager mode (dispatch + launch), with the device kept ahead;
 - kernel_min: device time of a tiny kernel; graph_gap: per-kernel cost of tiny kernels replayed as a graph.
 
 Device timing on cuda uses CUDA graphs of `repeat` back-to-back calls timed by CUDA events, so launch gaps
-do not count (kernel_min and graph_gap separate what remains); on cpu the host clock around `repeat` calls.
+do not count (kernel_min and graph_gap separate what remains); on cpu the host clock around `repeat` calls (on
+one thread its CPU time: reference.capture.clock).
 Inputs are random (never zeros), rotated among buffers larger than the cache where the cache must not help.
 Returns plain data (seconds per call), saved as JSON beside the hwconfig it calibrates.
 """
@@ -16,7 +18,6 @@ Returns plain data (seconds per call), saved as JSON beside the hwconfig it cali
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,22 +26,26 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from reference.capture.clock import clock_name, host_clock
+
 
 class Timer:
-    """Seconds per call of `fn`, median of `trials`: CUDA graph + events on cuda, host clock on cpu."""
+    """Seconds per call of `fn`, median of `trials`: CUDA graph + events on cuda, host clock on cpu (the one
+    reference.capture.clock picks: on one thread its CPU time)."""
 
     def __init__(self, device: torch.device, trials: int = 5) -> None:
         self.device, self.trials = device, trials
+        self.now = host_clock(device)
 
     def __call__(self, fn: Callable[[], Any], repeat: int) -> float:
         if self.device.type != "cuda":
             fn()
             times = []
             for _ in range(self.trials):
-                t0 = time.perf_counter()
+                t0 = self.now()
                 for _ in range(repeat):
                     fn()
-                times.append((time.perf_counter() - t0) / repeat)
+                times.append((self.now() - t0) / repeat)
             return statistics.median(times)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -94,17 +99,19 @@ class _Sizes(NamedTuple):
 
 
 def _sizes(cuda: bool, quick: bool) -> _Sizes:
-    """The sweep: larger on cuda, fewer and smaller sizes when `quick`."""
+    """The sweep: larger on cuda, fewer and smaller sizes when `quick`. Products: large ones (the peak rate), then
+    decode shapes past the cache (memory-bound): one row (a GEMV) and a few rows (a SPEED stage's G rows, a batch),
+    which libraries run as different kernels at different bandwidths."""
     max_copy = (2 << 30) if cuda else (256 << 20 if quick else 1 << 30)
     copy_sizes = [1 << s for s in range(16, max_copy.bit_length()) if (1 << s) <= max_copy][:: 2 if quick else 1]
     gemm_shapes = [(4096, 4096, 4096), (8192, 8192, 8192)] if cuda else [(512, 512, 512), (1024, 1024, 1024)]
-    gemv_shapes = [(1, 768, 768), (1, 2048, 768), (1, 768, 2048), (8, 4096, 4096), (1, 4096, 4096),
-                   (1, 11008, 4096), (1, 32128, 768), (4, 4096, 11008)]
-    if quick:
-        gemv_shapes = gemv_shapes[::2]
+    gemv_shapes = [(1, 768, 768), (1, 2048, 768), (1, 768, 2048), (1, 4096, 4096), (1, 11008, 4096), (1, 32128, 768)]
+    few_row_shapes = [(2, 768, 2048), (3, 2048, 768), (4, 768, 2048), (4, 4096, 4096), (8, 4096, 4096)]
+    if quick:  # a GEMV and a few-row product each of a small model's width and of a large one's
+        gemv_shapes, few_row_shapes = gemv_shapes[1:4] + gemv_shapes[5:], few_row_shapes[:2] + few_row_shapes[3:4]
     elem_sizes = [1 << s for s in (20, 24, 27)] if cuda else [1 << s for s in (16, 20, 24)]
     attn_lengths = [128, 512, 2048] if not quick else [128, 1024]
-    return _Sizes(copy_sizes, gemm_shapes + gemv_shapes, elem_sizes, attn_lengths)
+    return _Sizes(copy_sizes, gemm_shapes + gemv_shapes + few_row_shapes, elem_sizes, attn_lengths)
 
 
 @dataclass
@@ -142,15 +149,16 @@ def _bench_copy(b: _Bench, sizes: list[int]) -> list[dict[str, Any]]:
 
 
 def _bench_gemm(b: _Bench, dtype_name: str, shapes: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
-    """Seconds per (m, k) x (k, n) matrix product in `dtype_name`, per shape."""
+    """Seconds per matrix product of m rows of k by a weight of n x k in `dtype_name` (x @ W^T, `F.linear`, as the
+    decoder computes its projections), per shape."""
     dtype = getattr(torch, dtype_name)
     results = []
     for m, n, k in shapes:
         count = max(1, min(6, (512 << 20) // (2 * n * k * 2)))  # rotate weights past the cache
-        mm = cycling(torch.mm, [b.rand(m, k, dtype=dtype) for _ in range(count)],
-                     [b.rand(k, n, dtype=dtype) for _ in range(count)])
-        seconds = b.timer(mm, _repeat_for(2 * m * n * k / (5e14 if b.cuda else 5e11) + 2 * n * k / 2e12))
-        results.append({"m": m, "n": n, "k": k, "dtype": dtype_name, "seconds": seconds})
+        linear = cycling(F.linear, [b.rand(m, k, dtype=dtype) for _ in range(count)],
+                         [b.rand(n, k, dtype=dtype) for _ in range(count)])
+        seconds = b.timer(linear, _repeat_for(2 * m * n * k / (5e14 if b.cuda else 5e11) + 2 * n * k / 2e12))
+        results.append({"m": m, "n": n, "k": k, "dtype": dtype_name, "form": "linear", "seconds": seconds})
         b.bar.update()
     return results
 
@@ -192,12 +200,12 @@ def _bench_launch(b: _Bench) -> dict[str, float]:
     n_ops = 2000
     if b.cuda:
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = b.timer.now()
     for _ in range(n_ops):
         tiny.add_(1.0)
     if b.cuda:
         torch.cuda.synchronize()
-    out = {"launch_eager_s": (time.perf_counter() - t0) / n_ops}
+    out = {"launch_eager_s": (b.timer.now() - t0) / n_ops}
     b.bar.update()
     if b.cuda:  # the same tiny kernel as a graph: per-kernel device time plus the graph's per-node gap
         out["graph_per_kernel_s"] = b.timer(lambda: tiny.add_(1.0), 1000)
@@ -222,7 +230,7 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
     gen = torch.Generator(device=dev).manual_seed(0)
     out: dict[str, Any] = {"device": device, "device_name": torch.cuda.get_device_name(dev) if cuda else
                            f"cpu ({torch.get_num_threads()} threads)", "torch_version": torch.__version__,
-                           "threads": torch.get_num_threads()}
+                           "threads": torch.get_num_threads(), "clock": clock_name(dev)}
     sizes = _sizes(cuda, quick)
     per_dtype = len(sizes.gemm) + len(sizes.elementwise) + len(_ATTENTION_HEADS) * len(sizes.attention)
     steps = len(sizes.copy) + len(dtypes) * per_dtype + 3  # 3: launch, kernel_min and graph_gap

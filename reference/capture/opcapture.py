@@ -8,7 +8,6 @@ an activation: `Origins`) and the FLOPs and bytes of each op.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +20,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from reference.capture.accesses import Accesses, region
+from reference.capture.clock import host_clock
 from reference.capture.placement import KV_FIELDS, ModelHooks, Placement
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
@@ -118,8 +118,9 @@ class Origins:
 
 
 class OpCapture(TorchDispatchMode):
-    """Records the ops of a decoding run of `model`. `timer` times each op: "host" (a clock around it: right on
-    cpu, where ops are synchronous) or None; `annotate(i)` gives a context around op i (a profiler range)."""
+    """Records the ops of a decoding run of `model`. `timer` times each op: "host" (a clock around it, the one
+    reference.capture.clock picks for the model's device: right on cpu, where ops are synchronous) or None;
+    `annotate(i)` gives a context around op i (a profiler range)."""
 
     def __init__(self, model: SharedDecoder, timer: str | None = None,
                  annotate: Callable[[int], Any] | None = None) -> None:
@@ -132,6 +133,7 @@ class OpCapture(TorchDispatchMode):
         self.weights = self.origins.weights
         self.accesses = Accesses()
         self._in_composite = False
+        self._now = host_clock(model.embed.weight.device)
 
     # -- the decoders' StageObserver hooks
     def begin(self, kind: str) -> None:
@@ -244,9 +246,9 @@ class OpCapture(TorchDispatchMode):
                 return call(), None
         if self.timer is None:
             return call(), None
-        t0 = time.perf_counter_ns()
+        t0 = self._now()
         out = call()
-        return out, (time.perf_counter_ns() - t0) * 1e-9
+        return out, self._now() - t0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}

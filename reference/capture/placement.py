@@ -12,9 +12,11 @@ renamed module fails loudly instead of silently mislabelling kernels):
   `rows` and `new_cache`, which are wrapped to name where the run is;
 - the KV cache is `KVCache.k / .v` of shape [depth, seq, ...] and `.cross_k / .cross_v` of shape
   [layer, seq, ...]: a view of one of them names its depth (layer) and sequence by its storage offset;
-- compiled decoding (reference.compiled) runs `BoundStep.group / .stage(h, seqs, positions, groups)`, whose
-  `self_attention_static(attn, ...)` and `cross_attention_static(attn, ...)` gather every row's cache slices
-  from the whole cache: the rows say which slices.
+- compiled decoding (reference.compiled) runs `BoundStep.token(tokens, seqs, positions, head)` (a sequential
+  step: G passes, pass g at group g) and `BoundStep.stage(carry, tokens, order, seqs, positions, groups, head)`
+  (a SPEED stage: one pass), each pass a call of `run_group_static`, whose `self_attention_static(attn, ...)` and
+  `cross_attention_static(attn, ...)` gather every row's cache slices from the whole cache: the rows and the
+  pass say which slices.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class Placement:
         self.seq: int | None = None  # the one sequence of an encoder or prefill stage
         self.layer: int | None = None
         self.depth: int | None = None  # prefill: depth of the block being run
-        self.static_rows: tuple[list[int], list[int]] | None = None  # compiled step: (seqs, groups) of its rows
+        self.static_rows: tuple[list[int], list[int]] | None = None  # compiled pass: (seqs, groups) of its rows
+        self.static_passes: list[tuple[list[int], list[int]]] = []  # compiled step: (seqs, groups) of passes to come
         self.modules: list[tuple[str, str | None]] = []  # (name, role) from the outermost in
 
     def begin_stage(self, kind: str) -> None:
@@ -137,8 +140,9 @@ class ModelHooks:
             self._around(model, "run_group", self._run_group)
             self._around(model, "prefill", self._one_sequence(prefill=True))
             self._around(model, "encode_into", self._one_sequence(prefill=False))
-            for method in ("group", "stage"):
-                self._around(compiled.BoundStep, method, self._static_rows, restore=getattr(compiled.BoundStep, method))
+            for method, around in (("token", self._static_token), ("stage", self._static_stage)):
+                self._around(compiled.BoundStep, method, around, restore=getattr(compiled.BoundStep, method))
+            self._around(compiled, "run_group_static", self._static_pass, restore=compiled.run_group_static)
             names = {id(m): n for n, m in model.named_modules()}
             for function in STATIC_ATTENTION:
                 self._around(compiled, function, lambda inner, attn, *a: self._named(names[id(attn)], inner, attn, *a),
@@ -157,13 +161,35 @@ class ModelHooks:
         finally:
             self.where.groups = None
 
-    def _static_rows(self, inner: Callable[..., Any], bound: compiled.BoundStep, h: torch.Tensor, seqs: list[int],
-                     positions: list[int], groups: list[int]) -> Any:
-        self.where.static_rows, self.where.rows = (seqs, groups), len(seqs)
+    def _static_token(self, inner: Callable[..., Any], bound: compiled.BoundStep, tokens: list[int], seqs: list[int],
+                      positions: list[int], head: bool = True) -> Any:
+        passes = bound.step.model.config.n_groups
+        return self._static_step(lambda: inner(bound, tokens, seqs, positions, head),
+                                 [(seqs, [g] * len(seqs)) for g in range(passes)])
+
+    def _static_stage(self, inner: Callable[..., Any], bound: compiled.BoundStep, carry: torch.Tensor,
+                      tokens: list[int], order: list[int], seqs: list[int], positions: list[int], groups: list[int],
+                      head: bool = True) -> Any:
+        return self._static_step(lambda: inner(bound, carry, tokens, order, seqs, positions, groups, head),
+                                 [(seqs, groups)])
+
+    def _static_step(self, call: Callable[[], Any], passes: list[tuple[list[int], list[int]]]) -> Any:
+        """A compiled step whose passes through the shared blocks run the rows (seqs, groups) of `passes`."""
+        self.where.static_passes, self.where.rows = list(passes), len(passes[0][0])
         try:
-            return inner(bound, h, seqs, positions, groups)
+            return call()
         finally:
-            self.where.static_rows = None
+            self.where.static_passes = []
+
+    def _static_pass(self, inner: Callable[..., Any], *args: Any) -> Any:
+        """One `run_group_static` pass of a compiled step: its rows' sequences and groups name the cache slices
+        its ops touch, and a pass whose rows are all at one group names their group and depth."""
+        seqs, groups = self.where.static_passes.pop(0)
+        self.where.static_rows, self.where.groups = (seqs, groups), groups
+        try:
+            return inner(*args)
+        finally:
+            self.where.static_rows = self.where.groups = None
 
     def _named(self, name: str, inner: Callable[..., Any], *args: Any) -> Any:
         """A call that counts as module `name` (the static step's per-block attention functions)."""

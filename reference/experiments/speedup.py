@@ -26,8 +26,8 @@ It prints, and writes with --json:
   decode phase  the measured speedup of the decode phase alone (first decode stage to last, prefill excluded)
                 and its ratio to predicted: what the decode loop's own work leaves
 
---compile times everything compiled (reference.compiled): the stages alone as the compiled stage step
-(`BoundStep.stage`, the sequential step as G - 1 compiled group passes and one compiled stage), and the decodes
+--compile times everything compiled (reference.compiled): the stages alone as compiled decoding runs them
+(`BoundStep.stage` for a SPEED stage, `BoundStep.token` for a whole sequential step: one graph each), and the decodes
 with decode.sequential / decode.speed(compile=True). Every compiled variant is warmed up (compiled) before any
 timing; the compile time is printed and written apart. Unless --no-eager, the eager figures are measured too,
 interleaved with the compiled ones (this machine is shared), under "eager" in the JSON. --inductor KEY=VALUE sets
@@ -127,14 +127,16 @@ class _Clock:
 
 @torch.inference_mode()
 def _stage(model: SharedDecoder, cache: KVCache, position: int, groups: list[int],
-           bound: compiled.BoundStep | None = None) -> None:
+           bound: compiled.BoundStep | None = None, carry: Tensor | None = None) -> None:
     """One stage's work, as decode.speed does it: rows at `groups` (oldest, deepest first) through the shared
-    group, the head on every row, the argmaxes to the host; compiled where `bound` is given."""
+    group, the head on every row, the argmaxes to the host; compiled where `bound` is given (the rows in flight
+    picked from `carry`, the newest one embedded: one compiled call)."""
     positions = [position + k for k in range(len(groups))]
-    h = model.embed(torch.tensor([7] * len(groups), device=cache.k.device))
     if bound is not None:
-        bound.stage(h, [0] * len(groups), positions, groups)[1].tolist()
+        order = [*range(len(groups) - 1), carry.shape[0]]
+        bound.stage(carry, [7], order, [0] * len(groups), positions, groups)[1].tolist()
         return
+    h = model.embed(torch.tensor([7] * len(groups), device=cache.k.device))
     rows = model.rows([0] * len(groups), positions)
     h = model.run_group(h, rows, groups, cache)
     model.exit_logits(h, rows, [g + 1 for g in groups]).argmax(dim=-1).tolist()
@@ -143,15 +145,13 @@ def _stage(model: SharedDecoder, cache: KVCache, position: int, groups: list[int
 @torch.inference_mode()
 def _sequential_step(model: SharedDecoder, cache: KVCache, position: int,
                      bound: compiled.BoundStep | None = None) -> None:
-    """One sequential decode step: a row through every group, then the head; compiled (G - 1 group passes, then the
-    last group and the head in one graph, as decode.sequential does) where `bound` is given."""
+    """One sequential decode step: a row through every group, then the head; compiled (the whole step in one graph,
+    as decode.sequential does) where `bound` is given."""
     g = model.config.n_groups
-    h = model.embed(torch.tensor([7], device=cache.k.device))
     if bound is not None:
-        for group in range(g - 1):
-            h = bound.group(h, [0], [position], [group])
-        bound.stage(h, [0], [position], [g - 1])[1].tolist()
+        bound.token([7], [0], [position])[1].tolist()
         return
+    h = model.embed(torch.tensor([7], device=cache.k.device))
     rows = model.rows([0], [position])
     for group in range(g):
         h = model.run_group(h, rows, [group], cache)
@@ -171,10 +171,13 @@ def _stage_work(model: SharedDecoder, prompt: list[int], tokens: int, mode: str)
         cache = model.new_cache(1, len(prompt) + g + 1)
     with torch.inference_mode():
         model.prefill(cache, 0, prompt)
+    carry = None
     if mode == "compiled":
         bound = step.bind(cache)
+        carry = bound.new_carry()
     p = len(prompt)
-    work = {r: functools.partial(_stage, model, cache, p, list(range(r - 1, -1, -1)), bound) for r in range(1, g + 1)}
+    work = {r: functools.partial(_stage, model, cache, p, list(range(r - 1, -1, -1)), bound, carry)
+            for r in range(1, g + 1)}
     work[0] = functools.partial(_sequential_step, model, cache, p, bound)
     return work
 

@@ -14,17 +14,10 @@ kernel times.
    a fixed time, and a fixed time per op kind seen often enough, against the measured kernel times of
    `--measured` traces; the host's eager cost per kernel against their stage wall times (log error). Traces
    not given to the fit are the fair test of the result (python -m sim.fitting.validate).
-4. Compiled measurements among `--measured` (reference.capture.measure --compile: `extra.measurement` "compiled",
-   stage wall times, no per-op times) fit what compiled projections need and eager fits do not give: the host
-   cost of one compiled graph call per stage (`host.launch_graph_s`: on a cpu Dynamo's guards and the
-   generated Python wrapper), the gap per kernel (`host.graph_kernel_gap_s`) and the `fused` kernel class's
-   fixed time and efficiency (`classes.fused`; with eager traces too, the efficiency is the elementwise
-   class's, which the microbenchmarks anchor: a fused kernel streams its inputs as they do), by least squares
-   (soft-L1 loss, error relative to each stage) on the wall times of their decode stages, projected as
-   `python -m sim.run --launch compiled` projects them: the trace fused by sim.fusion, one graph per stage, the
-   library kernels at the eager fits. Prefill and encoder stages run eagerly in compiled decoding and are not
-   part of this fit. On a cpu (a synchronous host, one kernel at a time) a stage is one launch plus its
-   kernels' gaps and times, computed directly; elsewhere each trial projects the traces.
+4. Compiled measurements among `--measured` (reference.capture.measure --compile: stage wall times, no per-op
+   times) fit what compiled projections need and eager fits do not give (sim.fitting.compiled): the host's cost
+   per stage (`host.launch_graph_s`) and the fixed times of library and generated kernels called from a compiled
+   graph (the `compiled` section), on the wall times of their decode stages.
 """
 
 from __future__ import annotations
@@ -43,7 +36,7 @@ from scipy.optimize import least_squares, minimize_scalar
 
 from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
-from sim.fusion import fuse
+from sim.fitting.compiled import fit_compiled, is_compiled_measurement
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig, parse, to_dict
 from sim.kernels import Kernel, KernelCost, kernel_cost
 from sim.opkinds import DTYPE_BYTES
@@ -51,7 +44,6 @@ from sim.trace import Trace, TraceError, one_op_trace, read_trace
 
 MAX_SAMPLES = 4000  # per fit: a deterministic stride over the measured kernels keeps the fit fast
 MIN_OP_SAMPLES = 30  # measured kernels of an op kind below which it keeps its class's fit
-DECODE_STAGES = ("decode", "speed")  # the stages compiled decoding runs compiled (prefill and encoder: eager)
 
 
 def peaks_from_microbench(mb: dict[str, Any]) -> dict[str, float]:
@@ -134,10 +126,10 @@ def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
         n = c["bytes"] // 4
         out.append(("copy", one_op_trace("aten.copy_.default", "micro.copy", [[n]] * 2, [n], "float32", 0,
                                          c["bytes_moved"]), c["seconds"]))
-    for g in mb["gemm"]:
+    for g in mb["gemm"]:  # x @ W^T as the decoder computes it (older files: torch.mm, taken as the same kernels)
         m, n, k, size = g["m"], g["n"], g["k"], DTYPE_BYTES[g["dtype"]]
         out.append((f"{'gemv' if m == 1 else 'gemm'} {g['dtype']}", one_op_trace(
-            "aten.mm.default", "micro.mm", [[m, k], [k, n]], [m, n], g["dtype"], 2 * m * n * k,
+            "aten.linear.default", "micro.linear", [[m, k], [n, k]], [m, n], g["dtype"], 2 * m * n * k,
             size * (m * k + m * n), weight_bytes=size * k * n), g["seconds"]))
     for e in mb["elementwise"]:
         numel, size = e["numel"], DTYPE_BYTES[e["dtype"]]
@@ -175,64 +167,106 @@ def op_samples(traces: list[Trace], hw: HwConfig) -> dict[tuple[str, str], Sampl
     return {key: samples[:: max(1, len(samples) // MAX_SAMPLES)] for key, samples in out.items()}
 
 
-def microbench_samples(mb: dict[str, Any], hw: HwConfig, dtypes: set[str]) -> dict[str, Samples]:
-    """Per kernel class: (compute_s, memory_s, measured_s) at unit efficiency of the microbenchmarks in `dtypes`
-    (copies move bytes, any dtype), which reach the sizes where efficiency, not fixed time, sets the time."""
-    out: dict[str, Samples] = {}
+def microbench_samples(mb: dict[str, Any], hw: HwConfig, dtypes: set[str]) -> dict[tuple[str, str | None], Samples]:
+    """(compute_s, memory_s, measured_s) at unit efficiency of the microbenchmarks in `dtypes` (copies move bytes,
+    any dtype), which reach the sizes where efficiency, not fixed time, sets the time: per kernel class (key
+    (class, None)) and, for matrix products, per op kind too (a GEMV and a few-row product are different kernels)."""
+    out: dict[tuple[str, str | None], Samples] = {}
     for resource, trace, measured_s in microbench_traces(mb):
         if resource == "copy" or trace.ops[-1].out_dtypes[0] in dtypes:
             k, cost = unit_costs(trace, hw)[-1]  # the last call is the measured one
-            out.setdefault(k.cls, []).append((cost.compute_s, cost.memory_s, measured_s))
+            sample = (cost.compute_s, cost.memory_s, measured_s)
+            out.setdefault((k.cls, None), []).append(sample)
+            if k.cls == "matmul":
+                out.setdefault((k.cls, k.op), []).append(sample)
     return out
 
 
-def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[str, Samples] | None = None) -> tuple[dict, dict]:
-    """(classes, ops) sections of a hwconfig: an efficiency and a fixed time per kernel class, and a fixed time
-    of its own for each op kind seen at least MIN_OP_SAMPLES times, at its class's efficiency. A class with
-    `anchors` (microbench_samples) takes its efficiency from them: the decoders' kernels of a small model are
-    all fixed time, and an efficiency fitted to them alone says nothing about large ones (on a CPU it made
-    large copies 25x too slow). Op kinds of a class differ in fixed cost (on a GPU a mean is a two-pass kernel,
-    a multiply one pass; on a CPU each op kind has its own dispatch cost)."""
-    def entry(samples: Samples, efficiency: float | None = None) -> dict[str, float]:
-        e, fixed = fit_class(samples, hw.host.kernel_min_s, efficiency=efficiency)
-        return {"efficiency": round(e, 4), "fixed_s": float(f"{fixed:.4g}")}
+Efficiencies = tuple[float, float]  # (compute, memory)
+
+
+def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | None = None) -> Efficiencies:
+    """(compute, memory) efficiencies that best explain microbenchmark samples, error relative to each (their fixed
+    time is fitted too, and not kept: the decoders' kernels fit theirs). Large products pin the compute
+    efficiency, memory-bound calls the memory one; `compute` given (samples that never reach the compute bound
+    cannot tell it), only the memory efficiency is fitted."""
+    work_c = np.array([c for c, _, _ in samples])
+    work_m = np.array([m for _, m, _ in samples])
+    measured = np.array([t for _, _, t in samples])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        e_c, e_m, fixed = (compute, *x) if compute is not None else x
+        return (np.maximum(np.maximum(work_c / e_c, work_m / e_m), kernel_min_s) + fixed - measured) / measured
+
+    x0, lower, upper, x_scale = [1.0, 1.0, 1e-6], [1e-3, 1e-3, 0.0], [1.0, 1.0, 1e-2], [0.1, 0.1, 1e-6]
+    keep = slice(1, 3) if compute is not None else slice(0, 3)
+    fit = least_squares(residuals, x0=x0[keep], bounds=(lower[keep], upper[keep]), x_scale=x_scale[keep],
+                        loss="soft_l1", f_scale=0.2)
+    e_c, e_m = (compute, fit.x[0]) if compute is not None else (fit.x[0], fit.x[1])
+    return float(e_c), float(e_m)
+
+
+def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str | None], Samples] | None = None
+                ) -> tuple[dict, dict]:
+    """(classes, ops) sections of a hwconfig: efficiencies and a fixed time per kernel class, and a fixed time
+    of its own for each op kind seen at least MIN_OP_SAMPLES times. A class with `anchors` (microbench_samples)
+    takes its compute and memory efficiencies from them, and a matrix product's op kind its own memory efficiency
+    (a GEMV streams weights at another rate than a few-row product): the decoders' kernels of a small model are
+    all fixed time, and an efficiency fitted to them alone says nothing about large ones (on a CPU it made large
+    copies 25x too slow). Op kinds of a class differ in fixed cost (on a GPU a mean is a two-pass kernel, a
+    multiply one pass; on a CPU each op kind has its own dispatch cost). The LM head's products are matrix
+    products: the matmul anchors serve them."""
+    def entry(samples: Samples, efficiencies: Efficiencies | None = None) -> dict[str, float]:
+        e_c, e_m, fixed = fit_class(samples, hw.host.kernel_min_s, efficiencies=efficiencies)
+        out = {"efficiency": round(e_c, 4), "fixed_s": float(f"{fixed:.4g}")}
+        return out | ({"memory_efficiency": round(e_m, 4)} if round(e_m, 4) != out["efficiency"] else {})
 
     anchors = anchors or {}
+    kmin = hw.host.kernel_min_s
     by_op = op_samples(traces, hw)
     classes, ops = {}, {}
     for cls in sorted({cls for cls, _ in by_op}):
+        source = "matmul" if cls == "lm_head" else cls
         mine = {op: samples for (c, op), samples in sorted(by_op.items()) if c == cls}
         pooled = [s for samples in mine.values() for s in samples]
-        efficiency = fit_class(anchors[cls], hw.host.kernel_min_s, relative=True)[0] if cls in anchors else None
-        classes[cls] = entry(pooled[:: max(1, len(pooled) // MAX_SAMPLES)], efficiency)
-        fitted = {op: entry(samples, classes[cls]["efficiency"]) for op, samples in mine.items()
-                  if len(samples) >= MIN_OP_SAMPLES}
+        class_eff = anchor_efficiencies(anchors[source, None], kmin) if (source, None) in anchors else None
+        classes[cls] = entry(pooled[:: max(1, len(pooled) // MAX_SAMPLES)], class_eff)
+        fitted = {}
+        for op, samples in mine.items():
+            own = (source, op) in anchors
+            if len(samples) >= MIN_OP_SAMPLES or own:
+                fitted[op] = entry(samples, anchor_efficiencies(anchors[source, op], kmin, compute=classes[cls][
+                    "efficiency"]) if own else (classes[cls]["efficiency"], classes[cls].get(
+                        "memory_efficiency", classes[cls]["efficiency"])))
         if fitted:
             ops[cls] = fitted
     return classes, ops
 
 
-def fit_class(samples: Samples, kernel_min_s: float, relative: bool = False, efficiency: float | None = None
-              ) -> tuple[float, float]:
-    """(efficiency, fixed_s) minimising the error of max(c / e, m / e, kernel_min) + fixed, in units of the
-    mean measured time: absolute, not log, error, so that the fitted times add up to the measured stage and
-    end-to-end times (a log fit follows the median kernel and misses the sums); a soft-L1 loss, so that the
-    few kernels a busy machine stretched (preempted, page faults) do not pull the fit. `relative`: the error
-    relative to each measurement instead, for samples that are judged one by one (single-operator calls).
-    `efficiency` given: only the fixed time is fitted."""
-    work = np.array([max(c, m) for c, m, _ in samples])
+def fit_class(samples: Samples, kernel_min_s: float, relative: bool = False,
+              efficiencies: Efficiencies | None = None) -> tuple[float, float, float]:
+    """(compute efficiency, memory efficiency, fixed_s) minimising the error of max(c / e_c, m / e_m, kernel_min)
+    + fixed, in units of the mean measured time: absolute, not log, error, so that the fitted times add up to the
+    measured stage and end-to-end times (a log fit follows the median kernel and misses the sums); a soft-L1 loss,
+    so that the few kernels a busy machine stretched (preempted, page faults) do not pull the fit. `relative`: the
+    error relative to each measurement instead, for samples that are judged one by one (single-operator calls).
+    `efficiencies` given: only the fixed time is fitted; else one efficiency serves both bounds."""
+    work_c = np.array([c for c, _, _ in samples])
+    work_m = np.array([m for _, m, _ in samples])
     measured = np.array([t for _, _, t in samples])
     scale = measured if relative else measured.mean()
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        e, fixed = (x[0], x[1]) if efficiency is None else (efficiency, x[0])
-        return (np.maximum(work / e, kernel_min_s) + fixed - measured) / scale
+        (e_c, e_m), fixed = ((x[0], x[0]), x[1]) if efficiencies is None else (efficiencies, x[0])
+        return (np.maximum(np.maximum(work_c / e_c, work_m / e_m), kernel_min_s) + fixed - measured) / scale
 
     x0, lower, upper, x_scale = [1.0, 1e-6], [1e-3, 0.0], [1.0, 1e-2], [0.1, 1e-6]
-    if efficiency is not None:
+    if efficiencies is not None:
         x0, lower, upper, x_scale = x0[1:], lower[1:], upper[1:], x_scale[1:]
     fit = least_squares(residuals, x0=x0, bounds=(lower, upper), x_scale=x_scale, loss="soft_l1", f_scale=0.2)
-    return (float(fit.x[0]), float(fit.x[1])) if efficiency is None else (efficiency, float(fit.x[0]))
+    if efficiencies is None:
+        return float(fit.x[0]), float(fit.x[0]), float(fit.x[1])
+    return efficiencies[0], efficiencies[1], float(fit.x[0])
 
 
 def fit_launch(traces: list[Trace], hw: HwConfig) -> float:
@@ -253,123 +287,6 @@ def fit_launch(traces: list[Trace], hw: HwConfig) -> float:
         return hw.host.launch_eager_s
     result = minimize_scalar(loss, bounds=(np.log(1e-7), np.log(1e-3)), method="bounded", options={"xatol": 0.01})
     return float(np.exp(result.x))
-
-
-def is_compiled_measurement(trace: Trace) -> bool:
-    """Whether `trace` measured compiled decoding (reference.capture.measure --compile): stage and end-to-end wall
-    times of the compiled runs, the ops of the compiled formulation, no per-op times."""
-    return trace.header.extra.get("measurement") == "compiled"
-
-
-def compiled_stage_seconds(trace: Trace, hw: HwConfig) -> list[float]:
-    """Each stage's projected seconds as compiled decoding runs it: decode and SPEED stages compiled (the trace
-    fused, each stage one graph: `project(..., "compiled")`), prefill and encoder stages eager."""
-    compiled = project(trace, hw, "compiled")
-    eager = project(trace, hw, "eager") if any(s.kind not in DECODE_STAGES for s in trace.stages) else compiled
-    return [(c if s.kind in DECODE_STAGES else e) / compiled.clock_hz
-            for s, c, e in zip(trace.stages, compiled.stage_cycles, eager.stage_cycles)]
-
-
-@dataclasses.dataclass
-class CompiledStages:
-    """The measured decode stages of compiled traces and what their projection on a cpu is made of: per stage its
-    wall time, its kernels and the seconds of those that are not fused kernels (library kernels and ops left
-    alone: their fits are known); per fused kernel its stage (an index into the stages), its work at unit
-    efficiency (compute or memory time, the longer) and its roofline floor."""
-
-    wall_s: np.ndarray
-    kernels: np.ndarray
-    other_s: np.ndarray
-    fused_stage: np.ndarray
-    fused_work_s: np.ndarray
-    fused_floor_s: np.ndarray
-
-    def predict(self, launch_s: float, gap_s: float, efficiency: float, fixed_s: float, kernel_min_s: float
-                ) -> np.ndarray:
-        """Projected seconds of every stage: one graph launch, a gap and the time of each kernel, one after the
-        other (a synchronous host), a fused kernel's time as `sim.kernels.kernel_cost` computes it."""
-        fused = np.maximum(np.maximum(self.fused_work_s / efficiency, kernel_min_s), self.fused_floor_s) + fixed_s
-        return (launch_s + gap_s * self.kernels + self.other_s
-                + np.bincount(self.fused_stage, fused, minlength=len(self.wall_s)))
-
-
-def compiled_stages(traces: list[Trace], hw: HwConfig) -> CompiledStages:
-    """The decode stages with a wall time of compiled measurements, fused as the compiled projection fuses them,
-    the on-chip cache advancing kernel by kernel through every stage as in a projection."""
-    unit = dataclasses.replace(hw, classes={}, ops={})
-    stages: list[tuple[float, int, float]] = []
-    fused: list[tuple[int, float, float]] = []
-    for trace in traces:
-        ft = fuse(trace).trace
-        cache = OnChipCache(hw.peak.l2_capacity_bytes)
-        kernels = iter(kernels_of(ft, hw))
-        for stage in ft.stages:
-            mine = [next(kernels) for _ in ft.ops_of_stage(stage.stage)]
-            keep = stage.kind in DECODE_STAGES and bool(stage.wall_s)
-            other = 0.0
-            for k in mine:
-                dram = cache.serve(k)
-                if keep and k.cls == "fused":
-                    c = kernel_cost(k, unit, dram)
-                    fused.append((len(stages), max(c.compute_s, c.memory_s), c.floor_s))
-                elif keep:
-                    other += kernel_cost(k, hw, dram).time_s
-            if keep:
-                stages.append((stage.wall_s, len(mine), other))
-    if not stages:
-        raise ValueError("compiled measurements without a decode stage that has a wall time: nothing to fit")
-    wall, n, other = (np.array(column, dtype=float) for column in zip(*stages))
-    f_stage, f_work, f_floor = (np.array(c) for c in zip(*fused)) if fused else ([np.zeros(0)] * 3)
-    return CompiledStages(wall, n, other, f_stage.astype(int), f_work.astype(float), f_floor.astype(float))
-
-
-def _with_compiled(hw: HwConfig, x: np.ndarray) -> HwConfig:
-    """`hw` with the compiled figures x = (launch_graph_s, graph_kernel_gap_s, fused efficiency, fused fixed_s)."""
-    raw = to_dict(hw)
-    raw["host"]["launch_graph_s"], raw["host"]["graph_kernel_gap_s"] = float(x[0]), float(x[1])
-    raw["classes"] = {**raw["classes"], "fused": {"efficiency": float(x[2]), "fixed_s": float(x[3])}}
-    return parse(raw, hw.path)
-
-
-def _projected_decode_stages(traces: list[Trace], hw: HwConfig) -> np.ndarray:
-    """The compiled projection's seconds of every decode stage with a wall time (any device: the engine)."""
-    out = []
-    for trace in traces:
-        p = project(trace, hw, "compiled")
-        out += [c / p.clock_hz for s, c in zip(trace.stages, p.stage_cycles) if s.kind in DECODE_STAGES and s.wall_s]
-    return np.array(out)
-
-
-def fit_compiled(traces: list[Trace], hw: HwConfig, efficiency: float | None = None) -> dict[str, Any]:
-    """The host cost of one compiled graph call per stage, the gap per kernel and the `fused` class's fit that best
-    explain the decode stage wall times of compiled measurements (module docstring, step 4): least squares of the
-    error relative to each stage, soft-L1 so that the stages a busy machine stretched do not pull the fit. The
-    other kernels keep `hw`'s fits. `efficiency` given: the fused class's efficiency, only its fixed time is
-    fitted. Returns the fitted figures, the number of stages, and the fit's median absolute error per stage in %."""
-    stages = compiled_stages(traces, hw)
-    if hw.kind == "cpu":
-        def predict(x: np.ndarray) -> np.ndarray:
-            return stages.predict(*x, kernel_min_s=hw.host.kernel_min_s)
-    else:  # an asynchronous host: the engine decides what overlaps (slower: a projection per trial)
-        fused = [fuse(t).trace for t in traces]
-
-        def predict(x: np.ndarray) -> np.ndarray:
-            return _projected_decode_stages(fused, _with_compiled(hw, x))
-
-    def full(x: np.ndarray) -> np.ndarray:  # (launch, gap, efficiency, fixed)
-        return x if efficiency is None else np.array([x[0], x[1], efficiency, x[2]])
-
-    def residuals(x: np.ndarray) -> np.ndarray:
-        return predict(full(x)) / stages.wall_s - 1
-
-    keep = [0, 1, 2, 3] if efficiency is None else [0, 1, 3]
-    x0, lower, upper, x_scale = ([v[i] for i in keep] for v in (
-        [1e-5, 1e-6, 0.5, 1e-6], [0.0, 0.0, 1e-3, 0.0], [1e-2, 1e-3, 1.0, 1e-3], [1e-5, 1e-6, 0.1, 1e-6]))
-    fit = least_squares(residuals, x0=x0, bounds=(lower, upper), x_scale=x_scale, loss="soft_l1", f_scale=0.1)
-    launch, gap, efficiency, fixed = (float(f"{v:.4g}") for v in full(fit.x))
-    errors = np.abs(predict(np.array([launch, gap, efficiency, fixed])) / stages.wall_s - 1) * 100
-    return {"launch_graph_s": launch, "graph_kernel_gap_s": gap, "fused": {"efficiency": efficiency, "fixed_s": fixed},
-            "stages": len(stages.wall_s), "median_abs_pct": float(np.median(errors))}
 
 
 def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: str) -> tuple[dict, dict]:
@@ -401,13 +318,10 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
         host["launch_eager_s"] = float(f"{fit_launch(eager, hw):.4g}")
         sources["host.launch_eager_s"] = "fitted: stage wall times of " + _names(eager)
         report["classes"], report["ops"], report["launch_eager_s"] = raw["classes"], raw["ops"], host["launch_eager_s"]
-    if compiled:  # a fused kernel streams as the elementwise kernels the microbenchmarks anchor do
-        elementwise = (raw.get("classes") or {}).get("elementwise") if eager else None
-        fit = fit_compiled(compiled, parse(raw, base.path), elementwise and elementwise["efficiency"])
-        host["launch_graph_s"], host["graph_kernel_gap_s"] = fit["launch_graph_s"], fit["graph_kernel_gap_s"]
-        raw["classes"] = {**(raw.get("classes") or {}), "fused": fit["fused"]}
-        for field in ("launch_graph_s", "graph_kernel_gap_s"):
-            sources[f"host.{field}"] = "fitted: decode stage wall times of compiled runs of " + _names(compiled)
+    if compiled:
+        fit = fit_compiled(compiled, parse(raw, base.path))
+        host["launch_graph_s"], raw["compiled"] = fit["launch_graph_s"], fit["compiled"]
+        sources["host.launch_graph_s"] = "fitted: decode stage wall times of compiled runs of " + _names(compiled)
         report["compiled"] = fit
     return raw, report
 
@@ -427,7 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--measured", type=Path, nargs="*", default=[],
                         help="measured traces to fit per-class efficiencies and the host cost to; compiled "
                         "measurements among them (reference.capture.measure --compile) fit the compiled figures: "
-                        "host.launch_graph_s, host.graph_kernel_gap_s and classes.fused, on their decode stage times")
+                        "host.launch_graph_s and the compiled section, on their decode stage times")
     parser.add_argument("--quick", action="store_true", help="fewer microbenchmark sizes")
     parser.add_argument("--threads", type=int, help="torch intra-op threads for the microbenchmarks run here (default: "
                         "torch's); give the measured traces' count (the cpu hwconfig's compute units follow it)")
@@ -455,6 +369,11 @@ def _microbench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     return mb, mb_path
 
 
+def _fit_line(fit: dict[str, float]) -> str:
+    memory = fit.get("memory_efficiency", fit["efficiency"])
+    return f"efficiency {fit['efficiency']:.3f} (memory {memory:.3f})  fixed {fit['fixed_s'] * 1e6:7.2f} us"
+
+
 def _print_report(out: Path, report: dict[str, Any]) -> None:
     m = report["measured"]
     print(f"{out}: DRAM {m['dram_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s measured (efficiency "
@@ -465,14 +384,15 @@ def _print_report(out: Path, report: dict[str, Any]) -> None:
         print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
               f"(microbenchmark: {m['launch_eager_s'] * 1e6:.2f} us)")
         for cls, fit in report["classes"].items():
-            print(f"  {cls:<40} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
+            print(f"  {cls:<40} {_fit_line(fit)}")
             for op, fit in report["ops"].get(cls, {}).items():
-                print(f"    {op:<38} efficiency {fit['efficiency']:.3f}  fixed {fit['fixed_s'] * 1e6:7.2f} us")
+                print(f"    {op:<38} {_fit_line(fit)}")
     if "compiled" in report:
         c = report["compiled"]
-        print(f"compiled, fitted to {c['stages']} decode stages (median |e| {c['median_abs_pct']:.1f}%): graph call "
-              f"{c['launch_graph_s'] * 1e6:.2f} us per stage, gap {c['graph_kernel_gap_s'] * 1e6:.2f} us per kernel, "
-              f"fused efficiency {c['fused']['efficiency']:.3f} fixed {c['fused']['fixed_s'] * 1e6:.2f} us")
+        print(f"compiled, fitted to {c['stages']} decode stages (median |e| {c['median_abs_pct']:.1f}%): host "
+              f"{c['launch_graph_s'] * 1e6:.2f} us per stage, a library kernel {c['library_fixed_s'] * 1e6:.2f} us and "
+              f"a generated kernel {c['generated_fixed_s'] * 1e6:.2f} us fixed (generated efficiency "
+              f"{c['compiled']['generated']['efficiency']:.3f})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,7 +99,7 @@ def fit(base: HwConfig, command: str) -> dict:
     raw["host"]["launch_eager_s"] = float(f"{call_s:.4g}")
     raw["classes"], raw["ops"] = {}, {}
     for cls, points in sorted(samples.items()):
-        e, fixed = fit_class([(c, m, t - call_s) for c, m, t in points], kernel_min, relative=True)
+        e, _, fixed = fit_class([(c, m, t - call_s) for c, m, t in points], kernel_min, relative=True)
         raw["classes"][cls] = {"efficiency": round(e, 4), "fixed_s": float(f"{fixed:.4g}")}
     src = f"fitted: every other LLMCompass A100 single-operator measurement ({command})"
     raw["sources"]["host.launch_eager_s"] = src

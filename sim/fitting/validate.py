@@ -42,7 +42,8 @@ from typing import Any
 
 from sim.engine import project
 from sim.files import atomic_write
-from sim.fitting.calibrate import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement, microbench_traces
+from sim.fitting.calibrate import microbench_traces
+from sim.fitting.compiled import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.trace import Trace, TraceError, read_trace
 
