@@ -15,7 +15,8 @@ from reference.model import SharedDecoder
 CONFIGS = Path(__file__).resolve().parents[1] / "data" / "hfconfigs"
 # parameter counts as published (the models' Hugging Face pages / safetensors metadata: "6.74B", "7.24B", ...)
 PUBLISHED = {"llama-2-7b": 6_738_415_616, "mistral-7b-v0.1": 7_241_732_096, "qwen2-0.5b": 494_032_768,
-             "qwen2-1.5b": 1_543_714_304, "tinyllama-1.1b": 1_100_048_384, "llama-3-8b": 8_030_261_248}
+             "qwen2-1.5b": 1_543_714_304, "tinyllama-1.1b": 1_100_048_384, "llama-3-8b": 8_030_261_248,
+             "llama-2-70b": 68_976_648_192}
 
 
 def parameters(cfg) -> int:
