@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out DIR is required (the folder the rows, journal and plots go to)")
     if (args.workers is not None and args.workers < 1) or (args.bench and min(args.bench) < 1):
         parser.error("--workers and --bench take worker counts >= 1")
+    ray = None if args.list else import_ray()  # first: without Ray, say how to install it before anything else
     try:
         spec = with_cli_sets(load_spec(args.spec), parse_sets(args.set, parser))
         jobs = resolve(spec.points, str(args.spec))
@@ -129,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print_points(jobs)
         return 0
-    ray = import_ray()
     workers = start_ray(args.ray_address, args.workers)
     progress = not args.quiet
     try:

@@ -36,6 +36,21 @@ def heatmap_axes(spec: Spec) -> tuple[str, str] | None:
     return (swept[0], swept[1]) if len(swept) >= 2 else None
 
 
+def _panel(ax: Any, cells: dict[tuple, dict[str, Any]], xs: list, ys: list, norm: Any) -> Any:
+    """One heatmap panel: the speedup of each (x, y) cell, written in it ("no fit": the run does not fit)."""
+    image = [[(cells.get((vx, vy)) or {}).get("speedup_vs_sequential", float("nan")) for vx in xs] for vy in ys]
+    mesh = ax.imshow(image, cmap="RdBu", norm=norm, aspect="auto", origin="lower")
+    for (i, vy), (j, vx) in itertools.product(enumerate(ys), enumerate(xs)):
+        r = cells.get((vx, vy))
+        value = (r or {}).get("speedup_vs_sequential")
+        text = "n/a" if r is None else "no fit" if r["status"] != "ok" else f"{value:.2f}x" if value else "-"
+        dark = value is not None and abs(norm(value) - 0.5) > 0.3  # white text on the dark ends of the map
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7, rotation=30)
+    ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
+    return mesh
+
+
 def speedup_heatmap(rows: list[dict[str, Any]], spec: Spec, out: Path) -> str:
     """SPEED's speedup over sequential decoding of the same configuration, over two axes, a panel per value of the
     other swept axes; cells that do not fit the device are marked. Returns what was written, or why not."""
@@ -68,20 +83,13 @@ def speedup_heatmap(rows: list[dict[str, Any]], spec: Spec, out: Path) -> str:
             ax.axis("off")
             continue
         cells = {(r["point"][x], r["point"][y]): r for r in speed if tuple(r["point"][a] for a in others) == panel}
-        image = [[(cells.get((vx, vy)) or {}).get("speedup_vs_sequential", float("nan")) for vx in xs] for vy in ys]
-        mesh = ax.imshow(image, cmap="RdBu", norm=norm, aspect="auto", origin="lower")
-        for (i, vy), (j, vx) in itertools.product(enumerate(ys), enumerate(xs)):
-            r = cells.get((vx, vy))
-            text = "n/a" if r is None else ("no fit" if r["status"] != "ok" else
-                                            f"{r.get('speedup_vs_sequential', float('nan')):.2f}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7, rotation=30)
-        ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
+        mesh = _panel(ax, cells, xs, ys, norm)
         ax.set_xlabel(x, fontsize=8)
         ax.set_ylabel(y, fontsize=8)
-        ax.set_title(", ".join(f"{a}={v}" for a, v in zip(others, panel)) or "SPEED speedup", fontsize=8)
-    fig.colorbar(mesh, ax=grid.ravel().tolist(), label="SPEED speedup over sequential (x)")
-    fig.suptitle(f"SPEED speedup, {spec.path.name}", fontsize=9)
+        if others:
+            ax.set_title(", ".join(f"{a}={v}" for a, v in zip(others, panel)), fontsize=8)
+    fig.colorbar(mesh, ax=grid.ravel().tolist(), label="SPEED speedup over sequential decoding")
+    fig.suptitle(f"SPEED speedup ({spec.path.name})", fontsize=9, y=1.0)
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return str(out)
@@ -92,10 +100,11 @@ def latency_against(rows: list[dict[str, Any]], column: str, label: str, out: Pa
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     shown = [r for r in rows if r["status"] == "ok" and r.get(column) is not None]
+    colors = {hw: f"C{i % 10}" for i, hw in enumerate(dict.fromkeys(r["hardware"] for r in shown))}  # one per device
     for (hw, decoder), group in itertools.groupby(sorted(shown, key=lambda r: (r["hardware"], r["decoder"])),
                                                   key=lambda r: (r["hardware"], r["decoder"])):
         group = list(group)
-        ax.scatter([r["s_per_token"] * 1e3 for r in group], [r[column] for r in group], s=18,
+        ax.scatter([r["s_per_token"] * 1e3 for r in group], [r[column] for r in group], s=18, color=colors[hw],
                    marker="o" if decoder == "speed" else "x", label=f"{hw}, {decoder}")
     ax.set_xlabel("projected decode latency (ms / token)")
     ax.set_ylabel(label)

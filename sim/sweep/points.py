@@ -91,11 +91,18 @@ def flips_of(point: Point, cfg: ModelConfig, where: str) -> str | None:
         return None
     if point.flip_rate is not None:
         return ",".join([repr(float(point.flip_rate))] * (cfg.n_groups - 1))
-    if point.flips is None or not RATES.fullmatch(point.flips):
-        return point.flips  # the model's profile, or a named one: checked where the trace is made
-    if len(point.flips.split(",")) != cfg.n_groups - 1:
-        raise SpecError(where, "flips", f"{point.flips!r} gives {len(point.flips.split(','))} rates, but {cfg.name} "
-                        f"has G = {cfg.n_groups}: it needs {cfg.n_groups - 1} (or use flip_rate)")
+    if point.flips is None or not RATES.fullmatch(point.flips):  # a profile: the model's own, or a named one
+        from reference.flips import FlipOracle
+
+        try:
+            rates = FlipOracle.from_profile(point.flips or cfg.name, cfg.vocab_size).rates
+        except ValueError as err:
+            raise SpecError(where, "flips", f"{err} (give flips as rates per exit, or flip_rate)") from None
+    else:
+        rates = point.flips.split(",")
+    if len(rates) != cfg.n_groups - 1:
+        raise SpecError(where, "flips", f"{point.flips or 'the profile ' + cfg.name!r} gives {len(rates)} rates, but "
+                        f"{cfg.name} has G = {cfg.n_groups}: it needs {cfg.n_groups - 1} (or use flip_rate)")
     return point.flips
 
 

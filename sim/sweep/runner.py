@@ -50,10 +50,10 @@ def start_ray(address: str | None, workers: int | None) -> int:
     ray = import_ray()
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, logging_level="ERROR", configure_logging=True)
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         else:
             ray.init(num_cpus=max(workers or 0, os.cpu_count() or 1), include_dashboard=False, logging_level="ERROR",
-                     _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"), configure_logging=True)
+                     log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     return workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
