@@ -26,6 +26,7 @@ grid:
   flip_rate: [0.1]
   set:
     peak.dram_bandwidth_bytes_per_s: [x0.5, x1]
+cost: {a100: 1.8, a5000: 0.8}
 """
 
 
@@ -59,7 +60,10 @@ def test_rows_are_the_same_with_1_and_2_workers_in_spec_order(swept):
     assert [r["index"] for r in one] == list(range(16)) and len(two) == 16
     assert all(r["status"] == "ok" for r in one)
     assert (swept / "w1" / ROWS_CSV).read_text().splitlines()[0].startswith("index,point.hw,point.model")
-    assert (swept / "w1" / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+    for plot in ("speedup.png", "latency-cost.png"):
+        assert (swept / "w1" / plot).read_bytes()[:4] == b"\x89PNG"
+    assert all(r["cost_per_million_tokens"] == pytest.approx(
+        {"a100": 1.8, "a5000": 0.8}[r["point"]["hw"]] / 3600 * r["s_per_token"] * 1e6) for r in one)
     speed = [r for r in one if r["decoder"] == "speed"]
     assert all(r["speedup_vs_sequential"] > 1 for r in speed)
 
@@ -94,6 +98,12 @@ def test_a_resumed_sweep_equals_an_uninterrupted_one(swept, tmp_path):
     # a rerun of a finished sweep projects nothing and writes the same rows
     assert cli.main([str(spec), "--out", str(out), "--quiet", "--no-plots"]) == 0
     assert (out / ROWS_JSONL).read_bytes() == (swept / "w1" / ROWS_JSONL).read_bytes()
+
+
+def test_bench_reports_points_per_second_per_worker_count(swept, capsys):
+    assert cli.main([str(swept / "spec.yaml"), "--bench", "1", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "1 worker: 16 points in" in out and "2 workers: 16 points in" in out and "relative to 1 worker" in out
 
 
 def test_points_that_do_not_fit_are_rows_saying_so(local_ray, tmp_path, capsys):
