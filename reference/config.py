@@ -3,12 +3,14 @@
 A decoder has `n_unique_layers` (Nd) blocks applied `n_groups` (G) times: the layer at depth `i` is block
 `i mod Nd` ("CYCLE" sharing), total depth `N = Nd * G`. A preset named `Nd x G` (e.g. `t5-base-4x3`) is
 shared; a plain number (`t5-base-12`) is an unshared decoder, `G = 1`. The final norm and the LM head (tied
-to the embedding) can be applied after every group: exit `g` of `G`.
+to the embedding unless `tie_embeddings` is False) can be applied after every group: exit `g` of `G`.
+Hugging Face configs of the Llama family become a `ModelConfig` in `reference.hfconfig`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 FFN_KINDS = ("gated-gelu", "swiglu")
@@ -31,6 +33,8 @@ class ModelConfig:
     rope_theta: float = 10000.0
     eos_id: int | None = None
     decoder_start_id: int = 0  # first decoder token of an encoder-decoder model (T5: pad = 0)
+    tie_embeddings: bool = True  # the LM head is the embedding; False: a weight of its own (Llama-2, Mistral)
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "d_model", "n_heads", "n_kv_heads", "d_ff", "n_unique_layers", "n_groups",
@@ -53,6 +57,10 @@ class ModelConfig:
                              "even for rotary position embeddings")
         if self.ffn not in FFN_KINDS:
             raise ValueError(f"ModelConfig {self.name!r}: ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+        for field in ("tie_embeddings", "qkv_bias"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"ModelConfig {self.name!r}: {field} must be true or false, got "
+                                 f"{getattr(self, field)!r}")
         for field in ("eos_id", "decoder_start_id"):
             value = getattr(self, field)
             if value is not None and not 0 <= value < self.vocab_size:
@@ -149,3 +157,21 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown model preset {name!r}; allowed presets: {', '.join(PRESETS)}") from None
+
+
+def parse_share(text: str) -> tuple[int, int]:
+    """"NdxG" (e.g. "8x4") -> (Nd, G); a ValueError says what is expected."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise ValueError(f"expected NdxG with integers >= 1 (e.g. 8x4: 8 unique blocks applied 4 times), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def shared_variant(cfg: ModelConfig, unique: int, groups: int) -> ModelConfig:
+    """`cfg` with its `depth` layers as `unique` blocks applied `groups` times, named `<name>-<Nd>x<G>` (a sharing
+    suffix already in the name is replaced); a ValueError when unique x groups is not the depth."""
+    if unique * groups != cfg.depth:
+        raise ValueError(f"{unique}x{groups} shares {unique * groups} layers, but {cfg.name} has {cfg.depth}: "
+                         f"Nd x G must equal the layer count")
+    base = cfg.name.removesuffix(f"-{cfg.n_unique_layers}x{cfg.n_groups}")
+    return cfg.replace(name=f"{base}-{unique}x{groups}", n_unique_layers=unique, n_groups=groups)

@@ -100,9 +100,10 @@ class Attention(nn.Module):
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.n_kv_heads = cfg.n_heads if cross else cfg.n_kv_heads
         kv_dim = self.n_kv_heads * self.head_dim
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False, **factory)
-        self.wk = nn.Linear(cfg.d_model, kv_dim, bias=False, **factory)
-        self.wv = nn.Linear(cfg.d_model, kv_dim, bias=False, **factory)
+        bias = cfg.qkv_bias and not cross
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=bias, **factory)
+        self.wk = nn.Linear(cfg.d_model, kv_dim, bias=bias, **factory)
+        self.wv = nn.Linear(cfg.d_model, kv_dim, bias=bias, **factory)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False, **factory)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
@@ -223,7 +224,7 @@ class Encoder(nn.Module):
 
 class SharedDecoder(nn.Module):
     """Token embedding, optional encoder, `Nd` blocks reused cyclically over `G` groups, one final norm and an
-    LM head tied to the embedding, applied after any group (exit g)."""
+    LM head (tied to the embedding, or `lm_head` where the config unties it), applied after any group (exit g)."""
 
     def __init__(self, cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  seed: int | None = 0) -> None:
@@ -235,6 +236,7 @@ class SharedDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, cross=cfg.is_encoder_decoder, **factory)
                                     for _ in range(cfg.n_unique_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, **factory)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False, **factory)
         cos, sin = rope_tables(cfg, cfg.max_seq_len, device, dtype)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -246,6 +248,10 @@ class SharedDecoder(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 continue
+            if name.endswith(".bias"):
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * 0.02)
+                continue
             std = 1.0 if name == "embed.weight" else 1.0 / math.sqrt(p.shape[1])
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * std)
@@ -256,8 +262,8 @@ class SharedDecoder(nn.Module):
         return self.blocks[depth % self.config.n_unique_layers]
 
     def head(self, h: Tensor) -> Tensor:
-        """Final norm + LM head tied to the embedding: [..., d] -> [..., V]."""
-        return F.linear(self.norm(h), self.embed.weight)
+        """Final norm + LM head (the embedding's, unless untied): [..., d] -> [..., V]."""
+        return F.linear(self.norm(h), self.embed.weight if self.lm_head is None else self.lm_head.weight)
 
     def exit_logits(self, h: Tensor, rows: Rows, exits: list[int]) -> Tensor:
         """Logits of rows h: [R, d] at their exits (1..G). The decoders call this for every prediction they

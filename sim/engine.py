@@ -41,6 +41,7 @@ import simpy
 from sim.fusion import fuse, is_fused
 from sim.hardware import HwConfig
 from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
+from sim.memory import DeviceMemory, check_fits, device_memory, run_name
 from sim.trace import OpRecord, Trace
 
 # eager: a host launch per kernel; graph: the stage's eager kernels replayed as one graph; compiled: the
@@ -261,6 +262,7 @@ class Projection:
     streams: int = 1  # kernels that may run at once
     stage_sizes: list[int] = field(default_factory=list)  # kernels per stage
     critical_path_cycles: int | None = None  # streams > 1: sum over stages of the longest dependent chain
+    memory: DeviceMemory | None = None  # the device bytes the run needs (sim.memory)
 
     @property
     def total_cycles(self) -> int:
@@ -359,10 +361,14 @@ def _check_request(hw: HwConfig, launch: str, streams: int) -> None:
 
 
 def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Kernel] | None = None,
-            streams: int = 1) -> Projection:
+            streams: int = 1, memory: DeviceMemory | None = None) -> Projection:
     """Replay `trace` on `hw`. `kernels` (from `kernels_of`) may be passed in to reuse them across devices
-    with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`)."""
+    with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`). A run whose device
+    memory (`memory`, by default `sim.memory.device_memory(trace)`) exceeds the device's is refused
+    (`sim.memory.CapacityError`)."""
     _check_request(hw, launch, streams)
+    memory = memory if memory is not None else device_memory(trace)
+    check_fits(memory, hw, run_name(trace))
     if launch == "compiled" and not is_fused(trace):
         if kernels is not None:
             raise ValueError("compiled launch: pass the kernels of the fused trace (sim.fusion.fuse), or none")
@@ -370,7 +376,7 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     kernels = kernels if kernels is not None else kernels_of(trace, hw)
     replay = _StageReplay(hw, launch, streams)
     p = Projection(hw.name, hw.path, launch, hw.peak.clock_hz, kernels, [], [], [], [], [], [], [], 0,
-                   streams=streams, critical_path_cycles=0 if streams > 1 else None)
+                   streams=streams, critical_path_cycles=0 if streams > 1 else None, memory=memory)
     now, op_index = 0, 0
     for stage in trace.stages:
         ops = trace.ops_of_stage(stage.stage)

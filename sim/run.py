@@ -10,8 +10,10 @@ with the reference decoder on the meta device (needs torch; cached under ~/.cach
 
 Per configuration it prints the projected ms per token (decode stages / tokens) and per sequence (encoder,
 prefill and decode), the speedup over each baseline, what bounds the time (shares of compute-, memory- and
-latency-bound kernels and of the device idle waiting for the host: launch), the achieved DRAM bandwidth and
-the roofline floor (every kernel at peak rates for the bytes it moves). With --streams N > 1 independent
+latency-bound kernels and of the device idle waiting for the host: launch), the achieved DRAM bandwidth, the
+roofline floor (every kernel at peak rates for the bytes it moves) and the device memory the run needs (weights,
+KV cache at its longest, largest live activations: sim.memory); a run that does not fit a device's
+dram_capacity_bytes is refused, naming the hwconfig and the figures. With --streams N > 1 independent
 kernels may overlap (what a multi-stream runtime or graph compiler could do; PyTorch eager runs one stream):
 the floor is then the aggregate one and a column gives the critical path of the dependency graph.
 """
@@ -19,11 +21,14 @@ the floor is then the aggregate one and a column gives the critical path of the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import heapq
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -41,7 +46,11 @@ from sim.engine import LAUNCH_MODES, Projection, breakdown, kernels_of, project
 from sim.files import atomic_write
 from sim.fusion import fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
+from sim.memory import device_memory
 from sim.trace import Trace, read_trace
+
+if TYPE_CHECKING:  # the simulator runs without torch: the decoder's config is read only when a model is traced
+    from reference.config import ModelConfig
 
 
 @dataclass
@@ -54,42 +63,63 @@ class Run:
     covers: list[list[str]] | None = None  # compiled launch: per kernel, the traced ops it covers
 
 
-def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None,
+def model_config(model: str, share: str | None = None) -> ModelConfig:
+    """The model `--model` names: a preset, a Hugging Face config.json of the Llama family (Llama, Mistral,
+    Qwen2) or a model config YAML file (ModelConfig's fields); `share` "NdxG": its cyclically shared variant. A
+    ValueError names the file and the field of what cannot be used."""
+    import yaml
+
+    from reference.config import ModelConfig, get_preset, parse_share, shared_variant
+    from reference.hfconfig import load_hf_config
+
+    path = Path(model)
+    if path.suffix == ".json":
+        cfg = load_hf_config(path)
+    elif path.is_file():
+        try:
+            cfg = ModelConfig(**yaml.safe_load(path.read_text()))
+        except (TypeError, ValueError, yaml.YAMLError) as err:
+            raise ValueError(f"model config {model}: {err}") from None
+    else:
+        cfg = get_preset(model)
+    if share is None:
+        return cfg
+    try:
+        return shared_variant(cfg, *parse_share(share))
+    except ValueError as err:
+        raise ValueError(f"--share {share}: {err}") from None
+
+
+def config_digest(cfg: ModelConfig) -> str:
+    """A short hash of every field of a model config: traces of different configs never share a cache entry."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def trace_on_demand(model: str | ModelConfig, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None,
                     compiled: bool = False) -> Path:
-    """Trace a preset (or a model config file) with the reference decoder on the meta device, cached;
-    `compiled`: the run compiled decoding makes."""
+    """Trace a model (a `ModelConfig`, or what `model_config` reads) with the reference decoder on the meta
+    device, cached by its config and the code revision; `compiled`: the run compiled decoding makes."""
     try:
         import torch
 
         from reference.capture import tracing
-        from reference.config import ModelConfig, get_preset
     except ImportError as err:
         raise SystemExit(f"error: tracing {model!r} on demand needs torch and the reference decoder ({err}); "
                          "replay a recorded trace with --trace FILE instead") from None
-    if Path(model).is_file():
-        import yaml
-
-        try:
-            fields = yaml.safe_load(Path(model).read_text())
-            cfg = ModelConfig(**fields)
-        except (TypeError, ValueError, yaml.YAMLError) as err:
-            raise SystemExit(f"error: model config {model}: {err}") from None
-    else:
-        cfg = get_preset(model)
+    cfg = model_config(model) if isinstance(model, str) else model
     # the code revision in the name: a trace made before the reference decoder changed is not reused
-    name = (f"{cfg.name}.{decoder}{'.compiled' if compiled else ''}.{dtype}.b{batch}.t{tokens}."
+    name = (f"{cfg.name}.{config_digest(cfg)}.{decoder}{'.compiled' if compiled else ''}.{dtype}.b{batch}.t{tokens}."
             f"{(flips or 'profile').replace(',', '_')}.{tracing.code_revision()}.jsonl.gz")
     path = TRACE_CACHE / name
-    if not path.exists() or Path(model).is_file():
+    if not path.exists():
         print(f"tracing {cfg.name} ({decoder}{', compiled' if compiled else ''}, {tokens} tokens, batch {batch}) "
               "on the meta device ...", file=sys.stderr)
         try:
-            tracing.capture_trace(cfg.name if not Path(model).is_file() else cfg, decoder, tokens, path,
-                                  dtype=getattr(torch, dtype), batch=batch, source_len=DEFAULT_SOURCE_LEN,
-                                  flips=flips, compiled=compiled,
-                                  command=f"python -m sim.run --model {model} (on demand)")
+            tracing.capture_trace(cfg, decoder, tokens, path, dtype=getattr(torch, dtype), batch=batch,
+                                  source_len=DEFAULT_SOURCE_LEN, flips=flips, compiled=compiled,
+                                  command=f"python -m sim.run --model {cfg.name} (on demand)")
         except ValueError as err:  # a bad --flips, or a length the model cannot hold
-            raise SystemExit(f"error: tracing {cfg.name}: {err}") from None
+            raise ValueError(f"tracing {cfg.name}: {err}") from None
     return path
 
 
@@ -105,6 +135,7 @@ def summarize(p: Projection, trace: Trace) -> dict:
         "onchip_bytes": b["onchip_bytes"], "achieved_bandwidth_bytes_per_s": b["achieved_bandwidth_bytes_per_s"],
         "class_s": b["class_s"], "kernels": p.stats["kernels"], "stages": p.stats["stages"],
         "stages_simulated": p.stats["stages_simulated"], "streams": p.streams,
+        "memory": p.memory.as_dict(),
         **({"critical_path_s": b["critical_path_s"]} if "critical_path_s" in b else {}),
     }
 
@@ -121,7 +152,7 @@ def print_table(runs: list[Run], baselines: list[str]) -> None:
     width = max([16] + [len(short(b)) + 5 for b in baselines])
     speed_cols = "".join(f"{'vs ' + short(b):>{width}}" for b in baselines)
     print(f"{'configuration':<28}{'ms/token':>9}{'ms/seq':>9}{speed_cols}  {'comp':>5}{'mem':>5}{'lat':>5}{'launch':>7}"
-          f"{'DRAM GB/s':>10}{'floor ms/tok':>13}" + (f"{'path ms/tok':>12}" if streams > 1 else ""))
+          f"{'DRAM GB/s':>10}{'floor ms/tok':>13}{'mem GB':>8}" + (f"{'path ms/tok':>12}" if streams > 1 else ""))
     per_token = {r.label: r.summary["s_per_token"] for r in runs}
     for r in runs:
         s = r.summary
@@ -131,7 +162,7 @@ def print_table(runs: list[Run], baselines: list[str]) -> None:
         print(f"{r.label:<28}{s['s_per_token'] * 1e3:>9.3f}{s['total_s'] * 1e3:>9.1f}{speedups}  "
               f"{shares['compute'] * 100:>4.0f}%{shares['memory'] * 100:>4.0f}%{shares['latency'] * 100:>4.0f}%"
               f"{shares['launch'] * 100:>6.0f}%{s['achieved_bandwidth_bytes_per_s'] / 1e9:>10.1f}"
-              f"{s['roofline_s_per_token'] * 1e3:>13.4f}"
+              f"{s['roofline_s_per_token'] * 1e3:>13.4f}{s['memory']['total_bytes'] / 1e9:>8.2f}"
               + (f"{s['critical_path_s'] / max(s['tokens'], 1) * 1e3:>12.4f}" if streams > 1 else ""))
 
 
@@ -224,8 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-hw", action="store_true", help="list the shipped hwconfigs and exit")
     parser.add_argument("--trace", nargs="+", type=Path, help="replay these trace files (recorded or measured) "
                         "instead of the default configurations")
-    parser.add_argument("--model", help="a model preset (e.g. llama2-7b-8x4) or a model config YAML file: traced on "
-                        "demand on the meta device (needs torch)")
+    parser.add_argument("--model", help="a model preset (e.g. llama2-7b-8x4), a Hugging Face config.json of the Llama "
+                        "family (Llama, Mistral, Qwen2; e.g. data/hfconfigs/mistral-7b-v0.1/config.json) or a model "
+                        "config YAML file (ModelConfig's fields): traced on demand on the meta device (needs torch)")
+    parser.add_argument("--share", metavar="NdxG", help="with --model: its cyclically shared variant, Nd unique blocks "
+                        "applied G times (e.g. 8x4 for 32 layers; refused unless Nd x G is the layer count)")
     parser.add_argument("--decoder", choices=("speed", "sequential", "both"), default="both",
                         help="with --model: which decoders to project (default both)")
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
@@ -274,9 +308,10 @@ def trace_jobs(args: argparse.Namespace, launch: str) -> list[tuple[str, Path]]:
         return [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace]
     compiled = launch == "compiled"
     if args.model:
+        cfg = model_config(args.model, args.share)
         decoders = ("speed", "sequential") if args.decoder == "both" else (args.decoder,)
-        return [(f"{args.model} {d}", trace_on_demand(args.model, d, args.tokens, args.batch, args.dtype, args.flips,
-                                                      compiled)) for d in decoders]
+        return [(f"{cfg.name} {d}", trace_on_demand(cfg, d, args.tokens, args.batch, args.dtype, args.flips, compiled))
+                for d in decoders]
     on_demand = (args.tokens, args.batch, args.dtype, args.flips) != (DEFAULT_TOKENS, 1, "bfloat16", None)
     return [(f"{preset} {decoder}",
              trace_on_demand(preset, decoder, args.tokens, args.batch, args.dtype, args.flips, compiled) if on_demand
@@ -295,6 +330,7 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
         covers = [[[f"{trace.ops[j].module} {trace.ops[j].op}" for j in group] for group in f.covers]
                   for (_, _, trace), f in zip(traces, fused)]
         traces = [(label, path, f.trace) for (label, path, _), f in zip(traces, fused)]
+    memory = [device_memory(trace) for _, _, trace in traces]  # refused where it exceeds a device's capacity
     progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
     for hw in hws:
         runs = []
@@ -302,7 +338,7 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
             key = (t, (hw.tile.m, hw.tile.n))
             if key not in kernels_cache:
                 kernels_cache[key] = kernels_of(trace, hw)
-            projection = project(trace, hw, launch, kernels_cache[key], streams)
+            projection = project(trace, hw, launch, kernels_cache[key], streams, memory[t])
             runs.append(Run(label, path, trace, projection, summarize(projection, trace), covers[t]))
             progress.update()
         runs_by_hw.append(runs)
@@ -332,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_sets(args.set, parser)
     if args.tokens < 1 or args.batch < 1 or args.streams < 1:
         parser.error("--tokens, --batch and --streams must be >= 1")
+    if args.share and not args.model:
+        parser.error("--share shares the layers of a --model; give one")
     hws = load_hws(args.hw, overrides, parser)
     tables: list[list[Run]] = []  # per (launch, hwconfig)
     for launch in dict.fromkeys(args.launch):

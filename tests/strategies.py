@@ -9,14 +9,16 @@ from reference.model import Rows, SharedDecoder
 
 @st.composite
 def tiny_configs(draw, max_groups: int = 6, encoder: bool | None = None) -> ModelConfig:
-    """Random tiny configs: Nd 1..4, G 1..max_groups, decoder-only or encoder-decoder, MHA or GQA."""
+    """Random tiny configs: Nd 1..4, G 1..max_groups, decoder-only or encoder-decoder, MHA or GQA, the LM head tied
+    or not, query/key/value biases (Qwen2) or not."""
     n_heads = draw(st.sampled_from([2, 4]))
     enc = draw(st.integers(0, 2)) if encoder is None else (draw(st.integers(1, 2)) if encoder else 0)
     return ModelConfig(
         name="random-tiny", vocab_size=draw(st.sampled_from([24, 48])), d_model=n_heads * draw(st.sampled_from([4, 8])),
         n_heads=n_heads, n_kv_heads=draw(st.sampled_from([1, n_heads])), d_ff=draw(st.sampled_from([16, 32])),
         n_unique_layers=draw(st.integers(1, 4)), n_groups=draw(st.integers(1, max_groups)), n_encoder_layers=enc,
-        ffn=draw(st.sampled_from(["swiglu", "gated-gelu"])), max_seq_len=64, eos_id=None)
+        ffn=draw(st.sampled_from(["swiglu", "gated-gelu"])), max_seq_len=64, eos_id=None,
+        tie_embeddings=draw(st.booleans()), qkv_bias=draw(st.booleans()))
 
 
 class PredictorModel(SharedDecoder):

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # that the two cores are independent of each other: the trace file is what crosses between them.
 LAYERS = [
     ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
-                      "reference.flips", "reference.compiled")),
+                      "reference.flips", "reference.compiled", "reference.hfconfig")),
     ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.fusion", "sim.engine",
-                        "sim.defaults", "sim.files")),
+                        "sim.defaults", "sim.files", "sim.memory")),
     ("capture", ("reference.capture",)),
     ("experiments", ("reference.experiments",)),
     ("fitting and validation", ("sim.fitting",)),
@@ -81,7 +81,7 @@ def test_no_import_runs_up_a_layer() -> None:
 
 
 @pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.engine",
-                                  "sim.defaults", "sim.files"])
+                                  "sim.defaults", "sim.files", "sim.memory"])
 def test_the_simulator_core_never_imports_torch(core: str) -> None:
     import subprocess
     import sys

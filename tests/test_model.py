@@ -14,16 +14,25 @@ from reference.model import SharedDecoder
 def expected_parameters(cfg: ModelConfig) -> int:
     d, hd = cfg.d_model, cfg.head_dim
     attn = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2  # wq, wo; wk, wv
+    attn += (cfg.n_heads + 2 * cfg.n_kv_heads) * hd if cfg.qkv_bias else 0
     ffn = 3 * d * cfg.d_ff
     block = attn + ffn + 2 * d  # + two norms
     cross = (4 * d * cfg.n_heads * hd + d) if cfg.is_encoder_decoder else 0
     encoder = cfg.n_encoder_layers * block + (d if cfg.is_encoder_decoder else 0)
-    return cfg.vocab_size * d + cfg.n_unique_layers * (block + cross) + d + encoder  # tied head: no extra matrix
+    head = 0 if cfg.tie_embeddings else cfg.vocab_size * d  # an untied LM head is a matrix of its own
+    return cfg.vocab_size * d + cfg.n_unique_layers * (block + cross) + d + encoder + head
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_parameter_count_is_nd_blocks_plus_embedding_norms_encoder(name):
     cfg = get_preset(name)
+    model = SharedDecoder(cfg, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(cfg)
+
+
+@settings(max_examples=30)
+@given(cfg=tiny_configs())
+def test_parameter_count_with_untied_heads_and_biases(cfg):
     model = SharedDecoder(cfg, device="meta")
     assert sum(p.numel() for p in model.parameters()) == expected_parameters(cfg)
 

@@ -1,0 +1,104 @@
+"""The device memory a run needs, and whether it fits a device (simulator core, torch-free).
+
+Three parts, each read from the trace of the run itself rather than recomputed from a model config, because the
+trace records what the real decoder allocated and touched, whatever the architecture (untied heads, biases,
+encoders and their cross-attention caches, the padded cache of compiled decoding), with no copy here of the
+decoder's rules:
+
+- weights: the bytes of every parameter tensor of the traced model (the header's `weights`, as allocated, in the
+  run's dtype); exact.
+- KV cache at the longest length: the decoders allocate their caches once, for the longest sequence of the run
+  (self-attention keys and values of every depth, and an encoder-decoder's cross-attention ones; compiled
+  decoding's padded to its bucket), and the trace records that allocation as memset ops writing the KV cache;
+  their bytes are the cache. Exact: the allocation itself, not a formula that would copy the decoders' sizing
+  rules (summing the slices ops read would count a gather that reads one slice for several rows twice).
+- largest live activations: the peak over ops of what an op reads and writes plus what earlier ops of its stage
+  wrote that a later op still reads (from each input's producer, `srcs`), a tensor being freed after its last
+  reader as PyTorch's allocator frees it once nothing refers to it. Traces without `srcs` (versions 1 and 2)
+  give each op's own reads and writes, a lower bound.
+
+Not counted: the runtime's own reservations (CUDA context, library workspaces, allocator fragmentation), which
+depend on the software stack rather than on the run: "fits" means the run's tensors fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sim.hardware import HwConfig
+from sim.trace import OpRecord, Trace
+
+GB = 1e9  # the hwconfigs' capacities are datasheet GB (1e9 bytes)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """Device bytes a run needs."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total_bytes": self.total_bytes}
+
+
+class CapacityError(ValueError):
+    """A run whose device memory exceeds the device's DRAM capacity."""
+
+
+def kv_cache_bytes(trace: Trace) -> int:
+    """The KV cache as allocated: the bytes of the memset ops that write it (the cache's allocation)."""
+    return sum(op.kv_write_bytes for op in trace.ops if op.kind == "memset")
+
+
+def _stage_peak(ops: list[OpRecord]) -> int:
+    """The largest live activation bytes within one stage (ops in order; `srcs` give each input's producer)."""
+    last_use: dict[int, int] = {}
+    for j, op in enumerate(ops):
+        for s in op.srcs:
+            if s:
+                last_use[j - s] = j
+    peak, pending = 0, {}  # pending: producer -> bytes, outputs a later op still reads
+    for j, op in enumerate(ops):
+        inputs = {j - s for s in op.srcs if s}
+        held = sum(b for i, b in pending.items() if i not in inputs)  # inputs are in act_read_bytes already
+        peak = max(peak, op.act_read_bytes + op.act_write_bytes + held)
+        for i in inputs:
+            if last_use.get(i) == j:
+                pending.pop(i, None)
+        if last_use.get(j, j) > j:
+            pending[j] = op.act_write_bytes
+    return peak
+
+
+def activation_bytes(trace: Trace) -> int:
+    """The largest live activations of any stage."""
+    return max((_stage_peak(trace.ops_of_stage(s.stage)) for s in trace.stages), default=0)
+
+
+def device_memory(trace: Trace) -> DeviceMemory:
+    """What the traced run needs on the device (see the module docstring for how each part is counted)."""
+    weights = sum(int(w["bytes"]) for w in trace.header.weights.values())
+    return DeviceMemory(weights, kv_cache_bytes(trace), activation_bytes(trace))
+
+
+def check_fits(memory: DeviceMemory, hw: HwConfig, what: str) -> None:
+    """Raise `CapacityError` (one line: the run, the hwconfig and the figures) when `memory` exceeds the DRAM
+    capacity of `hw`; `what` names the run."""
+    capacity = hw.peak.dram_capacity_bytes
+    if memory.total_bytes > capacity:
+        raise CapacityError(
+            f"{what} does not fit on {hw.name} ({hw.path}): it needs {memory.total_bytes / GB:.2f} GB (weights "
+            f"{memory.weights_bytes / GB:.2f} GB + KV cache {memory.kv_cache_bytes / GB:.2f} GB + activations "
+            f"{memory.activation_bytes / GB:.2f} GB) > peak.dram_capacity_bytes {capacity / GB:.2f} GB")
+
+
+def run_name(trace: Trace) -> str:
+    """How a refusal names the run: model, decoder, dtype, batch, tokens."""
+    h = trace.header
+    return (f"{h.model.get('name', '?')} ({h.decoder}, {h.dtype}, batch {h.batch}, {h.max_new_tokens} tokens)")

@@ -1,0 +1,5 @@
+import sys
+
+from sim.sweep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""The sweep on Ray: traces built once by Ray tasks and shared through Ray's object store, points projected by a
+pool of worker actors, rows journaled as they come back.
+
+- Ray starts locally (all cores, no dashboard, its files under a temporary folder) unless `address` names a
+  running cluster, whose nodes need speed-sim installed (the same version: workers import `sim` and, to build
+  traces, `reference` and torch). Hwconfigs and model configs are read by the driver and shipped with the work,
+  so files that exist only where the sweep starts are fine.
+- Phase 1: one Ray task per distinct trace the unfinished points replay (`sim.run.trace_on_demand` on a worker:
+  the meta device, cached on that worker's disk); the trace file's bytes go to the object store, and the driver
+  fetches only a small status per trace (so a cluster's workers never need the driver's disk, nor it theirs).
+- Phase 2: `workers` actors, each with a `Projector` that keeps the traces it was handed parsed; every
+  configuration (the decoders of one point) is one call, two calls in flight per actor. Each call's rows are
+  journaled as it returns, in whatever order; the rows files are written in spec order at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from sim.sweep.journal import Journal
+from sim.sweep.points import Job, Projector, TraceKey, configurations
+
+INSTALL_HINT = ("sim.sweep runs on Ray, which is not installed: pip install 'speed-sim[sweep]' "
+                "(from a checkout: pip install -e '.[sweep]')")
+IN_FLIGHT_PER_WORKER = 2  # one call running, one queued: a worker never waits for the driver
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot go on (a trace that cannot be built); the points finished so far are journaled."""
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit(f"error: {INSTALL_HINT}") from None
+    return ray
+
+
+def start_ray(address: str | None, workers: int | None) -> int:
+    """Connect to the cluster at `address`, or start a small local Ray instance; the number of workers to use
+    (`workers`, or every CPU Ray has)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(workers or 0, os.cpu_count() or 1), include_dashboard=False, logging_level="ERROR",
+                     log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    return workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _build_trace(key: TraceKey) -> tuple[dict[str, Any], bytes]:
+    """A Ray task: the trace of `key` (made on demand, cached on this worker) as (status, file bytes)."""
+    from sim.run import trace_on_demand
+
+    t0 = time.perf_counter()
+    try:
+        path = trace_on_demand(key.model, key.decoder, key.tokens, key.batch, key.dtype, key.flips, key.compiled)
+    except (ValueError, SystemExit) as err:
+        return {"error": str(err).removeprefix("error: ")}, b""
+    return {"name": path.name, "seconds": time.perf_counter() - t0}, path.read_bytes()
+
+
+class _Worker:
+    """A Ray actor: projects configurations, keeping every trace it is handed."""
+
+    def __init__(self) -> None:
+        self.projector = Projector()
+
+    def rows(self, configuration: list[Job], traces: dict[TraceKey, tuple[str, list]]) -> list[dict[str, Any]]:
+        import ray
+
+        for key, (name, (ref,)) in traces.items():  # the ref inside a list: fetched here, once per worker
+            if key not in self.projector.traces:
+                self.projector.add_trace(key, name, ray.get(ref))
+        return self.projector.rows(configuration)
+
+
+@dataclass
+class Timing:
+    traces: int
+    trace_s: float  # building (or reading from each worker's cache) the traces
+    points: int
+    project_s: float  # projecting the points, from the first call to the last row
+    workers: int
+
+
+def build_traces(jobs: list[Job], progress: bool) -> tuple[dict[TraceKey, tuple[str, Any]], float]:
+    """Phase 1: every distinct trace of `jobs`, built by Ray tasks; key -> (file name, object ref of its bytes)."""
+    ray = import_ray()
+    build = ray.remote(num_cpus=1, num_returns=2)(_build_trace)
+    keys = list(dict.fromkeys(job.trace for job in jobs))
+    t0 = time.perf_counter()
+    refs = {key: build.remote(key) for key in keys}
+    out = {}
+    for key in tqdm(keys, desc="traces", unit="trace", disable=not progress or None, leave=False):
+        status = ray.get(refs[key][0])
+        if "error" in status:
+            raise SweepError(status["error"])
+        out[key] = (status["name"], refs[key][1])
+    return out, time.perf_counter() - t0
+
+
+def project_jobs(jobs: list[Job], traces: dict[TraceKey, tuple[str, Any]], workers: int,
+                 record: Callable[[list[tuple[str, dict]]], None], progress: bool) -> float:
+    """Phase 2: every configuration of `jobs` projected by `workers` actors; `record` gets each call's (key, row)
+    pairs as it returns. Returns the seconds it took."""
+    ray = import_ray()
+    pool = [ray.remote(num_cpus=1)(_Worker).remote() for _ in range(workers)]
+    pending = configurations(jobs)[::-1]  # popped from the end: spec order
+    in_flight: dict[Any, tuple[int, list[Job]]] = {}
+    bar = tqdm(total=len(jobs), desc="sweep", unit="point", disable=not progress or None)
+    t0 = time.perf_counter()
+
+    def submit(worker: int) -> None:
+        configuration = pending.pop()
+        shipped = {job.trace: (traces[job.trace][0], [traces[job.trace][1]]) for job in configuration}
+        in_flight[pool[worker].rows.remote(configuration, shipped)] = (worker, configuration)
+
+    try:
+        for worker in [w for w in range(workers) for _ in range(IN_FLIGHT_PER_WORKER)]:
+            if pending:
+                submit(worker)
+        while in_flight:
+            [done], _ = ray.wait(list(in_flight), num_returns=1)
+            worker, configuration = in_flight.pop(done)
+            rows = ray.get(done)
+            record([(job.key, row) for job, row in zip(configuration, rows)])
+            bar.update(len(rows))
+            if pending:
+                submit(worker)
+    finally:
+        bar.close()
+        for actor in pool:
+            ray.kill(actor)
+    return time.perf_counter() - t0
+
+
+def run_jobs(jobs: list[Job], journal: Journal, workers: int, progress: bool = True) -> Timing:
+    """Project the jobs not in the journal yet, journaling every row as it comes back."""
+    todo = [job for job in jobs if job.key not in journal.done]
+    if not todo:
+        return Timing(0, 0.0, 0, 0.0, workers)
+    traces, trace_s = build_traces(todo, progress)
+    project_s = project_jobs(todo, traces, workers, journal.append, progress)
+    return Timing(len(traces), trace_s, len(todo), project_s, workers)

@@ -1,0 +1,194 @@
+"""Sweep specs: a YAML file that names the axes of a design-space sweep, expanded into points in a fixed order.
+
+    grid:                                  # every combination, in this order (the last axis varies fastest)
+      hw: [a100, h100]                     # shipped hwconfig names or YAML files
+      model: [data/hfconfigs/llama-2-7b/config.json]   # presets, Hugging Face config.json or model YAML files
+      share: [8x4, 4x8]                    # cyclically shared variants (NdxG; null: the model as it is)
+      decoder: [speed, sequential]         # default: both (SPEED rows then carry their speedup)
+      launch: [compiled]                   # eager, graph, compiled (default compiled)
+      batch: [1, 4]
+      tokens: [64]
+      flip_rate: [0.02, 0.1]               # one SPEED flip rate for every exit (or flips: a profile or "0.09,0.04")
+      set:                                 # hwconfig fields, as sim.run --set; "x0.5": times the hwconfig's value
+        peak.dram_bandwidth_bytes_per_s: [x0.5, x1, x2]
+    plots:
+      heatmap: {x: set.peak.dram_bandwidth_bytes_per_s, y: batch}
+    cost: {a100: 1.8, h100: 3.0}           # $ per device-hour: latency against cost per million tokens
+    accuracy: {llama-2-7b-8x4: 0.61}       # per model (as rows name it): latency against accuracy
+
+`points:` (a list of mappings with the same keys) replaces `grid:` for hand-picked points. A scalar is an axis of
+one value. Axes left out take sim.run's defaults (hw a100, model t5-base-4x3, batch 1, tokens 128, dtype
+bfloat16, streams 1, flips: the model's profile). Every problem is a `SpecError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.defaults import DEFAULT_HW, DEFAULT_TOKENS
+from sim.engine import LAUNCH_MODES
+
+DECODERS = ("speed", "sequential")
+DTYPES = ("bfloat16", "float16", "float32")
+# axis -> default (a list: every value of it); "set.<field>" axes are hwconfig overrides
+AXES: dict[str, list[Any]] = {
+    "hw": [DEFAULT_HW], "model": ["t5-base-4x3"], "share": [None], "decoder": list(DECODERS), "launch": ["compiled"],
+    "batch": [1], "tokens": [DEFAULT_TOKENS], "dtype": ["bfloat16"], "flips": [None], "flip_rate": [None],
+    "streams": [1],
+}
+SCALE = re.compile(r"x\s*([0-9.]+(?:[eE][-+]?[0-9]+)?)")  # "x0.5": half the hwconfig's value
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot be run; `path` and `field` say where."""
+
+    def __init__(self, path: str | os.PathLike[str], field: str | None, problem: str) -> None:
+        super().__init__(f"sweep spec {os.fspath(path)}" + (f", field '{field}'" if field else "") + f": {problem}")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One projection of a sweep: the value of every axis (`sets`: hwconfig overrides as written, sorted)."""
+
+    hw: str
+    model: str
+    share: str | None
+    decoder: str
+    launch: str
+    batch: int
+    tokens: int
+    dtype: str
+    flips: str | None
+    flip_rate: float | None
+    streams: int
+    sets: tuple[tuple[str, str], ...] = ()
+
+    def axes(self) -> dict[str, Any]:
+        """The point as a flat mapping: axis -> value ("set.<field>" for the overrides)."""
+        out = {k: getattr(self, k) for k in AXES}
+        out.update({f"set.{k}": v for k, v in self.sets})
+        return out
+
+    def configuration(self) -> Point:
+        """The point with its decoder left open: the points of one configuration are projected together."""
+        return Point(**{**self.__dict__, "decoder": ""})
+
+
+@dataclass
+class Spec:
+    path: Path
+    points: list[Point]
+    swept: list[str]  # axes with more than one value, in spec order
+    heatmap: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # hw (as the spec names it) -> $ per device-hour
+    accuracy: dict[str, float] = field(default_factory=dict)  # model name (as rows name it) -> accuracy
+
+
+def _values(path: Path, name: str, raw: Any) -> list[Any]:
+    values = raw if isinstance(raw, list) else [raw]
+    if not values:
+        raise SpecError(path, name, "an axis needs at least one value")
+    return values
+
+
+def _check(path: Path, name: str, value: Any, where: str) -> Any:
+    """One value of axis `name` (at `where` in the spec), validated (numbers as numbers, names from their lists)."""
+    def fail(expected: str) -> SpecError:
+        return SpecError(path, where, f"expected {expected}, got {value!r}")
+
+    if name in ("batch", "tokens", "streams"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail("an integer >= 1")
+    elif name == "decoder" and value not in DECODERS:
+        raise fail(f"one of {', '.join(DECODERS)}")
+    elif name == "launch" and value not in LAUNCH_MODES:
+        raise fail(f"one of {', '.join(LAUNCH_MODES)}")
+    elif name == "dtype" and value not in DTYPES:
+        raise fail(f"one of {', '.join(DTYPES)}")
+    elif name == "flip_rate" and value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+        raise fail("a flip rate in [0, 1)")
+    elif name in ("hw", "model") and (not isinstance(value, str) or not value):
+        raise fail("a name or a file")
+    elif name in ("share", "flips") and value is not None and not isinstance(value, str):
+        raise fail("a string (or null)")
+    elif name.startswith("set.") and not ((isinstance(value, (int, float)) and not isinstance(value, bool))
+                                         or (isinstance(value, str) and SCALE.fullmatch(value))):
+        raise fail("a number, or 'x<factor>' to scale the hwconfig's value")
+    return str(value) if name.startswith("set.") else value
+
+
+def _axes(path: Path, raw: Any, where: str) -> dict[str, list[Any]]:
+    """The axes of a grid or of one listed point: name -> validated values (defaults for the others)."""
+    if not isinstance(raw, dict):
+        raise SpecError(path, where, "expected a mapping of axis to values")
+    axes = {k: list(v) for k, v in AXES.items()}
+    for name, values in raw.items():
+        if name == "set":
+            if not isinstance(values, dict) or not values:
+                raise SpecError(path, f"{where}.set", "expected a mapping of hwconfig field to values")
+            for key, v in values.items():
+                field = f"{where}.set.{key}"
+                axes[f"set.{key}"] = [_check(path, f"set.{key}", x, field) for x in _values(path, field, v)]
+        elif name in AXES:
+            axes[name] = [_check(path, name, x, f"{where}.{name}") for x in _values(path, f"{where}.{name}", values)]
+        else:
+            raise SpecError(path, f"{where}.{name}", f"unknown axis; axes: {', '.join(AXES)}, set")
+    if axes["flips"] != [None] and axes["flip_rate"] != [None]:
+        raise SpecError(path, f"{where}.flip_rate", "give flips or flip_rate, not both")
+    return axes
+
+
+def _point(axes: dict[str, Any]) -> Point:
+    sets = tuple(sorted((k.removeprefix("set."), v) for k, v in axes.items() if k.startswith("set.")))
+    return Point(**{k: axes[k] for k in AXES}, sets=sets)
+
+
+def _mapping(path: Path, raw: dict, name: str, value_check: Any) -> dict:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict) or not all(value_check(v) for v in value.values()):
+        raise SpecError(path, name, f"expected a mapping of name to number, got {value!r}")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    """Read and expand a sweep spec: its points in a fixed order (grid: the last axis varies fastest)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(path, None, "no such file") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise SpecError(path, None, f"cannot be read: {err}") from None
+    if not isinstance(raw, dict) or ("grid" in raw) == ("points" in raw):
+        raise SpecError(path, None, "expected a mapping with either 'grid' (every combination) or 'points' (a list)")
+    unknown = set(raw) - {"grid", "points", "plots", "cost", "accuracy"}
+    if unknown:
+        raise SpecError(path, sorted(unknown)[0], "unknown field; fields: grid or points, plots, cost, accuracy")
+    if "grid" in raw:
+        axes = _axes(path, raw["grid"], "grid")
+        points = [_point(dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
+        swept = [k for k, v in axes.items() if len(v) > 1]
+    else:
+        if not isinstance(raw["points"], list) or not raw["points"]:
+            raise SpecError(path, "points", "expected a non-empty list of mappings")
+        listed = [_axes(path, p, f"points[{i}]") for i, p in enumerate(raw["points"])]
+        points = [_point(dict(zip(axes, combo))) for axes in listed for combo in itertools.product(*axes.values())]
+        names = list(dict.fromkeys(k for axes in listed for k in axes))
+        swept = [k for k in names if len({p.axes().get(k) for p in points}) > 1]
+    if len(set(points)) != len(points):
+        raise SpecError(path, "grid" if "grid" in raw else "points", "the same point appears twice")
+    plots = raw.get("plots") or {}
+    heatmap = plots.get("heatmap") or {} if isinstance(plots, dict) else None
+    if not isinstance(heatmap, dict) or not set(heatmap) <= {"x", "y", "where"}:
+        raise SpecError(path, "plots.heatmap", "expected {x: AXIS, y: AXIS, where: {AXIS: VALUE}}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    return Spec(path, points, swept, heatmap, _mapping(path, raw, "cost", number),
+                _mapping(path, raw, "accuracy", number))

@@ -1,0 +1,152 @@
+"""python -m sim.sweep on a local Ray instance (one for the whole session): rows equal sim.run's point by point,
+whatever the number of workers; a resumed sweep equals an uninterrupted one; runs that do not fit are rows; bad
+specs and a missing Ray get one clear line."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim import run
+from sim.sweep import cli
+from sim.sweep.journal import JOURNAL, ROWS_CSV, ROWS_JSONL
+
+ray = pytest.importorskip("ray")
+
+SPEC = """
+grid:
+  hw: [a100, a5000]
+  model: [tiny-4x3]
+  decoder: [speed, sequential]
+  launch: [eager, compiled]
+  tokens: [8]
+  flip_rate: [0.1]
+  set:
+    peak.dram_bandwidth_bytes_per_s: [x0.5, x1]
+cost: {a100: 1.8, a5000: 0.8}
+"""
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    from sim.sweep.runner import start_ray
+
+    start_ray(None, 2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def swept(local_ray, tmp_path_factory):
+    """The small spec swept with 1 and with 2 workers."""
+    root = tmp_path_factory.mktemp("sweep")
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC)
+    for workers in (1, 2):
+        assert cli.main([str(spec), "--out", str(root / f"w{workers}"), "--workers", str(workers), "--quiet"]) == 0
+    return root
+
+
+def rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / ROWS_JSONL).read_text().splitlines()]
+
+
+def test_rows_are_the_same_with_1_and_2_workers_in_spec_order(swept):
+    one, two = rows(swept / "w1"), rows(swept / "w2")
+    assert (swept / "w1" / ROWS_JSONL).read_bytes() == (swept / "w2" / ROWS_JSONL).read_bytes()
+    assert [r["index"] for r in one] == list(range(16)) and len(two) == 16
+    assert all(r["status"] == "ok" for r in one)
+    assert (swept / "w1" / ROWS_CSV).read_text().splitlines()[0].startswith("index,point.hw,point.model")
+    for plot in ("speedup.png", "latency-cost.png"):
+        assert (swept / "w1" / plot).read_bytes()[:4] == b"\x89PNG"
+    assert all(r["cost_per_million_tokens"] == pytest.approx(
+        {"a100": 1.8, "a5000": 0.8}[r["point"]["hw"]] / 3600 * r["s_per_token"] * 1e6) for r in one)
+    speed = [r for r in one if r["decoder"] == "speed"]
+    assert all(r["speedup_vs_sequential"] > 1 for r in speed)
+
+
+def test_every_row_is_what_sim_run_projects_for_that_point(swept, tmp_path):
+    by_point = {}
+    for r in rows(swept / "w2"):
+        p = r["point"]
+        by_point.setdefault((p["hw"], p["launch"], r["hw_path"].split("=")[-1]), []).append(r)
+    for (hw, launch, bandwidth), got in by_point.items():
+        out = tmp_path / "run.json"
+        assert run.main(["--hw", hw, "--model", "tiny-4x3", "--tokens", "8", "--flips", "0.1,0.1", "--launch", launch,
+                         "--set", f"peak.dram_bandwidth_bytes_per_s={bandwidth}", "--json", str(out)]) == 0
+        expected = {r["decoder"]: r for r in json.loads(out.read_text())["runs"]}
+        for r in got:
+            want = expected[r["decoder"]]
+            assert {k: r[k] for k in want if k != "trace"} == {k: v for k, v in want.items() if k != "trace"}
+            assert Path(want["trace"]).name == r["trace"] or r["decoder"] == "sequential"
+
+
+def test_a_resumed_sweep_equals_an_uninterrupted_one(swept, tmp_path):
+    """A kill leaves whole journal lines and perhaps one cut short: the rerun keeps the first, redoes the rest."""
+    lines = (swept / "w1" / JOURNAL).read_bytes().splitlines(keepends=True)
+    out = tmp_path / "resumed"
+    out.mkdir()
+    (out / JOURNAL).write_bytes(b"".join(lines[:6]) + lines[6][:40])
+    spec = swept / "spec.yaml"
+    assert cli.main([str(spec), "--out", str(out), "--workers", "2", "--quiet", "--no-plots"]) == 0
+    assert (out / ROWS_JSONL).read_bytes() == (swept / "w1" / ROWS_JSONL).read_bytes()
+    journal = [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()]
+    assert len(journal) == 16 and len({e["key"] for e in journal}) == 16  # nothing done twice
+    # a rerun of a finished sweep projects nothing and writes the same rows
+    assert cli.main([str(spec), "--out", str(out), "--quiet", "--no-plots"]) == 0
+    assert (out / ROWS_JSONL).read_bytes() == (swept / "w1" / ROWS_JSONL).read_bytes()
+
+
+def test_bench_reports_points_per_second_per_worker_count(swept, capsys):
+    assert cli.main([str(swept / "spec.yaml"), "--bench", "1", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "1 worker: 16 points in" in out and "2 workers: 16 points in" in out and "relative to 1 worker" in out
+
+
+def test_points_that_do_not_fit_are_rows_saying_so(local_ray, tmp_path, capsys):
+    spec = tmp_path / "fit.yaml"
+    spec.write_text("points:\n  - {hw: a5000, model: tiny-4x3, tokens: 8, launch: eager, flip_rate: 0.1,\n"
+                    "     set: {peak.dram_capacity_bytes: [1.0e+5, 2.4e+10]}}\n")
+    assert cli.main([str(spec), "--out", str(tmp_path / "o"), "--quiet", "--no-plots"]) == 0
+    got = rows(tmp_path / "o")
+    assert [r["status"] for r in got] == ["does not fit", "ok"] * 2  # speed, then sequential; 100 kB, 24 GB
+    assert "does not fit on NVIDIA RTX A5000" in got[0]["message"] and got[0]["memory"]["total_bytes"] > 1e5
+    assert "4 points (2 does not fit, 2 ok)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("grid: {batch: [0]}", "field 'grid.batch': expected an integer >= 1, got 0"),
+    ("grid: {launch: [fast]}", "field 'grid.launch': expected one of eager, graph, compiled"),
+    ("grid: {colour: [red]}", "field 'grid.colour': unknown axis"),
+    ("grid: {model: [tiny-4x3], share: [5x5]}", "5x5 shares 25 layers, but tiny-4x3 has 12"),
+    ("grid: {model: [tiny-4x3], flips: ['0.1']}", "field 'flips': '0.1' gives 1 rates, but tiny-4x3 has G = 3"),
+    ("grid: {model: [tiny-4x3], flips: [t5-base-2x6]}", "'t5-base-2x6' gives 5 rates, but tiny-4x3 has G = 3"),
+    ("grid: {model: [data/hfconfigs/qwen2-0.5b/config.json], share: [12x2]}",
+     "no profile 'qwen2-0.5b-12x2'; profiles: "),
+    ("grid: {set: {peak.nothing: [x2]}}", "field 'set.peak.nothing': "),
+    ("grid: {set: {peak.clock_hz: [fast]}}", "field 'grid.set.peak.clock_hz': expected a number, or 'x<factor>'"),
+    ("grid: {model: [nope.json]}", "model config nope.json: no such file"),
+    ("points: []", "field 'points': expected a non-empty list"),
+    ("grid: {}\npoints: []", "either 'grid'"),
+])
+def test_bad_specs_are_refused_naming_the_field(tmp_path, capsys, spec, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(spec)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(path), "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_without_ray_the_sweep_says_how_to_install_it(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("grid: {model: [tiny-4x3], tokens: [8]}")
+    code = ("import sys; sys.modules['ray'] = None; from sim.sweep.cli import main; "
+            f"main([{str(spec)!r}, '--out', {str(tmp_path / 'o')!r}])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "error: sim.sweep runs on Ray, which is not installed: pip install 'speed-sim[sweep]' "
+        "(from a checkout: pip install -e '.[sweep]')"]
+    assert shutil.which("true")  # (the line above is the whole output: no traceback)
