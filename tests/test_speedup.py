@@ -20,7 +20,9 @@ def test_figures_follow_from_the_stage_counts_and_costs():
     assert sum(m["stage_rows"].values()) == stages == round(m["stages_per_token"] * 6 * len(prompts))
     assert set(m["stage_rows"]) <= {"1", "2", "3"}
     speed_s = sum(n * m["stage_s"][r] for r, n in m["stage_rows"].items()) / len(prompts)
-    assert m["predicted_speedup"] == pytest.approx(6 * m["sequential_step_s"] / speed_s)
+    prefill_s = m["prefill_s"]
+    assert m["predicted_speedup"] == pytest.approx((prefill_s + 6 * m["sequential_step_s"]) / (prefill_s + speed_s))
+    assert m["predicted_decode_speedup"] == pytest.approx(6 * m["sequential_step_s"] / speed_s)
     assert m["measured_over_predicted"] == pytest.approx(m["measured_speedup"] / m["predicted_speedup"])
     assert m["measured_speedup"] == pytest.approx(m["ms_per_token"]["sequential"] / m["ms_per_token"]["speed"])
 
@@ -34,11 +36,14 @@ def test_an_unshared_model_or_a_bad_path_is_a_clear_error(tmp_path, capsys):
 
 def test_weight_major_linear_computes_the_same_projection():
     layer = torch.nn.Linear(16, 24, bias=False, dtype=torch.float64)
-    x = torch.randn(3, 1, 16, dtype=torch.float64)
-    expected, original = layer(x), torch.nn.Linear.forward
-    with weight_major_linear():
-        got = layer(x)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    original = torch.nn.Linear.forward
+    for x in (torch.randn(3, 1, 16, dtype=torch.float64), torch.randn(1, 16, dtype=torch.float64)):
+        expected = layer(x)
+        with weight_major_linear(), torch.inference_mode():  # as decoding runs it: no autograd
+            got = layer(x)
+            compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)  # an opaque op in a graph
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(compiled, expected, rtol=1e-12, atol=1e-12)
     assert torch.nn.Linear.forward is original  # restored on leaving
 
 

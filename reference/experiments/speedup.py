@@ -12,6 +12,9 @@ mean nothing, so SPEED's flips then come from a flip profile (--flips: default t
 drawn by reference.flips.FlipOracle, seeded afresh for every run, so every run flushes the same rows; the cost of a
 stage does not depend on the values, so the timings are those of a model that flips so.
 
+Times are read on reference.capture.clock's clock: on one CPU thread (--threads 1, the default) the thread's CPU
+time, which the other processes of a shared machine do not stretch.
+
 It prints, and writes with --json:
   amortization  the cost of a SPEED stage with r rows (r = 1..G: every in-flight row once through the shared
                 group, the LM head on every row, the argmaxes to the host) over that of one row through the
@@ -19,12 +22,13 @@ It prints, and writes with --json:
                 decodes below, so that both see the same load); target: at most 1.2 for r = G
   measured      sequential ms/token over SPEED ms/token, end to end: prefill and decode (median over prompts and
                 repeats, decoders interleaved)
-  predicted     what the stage costs alone predict: tokens x the cost of a sequential step, over the sum of
-                the cost of every stage SPEED ran for the number of rows it ran (the counts from the real runs,
-                flushes included); the ratio measured / predicted is what the decode loop's own work and the
-                prefill (which both decoders run, eagerly) leave (target: at least 0.9)
+  predicted     what the stage costs alone predict, end to end: the prefill plus tokens x the cost of a
+                sequential step, over the prefill plus the sum of the cost of every stage SPEED ran for the number
+                of rows it ran (the counts from the real runs, flushes included; the prefill, which both decoders
+                run eagerly, timed alone too); the ratio measured / predicted is what the decode loop's own work
+                leaves (target: at least 0.9)
   decode phase  the measured speedup of the decode phase alone (first decode stage to last, prefill excluded)
-                and its ratio to predicted: what the decode loop's own work leaves
+                and its ratio to the decode phase's prediction (the same without the prefill)
 
 --compile times everything compiled (reference.compiled): the stages alone as compiled decoding runs them
 (`BoundStep.stage` for a SPEED stage, `BoundStep.token` for a whole sequential step: one graph each), and the decodes
@@ -36,10 +40,12 @@ torch._inductor.config entries while compiling, e.g. `--inductor freezing=True -
 (weights prepacked at compile time) instead of the library's x @ W^T (freezing bakes the weights into the graphs:
 fine here, where the model never changes after compiling; data/speedup/cpu-compiled-cpp-gemm.json).
 
---linear weight-major computes every projection as (W @ x^T)^T instead of x @ W^T. On this x86 CPU PyTorch's
-x @ W^T with 2-4 rows takes an sgemm path that packs W (reading it and writing it again), so a few rows cost
-far more than one; W @ x^T streams W once (16 products over 46 MB of float32 weights, 1 thread: 4.7 ms for 1
-row and 7.7 ms for 3 as x @ W^T, 4.8 ms and 3.3 ms as W @ x^T). Both decoders use the same form.
+--linear weight-major computes every projection of two or more rows as (W @ x^T)^T with x row-major, one row as
+x @ W^T (a GEMV), as one opaque op (`rows_linear`). On this x86 CPU PyTorch's x @ W^T with 2-4 rows takes an sgemm
+path that packs W (reading it and writing it again), so a few rows cost far more than one; W @ x^T with x
+row-major streams W once. Opaque, because inside a compiled graph inductor lays x out for the product itself
+and picks the layout that packs again (code-wide-4x3's SPEED stage compiled, 1 thread: 3 rows over 1 row 1.58x as
+x @ W^T, 1.83x as an inlined (W @ x^T)^T, 1.11x as the opaque op). Both decoders use the same form.
 """
 
 from __future__ import annotations
@@ -52,7 +58,6 @@ import random
 import shlex
 import statistics
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,9 +65,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reference import compiled, decode
+from reference.capture.clock import clock_name, host_clock
 from reference.experiments.corpus import load_corpus
 from reference.flips import FlipOracle
 from reference.model import KVCache, SharedDecoder
@@ -90,14 +97,28 @@ def random_prompts(vocab_size: int, n: int, length: int, seed: int, avoid: tuple
     return [[rng.choice(allowed) for _ in range(length)] for _ in range(n)]
 
 
+@torch.library.custom_op("speedsim::rows_linear", mutates_args=())
+def rows_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x [R, K] times W^T: one row as x @ W^T (a GEMV); more rows as (W @ x^T)^T with x row-major, which streams W
+    once on this CPU's BLAS. An opaque op: a compiler calls it as it is, and cannot re-lay x (module docstring)."""
+    if x.shape[0] == 1:
+        return F.linear(x, weight)
+    return (weight @ x.contiguous().T).T.contiguous()
+
+
+@rows_linear.register_fake
+def _rows_linear_shape(x: Tensor, weight: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
 @contextmanager
 def weight_major_linear() -> Iterator[None]:
-    """Every bias-free nn.Linear computed as (W @ x^T)^T while the context lasts (see the module docstring)."""
+    """Every bias-free nn.Linear computed by `rows_linear` while the context lasts (see the module docstring)."""
     original = nn.Linear.forward
 
     def forward(self: nn.Linear, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        return (self.weight @ rows.T).T.reshape(*x.shape[:-1], self.out_features)
+        return rows_linear(rows, self.weight).reshape(*x.shape[:-1], self.out_features)
 
     nn.Linear.forward = forward
     try:
@@ -110,17 +131,18 @@ class _Clock:
     """A StageObserver that keeps when the decode phase began (the first decode stage, after encoding and prefill)
     and ended (the last stage), and counts the stages by the rows they ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now
         self.rows: Counter[int] = Counter()
         self.first: float | None = None
         self.last = 0.0
 
     def begin(self, kind: str) -> None:
         if self.first is None and kind in ("decode", "speed"):
-            self.first = time.perf_counter()
+            self.first = self.now()
 
     def end(self, rows: list[tuple[int, Row]], predictions: list[int], commits: list, flushes: list) -> None:
-        self.last = time.perf_counter()
+        self.last = self.now()
         if rows:
             self.rows[len(rows)] += 1
 
@@ -158,10 +180,19 @@ def _sequential_step(model: SharedDecoder, cache: KVCache, position: int,
     model.exit_logits(h, rows, [g]).argmax(dim=-1).tolist()
 
 
+PREFILL = -1  # the key of the prefill among the timed work
+
+
+@torch.inference_mode()
+def _prefill(model: SharedDecoder, cache: KVCache, prompt: list[int]) -> None:
+    model.prefill(cache, 0, prompt[:-1])  # as both decoders do, eagerly
+
+
 def _stage_work(model: SharedDecoder, prompt: list[int], tokens: int, mode: str) -> dict[int, Callable[[], None]]:
     """The timed work of one mode on a cache prefilled with `prompt` (its rows write the positions after it, as
-    real ones do): key r = 1..G a SPEED stage of r rows, key 0 a sequential step. Compiled, the cache has the shape
-    a decode of `tokens` tokens uses (its attention spans the whole static length), so the variants are shared."""
+    real ones do): key r = 1..G a SPEED stage of r rows, key 0 a sequential step, key PREFILL the prefill of the
+    prompt (into a cache of its own). Compiled, the cache has the shape a decode of `tokens` tokens uses (its
+    attention spans the whole static length), so the variants are shared."""
     g = model.config.n_groups
     bound = None
     if mode == "compiled":
@@ -179,6 +210,8 @@ def _stage_work(model: SharedDecoder, prompt: list[int], tokens: int, mode: str)
     work = {r: functools.partial(_stage, model, cache, p, list(range(r - 1, -1, -1)), bound, carry)
             for r in range(1, g + 1)}
     work[0] = functools.partial(_sequential_step, model, cache, p, bound)
+    fresh = step.new_cache(1, p + tokens - 1) if mode == "compiled" else model.new_cache(1, p + tokens - 1)
+    work[PREFILL] = functools.partial(_prefill, model, fresh, prompt)
     return work
 
 
@@ -188,6 +221,7 @@ class StageTimer:
 
     def __init__(self, model: SharedDecoder, prompt: list[int], tokens: int, modes: tuple[str, ...]) -> None:
         self.groups = model.config.n_groups
+        self.now = host_clock(model.embed.weight.device)
         self.work = {mode: _stage_work(model, prompt, tokens, mode) for mode in modes}
         self.times: dict[tuple[str, int], list[float]] = {(mode, r): [] for mode in modes for r in self.work[mode]}
         self.rounds = 0
@@ -200,25 +234,27 @@ class StageTimer:
             self.rounds += 1
             start = self.rounds % len(order)
             for mode, r in order[start:] + order[:start]:
-                t0 = time.perf_counter()
+                t0 = self.now()
                 self.work[mode][r]()
                 if timed:
-                    self.times[mode, r].append(time.perf_counter() - t0)
+                    self.times[mode, r].append(self.now() - t0)
 
-    def costs(self) -> dict[str, tuple[dict[int, float], float]]:
-        """Per mode: the median seconds of a SPEED stage with r = 1..G rows, and of a sequential step."""
+    def costs(self) -> dict[str, tuple[dict[int, float], float, float]]:
+        """Per mode: the median seconds of a SPEED stage with r = 1..G rows, of a sequential step and of the
+        prefill."""
         med = {key: statistics.median(t) for key, t in self.times.items()}
-        return {mode: ({r: med[mode, r] for r in range(1, self.groups + 1)}, med[mode, 0]) for mode in self.work}
+        return {mode: ({r: med[mode, r] for r in range(1, self.groups + 1)}, med[mode, 0], med[mode, PREFILL])
+                for mode in self.work}
 
 
 def _decode(fn: Callable[..., decode.DecodeResult], model: SharedDecoder, prompt: list[int], tokens: int, mode: str,
             predictor: FlipOracle | None = None) -> tuple[dict[str, float], list[int], Counter[int]]:
     """Seconds of one decode ("total": end to end; "decode": the decode phase alone, prefill excluded), both without
     any compilation the call did; its tokens; its stages counted by rows."""
-    clock = _Clock()
-    t0 = time.perf_counter()
+    clock = _Clock(host_clock(model.embed.weight.device))
+    t0 = clock.now()
     out = fn(model, [prompt], tokens, eos_id=NO_EOS, observer=clock, predictor=predictor, compile=mode == "compiled")
-    seconds = {"total": time.perf_counter() - t0 - out.compile_s, "decode": clock.last - clock.first - out.compile_s}
+    seconds = {"total": clock.now() - t0 - out.compile_s, "decode": clock.last - clock.first - out.compile_s}
     return seconds, out.tokens[0], clock.rows
 
 
@@ -271,22 +307,25 @@ def end_to_end(model: SharedDecoder, prompts: list[list[int]], tokens: int, repe
     return medians, counts, same
 
 
-def _figures(costs: dict[int, float], step_s: float, e2e: dict[str, dict[str, float]], rows: Counter[int],
-             tokens: int, n_prompts: int) -> dict:
-    """One mode's figures from its stage costs, end-to-end seconds (per phase) and stage counts."""
+def _figures(costs: dict[int, float], step_s: float, prefill_s: float, e2e: dict[str, dict[str, float]],
+             rows: Counter[int], tokens: int, n_prompts: int) -> dict:
+    """One mode's figures from its costs (stages, sequential step, prefill), end-to-end seconds (per phase) and
+    stage counts."""
     predicted_speed_s = sum(n * costs[r] for r, n in rows.items()) / n_prompts  # per sequence
-    predicted = tokens * step_s / predicted_speed_s
+    predicted_decode = tokens * step_s / predicted_speed_s
+    predicted = (prefill_s + tokens * step_s) / (prefill_s + predicted_speed_s)
     measured = e2e["total"]["sequential"] / e2e["total"]["speed"]
     decode_measured = e2e["decode"]["sequential"] / e2e["decode"]["speed"]
     return {
-        "stage_s": {str(r): c for r, c in costs.items()}, "sequential_step_s": step_s,
+        "stage_s": {str(r): c for r, c in costs.items()}, "sequential_step_s": step_s, "prefill_s": prefill_s,
         "amortization": {str(r): costs[r] / costs[1] for r in costs},
         "stages_per_token": sum(rows.values()) / (n_prompts * tokens),
         "stage_rows": {str(r): n for r, n in sorted(rows.items())},
         "ms_per_token": {name: 1e3 * s / tokens for name, s in e2e["total"].items()},
         "measured_speedup": measured, "predicted_speedup": predicted, "measured_over_predicted": measured / predicted,
         "decode_ms_per_token": {name: 1e3 * s / tokens for name, s in e2e["decode"].items()},
-        "decode_speedup": decode_measured, "decode_over_predicted": decode_measured / predicted,
+        "predicted_decode_speedup": predicted_decode, "decode_speedup": decode_measured,
+        "decode_over_predicted": decode_measured / predicted_decode,
     }
 
 
@@ -310,7 +349,7 @@ def measure(model: SharedDecoder, prompts: list[list[int]], tokens: int, repeats
     mode = modes[-1]
     oracle = flips()
     m = {"model": model.config.name, "groups": g, "tokens": tokens, "prompts": len(prompts), "repeats": repeats,
-         "threads": torch.get_num_threads(), "mode": mode,
+         "threads": torch.get_num_threads(), "clock": clock_name(model.embed.weight.device), "mode": mode,
          "flips": oracle.describe() if oracle is not None else {"source": "the model's own exits"},
          "outputs_identical": same, **per_mode[mode]}
     if step is not None:
@@ -337,7 +376,8 @@ def _mode_lines(m: dict, g: int, label: str) -> list[str]:
             f"{m['predicted_speedup']:.2f}x, measured / predicted {m['measured_over_predicted']:.2f} (target >= 0.9)",
             f"[{label}] decode phase alone (prefill excluded): ms/token sequential "
             f"{m['decode_ms_per_token']['sequential']:.2f}, SPEED {m['decode_ms_per_token']['speed']:.2f}; "
-            f"{m['decode_speedup']:.2f}x, over predicted {m['decode_over_predicted']:.2f}"]
+            f"{m['decode_speedup']:.2f}x, predicted {m['predicted_decode_speedup']:.2f}x, measured / predicted "
+            f"{m['decode_over_predicted']:.2f}"]
 
 
 def report(m: dict) -> str:
