@@ -271,12 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flips", help="SPEED flips for traces made on demand: a profile of data/flips/*.yaml "
                         "(paper-fig4.yaml: the paper's; trained.yaml: the code-* models trained here) or rates per "
                         "exit '0.09,0.04' (default: the preset's profile)")
-    parser.add_argument("--launch", nargs="+", choices=LAUNCH_MODES, default=["eager", "compiled"],
+    parser.add_argument("--launch", nargs="+", choices=LAUNCH_MODES,
                         help="how the decode runs, one table each: eager: the host pays a dispatch + launch per kernel "
                         "(PyTorch eager); graph: the eager kernels of a stage replayed as one CUDA graph; compiled: "
                         "compiled decoding (torch.compile / XLA): its static-shape step traced, pointwise, norm and "
                         "reduction chains fused into the kernels a compiler generates (sim.fusion), one graph per "
-                        "stage. Default: eager compiled")
+                        "stage. Default: eager compiled (compiled skipped, with a note, for given traces of a format "
+                        "before 3, which record no data flow to fuse)")
     parser.add_argument("--streams", type=int, default=1,
                         help="kernels that may run at once (default 1: one stream in program order, as PyTorch "
                         "eager runs). N > 1: independent kernels of the trace's dependency graph overlap and share "
@@ -372,10 +373,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--share shares the layers of a --model; give one")
     hws = load_hws(args.hw, overrides, parser)
     tables: list[list[Run]] = []  # per (launch, hwconfig)
-    for launch in dict.fromkeys(args.launch):
+    for launch in dict.fromkeys(args.launch or ["eager", "compiled"]):
         try:
             traces = [(label, path, read_trace(path)) for label, path in trace_jobs(args, launch)]
-            tables += project_all(hws, traces, launch, args.streams)
+            if launch == "compiled" and not args.launch:  # by default only what can be fused
+                for _, path, t in traces:
+                    if t.header.version < 3:
+                        print(f"note: {path} is trace format {t.header.version}, which records no data flow to fuse: "
+                              "projected eager only (re-trace it for --launch compiled)", file=sys.stderr)
+                traces = [x for x in traces if x[2].header.version >= 3]
+            if traces:
+                tables += project_all(hws, traces, launch, args.streams)
         except ValueError as err:  # a TraceError, or a request the engine refuses
             parser.error(str(err))
     for runs in tables:

@@ -119,3 +119,15 @@ def test_compiled_projections_order_gpus_as_their_memory_systems_do(tmp_path):
         by_label.setdefault(r["label"], []).append(r["s_per_token"])
     for label, seconds in by_label.items():
         assert seconds == sorted(seconds, reverse=True) and seconds[0] > 1.1 * seconds[-1], (label, seconds)
+
+
+def test_older_traces_are_projected_eager_by_default_and_say_why(tmp_path, capsys):
+    """A format-1 trace records no data flow to fuse: with no --launch it is projected eager with a note; asked for
+    compiled, it is refused."""
+    old = "data/measured/h200/t5-base-4.sequential.bf16.b1.t128.jsonl.gz"
+    out = tmp_path / "runs.json"
+    assert run.main(["--hw", "h200", "--trace", old, "--json", str(out)]) == 0
+    assert [r["launch"] for r in json.loads(out.read_text())["runs"]] == ["eager"]
+    assert "records no data flow to fuse" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run.main(["--hw", "h200", "--trace", old, "--launch", "compiled"])
