@@ -86,7 +86,9 @@ def cpu_section(loop: Path, lines: list[str]) -> None:
     fitted = set(HELD_OUT_FIT)
     lines += ["## A CPU: the CI loop (`bash scripts/cpu_validation.sh DIR`)", "",
               f"One run of the loop on {every.name}, {every.peak.compute_units} thread(s) (the development machine; CI "
-              "runs it on its own CPU), float32, 32 tokens. Two calibrated hwconfigs: one fitted to all five measured "
+              "runs it on its own CPU), float32, 32 tokens, every time the thread's CPU time "
+              f"({read_trace(next(loop.glob('*.jsonl.gz'))).header.extra.get('clock', 'wall time')}: "
+              "reference/capture/clock.py). Two calibrated hwconfigs: one fitted to all five measured "
               "presets (CI fails when its median end-to-end error passes 25%), and one fitted to the three marked "
               "(fit), so the other two are a fair test.", "",
               "| measured trace | end-to-end error, fit to all | kernel median \\|e\\|, fit to all | "
@@ -184,7 +186,7 @@ def compiled_section(loop: Path, every: HwConfig, held: HwConfig, lines: list[st
     for path in paths:
         name = path.name.removesuffix(".jsonl.gz")
         lines.append(_compiled_row(name, read_trace(path), (every, held), fits, totals))
-    lines += ["", "Measured: the median end-to-end wall time of the timed runs; stages summed: the medians of its "
+    lines += ["", "Measured: the median end-to-end time of the timed runs; stages summed: the medians of its "
               "stages, summed (a gap between the two is the time before the first stage, or runs that a busy machine "
               "stretched). " + library_shares(paths, every), "",
               "| hwconfig, traces | metric | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
