@@ -32,14 +32,14 @@ from sim.defaults import (
     DEFAULT_RUNS,
     DEFAULT_SOURCE_LEN,
     DEFAULT_TOKENS,
-    TRACE_CACHE,
     default_trace,
     hwconfig_names,
     resolve_hwconfig,
+    trace_cache,
 )
-from sim.engine import LAUNCH_MODES, Projection, breakdown, kernels_of, project
+from sim.engine import LAUNCH_MODES, Projection, breakdown, distinct_kernels, project
 from sim.files import atomic_write
-from sim.fusion import fuse
+from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.trace import Trace, read_trace
 
@@ -51,21 +51,24 @@ class Run:
     trace: Trace  # as projected: under compiled launch, the fused trace
     projection: Projection
     summary: dict
-    covers: list[list[str]] | None = None  # compiled launch: per kernel, the traced ops it covers
+    fused: tuple[Trace, FusedTrace] | None = None  # compiled launch: the traced trace, and the fused one
+
+    @property
+    def covers(self) -> list[list[str]] | None:
+        """Compiled launch: per kernel, the traced ops it covers ("module op")."""
+        if self.fused is None:
+            return None
+        traced, fused = self.fused
+        return [[f"{traced.ops[j].module} {traced.ops[j].op}" for j in group] for group in fused.covers]
 
 
 def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None,
                     compiled: bool = False) -> Path:
     """Trace a preset (or a model config file) with the reference decoder on the meta device, cached;
-    `compiled`: the run compiled decoding makes."""
-    try:
-        import torch
+    `compiled`: the run compiled decoding makes. A cached trace is found without importing torch."""
+    from reference.capture.revision import code_revision
+    from reference.config import ModelConfig, get_preset
 
-        from reference.capture import tracing
-        from reference.config import ModelConfig, get_preset
-    except ImportError as err:
-        raise SystemExit(f"error: tracing {model!r} on demand needs torch and the reference decoder ({err}); "
-                         "replay a recorded trace with --trace FILE instead") from None
     if Path(model).is_file():
         import yaml
 
@@ -78,18 +81,26 @@ def trace_on_demand(model: str, decoder: str, tokens: int, batch: int, dtype: st
         cfg = get_preset(model)
     # the code revision in the name: a trace made before the reference decoder changed is not reused
     name = (f"{cfg.name}.{decoder}{'.compiled' if compiled else ''}.{dtype}.b{batch}.t{tokens}."
-            f"{(flips or 'profile').replace(',', '_')}.{tracing.code_revision()}.jsonl.gz")
-    path = TRACE_CACHE / name
-    if not path.exists() or Path(model).is_file():
-        print(f"tracing {cfg.name} ({decoder}{', compiled' if compiled else ''}, {tokens} tokens, batch {batch}) "
-              "on the meta device ...", file=sys.stderr)
-        try:
-            tracing.capture_trace(cfg.name if not Path(model).is_file() else cfg, decoder, tokens, path,
-                                  dtype=getattr(torch, dtype), batch=batch, source_len=DEFAULT_SOURCE_LEN,
-                                  flips=flips, compiled=compiled,
-                                  command=f"python -m sim.run --model {model} (on demand)")
-        except ValueError as err:  # a bad --flips, or a length the model cannot hold
-            raise SystemExit(f"error: tracing {cfg.name}: {err}") from None
+            f"{(flips or 'profile').replace(',', '_')}.{code_revision()}.jsonl.gz")
+    path = trace_cache() / name
+    if path.exists() and not Path(model).is_file():
+        return path
+    try:
+        import torch
+
+        from reference.capture import tracing
+    except ImportError as err:
+        raise SystemExit(f"error: tracing {model!r} on demand needs torch and the reference decoder ({err}); "
+                         "replay a recorded trace with --trace FILE instead") from None
+    print(f"tracing {cfg.name} ({decoder}{', compiled' if compiled else ''}, {tokens} tokens, batch {batch}) "
+          "on the meta device ...", file=sys.stderr)
+    try:
+        tracing.capture_trace(cfg.name if not Path(model).is_file() else cfg, decoder, tokens, path,
+                              dtype=getattr(torch, dtype), batch=batch, source_len=DEFAULT_SOURCE_LEN,
+                              flips=flips, compiled=compiled, progress=True,
+                              command=f"python -m sim.run --model {model} (on demand)")
+    except ValueError as err:  # a bad --flips, or a length the model cannot hold
+        raise SystemExit(f"error: tracing {cfg.name}: {err}") from None
     return path
 
 
@@ -158,7 +169,7 @@ def perfetto_events(runs: list[Run]) -> list[dict]:
     kernels overlap)."""
     events: list[dict] = []
     for pid, run in enumerate(runs, start=1):
-        p = run.projection
+        p, all_covers = run.projection, run.covers
         us = 1e6 / p.clock_hz
         events.append({"ph": "M", "name": "process_name", "pid": pid,
                        "args": {"name": f"{run.label} on {p.hardware} ({p.launch})"}})
@@ -169,7 +180,7 @@ def perfetto_events(runs: list[Run]) -> list[dict]:
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
         for n, (op, k, cost, dram, issue, start, end, lane) in enumerate(zip(
                 run.trace.ops, p.kernels, p.costs, p.dram_bytes, p.issue_cycles, p.start_cycles, p.end_cycles, track)):
-            covers = run.covers[n] if run.covers else None
+            covers = all_covers[n] if all_covers else None
             args = {"op": op.op, "bound": cost.bound, "floor_us": cost.floor_s * 1e6, "dram_bytes": dram,
                     "stage": op.stage, **({"covers": covers} if covers and len(covers) > 1 else {})}
             name = f"{k.cls} {op.module}" + (f" (+{len(covers) - 1} ops)" if covers and len(covers) > 1 else "")
@@ -289,21 +300,19 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
     and tile shape, and reused by every hwconfig with that tile shape."""
     runs_by_hw: list[list[Run]] = []
     kernels_cache: dict[tuple[int, tuple[int, int]], list] = {}
-    covers: list[list[list[str]] | None] = [None] * len(traces)
+    fused: list[tuple[Trace, FusedTrace] | None] = [None] * len(traces)
     if launch == "compiled":  # fused once per trace, whatever the hwconfigs
-        fused = [fuse(trace) for _, _, trace in traces]
-        covers = [[[f"{trace.ops[j].module} {trace.ops[j].op}" for j in group] for group in f.covers]
-                  for (_, _, trace), f in zip(traces, fused)]
-        traces = [(label, path, f.trace) for (label, path, _), f in zip(traces, fused)]
+        fused = [(trace, fuse(trace)) for _, _, trace in traces]
+        traces = [(label, path, f[1].trace) for (label, path, _), f in zip(traces, fused)]
     progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
     for hw in hws:
         runs = []
         for t, (label, path, trace) in enumerate(traces):
             key = (t, (hw.tile.m, hw.tile.n))
             if key not in kernels_cache:
-                kernels_cache[key] = kernels_of(trace, hw)
+                kernels_cache[key] = distinct_kernels(trace, hw)
             projection = project(trace, hw, launch, kernels_cache[key], streams)
-            runs.append(Run(label, path, trace, projection, summarize(projection, trace), covers[t]))
+            runs.append(Run(label, path, trace, projection, summarize(projection, trace), fused[t]))
             progress.update()
         runs_by_hw.append(runs)
     progress.close()

@@ -119,9 +119,9 @@ def test_cpu_and_meta_traces_have_the_same_ops_and_shapes(preset, decoder):
 
 def test_trace_file_round_trip_and_header(tmp_path):
     path = tmp_path / "t.jsonl.gz"
-    capture, _ = tracing.capture_trace("tiny-2x3", "speed", 8, path, flips="0.2,0.1", source_len=4)
+    written, _ = tracing.capture_trace("tiny-2x3", "speed", 8, path, flips="0.2,0.1", source_len=4)
     trace = read_trace(path)
-    assert trace.ops == capture.ops and trace.stages == capture.stages
+    assert trace == written and trace.ops == written.ops and trace.stages == written.stages
     assert trace.header.decoder == "speed" and trace.header.model["n_groups"] == 3
     assert trace.header.flips["rates"] == [0.2, 0.1] and trace.header.dtype == "bfloat16"
     assert sum(len(s.commits) for s in trace.stages) == 8

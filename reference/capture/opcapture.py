@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from reference.capture.accesses import Accesses, region
+from reference.capture.accesses import Accesses
 from reference.capture.placement import KV_FIELDS, ModelHooks, Placement
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
@@ -34,7 +34,7 @@ from sim.opkinds import (
     SCATTER_OPS,
     kernel_class,
 )
-from sim.trace import OpRecord, StageRecord
+from sim.trace import OpRecord, StageRecord, Trace, TraceHeader
 
 aten = torch.ops.aten
 METADATA = {aten._unsafe_view.default, aten.lift_fresh.default, aten.detach_.default}  # no kernel, no bytes
@@ -154,6 +154,10 @@ class OpCapture(TorchDispatchMode):
             if op.seq is None and len(seqs) == 1:  # a stage of one sequence: every op is its
                 op.seq = next(iter(seqs))
 
+    def trace(self, header: TraceHeader) -> Trace:
+        """The captured run as a trace with `header` (a ValueError if an op lies outside every stage)."""
+        return Trace(header, self.ops, self.stages)
+
     @contextmanager
     def attached(self) -> Iterator[OpCapture]:
         """Install the model hooks and the dispatch modes for the length of a `with`."""
@@ -172,7 +176,7 @@ class OpCapture(TorchDispatchMode):
         acc: dict[str, Any] = {"reads": {"weight": 0, "act": 0, "kv": 0}, "writes": {"act": 0, "kv": 0},
                                "weights": set(), "kv": [], "kv_slice": None, "read_regions": [], "write_regions": []}
         for i, t in enumerate(tensors):
-            kind, where = self.origins.kind(t), region(t)
+            kind, where = self.origins.kind(t), self.accesses.region(t)
             item = self.origins.kv_item(t)
             if item is not None and acc["kv_slice"] is None:
                 acc["kv_slice"] = item
@@ -193,7 +197,7 @@ class OpCapture(TorchDispatchMode):
         if not written:  # a fresh result: an activation, or the KV cache being allocated
             acc["writes"]["kv" if self.where.module == "kv_cache" else "act"] += sum(nbytes(t) for t in outs)
             self.origins.forget(outs)
-        acc["fresh"] = [] if written else [r for r in map(region, outs) if r is not None]
+        acc["fresh"] = [] if written else [r for r in map(self.accesses.region, outs) if r is not None]
         return acc
 
     def _kv_items(self, name: str, item: tuple[str, int, int]) -> list[str]:
@@ -223,7 +227,7 @@ class OpCapture(TorchDispatchMode):
         if kv_slice is not None:
             seq = kv_slice[2]
         index = len(self.ops)
-        writers = [self.accesses.last_writer(region(t)) for t in tensors]
+        writers = [self.accesses.last_writer(self.accesses.region(t)) for t in tensors]
         deps = self.accesses.record(index, acc["read_regions"], acc["write_regions"], acc["fresh"])
         reads, writes = acc["reads"], acc["writes"]
         self.ops.append(OpRecord(
