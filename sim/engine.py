@@ -43,7 +43,7 @@ import simpy
 from sim.fusion import fuse, is_fused
 from sim.hardware import HwConfig
 from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
-from sim.trace import OpRecord, Trace
+from sim.trace import OpRecord, Trace, gc_paused
 
 # eager: a host launch per kernel; graph: the stage's eager kernels replayed as one graph; compiled: the
 # kernels a graph compiler generates for the stage (sim.fusion), replayed as one graph
@@ -67,38 +67,41 @@ class OnChipCache:
 
     def serve(self, k: Kernel) -> int:
         """Bytes of kernel `k` that move from device memory; the cache learns what `k` read."""
-        return self.serve_reads(k.reads) + self.resident_bytes(k)
+        return sum(self.serve_items(k.reads)) + self.resident_bytes(k)
 
-    def serve_reads(self, reads: tuple[tuple[str, int], ...]) -> int:
-        """Bytes of the cached items `reads` (key, bytes) that move from device memory; the cache learns them."""
-        dram = 0
-        for key, nbytes in reads:
-            held = self.items.pop(key, 0)
-            self.used -= held
-            dram += nbytes - min(held, nbytes)
-            size = max(held, nbytes)
-            if size <= self.capacity:
-                self.items[key] = size
-                self.used += size
-                while self.used > self.capacity:
-                    self.used -= self.items.popitem(last=False)[1]
-        return dram
+    def serve_items(self, items: tuple[tuple[str, int], ...]) -> list[int]:
+        """For each cached item read in turn (key, bytes), the bytes that move from device memory; the cache
+        learns them (an item larger than the cache is never held)."""
+        out = []
+        cache, capacity, used = self.items, self.capacity, self.used
+        for key, nbytes in items:
+            held = cache.pop(key, 0)
+            used -= held
+            out.append(nbytes - held if held < nbytes else 0)
+            size = held if held > nbytes else nbytes
+            if size <= capacity:
+                cache[key] = size
+                used += size
+                while used > capacity:
+                    used -= cache.popitem(last=False)[1]
+        self.used = used
+        return out
 
-    def serve_stage(self, reads_id: int, reads: tuple[tuple[tuple[str, int], ...], ...]) -> tuple[int, ...]:
-        """`serve_reads` of each of a stage's reads in turn (`reads_id` names the sequence `reads`). The state before
-        the stage and its reads decide the answers and the state after: a stage met before in the same state
-        (every stage of a compiled decode, once the cache has settled) is answered from memory. States are
-        remembered only for reads met before."""
+    def serve_stage(self, reads_id: int, items: tuple[tuple[str, int], ...]) -> tuple[int, ...]:
+        """`serve_items` of a stage's reads (`reads_id` names the sequence `items`). The state before the stage
+        and its reads decide the answers and the state after: a stage met before in the same state (every stage
+        of a compiled decode, once the cache has settled) is answered from memory. States are remembered only
+        for reads met before."""
         if reads_id not in self._seen:  # reads met for the first time (every eager decode step: the KV grew)
             self._seen.add(reads_id)
-            return tuple(map(self.serve_reads, reads))
+            return tuple(self.serve_items(items))
         key = (reads_id, tuple(self.items.items()))
         known = self._stages.get(key)
         if known is not None:
             dram, state, self.used = known
             self.items = OrderedDict(state)
             return dram
-        dram = tuple(map(self.serve_reads, reads))
+        dram = tuple(self.serve_items(items))
         self._stages[key] = (dram, tuple(self.items.items()), self.used)
         return dram
 
@@ -350,6 +353,7 @@ def kernel_key(op: OpRecord) -> tuple:
             tuple(op.out_shapes[0]) if op.out_shapes else None, (op.out_dtypes or op.in_dtypes or [None])[0])
 
 
+@gc_paused()
 def distinct_kernels(trace: Trace, hw: HwConfig) -> list[Kernel]:
     """The kernel of each distinct op of `trace` (`trace.distinct`); equal kernels (`kernel_key`) are one
     object, built once."""
@@ -398,9 +402,8 @@ class _StageReplay:
         self.kernels = list(index)
         self.resident = [self.cache.resident_bytes(k) for k in self.kernels]  # DRAM bytes besides its reads
         self.has_reads = [bool(k.reads) for k in self.kernels]
-        # a stage's kernels -> the slots of those that read cached items, and the id of what they read
+        # a stage's kernels -> the cached items they read in turn, the slot of the kernel reading each, and an id
         self.reading: dict[tuple[int, ...], tuple[list[int], int, tuple]] = {}
-        self.reads_ids: dict[tuple, int] = {}
         self.cost_ids: dict[tuple[int, int], int] = {}  # (kernel, DRAM bytes) -> id in `entries`
         self.entries: list[CostEntry] = []
         self.cycles: list[int] = []  # per cost id
@@ -427,13 +430,14 @@ class _StageReplay:
         """The cost ids of a stage's kernels, in order; the cache learns the stage."""
         kernels = tuple(map(self.kernel_of_op.__getitem__, op_ids))
         reading = self.reading.get(kernels)
-        if reading is None:
-            slots = list(itertools.compress(range(len(kernels)), map(self.has_reads.__getitem__, kernels)))
-            reads = tuple(self.kernels[kernels[j]].reads for j in slots)
-            reading = self.reading[kernels] = (slots, self.reads_ids.setdefault(reads, len(self.reads_ids)), reads)
-        slots, reads_id, reads = reading
+        if reading is None:  # the items read in turn, the slot of the kernel reading each, an id for the cache
+            slots = itertools.compress(range(len(kernels)), map(self.has_reads.__getitem__, kernels))
+            owners = [(j, item) for j in slots for item in self.kernels[kernels[j]].reads]
+            reading = self.reading[kernels] = ([j for j, _ in owners], len(self.reading),
+                                               tuple(item for _, item in owners))
+        owners, reads_id, items = reading
         dram = list(map(self.resident.__getitem__, kernels))
-        for j, from_memory in zip(slots, self.cache.serve_stage(reads_id, reads)):
+        for j, from_memory in zip(owners, self.cache.serve_stage(reads_id, items)):
             dram[j] += from_memory
         ids = list(map(self.cost_ids.get, zip(kernels, dram)))
         for j in list(itertools.compress(range(len(ids)), map(operator.is_, ids, itertools.repeat(None)))):
@@ -477,6 +481,7 @@ def _check_request(hw: HwConfig, launch: str, streams: int) -> None:
                          "runs its own kernels one at a time")
 
 
+@gc_paused()
 def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Kernel] | None = None,
             streams: int = 1) -> Projection:
     """Replay `trace` on `hw`. `kernels` (from `distinct_kernels`, or `kernels_of`) may be passed in to reuse them

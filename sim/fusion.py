@@ -25,7 +25,7 @@ import math
 from dataclasses import replace
 
 from sim.opkinds import DTYPE_BYTES, MATRIX_CLASSES
-from sim.trace import OpRecord, OpTable, Trace
+from sim.trace import OpRecord, OpTable, Trace, gc_paused
 
 # a compiler leaves exactly the matrix-unit classes (GEMMs, the LM head, attention) to library kernels
 LIBRARY_CLASSES = MATRIX_CLASSES
@@ -245,6 +245,7 @@ class FusedTrace:
         return self._covers
 
 
+@gc_paused()
 def fuse(trace: Trace) -> FusedTrace:
     """The trace of the kernels a compiler runs for `trace` (module docstring), and what each covers. Stages
     alike in what fusion reads (kinds, srcs, deps) share one plan; stages of the same ops share their kernels."""

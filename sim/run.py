@@ -41,7 +41,7 @@ from sim.engine import LAUNCH_MODES, Projection, breakdown, distinct_kernels, pr
 from sim.files import atomic_write
 from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
-from sim.trace import Trace, read_trace
+from sim.trace import Trace, gc_paused, read_trace
 
 
 @dataclass
@@ -332,6 +332,11 @@ def write_outputs(args: argparse.Namespace, runs_by_hw: list[list[Run]]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    with gc_paused():  # a short command whose data is all kept to the end: no cyclic collections
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_hw:
