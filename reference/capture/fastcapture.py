@@ -25,6 +25,7 @@ distinct ops (`table`) and per stage their ids (`stage_ids`), the stage records 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,7 +65,7 @@ def _numbers(op: OpRecord) -> tuple[tuple, list[int]]:
 def _rebuild(like: OpRecord, numbers: list[int]) -> OpRecord:
     """`like` with the integers of `_numbers` replaced by `numbers` (in the same order)."""
     it = iter(numbers)
-    take = lambda n: [next(it) for _ in range(n)]  # noqa: E731
+    take = lambda n: list(itertools.islice(it, n))  # noqa: E731
     in_shapes = [take(len(s)) for s in like.in_shapes]
     out_shapes = [take(len(s)) for s in like.out_shapes]
     group, depth, layer, seq = (None if v is None else next(it) for v in (like.group, like.depth, like.layer, like.seq))

@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from reference.capture.accesses import Accesses
+from reference.capture.metaops import MetaOps, attention_output
 from reference.capture.placement import KV_FIELDS, ModelHooks, Placement
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
@@ -119,12 +120,16 @@ class Origins:
 
 class OpCapture(TorchDispatchMode):
     """Records the ops of a decoding run of `model`. `timer` times each op: "host" (a clock around it: right on
-    cpu, where ops are synchronous) or None; `annotate(i)` gives a context around op i (a profiler range)."""
+    cpu, where ops are synchronous) or None; `annotate(i)` gives a context around op i (a profiler range).
+    On the meta device ops run with the exact shortcuts of `reference.capture.metaops` unless `meta_shortcuts`
+    is False."""
 
     def __init__(self, model: SharedDecoder, timer: str | None = None,
-                 annotate: Callable[[int], Any] | None = None) -> None:
+                 annotate: Callable[[int], Any] | None = None, meta_shortcuts: bool = True) -> None:
         super().__init__()
         self.model, self.timer, self.annotate = model, timer, annotate
+        on_meta = meta_shortcuts and model.embed.weight.device.type == "meta"
+        self.meta_ops = MetaOps() if on_meta else None
         self.ops: list[OpRecord] = []
         self.stages: list[StageRecord] = []
         self.where = Placement(model.config.n_unique_layers)
@@ -258,7 +263,8 @@ class OpCapture(TorchDispatchMode):
             return func(*args, **kwargs)
         if func in METADATA:
             return self.origins.alias(args, func(*args, **kwargs))
-        out, duration = self.timed(lambda: func(*args, **kwargs))
+        run = self.meta_ops
+        out, duration = self.timed(lambda: func(*args, **kwargs) if run is None else run(func, args, kwargs))
         if func.is_view:
             src = args[0] if isinstance(args[0], torch.Tensor) else None
             if src is None or all(t.untyped_storage()._cdata == src.untyped_storage()._cdata
@@ -285,6 +291,8 @@ class _CompositeOps(TorchFunctionMode):
         def call() -> Any:
             capture._in_composite = True
             try:
+                if capture.meta_ops is not None:  # its output, without meta's math decomposition
+                    return attention_output(*args[:3])
                 out = func(*args, **kwargs)
                 if out.device.type == "meta":
                     # the fused kernels of cpu and cuda return [..., T, H, hd] memory under an [..., H, T, hd]
