@@ -26,8 +26,13 @@ DEFAULT_TRACES = _shipped("traces", "data/traces")
 # measured data, calibration inputs and reports: only in a checkout (not shipped)
 MEASURED_DIR = CHECKOUT / "data" / "measured"
 CALIBRATION_DIR = CHECKOUT / "data" / "calibration"
-# traces made on demand (sim.run --model, other lengths): a per-user cache
-TRACE_CACHE = Path(os.environ.get("SPEED_SIM_CACHE", Path.home() / ".cache" / "speed-sim")) / "traces"
+
+
+def trace_cache() -> Path:
+    """Where traces made on demand (sim.run --model, other lengths) are cached: $SPEED_SIM_CACHE/traces, by
+    default ~/.cache/speed-sim/traces (read at each call, so a process may point it elsewhere)."""
+    return Path(os.environ.get("SPEED_SIM_CACHE", Path.home() / ".cache" / "speed-sim")) / "traces"
+
 
 # The built-in default, the paper's setting: T5-Base width, bf16, batch 1, 128-token encoder input, 128 new
 # tokens. (preset, decoder) of the default table: the first is the subject, the others its baselines.

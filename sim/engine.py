@@ -30,10 +30,12 @@ are identical are provably identical and are simulated once (the cache state sti
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
-from collections import OrderedDict
+import operator
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
 import simpy
@@ -42,7 +44,7 @@ from sim.fusion import fuse, is_fused
 from sim.hardware import HwConfig
 from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
 from sim.memory import DeviceMemory, check_fits, device_memory, run_name
-from sim.trace import OpRecord, Trace
+from sim.trace import OpRecord, Trace, gc_paused
 
 # eager: a host launch per kernel; graph: the stage's eager kernels replayed as one graph; compiled: the
 # kernels a graph compiler generates for the stage (sim.fusion), replayed as one graph
@@ -60,23 +62,55 @@ class OnChipCache:
         self.capacity = capacity_bytes
         self.items: OrderedDict[str, int] = OrderedDict()
         self.used = 0
+        # (reads of a stage, state before it) -> (bytes from memory per read, state after, used after)
+        self._stages: dict[tuple, tuple[tuple[int, ...], tuple[tuple[str, int], ...], int]] = {}
+        self._seen: set[int] = set()  # the reads_ids of the stages served so far
 
     def serve(self, k: Kernel) -> int:
         """Bytes of kernel `k` that move from device memory; the cache learns what `k` read."""
-        dram = 0
-        for key, nbytes in k.reads:
-            held = self.items.pop(key, 0)
-            self.used -= held
-            dram += nbytes - min(held, nbytes)
-            size = max(held, nbytes)
-            if size <= self.capacity:
-                self.items[key] = size
-                self.used += size
-                while self.used > self.capacity:
-                    self.used -= self.items.popitem(last=False)[1]
-        # activations were just written by the kernel before (on chip while they fit); new KV entries persist
+        return sum(self.serve_items(k.reads)) + self.resident_bytes(k)
+
+    def serve_items(self, items: tuple[tuple[str, int], ...]) -> list[int]:
+        """For each cached item read in turn (key, bytes), the bytes that move from device memory; the cache
+        learns them (an item larger than the cache is never held)."""
+        out = []
+        cache, capacity, used = self.items, self.capacity, self.used
+        for key, nbytes in items:
+            held = cache.pop(key, 0)
+            used -= held
+            out.append(nbytes - held if held < nbytes else 0)
+            size = held if held > nbytes else nbytes
+            if size <= capacity:
+                cache[key] = size
+                used += size
+                while used > capacity:
+                    used -= cache.popitem(last=False)[1]
+        self.used = used
+        return out
+
+    def serve_stage(self, reads_id: int, items: tuple[tuple[str, int], ...]) -> tuple[int, ...]:
+        """`serve_items` of a stage's reads (`reads_id` names the sequence `items`). The state before the stage
+        and its reads decide the answers and the state after: a stage met before in the same state (every stage
+        of a compiled decode, once the cache has settled) is answered from memory. States are remembered only
+        for reads met before."""
+        if reads_id not in self._seen:  # reads met for the first time (every eager decode step: the KV grew)
+            self._seen.add(reads_id)
+            return tuple(self.serve_items(items))
+        key = (reads_id, tuple(self.items.items()))
+        known = self._stages.get(key)
+        if known is not None:
+            dram, state, self.used = known
+            self.items = OrderedDict(state)
+            return dram
+        dram = tuple(self.serve_items(items))
+        self._stages[key] = (dram, tuple(self.items.items()), self.used)
+        return dram
+
+    def resident_bytes(self, k: Kernel) -> int:
+        """Bytes of kernel `k` besides its cached items that move from device memory, whatever the cache holds:
+        activations were just written by the kernel before (on chip while they fit); new KV entries persist."""
         act_dram = k.act_bytes if k.act_bytes > self.capacity * ACTIVATION_RESIDENT_SHARE else 0
-        return dram + act_dram + k.kv_write_bytes
+        return act_dram + k.kv_write_bytes
 
 
 @dataclass
@@ -240,29 +274,38 @@ def simulate_stage(durations: tuple[int, ...], launch_cycles: int, graph: bool, 
     return StageTimeline(env.now, starts, ends, issues)
 
 
-@dataclass
-class Projection:
-    """What a trace takes on a device, and why. Per kernel (in trace order), parallel lists: the kernel, its
-    cost, the bytes it moved from device memory, and its issue / start / end cycles on the whole timeline."""
+@dataclass(frozen=True, slots=True)
+class CostEntry:
+    """A kernel as one stage ran it: its cost when `dram_bytes` of its bytes came from device memory, in
+    seconds and whole cycles, and its demand on the device when kernels overlap (None on one stream)."""
 
-    hardware: str
-    hw_path: str
-    launch: str
-    clock_hz: float
-    kernels: list[Kernel]
-    costs: list[KernelCost]
-    dram_bytes: list[int]
-    issue_cycles: list[int]
-    start_cycles: list[int]
-    end_cycles: list[int]
-    stage_cycles: list[int]
-    stage_kinds: list[str]
-    tokens: int  # tokens committed by decode / SPEED stages
-    stats: dict = field(default_factory=dict)
-    streams: int = 1  # kernels that may run at once
-    stage_sizes: list[int] = field(default_factory=list)  # kernels per stage
-    critical_path_cycles: int | None = None  # streams > 1: sum over stages of the longest dependent chain
-    memory: DeviceMemory | None = None  # the device bytes the run needs (sim.memory)
+    kernel: Kernel
+    dram_bytes: int
+    cost: KernelCost
+    cycles: int
+    demand: tuple[float, float] | None
+
+
+class Projection:
+    """What a trace takes on a device, and why. Per stage: its cycles, its kind, its kernels as ids of
+    `entries` (`stage_costs`, one tuple shared by the stages alike) and its timeline (`stage_timelines`, one
+    object per distinct timeline). The per-kernel lists, in trace order (`kernels`, `costs`, `dram_bytes`,
+    `issue_cycles`, `start_cycles`, `end_cycles` on the whole timeline, and `stage_sizes`, kernels per stage)
+    are expanded from them on first use."""
+
+    def __init__(self, hw: HwConfig, launch: str, streams: int) -> None:
+        self.hardware, self.hw_path, self.launch, self.clock_hz = hw.name, hw.path, launch, hw.peak.clock_hz
+        self.streams = streams  # kernels that may run at once
+        self.stage_cycles: list[int] = []
+        self.stage_kinds: list[str] = []
+        self.stage_costs: list[tuple[int, ...]] = []
+        self.stage_timelines: list[StageTimeline] = []
+        self.entries: list[CostEntry] = []
+        self.tokens = 0  # tokens committed by decode / SPEED stages
+        self.stats: dict = {}
+        self.critical_path_cycles: int | None = 0 if streams > 1 else None  # sum of the stages' longest chains
+        self.memory: DeviceMemory | None = None  # the device bytes the run needs (sim.memory)
+        self._expanded: dict[str, list] = {}
 
     @property
     def total_cycles(self) -> int:
@@ -276,6 +319,34 @@ class Projection:
     def decode_s(self) -> float:
         return sum(c for c, k in zip(self.stage_cycles, self.stage_kinds) if k in ("decode", "speed")) / self.clock_hz
 
+    def _expand(self, name: str) -> list:
+        if not self._expanded:
+            entries, lists = self.entries, {n: [] for n in _PER_KERNEL}
+            now = 0
+            for ids, timeline in zip(self.stage_costs, self.stage_timelines):
+                stage = [entries[c] for c in ids]
+                lists["kernels"] += [e.kernel for e in stage]
+                lists["costs"] += [e.cost for e in stage]
+                lists["dram_bytes"] += [e.dram_bytes for e in stage]
+                lists["issue_cycles"] += [now + t for t in timeline.issues]
+                lists["start_cycles"] += [now + t for t in timeline.starts]
+                lists["end_cycles"] += [now + t for t in timeline.ends]
+                lists["stage_sizes"].append(len(ids))
+                now += timeline.cycles
+            self._expanded = lists
+        return self._expanded[name]
+
+    kernels = property(lambda self: self._expand("kernels"), doc="per kernel: what it asks of the device")
+    costs = property(lambda self: self._expand("costs"), doc="per kernel: its cost")
+    dram_bytes = property(lambda self: self._expand("dram_bytes"), doc="per kernel: bytes from device memory")
+    issue_cycles = property(lambda self: self._expand("issue_cycles"), doc="per kernel: when the host issued it")
+    start_cycles = property(lambda self: self._expand("start_cycles"), doc="per kernel: when it started")
+    end_cycles = property(lambda self: self._expand("end_cycles"), doc="per kernel: when it ended")
+    stage_sizes = property(lambda self: self._expand("stage_sizes"), doc="per stage: its kernels")
+
+
+_PER_KERNEL = ("kernels", "costs", "dram_bytes", "issue_cycles", "start_cycles", "end_cycles", "stage_sizes")
+
 
 def kernel_key(op: OpRecord) -> tuple:
     """Every field of an op that its kernel depends on, by value (`kernel_of` reads no other)."""
@@ -284,11 +355,13 @@ def kernel_key(op: OpRecord) -> tuple:
             tuple(op.out_shapes[0]) if op.out_shapes else None, (op.out_dtypes or op.in_dtypes or [None])[0])
 
 
-def kernels_of(trace: Trace, hw: HwConfig) -> list[Kernel]:
-    """The kernel of every op; each distinct one (`kernel_key`) is built once."""
+@gc_paused()
+def distinct_kernels(trace: Trace, hw: HwConfig) -> list[Kernel]:
+    """The kernel of each distinct op of `trace` (`trace.distinct`); equal kernels (`kernel_key`) are one
+    object, built once."""
     built: dict[tuple, Kernel] = {}
     out = []
-    for op in trace.ops:
+    for op in trace.distinct:
         key = kernel_key(op)
         kernel = built.get(key)
         if kernel is None:
@@ -297,51 +370,102 @@ def kernels_of(trace: Trace, hw: HwConfig) -> list[Kernel]:
     return out
 
 
-class _StageReplay:
-    """What `project` keeps from stage to stage: the cache state, kernel costs by (kernel, DRAM bytes), and
-    the timelines of the stages simulated so far, by what decides them."""
+def kernels_of(trace: Trace, hw: HwConfig) -> list[Kernel]:
+    """The kernel of every executed op, in trace order (`trace.ops`); each distinct one built once."""
+    table = distinct_kernels(trace, hw)
+    return [table[k] for ids in trace.stage_op_ids for k in ids]
 
-    def __init__(self, hw: HwConfig, launch: str, streams: int) -> None:
-        self.hw, self.streams = hw, streams
+
+def _per_distinct_op(trace: Trace, kernels: list[Kernel]) -> list[Kernel]:
+    """`kernels` given per distinct op (`distinct_kernels`) or per executed op (`kernels_of`), per distinct op."""
+    if len(kernels) == len(trace.distinct):  # also when every op is distinct: then both lists are one
+        return kernels
+    if len(kernels) == trace.executed:
+        return [kernels[i] for i in trace.first_executions()]
+    raise ValueError(f"{len(kernels)} kernels for a trace of {trace.executed} ops ({len(trace.distinct)} distinct)")
+
+
+class _StageReplay:
+    """What `project` keeps from stage to stage: the on-chip cache, the distinct kernels, the costs of kernels
+    by (kernel, DRAM bytes), and the timelines of the stages simulated so far, by what decides them.
+
+    A stage is given as the ids of its distinct ops. Every step over a stage's kernels is a C-level pass of
+    tuple and dict operations; Python runs only for the kernels that read cached items (the cache's LRU),
+    for kernels and costs not met before, and for timelines not simulated before."""
+
+    def __init__(self, trace: Trace, hw: HwConfig, launch: str, streams: int, kernels: list[Kernel]) -> None:
+        self.trace, self.hw, self.streams = trace, hw, streams
         self.cache = OnChipCache(hw.peak.l2_capacity_bytes)
         self.graph = launch in ("graph", "compiled")
         self.compiled = launch == "compiled"
         self.launch_cycles = hw.cycles(hw.host.launch_graph_s if self.graph else hw.host.launch_eager_s)
         self.gap_cycles = hw.cycles(hw.host.graph_kernel_gap_s)
-        # (kernel, dram bytes) -> (cost, cycles, demand: only needed when kernels overlap)
-        self.costs: dict[tuple[Kernel, int], tuple[KernelCost, int, tuple[float, float] | None]] = {}
+        index: dict[Kernel, int] = {}
+        self.kernel_of_op = [index.setdefault(k, len(index)) for k in kernels]  # distinct op -> kernel
+        self.kernels = list(index)
+        self.resident = [self.cache.resident_bytes(k) for k in self.kernels]  # DRAM bytes besides its reads
+        self.has_reads = [bool(k.reads) for k in self.kernels]
+        # a stage's kernels -> the cached items they read in turn, the slot of the kernel reading each, and an id
+        self.reading: dict[tuple[int, ...], tuple[list[int], int, tuple]] = {}
+        self.cost_ids: dict[tuple[int, int], int] = {}  # (kernel, DRAM bytes) -> id in `entries`
+        self.entries: list[CostEntry] = []
+        self.cycles: list[int] = []  # per cost id
+        self.demands: list[tuple[float, float] | None] = []
+        self.stage_costs: dict[tuple[int, ...], tuple[int, ...]] = {}  # interned: stages alike share one tuple
         self.timelines: dict[tuple, StageTimeline] = {}
-        self.graphs: dict[tuple, tuple[nx.DiGraph, dict[tuple[int, ...], int]]] = {}  # deps -> graph, paths
+        if streams > 1:
+            deps: dict[tuple | None, int] = {}
+            self.deps_of_op = [deps.setdefault(None if op.deps is None else tuple(op.deps), len(deps))
+                               for op in trace.distinct]
+            self.graphs: dict[tuple, tuple[nx.DiGraph, dict[tuple[int, ...], int]]] = {}  # deps -> graph, paths
 
-    def costs_of(self, kernels: list[Kernel]) -> list[tuple[KernelCost, int, tuple[float, float] | None, int]]:
-        """(cost, cycles, demand, DRAM bytes) of each kernel of a stage, in order; the cache learns the stage."""
-        out = []
-        for k in kernels:
-            dram = self.cache.serve(k)
-            key = (k, dram)
-            cost = self.costs.get(key)
-            if cost is None:
-                c = kernel_cost(k, self.hw, dram, self.compiled)
-                cost = self.costs[key] = (c, self.hw.cycles(c.time_s),
-                                          demand(k, c, self.hw) if self.streams > 1 else None)
-            out.append((*cost, dram))
-        return out
+    def _cost_id(self, kernel: int, dram: int) -> int:
+        k = self.kernels[kernel]
+        c = kernel_cost(k, self.hw, dram, self.compiled)
+        self.cost_ids[kernel, dram] = len(self.entries)
+        entry = CostEntry(k, dram, c, self.hw.cycles(c.time_s), demand(k, c, self.hw) if self.streams > 1 else None)
+        self.entries.append(entry)
+        self.cycles.append(entry.cycles)
+        self.demands.append(entry.demand)
+        return len(self.entries) - 1
 
-    def timeline(self, ops: list[OpRecord], durations: tuple[int, ...], demands: tuple) -> tuple[StageTimeline, int]:
+    def costs_of(self, op_ids: tuple[int, ...]) -> tuple[int, ...]:
+        """The cost ids of a stage's kernels, in order; the cache learns the stage."""
+        kernels = tuple(map(self.kernel_of_op.__getitem__, op_ids))
+        reading = self.reading.get(kernels)
+        if reading is None:  # the items read in turn, the slot of the kernel reading each, an id for the cache
+            slots = itertools.compress(range(len(kernels)), map(self.has_reads.__getitem__, kernels))
+            owners = [(j, item) for j in slots for item in self.kernels[kernels[j]].reads]
+            reading = self.reading[kernels] = ([j for j, _ in owners], len(self.reading),
+                                               tuple(item for _, item in owners))
+        owners, reads_id, items = reading
+        dram = list(map(self.resident.__getitem__, kernels))
+        for j, from_memory in zip(owners, self.cache.serve_stage(reads_id, items)):
+            dram[j] += from_memory
+        ids = list(map(self.cost_ids.get, zip(kernels, dram)))
+        for j in list(itertools.compress(range(len(ids)), map(operator.is_, ids, itertools.repeat(None)))):
+            known = self.cost_ids.get((kernels[j], dram[j]))  # met earlier in this stage
+            ids[j] = self._cost_id(kernels[j], dram[j]) if known is None else known
+        costs = tuple(ids)
+        return self.stage_costs.setdefault(costs, costs)
+
+    def timeline(self, op_ids: tuple[int, ...], costs: tuple[int, ...]) -> tuple[StageTimeline, int]:
         """The stage's timeline and (streams > 1) its critical path in cycles, simulated once per distinct
         stage."""
+        durations = tuple(map(self.cycles.__getitem__, costs))
         if self.streams == 1:
             timeline = self.timelines.get(durations)
             if timeline is None:
                 timeline = self.timelines[durations] = simulate_stage(
                     durations, self.launch_cycles, self.graph, self.gap_cycles, synchronous=self.hw.kind == "cpu")
             return timeline, 0
-        deps_key = tuple(None if op.deps is None else tuple(op.deps) for op in ops)
+        deps_key = tuple(map(self.deps_of_op.__getitem__, op_ids))
         if deps_key not in self.graphs:
-            self.graphs[deps_key] = (stage_graph(ops), {})
+            self.graphs[deps_key] = (stage_graph([self.trace.distinct[k] for k in op_ids]), {})
         g, paths = self.graphs[deps_key]
         if durations not in paths:
             paths[durations] = critical_path_cycles(g, durations)
+        demands = tuple(map(self.demands.__getitem__, costs))
         key = (durations, demands, deps_key)
         timeline = self.timelines.get(key)
         if timeline is None:
@@ -360,11 +484,13 @@ def _check_request(hw: HwConfig, launch: str, streams: int) -> None:
                          "runs its own kernels one at a time")
 
 
+@gc_paused()
 def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Kernel] | None = None,
             streams: int = 1, memory: DeviceMemory | None = None) -> Projection:
-    """Replay `trace` on `hw`. `kernels` (from `kernels_of`) may be passed in to reuse them across devices
-    with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`). A run whose device
-    memory (`memory`, by default `sim.memory.device_memory(trace)`) exceeds the device's is refused
+    """Replay `trace` on `hw`. `kernels` (from `distinct_kernels`, or `kernels_of`) may be passed in to reuse them
+    across devices with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`).
+    Work grows with the distinct kernels and stages, not with their repetitions (`_StageReplay`). A run whose
+    device memory (`memory`, by default `sim.memory.device_memory(trace)`) exceeds the device's is refused
     (`sim.memory.CapacityError`)."""
     _check_request(hw, launch, streams)
     memory = memory if memory is not None else device_memory(trace)
@@ -373,30 +499,23 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
         if kernels is not None:
             raise ValueError("compiled launch: pass the kernels of the fused trace (sim.fusion.fuse), or none")
         trace = fuse(trace).trace
-    kernels = kernels if kernels is not None else kernels_of(trace, hw)
-    replay = _StageReplay(hw, launch, streams)
-    p = Projection(hw.name, hw.path, launch, hw.peak.clock_hz, kernels, [], [], [], [], [], [], [], 0,
-                   streams=streams, critical_path_cycles=0 if streams > 1 else None, memory=memory)
-    now, op_index = 0, 0
-    for stage in trace.stages:
-        ops = trace.ops_of_stage(stage.stage)
-        n = len(ops)
-        costs = replay.costs_of(kernels[op_index : op_index + n])
-        p.costs += [c[0] for c in costs]
-        p.dram_bytes += [c[3] for c in costs]
-        timeline, path = replay.timeline(ops, tuple(c[1] for c in costs), tuple(c[2] for c in costs))
+    kernels = distinct_kernels(trace, hw) if kernels is None else _per_distinct_op(trace, kernels)
+    replay = _StageReplay(trace, hw, launch, streams, kernels)
+    p = Projection(hw, launch, streams)
+    p.memory = memory
+    for stage, op_ids in zip(trace.stages, trace.stage_op_ids):
+        costs = replay.costs_of(op_ids)
+        timeline, path = replay.timeline(op_ids, costs)
         if streams > 1:
             p.critical_path_cycles += path
-        op_index += n
-        p.stage_sizes.append(n)
-        p.issue_cycles += [now + t for t in timeline.issues]
-        p.start_cycles += [now + t for t in timeline.starts]
-        p.end_cycles += [now + t for t in timeline.ends]
-        now += timeline.cycles
+        p.stage_costs.append(costs)
+        p.stage_timelines.append(timeline)
         p.stage_cycles.append(timeline.cycles)
         p.stage_kinds.append(stage.kind)
+    p.entries = replay.entries
     p.tokens = sum(len(s.commits) for s in trace.stages if s.kind in ("decode", "speed"))
-    p.stats = {"stages_simulated": len(replay.timelines), "stages": len(trace.stages), "kernels": len(kernels)}
+    p.stats = {"stages_simulated": len(replay.timelines), "stages": len(trace.stages), "kernels": trace.executed,
+               "distinct_kernels": len(replay.kernels), "distinct_stages": len(replay.stage_costs)}
     return p
 
 
@@ -413,17 +532,27 @@ def _busy_cycles(starts: list[int], ends: list[int]) -> int:
 def stage_floors_s(p: Projection) -> list[float]:
     """The roofline floor of each stage: the sum of its kernels' floors on one stream; with overlapping kernels
     (streams > 1) no kernel's own floor bounds the stage, so all its FLOPs, DRAM bytes and bytes through L2 at
-    peak rates, whichever takes longest (the aggregate floor)."""
-    floors, i = [], 0
-    for n in p.stage_sizes:
-        costs = p.costs[i : i + n]
-        if p.streams == 1:
-            floors.append(sum(c.floor_s for c in costs))
-        else:
-            floors.append(max(sum(c.floor_compute_s for c in costs), sum(c.floor_dram_s for c in costs),
-                              sum(c.floor_l2_s for c in costs)))
-        i += n
-    return floors
+    peak rates, whichever takes longest (the aggregate floor). Each distinct stage is summed once."""
+    costs = [e.cost for e in p.entries]
+    if p.streams == 1:
+        floor = [c.floor_s for c in costs]
+        per = lambda ids: sum(map(floor.__getitem__, ids))  # noqa: E731
+    else:
+        parts = [[c.floor_compute_s for c in costs], [c.floor_dram_s for c in costs], [c.floor_l2_s for c in costs]]
+        per = lambda ids: max(sum(map(part.__getitem__, ids)) for part in parts)  # noqa: E731
+    done: dict[int, float] = {}
+    return [done[id(ids)] if id(ids) in done else done.setdefault(id(ids), per(ids)) for ids in p.stage_costs]
+
+
+def _stage_busy(p: Projection, ids: tuple[int, ...], timeline: StageTimeline) -> tuple[Counter, Counter]:
+    """Cycles each bound and each kernel class kept the device busy in one stage of overlapping kernels."""
+    by_bound: Counter[str] = Counter()
+    by_class: Counter[str] = Counter()
+    for c, start, end in zip(ids, timeline.starts, timeline.ends):
+        e = p.entries[c]
+        by_bound[e.cost.bound] += end - start
+        by_class[e.kernel.cls] += end - start
+    return by_bound, by_class
 
 
 def breakdown(p: Projection) -> dict:
@@ -431,20 +560,35 @@ def breakdown(p: Projection) -> dict:
     the device idle waiting for the host (launch); bytes, achieved bandwidth, the roofline floor of the whole
     run and of its decode stages (`stage_floors_s`). With overlapping kernels (streams > 1) the kernel shares
     split the time the device is busy in proportion to the kernels' durations, and `critical_path_s` is the
-    dependency bound."""
+    dependency bound. Computed over distinct kernels and stages, each weighted by how often it runs."""
     busy = {"compute": 0, "memory": 0, "latency": 0}
     by_class = dict.fromkeys(CLASSES, 0)
-    onchip = 0.0
-    for k, cost, dram, start, end in zip(p.kernels, p.costs, p.dram_bytes, p.start_cycles, p.end_cycles):
-        busy[cost.bound] += end - start
-        by_class[k.cls] += end - start
-        onchip += k.bytes - dram
-    floors = stage_floors_s(p)
-    dram = sum(p.dram_bytes)
-    total = max(p.total_cycles, 1)
+    counts: Counter[int] = Counter()
+    for ids in p.stage_costs:
+        counts.update(ids)
+    onchip, dram = 0.0, 0
+    for c, n in counts.items():
+        e = p.entries[c]
+        onchip += (e.kernel.bytes - e.dram_bytes) * n
+        dram += e.dram_bytes * n
+        if p.streams == 1:  # a kernel alone on the stream runs for its cycles
+            busy[e.cost.bound] += e.cycles * n
+            by_class[e.kernel.cls] += e.cycles * n
     overlap = 1.0
     if p.streams > 1:
-        overlap = _busy_cycles(p.start_cycles, p.end_cycles) / max(sum(busy.values()), 1)
+        stages: Counter[tuple[int, int]] = Counter((id(ids), id(t)) for ids, t in zip(p.stage_costs, p.stage_timelines))
+        union = 0
+        for ids, timeline in {(id(i), id(t)): (i, t) for i, t in zip(p.stage_costs, p.stage_timelines)}.values():
+            n = stages[id(ids), id(timeline)]
+            by_bound, classes = _stage_busy(p, ids, timeline)
+            for name, cycles in by_bound.items():
+                busy[name] += cycles * n
+            for cls, cycles in classes.items():
+                by_class[cls] += cycles * n
+            union += _busy_cycles(timeline.starts, timeline.ends) * n
+        overlap = union / max(sum(busy.values()), 1)
+    floors = stage_floors_s(p)
+    total = max(p.total_cycles, 1)
     shares = {b: c * overlap / total for b, c in busy.items()}
     shares["launch"] = max(0.0, 1.0 - sum(shares.values()))
     out = {"shares": shares, "class_s": {c: v / p.clock_hz for c, v in by_class.items() if v},

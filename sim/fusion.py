@@ -26,23 +26,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from sim.opkinds import DTYPE_BYTES, MATRIX_CLASSES, SCATTER_OPS
-from sim.trace import OpRecord, Trace
+from sim.trace import OpRecord, OpTable, Trace, gc_paused
 
 # a compiler leaves exactly the matrix-unit classes (GEMMs, the LM head, attention) to library kernels
 LIBRARY_CLASSES = MATRIX_CLASSES
 FUSED_OP = "inductor.fused"
-
-
-@dataclass
-class FusedTrace:
-    """`trace` has one op per kernel the compiler runs; `covers[k]` lists the indices (in the source trace's
-    `ops`) of the traced ops kernel k covers, in program order."""
-
-    trace: Trace
-    covers: list[list[int]]
 
 
 def is_fused(trace: Trace) -> bool:
@@ -238,39 +229,71 @@ def fused_op(ops: list[OpRecord], group: list[int], consumers: list[set[int]]) -
         kv=list(dict.fromkeys(item for m in members for item in m.kv)), srcs=[], duration_s=None)
 
 
-def _stage_key(ops: list[OpRecord]) -> tuple:
-    """What `stage_groups` reads of a stage: stages alike in it fuse alike."""
-    return tuple((op.kind, tuple(op.srcs), None if op.deps is None else tuple(op.deps)) for op in ops)
+class _Plan:
+    """How one stage structure fuses (`stage_groups`): its kernels as groups of slots, the ops of the stage that
+    read each op's output, and per kernel the kernels it must follow (as distances back)."""
 
-
-def fuse(trace: Trace) -> FusedTrace:
-    """The trace of the kernels a compiler runs for `trace` (module docstring), and what each covers."""
-    if trace.header.version < 3:
-        raise ValueError(f"compiled launch fuses a trace by its data flow, which format {trace.header.version} does "
-                         "not record (srcs): re-trace it with python -m reference.capture.tracing (format 3)")
-    ops_out: list[OpRecord] = []
-    covers: list[list[int]] = []
-    memo: dict[tuple, list[list[int]]] = {}
-    first = 0
-    for stage in trace.stages:
-        ops = trace.ops_of_stage(stage.stage)
-        key = _stage_key(ops)
-        groups = memo.get(key)
-        if groups is None:
-            groups = memo[key] = stage_groups(ops)
-        consumers: list[set[int]] = [set() for _ in ops]
+    def __init__(self, ops: list[OpRecord]) -> None:
+        self.groups = stage_groups(ops)
+        self.consumers: list[set[int]] = [set() for _ in ops]
         for c, op in enumerate(ops):
             for s in op.srcs:
                 if s:
-                    consumers[c - s].add(c)
+                    self.consumers[c - s].add(c)
         preds = _preds(ops)
-        kernel_of = {j: k for k, group in enumerate(groups) for j in group}
-        for k, group in enumerate(groups):
-            before = {kernel_of[p] for j in group for p in preds[j]} - {k}
-            op = fused_op(ops, group, consumers)
-            ops_out.append(replace(op, i=len(ops_out), deps=sorted(k - b for b in before), srcs=[],
-                                   duration_s=None))
-            covers.append([first + j for j in group])
-        first += len(ops)
+        kernel_of = {j: k for k, group in enumerate(self.groups) for j in group}
+        self.deps = [sorted(k - b for b in {kernel_of[p] for j in group for p in preds[j]} - {k})
+                     for k, group in enumerate(self.groups)]
+
+
+class FusedTrace:
+    """`trace` (compact, as `Trace` is) has one op per kernel the compiler runs; `covers[k]` lists the indices
+    (in the source trace's `ops`) of the traced ops kernel k covers, in program order (expanded on first use)."""
+
+    def __init__(self, trace: Trace, plans: list[_Plan], sizes: list[int]) -> None:
+        self.trace = trace
+        self._plans, self._sizes = plans, sizes  # per stage: its plan, and its ops in the source trace
+        self._covers: list[list[int]] | None = None
+
+    @property
+    def covers(self) -> list[list[int]]:
+        if self._covers is None:
+            first, self._covers = 0, []
+            for plan, size in zip(self._plans, self._sizes):
+                self._covers += [[first + j for j in group] for group in plan.groups]
+                first += size
+        return self._covers
+
+
+@gc_paused()
+def fuse(trace: Trace) -> FusedTrace:
+    """The trace of the kernels a compiler runs for `trace` (module docstring), and what each covers. Stages
+    alike in what fusion reads (kinds, srcs, deps) share one plan; stages of the same ops share their kernels."""
+    if trace.header.version < 3:
+        raise ValueError(f"compiled launch fuses a trace by its data flow, which format {trace.header.version} does "
+                         "not record (srcs): re-trace it with python -m reference.capture.tracing (format 3 or later)")
+    flow: dict[tuple, int] = {}  # what fusion reads of an op -> id
+    flow_of_op = [flow.setdefault((op.kind, tuple(op.srcs), None if op.deps is None else tuple(op.deps)), len(flow))
+                  for op in trace.distinct]
+    plans: dict[tuple[int, ...], _Plan] = {}
+    fused: dict[tuple[int, ...], tuple[int, ...]] = {}  # a stage's op ids -> its kernels' ids in `table`
+    table = OpTable()
+    stage_plans, stage_ids, executed = [], [], 0
+    for stage, ids in zip(trace.stages, trace.stage_op_ids):
+        key = tuple(map(flow_of_op.__getitem__, ids))
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = _Plan([trace.distinct[k] for k in ids])
+        kernels = fused.get(ids)
+        if kernels is None:
+            ops = [trace.distinct[k] for k in ids]
+            kernels = fused[ids] = tuple(
+                table.intern(replace(fused_op(ops, group, plan.consumers), i=executed + k, stage=stage.stage,
+                                     deps=plan.deps[k], srcs=[], duration_s=None))
+                for k, group in enumerate(plan.groups))
+        stage_plans.append(plan)
+        stage_ids.append(kernels)
+        executed += len(kernels)
     header = replace(trace.header, measured=False, extra={**trace.header.extra, "fused_by": "sim.fusion"})
-    return FusedTrace(Trace(header, ops_out, list(trace.stages)), covers)
+    return FusedTrace(Trace.compact(header, list(trace.stages), table.ops, stage_ids), stage_plans,
+                      list(map(len, trace.stage_op_ids)))

@@ -37,17 +37,17 @@ from sim.defaults import (
     DEFAULT_RUNS,
     DEFAULT_SOURCE_LEN,
     DEFAULT_TOKENS,
-    TRACE_CACHE,
     default_trace,
     hwconfig_names,
     resolve_hwconfig,
+    trace_cache,
 )
-from sim.engine import LAUNCH_MODES, Projection, breakdown, kernels_of, project
+from sim.engine import LAUNCH_MODES, Projection, breakdown, distinct_kernels, project
 from sim.files import atomic_write
-from sim.fusion import fuse
+from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.memory import device_memory
-from sim.trace import Trace, read_trace
+from sim.trace import Trace, gc_paused, read_trace
 
 if TYPE_CHECKING:  # the simulator runs without torch: the decoder's config is read only when a model is traced
     from reference.config import ModelConfig
@@ -60,7 +60,15 @@ class Run:
     trace: Trace  # as projected: under compiled launch, the fused trace
     projection: Projection
     summary: dict
-    covers: list[list[str]] | None = None  # compiled launch: per kernel, the traced ops it covers
+    fused: tuple[Trace, FusedTrace] | None = None  # compiled launch: the traced trace, and the fused one
+
+    @property
+    def covers(self) -> list[list[str]] | None:
+        """Compiled launch: per kernel, the traced ops it covers ("module op")."""
+        if self.fused is None:
+            return None
+        traced, fused = self.fused
+        return [[f"{traced.ops[j].module} {traced.ops[j].op}" for j in group] for group in fused.covers]
 
 
 def model_config(model: str, share: str | None = None) -> ModelConfig:
@@ -98,28 +106,32 @@ def config_digest(cfg: ModelConfig) -> str:
 def trace_on_demand(model: str | ModelConfig, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None,
                     compiled: bool = False) -> Path:
     """Trace a model (a `ModelConfig`, or what `model_config` reads) with the reference decoder on the meta
-    device, cached by its config and the code revision; `compiled`: the run compiled decoding makes."""
+    device, cached by its config and the code revision; `compiled`: the run compiled decoding makes. A cached trace
+    is found without importing torch."""
+    from reference.capture.revision import code_revision
+
+    cfg = model_config(model) if isinstance(model, str) else model
+    # the code revision in the name: a trace made before the reference decoder changed is not reused
+    name = (f"{cfg.name}.{config_digest(cfg)}.{decoder}{'.compiled' if compiled else ''}.{dtype}.b{batch}.t{tokens}."
+            f"{(flips or 'profile').replace(',', '_')}.{code_revision()}.jsonl.gz")
+    path = trace_cache() / name
+    if path.exists():
+        return path
     try:
         import torch
 
         from reference.capture import tracing
     except ImportError as err:
-        raise SystemExit(f"error: tracing {model!r} on demand needs torch and the reference decoder ({err}); "
+        raise SystemExit(f"error: tracing {cfg.name!r} on demand needs torch and the reference decoder ({err}); "
                          "replay a recorded trace with --trace FILE instead") from None
-    cfg = model_config(model) if isinstance(model, str) else model
-    # the code revision in the name: a trace made before the reference decoder changed is not reused
-    name = (f"{cfg.name}.{config_digest(cfg)}.{decoder}{'.compiled' if compiled else ''}.{dtype}.b{batch}.t{tokens}."
-            f"{(flips or 'profile').replace(',', '_')}.{tracing.code_revision()}.jsonl.gz")
-    path = TRACE_CACHE / name
-    if not path.exists():
-        print(f"tracing {cfg.name} ({decoder}{', compiled' if compiled else ''}, {tokens} tokens, batch {batch}) "
-              "on the meta device ...", file=sys.stderr)
-        try:
-            tracing.capture_trace(cfg, decoder, tokens, path, dtype=getattr(torch, dtype), batch=batch,
-                                  source_len=DEFAULT_SOURCE_LEN, flips=flips, compiled=compiled,
-                                  command=f"python -m sim.run --model {cfg.name} (on demand)")
-        except ValueError as err:  # a bad --flips, or a length the model cannot hold
-            raise ValueError(f"tracing {cfg.name}: {err}") from None
+    print(f"tracing {cfg.name} ({decoder}{', compiled' if compiled else ''}, {tokens} tokens, batch {batch}) "
+          "on the meta device ...", file=sys.stderr)
+    try:
+        tracing.capture_trace(cfg, decoder, tokens, path, dtype=getattr(torch, dtype), batch=batch,
+                              source_len=DEFAULT_SOURCE_LEN, flips=flips, compiled=compiled, progress=True,
+                              command=f"python -m sim.run --model {cfg.name} (on demand)")
+    except ValueError as err:  # a bad --flips, or a length the model cannot hold
+        raise ValueError(f"tracing {cfg.name}: {err}") from None
     return path
 
 
@@ -189,7 +201,7 @@ def perfetto_events(runs: list[Run]) -> list[dict]:
     kernels overlap)."""
     events: list[dict] = []
     for pid, run in enumerate(runs, start=1):
-        p = run.projection
+        p, all_covers = run.projection, run.covers
         us = 1e6 / p.clock_hz
         events.append({"ph": "M", "name": "process_name", "pid": pid,
                        "args": {"name": f"{run.label} on {p.hardware} ({p.launch})"}})
@@ -200,7 +212,7 @@ def perfetto_events(runs: list[Run]) -> list[dict]:
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
         for n, (op, k, cost, dram, issue, start, end, lane) in enumerate(zip(
                 run.trace.ops, p.kernels, p.costs, p.dram_bytes, p.issue_cycles, p.start_cycles, p.end_cycles, track)):
-            covers = run.covers[n] if run.covers else None
+            covers = all_covers[n] if all_covers else None
             args = {"op": op.op, "bound": cost.bound, "floor_us": cost.floor_s * 1e6, "dram_bytes": dram,
                     "stage": op.stage, **({"covers": covers} if covers and len(covers) > 1 else {})}
             name = f"{k.cls} {op.module}" + (f" (+{len(covers) - 1} ops)" if covers and len(covers) > 1 else "")
@@ -325,12 +337,10 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
     and tile shape, and reused by every hwconfig with that tile shape."""
     runs_by_hw: list[list[Run]] = []
     kernels_cache: dict[tuple[int, tuple[int, int]], list] = {}
-    covers: list[list[list[str]] | None] = [None] * len(traces)
+    fused: list[tuple[Trace, FusedTrace] | None] = [None] * len(traces)
     if launch == "compiled":  # fused once per trace, whatever the hwconfigs
-        fused = [fuse(trace) for _, _, trace in traces]
-        covers = [[[f"{trace.ops[j].module} {trace.ops[j].op}" for j in group] for group in f.covers]
-                  for (_, _, trace), f in zip(traces, fused)]
-        traces = [(label, path, f.trace) for (label, path, _), f in zip(traces, fused)]
+        fused = [(trace, fuse(trace)) for _, _, trace in traces]
+        traces = [(label, path, f[1].trace) for (label, path, _), f in zip(traces, fused)]
     memory = [device_memory(trace) for _, _, trace in traces]  # refused where it exceeds a device's capacity
     progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
     for hw in hws:
@@ -338,9 +348,9 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
         for t, (label, path, trace) in enumerate(traces):
             key = (t, (hw.tile.m, hw.tile.n))
             if key not in kernels_cache:
-                kernels_cache[key] = kernels_of(trace, hw)
+                kernels_cache[key] = distinct_kernels(trace, hw)
             projection = project(trace, hw, launch, kernels_cache[key], streams, memory[t])
-            runs.append(Run(label, path, trace, projection, summarize(projection, trace), covers[t]))
+            runs.append(Run(label, path, trace, projection, summarize(projection, trace), fused[t]))
             progress.update()
         runs_by_hw.append(runs)
     progress.close()
@@ -360,6 +370,11 @@ def write_outputs(args: argparse.Namespace, runs_by_hw: list[list[Run]]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    with gc_paused():  # a short command whose data is all kept to the end: no cyclic collections
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_hw:

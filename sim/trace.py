@@ -1,20 +1,25 @@
 """Trace files: the contract between the decoder (which writes them) and the simulator (which reads them).
 
-Format, version 3 (the reader also reads versions 1 and 2: see "Older versions" below)
---------------------------------------------------------------------------------------
+Format, version 4 (the reader also reads versions 1 to 3: see "Older versions" below)
+-------------------------------------------------------------------------------------
 A trace is gzip-compressed JSON Lines (suffix ``.jsonl.gz``), one JSON object per line, keys in the order of
 the dataclass fields below. Writes are byte-reproducible: no file name or time stamp in the gzip header,
 compact separators, floats as Python prints them. Units: bytes, FLOPs, seconds.
 
+Decoding repeats itself: two decode steps of the same rows run the same ops, and only those that read the KV
+cache see it longer. So a trace stores every distinct op once ("op" records) and every stage as the ids of the
+ops it executed, given as runs of ids or as an earlier stage with the ops that changed ("stage" records): the
+file, and the time to read it, grow with the distinct work, not with tokens x layers.
+
 Line 1, the header (`TraceHeader`):
-  format "speed-sim-trace", version 3, model {config field: scalar | null}, decoder "sequential" | "speed",
+  format "speed-sim-trace", version 4, model {config field: scalar | null}, decoder "sequential" | "speed",
   dtype str, batch int >= 1, prompt_lens [int >= 0], max_new_tokens int >= 1, device str ("cpu", "cuda",
   "meta"), device_name str, torch_version str, code_revision str, flips {"source": str, ...} (where SPEED's
   changed predictions came from: "model", an oracle's description, or "none"), weights {tensor id (parameter
   name): {"bytes": int >= 0, "shape": [int >= 0], "dtype": str}}, measured bool (ops carry measured durations),
   command str (the command line that produced the trace), extra {...} (free-form; optional, default {}).
 Then records, each with a "type" key first:
-  "op" (`OpRecord`), one executed aten op: i (int: 0-based, = the number of op records before it), stage (int),
+  "op" (`OpRecord` without `i` and `stage`), one distinct op: id (int: = the number of op records before it),
   group, depth, layer (int >= 0 or null: layer group, depth, layer within the group), seq (int >= 0 or null:
   the sequence of the batch the op works on alone, as its KV cache slice or its encoder / prefill stage; null
   for an op over rows of several sequences), rows (int >= 0), module (str, "" for top level: for people and
@@ -25,20 +30,27 @@ Then records, each with a "type" key first:
   cache slices the op reads: "k:SEQ:DEPTH" and "v:SEQ:DEPTH" for the self-attention keys and values of one
   sequence at one depth, "xk:SEQ:LAYER" and "xv:SEQ:LAYER" for its cross-attention keys and values of one
   shared layer; kv_read_bytes are split evenly between them), srcs [int >= 0] (one per input, in in_shapes
-  order: how many ops back, in this stage, the op that last wrote that input's memory is; 0: written before
+  order: how many ops back, in its stage, the op that last wrote that input's memory is; 0: written before
   the stage, as weights, a cache or the residual stream carried from the last stage are; what a fusion model
   needs to tell a fused kernel's intermediates from its external inputs), deps [int >= 1] (the earlier ops of
-  the same stage that this op must follow, as distances back: 1 = the op just before; from the memory each op
+  its stage that the op must follow, as distances back: 1 = the op just before; from the memory each op
   reads and writes: read after write, write after read, write after write), duration_s (float >= 0 or null;
-  non-null in a measured trace). Distances, not indices,
-  so that an op repeated from stage to stage writes the same line.
-  "stage" (`StageRecord`), written after the ops of its stage: stage (int, strictly increasing through the
-  file), kind "encoder" | "prefill" | "decode" | "speed", rows [[seq, position, exit]] (the rows run: the
-  position of each row's input token and the exit, 1..G, it reached this stage; a sequential decode step runs
-  all groups, exit G), commits [[seq, position, token]], flushes [[seq, exit, rows_flushed]] (all int >= 0),
-  wall_s (float >= 0 or null: measured wall time of the stage).
-  "end", the last line, exactly once: ops (number of op records), stages (number of stage records).
-Ops belong to the stage record that follows them: previous stage record's index < op.stage <= next one's.
+  non-null in a measured trace). Distances, not indices, so that an op repeated from stage to stage is one
+  record.
+  "stage" (`StageRecord`), after the op records it uses: stage (int, strictly increasing through the file),
+  kind "encoder" | "prefill" | "decode" | "speed", rows [[seq, position, exit]] (the rows run: the position of
+  each row's input token and the exit, 1..G, it reached this stage; a sequential decode step runs all groups,
+  exit G), commits [[seq, position, token]], flushes [[seq, exit, rows_flushed]] (all int >= 0), wall_s
+  (float >= 0 or null: measured wall time of the stage), ops (the op ids it executed, in program order), one of
+    {"runs": [[first, count], ...]}: ids first, first + 1, ..., first + count - 1 (count >= 1), run after run;
+    {"like": S, "set": [[slot, id], ...]}: the ops of the earlier stage record S, with the op at each slot
+      (0-based position in the stage; slots strictly increasing) replaced by op `id`.
+  "end", the last line, exactly once: ops (number of op records), stages (number of stage records), executed
+  (ops executed: the sum over stages of their ops).
+An executed op is an op record at a slot of a stage: its index `i` counts the ops executed before it, and its
+stage is the stage record's. Its srcs and deps reach back at most to its stage's first op. The writer writes
+op records in order of first use, each just before the first stage that uses it, and a stage "like" an
+identical earlier stage or the last one with as many ops when that takes fewer numbers than its runs.
 
 What the capture relies on (reference.capture.tracing; tests/test_tracing.py fails when the model drifts from
 it): the decoder's blocks are modules named `blocks.L` (`encoder.blocks.L` for the encoder), so an op inside
@@ -46,28 +58,38 @@ one has layer L; norms are `RMSNorm` modules (kind "norm" for the ops inside the
 `head` method (kind "lm_head" for its product); per-row attention reads a view of the KV cache tensor
 `[depth, seq, ...]` (cross: `[layer, seq, ...]`), whose storage offset gives depth (layer) and sequence.
 
+In memory
+---------
+`read_trace` gives a `Trace` as the file holds it: `distinct` (the op records, once each) and `stage_op_ids`
+(per stage, the ids of its ops); the simulator works on these, so its time too grows with the distinct work.
+`Trace.ops` lists every executed op (expanded on first use, for code that walks them all) and `ops_of_stage`
+one stage's. A `Trace` built from executed ops (`Trace(header, ops, stages)`) finds the distinct ones itself.
+
 Older versions
 --------------
+Versions 1 to 3 have one "op" record per executed op, with its index i and stage, before the stage record it
+belongs to (previous stage record's index < op.stage <= next one's), and an "end" record without "executed".
 Version 2 has no seq, kind, kv or srcs (read as [], unknown); version 1 has no deps either (its ops read as
 deps null: program order). Their captures followed naming rules instead, which the reader applies once, here:
 kind from the module (a product in module "head" is the LM head; ops in a module whose name ends in "norm" are
 norm kernels), and `read_trace` derives each KV read's sequence from the stage records (the r-th
 self-attention op of a layer belongs to the stage's r-th row, the j-th cross-attention op to its j-th sequence;
 prefill and encoder stages run one sequence each, in order). Streamed with `iter_records`, such ops have seq
-null and kv keyed by depth alone.
+null and kv keyed by depth alone. `TraceWriter` always writes version 4.
 
 Error policy
 ------------
 The reader validates everything as it streams (records before a problem are handed out first) and raises
 `TraceError` (a ValueError) naming the file, the 1-based line (None for file-level problems) and the field
 (None when no single field is at fault): unknown format or version, missing, unknown or mistyped field
-(unknown fields are errors: a format change bumps the version), unknown record type, out-of-order `i` or
-stage, a dep reaching outside its stage, unknown weight id, null duration in a measured trace, a file that is
-missing or not gzip (line None), a line that is not a JSON object, a truncated file (corrupt compressed data:
-the first line that could not be read; no "end" record: the line where it belongs), "end" counts that do not
-match. Ops whose stage record never comes are reported at the next stage or end record. No KeyError,
-TypeError, EOFError or JSON error escapes. `TraceWriter` validates little (the reader is the check) but never
-leaves a half-written file at its path.
+(unknown fields are errors: a format change bumps the version), unknown record type, out-of-order id, i or
+stage, a dep or src reaching outside its stage, unknown weight id, null duration in a measured trace, a stage's
+ops naming an op record not yet read, an earlier stage that does not exist, a slot outside it or out of order,
+an op record no stage uses, a file that is missing or not gzip (line None), a line that is not a JSON object, a
+truncated file (corrupt compressed data: the first line that could not be read; no "end" record: the line
+where it belongs), "end" counts that do not match. Version 1-3 ops whose stage record never comes are reported
+at the next stage or end record. No KeyError, TypeError, EOFError or JSON error escapes. `TraceWriter`
+validates little (the reader is the check) but never leaves a half-written file at its path.
 """
 
 from __future__ import annotations
@@ -76,22 +98,24 @@ import contextlib
 import gc
 import gzip
 import io
+import itertools
 import json
 import math
 import operator
 import os
 import secrets
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from sim.opkinds import KERNEL_CLASSES, kernel_class
 
 TRACE_FORMAT = "speed-sim-trace"
-TRACE_VERSION = 3
-READS_VERSIONS = (1, 2, 3)  # version 2: no seq, kind, kv, srcs; version 1: no deps either
+TRACE_VERSION = 4
+READS_VERSIONS = (1, 2, 3, 4)  # 3: one record per executed op; 2: no seq, kind, kv, srcs; 1: no deps either
 DECODERS = ("sequential", "speed")
 STAGE_KINDS = ("encoder", "prefill", "decode", "speed")
 
@@ -179,82 +203,252 @@ class StageRecord:
     wall_s: float | None = None
 
 
-@dataclass(slots=True)
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (TraceHeader, OpRecord, StageRecord)}
+BODY_FIELDS = _FIELDS[OpRecord][2:]  # what an op is, wherever it runs: every field but its index and stage
+_BODY = operator.attrgetter(*BODY_FIELDS)
+
+
+def body_key(op: OpRecord) -> tuple:
+    """Every field of an op but `i` and `stage`, hashable: two executions of one distinct op have equal keys."""
+    (group, depth, layer, seq, rows, module, kind, name, in_shapes, in_dtypes, out_shapes, out_dtypes, flops,
+     weight_bytes, act_read, act_write, kv_read, kv_write, weights, kv, srcs, deps, duration_s) = _BODY(op)
+    return (group, depth, layer, seq, rows, module, kind, name, tuple(map(tuple, in_shapes)), tuple(in_dtypes),
+            tuple(map(tuple, out_shapes)), tuple(out_dtypes), flops, weight_bytes, act_read, act_write, kv_read,
+            kv_write, tuple(weights), tuple(kv), tuple(srcs), None if deps is None else tuple(deps), duration_s)
+
+
+class OpTable:
+    """Distinct ops, each once, numbered in order of first `intern`: what a version 4 trace stores."""
+
+    def __init__(self) -> None:
+        self.ops: list[OpRecord] = []
+        self._ids: dict[tuple, int] = {}
+
+    def intern(self, op: OpRecord) -> int:
+        """The id of `op` (by every field but i and stage), adding it if new."""
+        key = body_key(op)
+        k = self._ids.get(key)
+        if k is None:
+            k = self._ids[key] = len(self.ops)
+            self.ops.append(op)
+        return k
+
+
+@dataclass(init=False, eq=False, repr=False)
 class Trace:
-    """A whole trace in memory. `ops_of_stage` uses an index built at construction (do not mutate `ops`)."""
+    """A whole trace in memory, as a version 4 file holds it: `header`, `stages`, the distinct ops once each
+    (`distinct`, each an OpRecord whose i and stage are those of its first execution) and per stage the ids of
+    the ops it executed (`stage_op_ids[k]` for `stages[k]`, a tuple). `ops` lists every executed op. Treat all of
+    it as read-only: a distinct op stands for all its executions. (`dataclasses.replace` works, through `ops`.)"""
 
+    __slots__ = ("_by_stage", "_ops", "distinct", "header", "stage_op_ids", "stages")
     header: TraceHeader
-    ops: list[OpRecord]
+    ops: list[OpRecord]  # the property below
     stages: list[StageRecord]
-    _by_stage: dict[int, list[OpRecord]] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        self._by_stage = {}
-        for op in self.ops:
-            self._by_stage.setdefault(op.stage, []).append(op)
+    def __init__(self, header: TraceHeader, ops: list[OpRecord], stages: list[StageRecord]) -> None:
+        """From executed ops in stage order (each op's stage one of the stage records'): finds the distinct ops."""
+        index = {s.stage: k for k, s in enumerate(stages)}
+        per_stage: list[list[int]] = [[] for _ in stages]
+        table, last = OpTable(), -1
+        for op in ops:
+            k = index.get(op.stage)
+            if k is None or k < last:
+                raise ValueError(f"op {op.i} of stage {op.stage}: " + (
+                    "no stage record has that stage" if k is None else "ops must come in the order of their stages"))
+            last = k
+            per_stage[k].append(table.intern(op))
+        self._init(header, stages, table.ops, [tuple(ids) for ids in per_stage])
+        self._ops = ops
+
+    @classmethod
+    def compact(cls, header: TraceHeader, stages: list[StageRecord], distinct: list[OpRecord],
+                stage_op_ids: Sequence[tuple[int, ...]]) -> Trace:
+        """A trace from its distinct ops and, per stage, the ids of the ops it executed (ids into `distinct`)."""
+        if len(stage_op_ids) != len(stages):
+            raise ValueError(f"{len(stage_op_ids)} stage op id tuples for {len(stages)} stages")
+        trace = cls.__new__(cls)
+        trace._init(header, stages, distinct, [tuple(ids) for ids in stage_op_ids])
+        return trace
+
+    def _init(self, header: TraceHeader, stages: list[StageRecord], distinct: list[OpRecord],
+              stage_op_ids: list[tuple[int, ...]]) -> None:
+        self.header, self.stages, self.distinct, self.stage_op_ids = header, stages, distinct, stage_op_ids
+        self._by_stage = {s.stage: k for k, s in enumerate(stages)}
+        self._ops: list[OpRecord] | None = None
+
+    @property
+    def executed(self) -> int:
+        """Ops executed (the length of `ops`)."""
+        return sum(map(len, self.stage_op_ids))
+
+    @property
+    def ops(self) -> list[OpRecord]:
+        """Every executed op in program order, i counting from 0 (expanded from the distinct ops on first use)."""
+        if self._ops is None:
+            values = [_BODY(op) for op in self.distinct]
+            counter = itertools.count()
+            self._ops = [OpRecord(next(counter), stage.stage, *values[k])
+                         for stage, ids in zip(self.stages, self.stage_op_ids) for k in ids]
+        return self._ops
 
     def ops_of_stage(self, stage: int) -> list[OpRecord]:
-        """The op records of stage `stage`, in file order (a shared list: do not modify)."""
-        return self._by_stage.get(stage, [])
+        """The executed ops of the stage record numbered `stage`, in program order ([] if there is none)."""
+        k = self._by_stage.get(stage)
+        if k is None:
+            return []
+        first = sum(map(len, self.stage_op_ids[:k]))
+        return self.ops[first : first + len(self.stage_op_ids[k])]
+
+    def counts(self) -> Counter[int]:
+        """How many times each distinct op (by id) is executed."""
+        counts: Counter[int] = Counter()
+        for ids in self.stage_op_ids:
+            counts.update(ids)
+        return counts
+
+    def first_executions(self) -> list[int]:
+        """Per distinct op, the index in `ops` of its first execution."""
+        first = [-1] * len(self.distinct)
+        n = 0
+        for ids in self.stage_op_ids:
+            for j, k in enumerate(ids):
+                if first[k] < 0:
+                    first[k] = n + j
+            n += len(ids)
+        return first
 
     @property
     def total_flops(self) -> int:
-        """FLOPs of all ops."""
-        return sum(op.flops for op in self.ops)
+        """FLOPs of all executed ops."""
+        return sum(self.distinct[k].flops * n for k, n in self.counts().items())
 
     @property
     def total_bytes(self) -> int:
-        """Bytes of all ops: weights + activations read and written + KV cache read and written."""
-        return sum(op.weight_bytes + op.act_read_bytes + op.act_write_bytes + op.kv_read_bytes + op.kv_write_bytes
-                   for op in self.ops)
+        """Bytes of all executed ops: weights + activations read and written + KV cache read and written."""
+        return sum((op.weight_bytes + op.act_read_bytes + op.act_write_bytes + op.kv_read_bytes + op.kv_write_bytes)
+                   * n for op, n in ((self.distinct[k], n) for k, n in self.counts().items()))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Trace):
+            return NotImplemented
+        return (self.header == other.header and self.stages == other.stages
+                and _executions(self) == _executions(other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"Trace({self.header.model.get('name')!r}, {self.header.decoder}, {len(self.stages)} stages, "
+                f"{self.executed} ops executed, {len(self.distinct)} distinct)")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: for building data that is all kept (a trace, a projection's
+    tables), where collections passing over the growing heap only cost time (~40% of reading a trace)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _executions(trace: Trace) -> list[tuple]:
+    """Per executed op, its body key: what two traces with the same ops have in common."""
+    keys = [body_key(op) for op in trace.distinct]
+    return [keys[k] for ids in trace.stage_op_ids for k in ids]
 
 
 # ---------------------------------------------------------------------------------------------------- writing
 
-_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (TraceHeader, OpRecord, StageRecord)}
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-def _line(obj: Any, kind: str | None) -> str:
+def _line(obj: Any, kind: str | None, **first: Any) -> str:
     d: dict[str, Any] = {"type": kind} if kind else {}
-    for name in _FIELDS[type(obj)]:
+    d.update(first)
+    names = _FIELDS[type(obj)]
+    for name in names[2:] if type(obj) is OpRecord else names:
         d[name] = getattr(obj, name)
     return _ENCODER.encode(d) + "\n"
 
 
+def _runs(ids: tuple[int, ...]) -> list[list[int]]:
+    """Consecutive ids as [first, count] runs."""
+    runs: list[list[int]] = []
+    for k in ids:
+        if runs and runs[-1][0] + runs[-1][1] == k:
+            runs[-1][1] += 1
+        else:
+            runs.append([k, 1])
+    return runs
+
+
 class TraceWriter:
     """Write a trace to `path` through a temp file in the same directory, moved onto `path` by `close()`
-    (on normal exit of a `with` block); `abort()` (on an exception) deletes it, leaving `path` untouched."""
+    (on normal exit of a `with` block); `abort()` (on an exception) deletes it, leaving `path` untouched.
+    Either stream executed ops (`op`) and close each stage with `stage(record)`, or give a stage's op ids
+    into this writer's `table` (`stage(record, ids)`); `write_trace` writes a whole `Trace`."""
 
     def __init__(self, path: PathLike, header: TraceHeader) -> None:
         self.path = Path(path)
+        self.table = OpTable()
         self._tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
         self._raw = open(self._tmp, "xb")  # noqa: SIM115 (closed by close/abort)
         gz = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="")
         self._out = io.TextIOWrapper(gz, encoding="utf-8", newline="\n")
-        self._ops = self._stages = 0
+        self._pending: list[int] = []  # ids of the ops streamed since the last stage record
+        self._written = self._stages = self._executed = 0
+        self._same: dict[tuple[int, ...], int] = {}  # op ids -> the first stage that executed them
+        self._last_of_length: dict[int, tuple[int, tuple[int, ...]]] = {}  # n ops -> (stage, ids) of the last
         try:
-            self._out.write(_line(header, None))
+            self._out.write(_line(replace(header, version=TRACE_VERSION), None))
         except BaseException:
             self.abort()
             raise
 
     def op(self, record: OpRecord) -> None:
-        """Append an op record (the caller sets `record.i`)."""
-        self._out.write(_line(record, "op"))
-        self._ops += 1
+        """Append an executed op to the stage being written (its i and stage are not written: implied)."""
+        self._pending.append(self.table.intern(record))
 
-    def stage(self, record: StageRecord) -> None:
-        """Append a stage record, after the ops of that stage."""
-        self._out.write(_line(record, "stage"))
+    def stage(self, record: StageRecord, ids: Sequence[int] | None = None) -> None:
+        """Close a stage: the ops streamed since the last stage record, or `ids` (ids into `table`), in order."""
+        ids = tuple(self._pending if ids is None else ids)
+        self._pending = []
+        for k in range(self._written, len(self.table.ops)):  # op records before the first stage that uses them
+            self._out.write(_line(self.table.ops[k], "op", id=k))
+        self._written = len(self.table.ops)
+        self._out.write(_line(record, "stage")[:-2] + ',"ops":' + _ENCODER.encode(self._encode(record.stage, ids))
+                        + "}\n")
         self._stages += 1
+        self._executed += len(ids)
+
+    def _encode(self, stage: int, ids: tuple[int, ...]) -> dict[str, Any]:
+        """A stage's ops field: like an identical earlier stage, else like the last one with as many ops or as
+        runs of ids, whichever takes fewer numbers."""
+        same = self._same.setdefault(ids, stage)
+        last = self._last_of_length.get(len(ids))
+        self._last_of_length[len(ids)] = (stage, ids)
+        if same != stage:
+            return {"like": same, "set": []}
+        runs = _runs(ids)
+        if last is not None:
+            changed = list(itertools.compress(range(len(ids)), map(operator.ne, ids, last[1])))
+            if len(changed) < len(runs):
+                return {"like": last[0], "set": [[j, ids[j]] for j in changed]}
+        return {"runs": runs}
 
     def close(self) -> None:
         """Write the end record and move the finished file onto `path`."""
         if self._raw.closed:
             return
         try:
-            self._out.write(_ENCODER.encode({"type": "end", "ops": self._ops, "stages": self._stages}) + "\n")
+            if self._pending:
+                raise ValueError(f"{len(self._pending)} ops streamed after the last stage record")
+            end = {"type": "end", "ops": self._written, "stages": self._stages, "executed": self._executed}
+            self._out.write(_ENCODER.encode(end) + "\n")
             self._out.close()  # flushes the gzip trailer; leaves self._raw open
             self._raw.flush()
             os.fsync(self._raw.fileno())
@@ -283,13 +477,27 @@ class TraceWriter:
             self.abort()
 
 
+def write_trace(path: PathLike, trace: Trace) -> None:
+    """Write `trace` to `path` (atomically), as version 4."""
+    with TraceWriter(path, trace.header) as writer:
+        mine: dict[int, int] = {}  # the trace's op ids -> the writer's
+        for stage, ids in zip(trace.stages, trace.stage_op_ids):
+            for k in sorted(set(ids).difference(mine)):
+                mine[k] = writer.table.intern(trace.distinct[k])
+            writer.stage(stage, tuple(map(mine.__getitem__, ids)))
+
+
 # ---------------------------------------------------------------------------------------------------- reading
 
 Check = Callable[[Any], bool]
 
 
-def _ints(v: Any) -> bool:
-    return type(v) is list and all(type(x) is int and x >= 0 for x in v)
+_INT = {int}
+
+
+def _ints(v: Any, least: int = 0) -> bool:
+    """A list of integers >= least (`type(x) is int` also rejects bools), checked with C-level passes."""
+    return type(v) is list and {*map(type, v)} <= _INT and min(v, default=least) >= least
 
 
 def _weight(v: Any) -> bool:
@@ -326,8 +534,8 @@ _OP: dict[str, tuple[Check, str]] = {
     "in_shapes": _SHAPES, "in_dtypes": _STRS, "out_shapes": _SHAPES, "out_dtypes": _STRS,
     "flops": _NAT, "weight_bytes": _NAT, "act_read_bytes": _NAT, "act_write_bytes": _NAT, "kv_read_bytes": _NAT,
     "kv_write_bytes": _NAT, "weights": _STRS, "kv": _STRS,
-    "srcs": (lambda v: type(v) is list and all(type(x) is int and x >= 0 for x in v), "a list of integers >= 0"),
-    "deps": (lambda v: type(v) is list and all(type(x) is int and x >= 1 for x in v), "a list of integers >= 1"),
+    "srcs": (_ints, "a list of integers >= 0"),
+    "deps": (lambda v: _ints(v, 1), "a list of integers >= 1"),
     "duration_s": _SECONDS,
 }
 _OP_V2 = {k: v for k, v in _OP.items() if k not in ("seq", "kind", "kv", "srcs")}
@@ -337,7 +545,14 @@ _STAGE: dict[str, tuple[Check, str]] = {
     "commits": _TRIPLES, "flushes": _TRIPLES, "wall_s": _SECONDS,
 }
 _END: dict[str, tuple[Check, str]] = {"ops": _NAT, "stages": _NAT}
-_GETTERS = {id(schema): operator.itemgetter(*schema) for schema in (_HEADER, _OP, _OP_V2, _OP_V1, _STAGE, _END)}
+# version 4: an op record is a distinct op, numbered by `id`; a stage names its ops; the end counts executions
+_OP_V4 = {"id": _NAT, **{k: c for k, c in _OP.items() if k not in ("i", "stage")}}
+_STAGE_V4 = {**_STAGE, "ops": _OBJECT}
+_END_V4 = {**_END, "executed": _NAT}
+_GETTERS = {id(schema): operator.itemgetter(*schema)
+            for schema in (_HEADER, _OP, _OP_V2, _OP_V1, _STAGE, _END, _OP_V4, _STAGE_V4, _END_V4)}
+_CHECKS = {id(schema): tuple(ok for ok, _ in schema.values())
+           for schema in (_HEADER, _OP, _OP_V2, _OP_V1, _STAGE, _END, _OP_V4, _STAGE_V4, _END_V4)}
 _MISSING = object()
 
 
@@ -354,6 +569,8 @@ def _check(obj: dict[str, Any], schema: dict[str, tuple[Check, str]], path: Path
         raise TraceError(path, line, e.args[0], "missing") from None
     if len(obj) != len(schema):
         raise TraceError(path, line, next(k for k in obj if k not in schema), "unknown field")
+    if all(map(operator.call, _CHECKS[id(schema)], values)):  # the common case, in one C-level pass
+        return values
     for (name, (ok, desc)), v in zip(schema.items(), values):
         if not ok(v):
             raise TraceError(path, line, name, f"expected {desc}, got {_show(v)}")
@@ -390,6 +607,7 @@ _OP_SCHEMAS = {3: _OP, 2: _OP_V2, 1: _OP_V1}  # version -> op schema
 _OP_REST = {v: {k: c for k, c in schema.items() if k not in ("i", "stage")} for v, schema in _OP_SCHEMAS.items()}
 for _schema in _OP_REST.values():
     _GETTERS[id(_schema)] = operator.itemgetter(*_schema)
+    _CHECKS[id(_schema)] = tuple(ok for ok, _ in _schema.values())
 
 
 def legacy_kind(op: str, module: str) -> str:
@@ -404,14 +622,17 @@ def _legacy_kv_item(module: str, depth: int | None, layer: int | None, seq: int 
     return f"xkv:{who}:{layer}" if module.endswith("cross_attn") else f"kv:{who}:{depth}"
 
 
-def _legacy_sequences(trace: Trace) -> None:
+def _legacy_sequences(header: TraceHeader, all_ops: list[OpRecord], stages: list[StageRecord]) -> None:
     """Version 1 and 2 ops: the sequence of each one-sequence stage's ops and of each KV read (module docstring,
     "Older versions"), and their KV items keyed by it."""
-    groups = trace.header.model.get("n_groups")
-    nd = trace.header.model.get("n_unique_layers")
+    groups = header.model.get("n_groups")
+    nd = header.model.get("n_unique_layers")
+    by_stage: dict[int, list[OpRecord]] = {}
+    for op in all_ops:
+        by_stage.setdefault(op.stage, []).append(op)
     encoders = prefills = 0
-    for stage in trace.stages:
-        ops = trace.ops_of_stage(stage.stage)
+    for stage in stages:
+        ops = by_stage.get(stage.stage, [])
         if stage.kind in ("encoder", "prefill"):  # one sequence each, in order (a prefill after its encoder)
             encoders += stage.kind == "encoder"
             seq = encoders - 1 if stage.kind == "encoder" or encoders else prefills
@@ -514,20 +735,29 @@ def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
     return TraceHeader(**obj)
 
 
-def _check_op_in_place(op: OpRecord, header: TraceHeader, where: tuple[PathLike, int], n_ops: int, last: int,
-                       since_stage: int) -> None:
-    """The checks of an op record against the records before it: its index, stage, weights, duration, and
-    how far back in its stage (`since_stage` ops) its srcs and deps reach; `last` is the last stage record."""
-    if op.i != n_ops:
-        raise TraceError(*where, "i", f"expected {n_ops} (the number of op records before it), got {op.i}")
-    if op.stage <= last:
-        raise TraceError(*where, "stage", f"expected > {last} (the previous stage record), got {op.stage}")
+def _check_op_fields(op: OpRecord, header: TraceHeader, where: tuple[PathLike, int]) -> None:
+    """The checks of an op record against the header, and of its srcs against its inputs."""
     for w in op.weights:
         if w not in header.weights:
             raise TraceError(*where, "weights", f"unknown weight id {w!r} (not in the header's weights)")
     if op.duration_s is None and header.measured:
         raise TraceError(*where, "duration_s", "expected a number >= 0 in a measured trace, got null")
-    if op.srcs and (len(op.srcs) != len(op.in_shapes) or max(op.srcs) > since_stage):
+    if op.srcs and len(op.srcs) != len(op.in_shapes):
+        raise TraceError(*where, "srcs", f"expected one distance per input ({len(op.in_shapes)}), got "
+                         f"{_show(op.srcs)}")
+
+
+def _check_op_in_place(op: OpRecord, header: TraceHeader, where: tuple[PathLike, int], n_ops: int, last: int,
+                       since_stage: int) -> None:
+    """The checks of a version 1-3 op record against the records before it: its index, stage, weights,
+    duration, and how far back in its stage (`since_stage` ops) its srcs and deps reach; `last` is the last
+    stage record."""
+    if op.i != n_ops:
+        raise TraceError(*where, "i", f"expected {n_ops} (the number of op records before it), got {op.i}")
+    if op.stage <= last:
+        raise TraceError(*where, "stage", f"expected > {last} (the previous stage record), got {op.stage}")
+    _check_op_fields(op, header, where)
+    if op.srcs and max(op.srcs) > since_stage:
         raise TraceError(*where, "srcs", f"expected one distance per input ({len(op.in_shapes)}), each at most "
                          f"{since_stage} (the ops of its stage before it), got {_show(op.srcs)}")
     if op.deps and max(op.deps) > since_stage:
@@ -535,13 +765,17 @@ def _check_op_in_place(op: OpRecord, header: TraceHeader, where: tuple[PathLike,
                          "stage come before it")
 
 
-def _records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
-    lines = _lines(path)
+def _first(path: PathLike, lines: Iterator[tuple[int, bytes]]) -> TraceHeader:
+    """The header, from the first line."""
     first = next(lines, None)
     if first is None:
         raise TraceError(path, 1, None, "truncated: empty file, no header")
-    header = _header(path, first[0], _parse(path, *first))
-    yield header
+    return _header(path, first[0], _parse(path, *first))
+
+
+def _records_v3(path: PathLike, lines: Iterator[tuple[int, bytes]], header: TraceHeader
+                ) -> Iterator[OpRecord | StageRecord]:
+    """The op and stage records of a version 1 to 3 trace (one op record per executed op), after its header."""
     n_ops = n_stages = 0
     last, pending = -1, -1  # index of the last stage record; highest stage of the ops since then
     since_stage = 0  # op records since the last stage record: how far back a dep may reach
@@ -589,32 +823,166 @@ def _records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
         raise TraceError(path, line + 1, None, "truncated: no end record")
 
 
+
+
+def _ops_error(path: PathLike, line: int, problem: str) -> TraceError:
+    return TraceError(path, line, "ops", problem)
+
+
+class _CompactReader:
+    """The records of a version 4 trace after its header, validated as they come: op records fill `distinct`
+    (each OpRecord's i and stage are set at its first execution), `stages` yields each stage record with the
+    ids of its ops."""
+
+    def __init__(self, path: PathLike, header: TraceHeader) -> None:
+        self.path, self.header = path, header
+        self.distinct: list[OpRecord] = []
+        self._reach: list[int] = []  # per op record: how far back in its stage its srcs and deps reach
+        self._lines: list[int] = []  # per op record: its line
+        self._ids_of: dict[int, tuple[int, ...]] = {}  # stage number -> the ids of its ops
+        self._last = -1  # the last stage number read
+        self._executed = 0
+
+    def stages(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[StageRecord, tuple[int, ...]]]:
+        line, ended = 1, False
+        for line, data in lines:
+            if ended:
+                raise TraceError(self.path, line, None, "record after the end record")
+            obj = _parse(self.path, line, data)
+            kind = obj.pop("type", _MISSING)
+            if kind == "op":
+                self._op(obj, line)
+            elif kind == "stage":
+                yield self._stage(obj, line)
+            elif kind == "end":
+                self._end(obj, line)
+                ended = True
+            else:
+                problem = "missing" if kind is _MISSING else f"expected 'op', 'stage' or 'end', got {_show(kind)}"
+                raise TraceError(self.path, line, "type", problem)
+        if not ended:
+            raise TraceError(self.path, line + 1, None, "truncated: no end record")
+
+    def _op(self, obj: dict[str, Any], line: int) -> None:
+        values = _check(obj, _OP_V4, self.path, line)
+        if values[0] != len(self.distinct):
+            raise TraceError(self.path, line, "id",
+                             f"expected {len(self.distinct)} (the number of op records before it), got {values[0]}")
+        op = OpRecord(values[0], -1, *values[1:])
+        _check_op_fields(op, self.header, (self.path, line))
+        self.distinct.append(op)
+        self._reach.append(max(max(op.srcs, default=0), max(op.deps or (0,))))
+        self._lines.append(line)
+
+    def _stage(self, obj: dict[str, Any], line: int) -> tuple[StageRecord, tuple[int, ...]]:
+        values = _check(obj, _STAGE_V4, self.path, line)
+        stage = StageRecord(*values[:-1])
+        if stage.stage <= self._last:
+            raise TraceError(self.path, line, "stage", f"expected > {self._last} (the previous stage record), got "
+                             f"{stage.stage}")
+        ids, slots = self._ids(values[-1], line)
+        reach = self._reach
+        bad = next((j for j in slots if reach[ids[j]] > j), None)
+        if bad is not None:
+            raise _ops_error(self.path, line, f"op {ids[bad]} at slot {bad} has srcs or deps reaching "
+                             f"{reach[ids[bad]]} ops back, but only {bad} ops of its stage come before it")
+        for j in slots:  # an op's first execution gives it its index and stage
+            op = self.distinct[ids[j]]
+            if op.stage < 0:
+                op.i, op.stage = self._executed + j, stage.stage
+        self._ids_of[stage.stage] = ids
+        self._last = stage.stage
+        self._executed += len(ids)
+        return stage, ids
+
+    def _ids(self, ops: dict[str, Any], line: int) -> tuple[tuple[int, ...], Sequence[int]]:
+        """The op ids of a stage's ops field, and the slots that hold ops not checked in an earlier stage."""
+        n = len(self.distinct)
+        if ops.keys() == {"runs"}:
+            runs = ops["runs"]
+            if not (type(runs) is list and all(_ints(r) and len(r) == 2 and r[1] >= 1 for r in runs)):
+                raise _ops_error(self.path, line, f"expected runs [[first id, count >= 1], ...], got {_show(runs)}")
+            beyond = next((r for r in runs if r[0] + r[1] > n), None)
+            if beyond is not None:
+                raise _ops_error(self.path, line, f"run {beyond} names ops up to id {beyond[0] + beyond[1] - 1}, but "
+                                 f"only {n} op records come before it")
+            ids = tuple(itertools.chain.from_iterable(range(first, first + count) for first, count in runs))
+            return ids, range(len(ids))
+        if ops.keys() == {"like", "set"}:
+            base = self._ids_of.get(ops["like"]) if type(ops["like"]) is int else None
+            if base is None:
+                raise _ops_error(self.path, line, f"'like': no earlier stage record {_show(ops['like'])}")
+            changes = ops["set"]
+            if not (type(changes) is list and all(_ints(c) and len(c) == 2 for c in changes)):
+                raise _ops_error(self.path, line, f"expected 'set' [[slot, id], ...], got {_show(changes)}")
+            slots = [slot for slot, _ in changes]
+            if any(b <= a for a, b in itertools.pairwise(slots)) or (slots and slots[-1] >= len(base)):
+                raise _ops_error(self.path, line, f"'set' slots must increase and lie below {len(base)} (the ops of "
+                                 f"stage {ops['like']}), got {_show(slots)}")
+            beyond = next((k for _, k in changes if k >= n), None)
+            if beyond is not None:
+                raise _ops_error(self.path, line, f"'set' names op {beyond}, but only {n} op records come before it")
+            ids = list(base)
+            for slot, k in changes:
+                ids[slot] = k
+            return tuple(ids), slots
+        raise _ops_error(self.path, line, f"expected {{'runs': ...}} or {{'like': ..., 'set': ...}}, got {_show(ops)}")
+
+    def _end(self, obj: dict[str, Any], line: int) -> None:
+        _check(obj, _END_V4, self.path, line)
+        counts = {"ops": (len(self.distinct), "op records read"), "stages": (len(self._ids_of), "stage records read"),
+                  "executed": (self._executed, "ops the stages executed")}
+        for name, (n, what) in counts.items():
+            if obj[name] != n:
+                raise TraceError(self.path, line, name, f"expected {n} (the {what}), got {obj[name]}")
+        unused = next((op for op in self.distinct if op.stage < 0), None)
+        if unused is not None:
+            raise TraceError(self.path, self._lines[unused.i], "id", f"op record {unused.i} is used by no stage")
+
+
+def _stream(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
+    lines = _lines(path)
+    header = _first(path, lines)
+    yield header
+    if header.version < 4:
+        yield from _records_v3(path, lines, header)
+        return
+    reader = _CompactReader(path, header)
+    executed = itertools.count()
+    for stage, ids in reader.stages(lines):
+        for k in ids:
+            yield OpRecord(next(executed), stage.stage, *_BODY(reader.distinct[k]))
+        yield stage
+
+
 def iter_records(path: PathLike) -> Iterator[TraceHeader | OpRecord | StageRecord]:
-    """Stream a trace, validating as it goes: the header, then op and stage records in file order.
-    A missing or non-gzip file raises TraceError here; other problems when the reader reaches them."""
+    """Stream a trace, validating as it goes: the header, then every executed op and stage record in program
+    order (each stage record after its ops), whatever the version. A missing or non-gzip file raises TraceError
+    here; other problems when the reader reaches them."""
     _open(path)
-    return _records(path)
+    return _stream(path)
 
 
 def read_trace(path: PathLike) -> Trace:
-    """Read and validate a whole trace file."""
-    records = iter_records(path)
-    ops: list[OpRecord] = []
-    stages: list[StageRecord] = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # the records are all kept: cyclic GC passes over them would only cost time (~40%)
-    try:
-        header = next(records)
-        for rec in records:
-            (ops if type(rec) is OpRecord else stages).append(rec)  # type: ignore[arg-type]
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    assert isinstance(header, TraceHeader)
-    trace = Trace(header, ops, stages)
-    if header.version < 3:
-        _legacy_sequences(trace)
-    return trace
+    """Read and validate a whole trace file; a version 4 file in time that grows with its distinct ops."""
+    _open(path)
+    lines = _lines(path)
+    header = _first(path, lines)
+    with gc_paused():  # the records are all kept
+        if header.version >= 4:
+            reader = _CompactReader(path, header)
+            stages, stage_op_ids = [], []
+            for stage, ids in reader.stages(lines):
+                stages.append(stage)
+                stage_op_ids.append(ids)
+            return Trace.compact(header, stages, reader.distinct, stage_op_ids)
+        ops: list[OpRecord] = []
+        old_stages: list[StageRecord] = []
+        for rec in _records_v3(path, lines, header):
+            (ops if type(rec) is OpRecord else old_stages).append(rec)  # type: ignore[arg-type]
+        if header.version < 3:
+            _legacy_sequences(header, ops, old_stages)
+        return Trace(header, ops, old_stages)
 
 
 def one_op_trace(op: str, module: str, in_shapes: list[list[int]], out_shape: list[int], dtype: str, flops: int,

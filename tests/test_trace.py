@@ -1,4 +1,5 @@
-"""Tests of the trace file format (sim/trace.py): round trips, reproducibility, validation, atomic writes."""
+"""Tests of the trace file format (sim/trace.py): round trips, reproducibility, the compact stages of version 4,
+validation with errors that name line and field, versions 1 to 3 still read, atomic writes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sim.opkinds import KERNEL_CLASSES
-from sim.trace import OpRecord, StageRecord, Trace, TraceError, TraceHeader, TraceWriter, iter_records, read_trace
+from sim.trace import (
+    OpRecord,
+    StageRecord,
+    Trace,
+    TraceError,
+    TraceHeader,
+    TraceWriter,
+    iter_records,
+    read_trace,
+    write_trace,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {
@@ -27,12 +38,12 @@ WEIGHTS = {
 }
 
 
-def make_header(measured: bool = False) -> TraceHeader:
+def make_header(measured: bool = False, version: int = 4) -> TraceHeader:
     return TraceHeader(model={"name": "tiny", "d_model": 32, "n_layers": 2, "rope_theta": 10000.0, "bias": False,
                               "eos_id": None},
-                       decoder="speed", dtype="bfloat16", batch=2, prompt_lens=[5, 3], max_new_tokens=4,
-                       device="cpu", device_name="test cpu", torch_version="2.4.0", code_revision="abc123",
-                       flips={"source": "model"}, weights=WEIGHTS, measured=measured,
+                       version=version, decoder="speed", dtype="bfloat16", batch=2, prompt_lens=[5, 3],
+                       max_new_tokens=4, device="cpu", device_name="test cpu", torch_version="2.4.0",
+                       code_revision="abc123", flips={"source": "model"}, weights=WEIGHTS, measured=measured,
                        command="python -m reference.demo --trace x.jsonl.gz")
 
 
@@ -46,7 +57,9 @@ def make_op(i: int, stage: int, measured: bool = False, weight: str = "blocks.0.
                     duration_s=1.5e-05 * (i + 1) if measured else None)
 
 
-def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4) -> Trace:
+def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4, version: int = 4) -> Trace:
+    """Ops 0-3 of each stage repeat from stage to stage (three distinct ops: the 2nd and 4th are alike) unless
+    `measured` (every op its own duration)."""
     ops, stages = [], []
     kinds = ["prefill", "decode", "speed"]
     for s in range(n_stages):
@@ -54,18 +67,24 @@ def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4
         stages.append(StageRecord(stage=s, kind=kinds[s % 3], rows=[[0, 4 + s, 0], [1, 2 + s, 1]],
                                   commits=[[0, 5 + s, 17]], flushes=[[1, 0, 2]] if s == 2 else [],
                                   wall_s=0.001 * (s + 1) if measured else None))
-    return Trace(make_header(measured), ops, stages)
+    return Trace(make_header(measured, version), ops, stages)
 
 
 def write(path: Path, trace: Trace) -> Path:
-    with TraceWriter(path, trace.header) as w:
-        by_stage = {st_.stage: st_ for st_ in trace.stages}
-        for s in sorted({op.stage for op in trace.ops} | set(by_stage)):
-            for op in trace.ops_of_stage(s):
-                w.op(op)
-            if s in by_stage:
-                w.stage(by_stage[s])
+    write_trace(path, trace)
     return path
+
+
+def write_v3(path: Path, trace: Trace) -> Path:
+    """A version 3 file of `trace` (one op record per executed op), as the writer before version 4 wrote it."""
+    head = {"format": "speed-sim-trace", **{f.name: getattr(trace.header, f.name)
+                                            for f in dataclasses.fields(TraceHeader) if f.name != "format"}}
+    lines = [{**head, "version": 3}]
+    for stage in trace.stages:
+        lines += [{"type": "op", **dataclasses.asdict(op)} for op in trace.ops_of_stage(stage.stage)]
+        lines.append({"type": "stage", **dataclasses.asdict(stage)})
+    lines.append({"type": "end", "ops": trace.executed, "stages": len(trace.stages)})
+    return rewrite(path, lines)
 
 
 def lines_of(path: Path) -> list[dict]:
@@ -73,7 +92,8 @@ def lines_of(path: Path) -> list[dict]:
 
 
 def rewrite(path: Path, lines: list[dict]) -> Path:
-    path.write_bytes(gzip.compress(b"".join(json.dumps(x).encode() + b"\n" for x in lines), mtime=0))
+    path.write_bytes(gzip.compress(b"".join(json.dumps(x, separators=(",", ":")).encode() + b"\n" for x in lines),
+                                   mtime=0))
     return path
 
 
@@ -97,16 +117,35 @@ def test_round_trip_and_reproducible(tmp_path: Path, measured: bool) -> None:
     trace = make_trace(measured)
     a, b = write(tmp_path / "a.jsonl.gz", trace), write(tmp_path / "b.jsonl.gz", trace)
     back = read_trace(a)
-    assert back == trace
+    assert back == trace and back.ops == trace.ops
     assert a.read_bytes() == b.read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl.gz", "b.jsonl.gz"]
     lines = lines_of(a)
-    assert list(lines[0])[:2] == ["format", "version"] and lines[-1] == {"type": "end", "ops": 12, "stages": 3}
-    assert list(lines[1]) == ["type", *(f.name for f in dataclasses.fields(OpRecord))]
+    distinct = 12 if measured else 3
+    assert list(lines[0])[:2] == ["format", "version"] and lines[0]["version"] == 4
+    assert lines[-1] == {"type": "end", "ops": distinct, "stages": 3, "executed": 12}
+    assert list(lines[1]) == ["type", "id", *[f.name for f in dataclasses.fields(OpRecord)][2:]]
     assert b'"flops":6144,' in gzip.decompress(a.read_bytes())  # compact separators
     assert gzip.decompress(a.read_bytes()).endswith(b"\n")
     recs = list(iter_records(a))
     assert recs[0] == trace.header and recs[1:5] == trace.ops[:4] and recs[5] == trace.stages[0]
+    assert len(recs) == 1 + 12 + 3
+
+
+def test_distinct_ops_are_stored_once_and_stages_refer_to_them(tmp_path: Path) -> None:
+    trace = make_trace()
+    assert (len(trace.distinct), trace.stage_op_ids) == (3, [(0, 1, 2, 1)] * 3)
+    lines = lines_of(write(tmp_path / "t.jsonl.gz", trace))
+    assert [x.get("type") for x in lines] == [None, "op", "op", "op", "stage", "stage", "stage", "end"]
+    assert [x["ops"] for x in lines[4:7]] == [{"runs": [[0, 3], [1, 1]]}, {"like": 0, "set": []},
+                                              {"like": 0, "set": []}]
+    # the third stage's second op reads a longer input: a new op record, and the stage is the last one but it
+    ops = [dataclasses.replace(op, flops=op.flops * 2) if op.i == 9 else op for op in trace.ops]
+    path = write(tmp_path / "u.jsonl.gz", Trace(trace.header, ops, trace.stages))
+    lines = lines_of(path)
+    assert [x.get("type") for x in lines] == [None, "op", "op", "op", "stage", "stage", "op", "stage", "end"]
+    assert lines[6]["id"] == 3 and lines[6]["flops"] == 2 * 6144 and lines[7]["ops"] == {"like": 1, "set": [[1, 3]]}
+    assert read_trace(path).ops == ops
 
 
 def test_trace_helpers() -> None:
@@ -115,6 +154,11 @@ def test_trace_helpers() -> None:
     assert trace.ops_of_stage(7) == []
     assert trace.total_flops == 6 * 6144
     assert trace.total_bytes == 6 * (2048 + 192 + 192)
+    assert trace.executed == 6 and trace.counts() == {0: 2, 1: 3, 2: 1} and trace.first_executions() == [0, 1, 2]
+    with pytest.raises(ValueError, match="no stage record"):
+        Trace(trace.header, [make_op(0, 5)], trace.stages)
+    with pytest.raises(ValueError, match="order of their stages"):
+        Trace(trace.header, [make_op(0, 1), make_op(1, 0)], trace.stages)
 
 
 def test_extra_defaults_to_empty(tmp_path: Path) -> None:
@@ -142,30 +186,45 @@ stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triple
                           wall_s=st.none() | st.floats(0, 10, allow_nan=False))
 
 
-@given(st.lists(st.tuples(st.lists(op_records, max_size=4), stage_records), min_size=1, max_size=4))
-def test_random_records_round_trip(stages: list[tuple[list[OpRecord], StageRecord]]) -> None:
+@given(st.lists(op_records, min_size=1, max_size=6),
+       st.lists(st.tuples(st.lists(st.integers(0, 5), max_size=8), stage_records), min_size=1, max_size=6))
+def test_random_records_round_trip(pool: list[OpRecord], stages: list[tuple[list[int], StageRecord]]) -> None:
+    """Stages drawn from a small pool of ops, so that ops and whole stages repeat (runs, like, set)."""
     ops, records = [], []
-    for s, (stage_ops, record) in enumerate(stages):
-        ops += [dataclasses.replace(op, i=len(ops) + k, stage=s, deps=[d for d in op.deps if d <= k])
-                for k, op in enumerate(stage_ops)]
+    for s, (picks, record) in enumerate(stages):
+        ops += [dataclasses.replace(pool[p % len(pool)], i=len(ops) + k, stage=s,
+                                    deps=[d for d in pool[p % len(pool)].deps if d <= k]) for k, p in enumerate(picks)]
         records.append(dataclasses.replace(record, stage=s))
     trace = Trace(make_header(), ops, records)
     with tempfile.TemporaryDirectory() as d:
-        assert read_trace(write(Path(d) / "t.jsonl.gz", trace)) == trace
+        back = read_trace(write(Path(d) / "t.jsonl.gz", trace))
+        assert back == trace and back.ops == ops
+        assert list(iter_records(Path(d) / "t.jsonl.gz"))[1:] == [
+            x for s in records for x in [*(op for op in ops if op.stage == s.stage), s]]
+        v3 = read_trace(write_v3(Path(d) / "v3.jsonl.gz", trace))  # the same trace written as version 3
+        assert v3.ops == ops and v3.stages == records
 
 
 def test_truncated_compressed_data(tmp_path: Path) -> None:
-    data = write(tmp_path / "t.jsonl.gz", make_trace(n_stages=3, ops_per_stage=200)).read_bytes()
+    data = write(tmp_path / "t.jsonl.gz", make_trace(measured=True, n_stages=3, ops_per_stage=200)).read_bytes()
     cut = data[: len(data) // 2]  # the reader delivers every complete line, then fails on the next
     complete = zlib.decompressobj(wbits=31).decompress(cut).count(b"\n")
     expect_error(rewrite_bytes(tmp_path / "cut.jsonl.gz", cut), complete + 1, None, "truncated")
-    streamed = []
     with pytest.raises(TraceError, match="truncated"):
-        streamed.extend(iter_records(tmp_path / "cut.jsonl.gz"))
-    assert len(streamed) == complete  # streaming hands out every complete record before the error
+        list(iter_records(tmp_path / "cut.jsonl.gz"))
     bad_crc = data[:-8] + bytes([data[-8] ^ 1]) + data[-7:]  # every line decompresses; the trailer check fails
     n_lines = gzip.decompress(data).count(b"\n")
     expect_error(rewrite_bytes(tmp_path / "crc.jsonl.gz", bad_crc), n_lines + 1, None, "CRC check failed")
+
+
+def test_streaming_hands_out_every_stage_before_a_problem(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.jsonl.gz", make_trace())
+    lines = lines_of(path)
+    lines[6]["ops"] = {"like": 9, "set": []}  # the third stage names a stage that does not exist
+    streamed = []
+    with pytest.raises(TraceError, match="no earlier stage record 9"):
+        streamed.extend(iter_records(rewrite(path, lines)))
+    assert len(streamed) == 1 + 2 * (4 + 1)  # header, then two stages of four ops each
 
 
 def test_missing_end_record(tmp_path: Path) -> None:
@@ -182,8 +241,10 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
     return rewrite(path, lines)
 
 
+# make_trace(), version 4: line 1 header, 2-4 op records 0-2, 5-7 stages 0-2 (ops 0 1 2 1; the others "like"
+# stage 0), 8 end
 @pytest.mark.parametrize("line, field, change, text", [
-    (1, "version", lambda h: h.update(version=4), "unsupported version 4"),
+    (1, "version", lambda h: h.update(version=5), "unsupported version 5"),
     (1, "format", lambda h: h.update(format="other-trace"), "expected 'speed-sim-trace'"),
     (1, "format", lambda h: h.pop("format"), ""),
     (1, "batch", lambda h: h.update(batch=0), "expected an integer >= 1, got 0"),
@@ -198,43 +259,47 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
     (3, "duration_s", lambda op: op.update(duration_s=-1.0), ""),
     (3, "type", lambda op: op.update(type="kernel"), "expected 'op', 'stage' or 'end', got \"kernel\""),
     (3, "type", lambda op: op.pop("type"), "missing"),
-    (3, "i", lambda op: op.update(i=5), "expected 1"),
+    (3, "id", lambda op: op.update(id=5), "expected 1 (the number of op records before it)"),
+    (3, "i", lambda op: op.update(i=1), "unknown field"),
     (3, "weights", lambda op: op.update(weights=["nope.weight"]), "unknown weight id 'nope.weight'"),
     (3, "deps", lambda op: op.update(deps=[0]), "expected a list of integers >= 1, got [0]"),
     (3, "deps", lambda op: op.update(deps=None), "got null"),
-    (3, "deps", lambda op: op.update(deps=[2]), "reaches 2 ops back, but only 1 ops of its stage"),
-    (7, "deps", lambda op: op.update(deps=[1]), "reaches 1 ops back, but only 0"),
-    (6, "kind", lambda s: s.update(kind="verify"), ""),
+    (3, "srcs", lambda op: op.update(srcs=[1]), "one distance per input (2)"),
     (3, "kind", lambda op: op.update(kind="gemm"), "expected one of"),
     (3, "kv", lambda op: op.pop("kv"), "missing"),
+    (5, "ops", lambda s: s.update(ops={"runs": [[0, 9]]}), "names ops up to id 8, but only 3 op records"),
+    (5, "ops", lambda s: s.update(ops={"runs": [[0, 0]]}), "expected runs"),
+    (5, "ops", lambda s: s.update(ops={"runs": [[0, 3]], "set": []}), "expected {'runs'"),
+    (5, "ops", lambda s: s.update(ops={"runs": [[1, 1], [0, 1], [2, 1], [1, 1]]}),
+     "op 1 at slot 0 has srcs or deps reaching 1 ops back, but only 0"),
+    (5, "ops", lambda s: s.pop("ops"), "missing"),
+    (6, "ops", lambda s: s.update(ops={"like": 7, "set": []}), "no earlier stage record 7"),
+    (6, "ops", lambda s: s.update(ops={"like": 1, "set": []}), "no earlier stage record 1"),
+    (6, "ops", lambda s: s.update(ops={"like": 0, "set": [[4, 0]]}), "lie below 4"),
+    (6, "ops", lambda s: s.update(ops={"like": 0, "set": [[2, 0], [1, 0]]}), "must increase"),
+    (6, "ops", lambda s: s.update(ops={"like": 0, "set": [[0, 3]]}), "names op 3, but only 3 op records"),
+    (6, "ops", lambda s: s.update(ops={"like": 0, "set": [[0, 1]]}), "op 1 at slot 0 has srcs or deps"),
+    (6, "ops", lambda s: s.update(ops={"like": 0, "set": [[0]]}), "expected 'set' [[slot, id], ...]"),
+    (6, "stage", lambda s: s.update(stage=0), "expected > 0 (the previous stage record)"),
+    (6, "kind", lambda s: s.update(kind="verify"), ""),
     (6, "rows", lambda s: s.update(rows=[[0, 1]]), ""),
     (6, "wall_s", lambda s: s.update(wall_s="1"), ""),
-    (7, "stage", lambda op: op.update(stage=0), "expected > 0 (the previous stage record)"),
-    (11, "stage", lambda s: s.update(stage=0), "expected > 0"),
-    (17, "ops", lambda e: e.update(ops=11), "expected 12"),
-    (17, "stages", lambda e: e.update(stages=4), "expected 3"),
+    (8, "ops", lambda e: e.update(ops=4), "expected 3 (the op records read)"),
+    (8, "stages", lambda e: e.update(stages=4), "expected 3"),
+    (8, "executed", lambda e: e.update(executed=11), "expected 12 (the ops the stages executed)"),
+    (8, "executed", lambda e: e.pop("executed"), "missing"),
 ])
 def test_damaged_records(tmp_path: Path, line: int, field: str, change, text: str) -> None:
     expect_error(damaged(tmp_path, line, change), line, field, text)
 
 
-def test_version_1_reads_as_program_order(tmp_path: Path) -> None:
+def test_an_op_record_no_stage_uses_and_records_after_the_end(tmp_path: Path) -> None:
     path = write(tmp_path / "t.jsonl.gz", make_trace())
     lines = lines_of(path)
-    lines[0]["version"] = 1
-    for rec in lines:
-        if rec.get("type") == "op":
-            for name in ("deps", "seq", "kind", "kv", "srcs"):
-                del rec[name]
-    old = read_trace(rewrite(path, lines))
-    assert old.header.version == 1 and all(op.deps is None for op in old.ops)
-    # kind from the module by the old naming rules; a prefill stage runs one sequence: the first
-    expected = make_trace()
-    prefill = {s.stage for s in expected.stages if s.kind == "prefill"}
-    assert [dataclasses.replace(op, deps=None, srcs=[], seq=0 if op.stage in prefill else None)
-            for op in expected.ops] == old.ops
-    lines[2]["deps"] = []  # version 1 has no such field
-    expect_error(rewrite(path, lines), 3, "deps", "unknown field")
+    unused = {**lines[1], "id": 3, "flops": 1}
+    expect_error(rewrite(path, [*lines[:7], unused, {**lines[-1], "ops": 4}]), 8, "id",
+                 "op record 3 is used by no stage")
+    expect_error(rewrite(path, [*lines, lines[-1]]), 9, None, "after the end record")
 
 
 def test_message_format(tmp_path: Path) -> None:
@@ -247,22 +312,12 @@ def test_measured_trace_needs_durations(tmp_path: Path) -> None:
     expect_error(damaged(tmp_path, 4, lambda op: op.update(duration_s=None), measured=True), 4, "duration_s", "null")
 
 
-def test_ops_must_precede_their_stage_record(tmp_path: Path) -> None:
-    # an op of stage 1 before the stage record of stage 0: reported at that stage record (line 6)
-    expect_error(damaged(tmp_path, 3, lambda op: op.update(stage=1)), 6, "stage", "expected >= 1 (its ops)")
-    path = write(tmp_path / "t.jsonl.gz", make_trace())
-    lines = lines_of(path)
-    extra_op = {**lines[1], "i": 12, "stage": 3}
-    expect_error(rewrite(path, [*lines[:-1], extra_op, {**lines[-1], "ops": 13}]), 18, None, "no stage record")
-    expect_error(rewrite(path, [*lines, lines[-1]]), 18, None, "after the end record")
-
-
-@pytest.mark.parametrize("line", [3, 300, 603])  # lines are parsed in batches: the error still names the line
+@pytest.mark.parametrize("line", [3, 300, 603])  # the error still names the line
 @pytest.mark.parametrize("bad, text", [(b"{not json", "not valid JSON"), (b"", "not valid JSON"),
                                        (b"[1, 2]", "expected a JSON object"), (b"\xff", "not valid JSON"),
                                        (b'{"type":"end","ops":0,"stages":0},{}', "not valid JSON")])
 def test_bad_json_line(tmp_path: Path, line: int, bad: bytes, text: str) -> None:
-    path = write(tmp_path / "t.jsonl.gz", make_trace(ops_per_stage=200))
+    path = write(tmp_path / "t.jsonl.gz", make_trace(measured=True, ops_per_stage=200))
     raw = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
     raw[line - 1] = bad + b"\n"
     expect_error(rewrite_bytes(path, gzip.compress(b"".join(raw))), line, None, text)
@@ -286,8 +341,112 @@ def test_atomic_write(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert path.read_bytes() == b"previous contents"
     assert os.listdir(tmp_path) == ["t.jsonl.gz"]
+    with pytest.raises(ValueError, match="after the last stage record"), TraceWriter(path, make_header()) as w:
+        w.op(make_op(0, 0))  # an op no stage record closes: refused, nothing written
+    assert path.read_bytes() == b"previous contents"
     write(path, make_trace())  # a normal write replaces the file, and leaves no temp file either
     assert read_trace(path) == make_trace() and os.listdir(tmp_path) == ["t.jsonl.gz"]
+
+
+def test_the_writer_streams_ops_as_the_capture_hands_them_out(tmp_path: Path) -> None:
+    trace = make_trace()
+    with TraceWriter(tmp_path / "t.jsonl.gz", trace.header) as w:
+        for stage in trace.stages:
+            for op in trace.ops_of_stage(stage.stage):
+                w.op(op)
+            w.stage(stage)
+    assert (tmp_path / "t.jsonl.gz").read_bytes() == write(tmp_path / "u.jsonl.gz", trace).read_bytes()
+
+
+# ------------------------------------------------------------------------------------- versions 1 to 3
+
+def damaged_v3(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
+    path = write_v3(tmp_path / "t.jsonl.gz", make_trace(measured))
+    lines = lines_of(path)
+    change(lines[line - 1])
+    return rewrite(path, lines)
+
+
+def test_version_3_reads_as_it_did(tmp_path: Path) -> None:
+    for measured in (False, True):
+        trace = make_trace(measured)
+        back = read_trace(write_v3(tmp_path / f"v3{measured}.jsonl.gz", trace))
+        assert back.header == make_header(measured, version=3) and back.ops == trace.ops
+        assert back.stages == trace.stages and len(back.distinct) == (12 if measured else 3)
+        assert list(iter_records(tmp_path / f"v3{measured}.jsonl.gz"))[1:] == list(iter_records(
+            write(tmp_path / f"v4{measured}.jsonl.gz", trace)))[1:]
+
+
+# make_trace() as version 3: line 1 header, 2-5 ops of stage 0, 6 its stage record, 7-10 and 11 stage 1, 12-15
+# and 16 stage 2, 17 end
+@pytest.mark.parametrize("line, field, change, text", [
+    (3, "flops", lambda op: op.update(flops="12"), 'expected an integer >= 0, got "12"'),
+    (3, "i", lambda op: op.update(i=5), "expected 1"),
+    (3, "weights", lambda op: op.update(weights=["nope.weight"]), "unknown weight id 'nope.weight'"),
+    (3, "deps", lambda op: op.update(deps=[2]), "reaches 2 ops back, but only 1 ops of its stage"),
+    (7, "deps", lambda op: op.update(deps=[1]), "reaches 1 ops back, but only 0"),
+    (3, "srcs", lambda op: op.update(srcs=[2, 0]), "each at most 1"),
+    (7, "stage", lambda op: op.update(stage=0), "expected > 0 (the previous stage record)"),
+    (11, "stage", lambda s: s.update(stage=0), "expected > 0"),
+    (17, "ops", lambda e: e.update(ops=11), "expected 12"),
+    (17, "stages", lambda e: e.update(stages=4), "expected 3"),
+    (17, "executed", lambda e: e.update(executed=12), "unknown field"),
+])
+def test_damaged_version_3_records(tmp_path: Path, line: int, field: str, change, text: str) -> None:
+    expect_error(damaged_v3(tmp_path, line, change), line, field, text)
+
+
+def test_version_3_ops_must_precede_their_stage_record(tmp_path: Path) -> None:
+    # an op of stage 1 before the stage record of stage 0: reported at that stage record (line 6)
+    expect_error(damaged_v3(tmp_path, 3, lambda op: op.update(stage=1)), 6, "stage", "expected >= 1 (its ops)")
+    path = write_v3(tmp_path / "t.jsonl.gz", make_trace())
+    lines = lines_of(path)
+    extra_op = {**lines[1], "i": 12, "stage": 3}
+    expect_error(rewrite(path, [*lines[:-1], extra_op, {**lines[-1], "ops": 13}]), 18, None, "no stage record")
+
+
+def test_version_1_reads_as_program_order(tmp_path: Path) -> None:
+    path = write_v3(tmp_path / "t.jsonl.gz", make_trace())
+    lines = lines_of(path)
+    lines[0]["version"] = 1
+    for rec in lines:
+        if rec.get("type") == "op":
+            for name in ("deps", "seq", "kind", "kv", "srcs"):
+                del rec[name]
+    old = read_trace(rewrite(path, lines))
+    assert old.header.version == 1 and all(op.deps is None for op in old.ops)
+    # kind from the module by the old naming rules; a prefill stage runs one sequence: the first
+    expected = make_trace()
+    prefill = {s.stage for s in expected.stages if s.kind == "prefill"}
+    assert [dataclasses.replace(op, deps=None, srcs=[], seq=0 if op.stage in prefill else None)
+            for op in expected.ops] == old.ops
+    lines[2]["deps"] = []  # version 1 has no such field
+    expect_error(rewrite(path, lines), 3, "deps", "unknown field")
+
+
+def test_version_2_reads_with_the_old_naming_rules(tmp_path: Path) -> None:
+    path = write_v3(tmp_path / "t.jsonl.gz", make_trace())
+    lines = lines_of(path)
+    lines[0]["version"] = 2
+    for rec in lines:
+        if rec.get("type") == "op":
+            for name in ("seq", "kind", "kv", "srcs"):
+                del rec[name]
+    old = read_trace(rewrite(path, lines))
+    expected = make_trace()
+    prefill = {s.stage for s in expected.stages if s.kind == "prefill"}
+    assert [dataclasses.replace(op, srcs=[], seq=0 if op.stage in prefill else None) for op in expected.ops] == old.ops
+
+
+def test_committed_measurements_read() -> None:
+    """The H200 measurements in data/measured/ are version 1 files: they still read, and repeat enough to be
+    stored compactly in memory."""
+    measured = sorted((ROOT / "data" / "measured" / "h200").glob("*.jsonl.gz"))
+    assert measured
+    for path in measured:
+        trace = read_trace(path)
+        assert trace.header.version == 1 and trace.header.measured and trace.executed == len(trace.ops) > 0
+        assert all(op.duration_s is not None for op in trace.distinct) and len(trace.distinct) < trace.executed
 
 
 def test_no_torch_import() -> None:

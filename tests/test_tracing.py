@@ -18,8 +18,8 @@ from sim.defaults import DEFAULT_TRACES
 from sim.trace import read_trace
 
 
-def traced(model, decoder="speed", tokens=6, flips="0.3,0.2", prompt=(3, 4, 5), source=None):
-    capture = OpCapture(model)
+def traced(model, decoder="speed", tokens=6, flips="0.3,0.2", prompt=(3, 4, 5), source=None, meta_shortcuts=True):
+    capture = OpCapture(model, meta_shortcuts=meta_shortcuts)
     predictor = tracing.flip_oracle(model.config, flips if model.config.n_groups > 1 else None)
     with capture.attached():
         tracing.run_decoder(model, decoder, [list(prompt)], tokens, source, predictor, observer=capture)
@@ -55,11 +55,12 @@ def test_flops_and_bytes_of_linear_attention_and_head_by_hand(d_head, heads, d_f
 
 
 def test_matmul_flops_agree_with_torch_flop_counter():
-    # on meta, attention lowers to the math path (bmm) that flop_counter counts; it misses cpu's fused kernel
+    # on meta, attention lowers to the math path (bmm) that flop_counter counts; it misses cpu's fused kernel. Every
+    # op executed in full, so that the counter sees it (the meta shortcuts skip what they can)
     model = SharedDecoder(get_preset("tiny-t5-2x3"), device="meta", dtype=torch.float32)
     counter = FlopCounterMode(display=False)
     with counter:
-        capture = traced(model, source=[[7, 8, 9, 10]])
+        capture = traced(model, source=[[7, 8, 9, 10]], meta_shortcuts=False)
     ours = sum(op.flops for op in capture.ops if op.op in ("aten.linear.default", "aten.scaled_dot_product_attention"))
     assert ours == counter.get_total_flops()
 
@@ -117,11 +118,29 @@ def test_cpu_and_meta_traces_have_the_same_ops_and_shapes(preset, decoder):
     assert summary("cpu") == summary("meta")
 
 
+@pytest.mark.parametrize("preset, decoder, compiled", [
+    ("tiny-4x3", "speed", False), ("tiny-t5-2x3", "speed", True), ("tiny-2x3", "sequential", True),
+    ("llama-1b-11x2", "speed", False)])
+def test_the_meta_shortcuts_change_no_op(preset, decoder, compiled):
+    """On meta, functional ops take their outputs' metadata from an earlier call alike and attention its output
+    directly (reference/capture/metaops.py): the trace is the one the ops executed in full give."""
+    def trace(shortcuts):
+        model = SharedDecoder(get_preset(preset), device="meta", dtype=torch.bfloat16)
+        capture = OpCapture(model, meta_shortcuts=shortcuts)
+        source = [[5, 6, 7, 8]] if model.config.is_encoder_decoder else None
+        flips = ",".join(["0.4"] * (model.config.n_groups - 1)) or None
+        with capture.attached():
+            tracing.run_decoder(model, decoder, [[3, 4, 5]], 5, source, tracing.flip_oracle(model.config, flips),
+                                observer=capture, compiled=compiled)
+        return capture.ops, capture.stages
+    assert trace(True) == trace(False)
+
+
 def test_trace_file_round_trip_and_header(tmp_path):
     path = tmp_path / "t.jsonl.gz"
-    capture, _ = tracing.capture_trace("tiny-2x3", "speed", 8, path, flips="0.2,0.1", source_len=4)
+    written, _ = tracing.capture_trace("tiny-2x3", "speed", 8, path, flips="0.2,0.1", source_len=4)
     trace = read_trace(path)
-    assert trace.ops == capture.ops and trace.stages == capture.stages
+    assert trace == written and trace.ops == written.ops and trace.stages == written.stages
     assert trace.header.decoder == "speed" and trace.header.model["n_groups"] == 3
     assert trace.header.flips["rates"] == [0.2, 0.1] and trace.header.dtype == "bfloat16"
     assert sum(len(s.commits) for s in trace.stages) == 8

@@ -5,9 +5,16 @@ writes it reads (read after write) or whose reads or writes it overwrites (write
 write). Ranges, not whole storages, so two rows writing and reading different depths or positions of one KV
 cache tensor stay independent. Stages need no edges between them: each ends with the host reading the
 argmaxes, a full synchronization.
+
+A storage is known by its address, which a new storage may take once the old one is freed; a tensor made
+without a recorded op (`torch.tensor` on the meta device dispatches none) would then inherit the old one's
+accesses. So each storage is also held by a weak reference, and what is recorded of a storage that is gone is
+forgotten when a new one at its address is met (`Accesses.region`).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -28,10 +35,25 @@ class Accesses:
     def __init__(self) -> None:
         self.writes: dict[int, list[tuple[int, int, int]]] = {}  # storage -> [(lo, hi, op index)]
         self.reads: dict[int, list[tuple[int, int, int]]] = {}
+        self._storages: dict[int, weakref.ref] = {}  # storage address -> the storage recorded there
 
     def clear(self) -> None:
         self.writes.clear()
         self.reads.clear()
+        self._storages.clear()
+
+    def region(self, t: torch.Tensor) -> Region | None:
+        """`region(t)`, after forgetting the accesses of a storage that was freed and whose address t's took."""
+        where = region(t)
+        if where is not None:
+            storage = t.untyped_storage()
+            known = self._storages.get(where[0])
+            if known is None or known() is not storage:
+                if known is not None:
+                    self.writes.pop(where[0], None)
+                    self.reads.pop(where[0], None)
+                self._storages[where[0]] = weakref.ref(storage)
+        return where
 
     def last_writer(self, where: Region | None) -> int | None:
         """The latest op of this stage that wrote any of `where`, or None."""

@@ -19,8 +19,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from reference.capture.accesses import Accesses, region
+from reference.capture.accesses import Accesses
 from reference.capture.clock import host_clock
+from reference.capture.metaops import MetaOps, attention_output
 from reference.capture.placement import KV_FIELDS, ModelHooks, Placement
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
@@ -34,7 +35,7 @@ from sim.opkinds import (
     SCATTER_OPS,
     kernel_class,
 )
-from sim.trace import OpRecord, StageRecord
+from sim.trace import OpRecord, StageRecord, Trace, TraceHeader
 
 aten = torch.ops.aten
 METADATA = {aten._unsafe_view.default, aten.lift_fresh.default, aten.detach_.default}  # no kernel, no bytes
@@ -120,12 +121,15 @@ class Origins:
 class OpCapture(TorchDispatchMode):
     """Records the ops of a decoding run of `model`. `timer` times each op: "host" (a clock around it, the one
     reference.capture.clock picks for the model's device: right on cpu, where ops are synchronous) or None;
-    `annotate(i)` gives a context around op i (a profiler range)."""
+    `annotate(i)` gives a context around op i (a profiler range). On the meta device ops run with the exact
+    shortcuts of `reference.capture.metaops` unless `meta_shortcuts` is False."""
 
     def __init__(self, model: SharedDecoder, timer: str | None = None,
-                 annotate: Callable[[int], Any] | None = None) -> None:
+                 annotate: Callable[[int], Any] | None = None, meta_shortcuts: bool = True) -> None:
         super().__init__()
         self.model, self.timer, self.annotate = model, timer, annotate
+        on_meta = meta_shortcuts and model.embed.weight.device.type == "meta"
+        self.meta_ops = MetaOps() if on_meta else None
         self.ops: list[OpRecord] = []
         self.stages: list[StageRecord] = []
         self.where = Placement(model.config.n_unique_layers)
@@ -156,6 +160,10 @@ class OpCapture(TorchDispatchMode):
             if op.seq is None and len(seqs) == 1:  # a stage of one sequence: every op is its
                 op.seq = next(iter(seqs))
 
+    def trace(self, header: TraceHeader) -> Trace:
+        """The captured run as a trace with `header` (a ValueError if an op lies outside every stage)."""
+        return Trace(header, self.ops, self.stages)
+
     @contextmanager
     def attached(self) -> Iterator[OpCapture]:
         """Install the model hooks and the dispatch modes for the length of a `with`."""
@@ -174,7 +182,7 @@ class OpCapture(TorchDispatchMode):
         acc: dict[str, Any] = {"reads": {"weight": 0, "act": 0, "kv": 0}, "writes": {"act": 0, "kv": 0},
                                "weights": set(), "kv": [], "kv_slice": None, "read_regions": [], "write_regions": []}
         for i, t in enumerate(tensors):
-            kind, where = self.origins.kind(t), region(t)
+            kind, where = self.origins.kind(t), self.accesses.region(t)
             item = self.origins.kv_item(t)
             if item is not None and acc["kv_slice"] is None:
                 acc["kv_slice"] = item
@@ -195,7 +203,7 @@ class OpCapture(TorchDispatchMode):
         if not written:  # a fresh result: an activation, or the KV cache being allocated
             acc["writes"]["kv" if self.where.module == "kv_cache" else "act"] += sum(nbytes(t) for t in outs)
             self.origins.forget(outs)
-        acc["fresh"] = [] if written else [r for r in map(region, outs) if r is not None]
+        acc["fresh"] = [] if written else [r for r in map(self.accesses.region, outs) if r is not None]
         return acc
 
     def _kv_items(self, name: str, item: tuple[str, int, int]) -> list[str]:
@@ -225,7 +233,7 @@ class OpCapture(TorchDispatchMode):
         if kv_slice is not None:
             seq = kv_slice[2]
         index = len(self.ops)
-        writers = [self.accesses.last_writer(region(t)) for t in tensors]
+        writers = [self.accesses.last_writer(self.accesses.region(t)) for t in tensors]
         deps = self.accesses.record(index, acc["read_regions"], acc["write_regions"], acc["fresh"])
         reads, writes = acc["reads"], acc["writes"]
         self.ops.append(OpRecord(
@@ -256,7 +264,8 @@ class OpCapture(TorchDispatchMode):
             return func(*args, **kwargs)
         if func in METADATA:
             return self.origins.alias(args, func(*args, **kwargs))
-        out, duration = self.timed(lambda: func(*args, **kwargs))
+        run = self.meta_ops
+        out, duration = self.timed(lambda: func(*args, **kwargs) if run is None else run(func, args, kwargs))
         if func.is_view:
             src = args[0] if isinstance(args[0], torch.Tensor) else None
             if src is None or all(t.untyped_storage()._cdata == src.untyped_storage()._cdata
@@ -283,6 +292,8 @@ class _CompositeOps(TorchFunctionMode):
         def call() -> Any:
             capture._in_composite = True
             try:
+                if capture.meta_ops is not None:  # its output, without meta's math decomposition
+                    return attention_output(*args[:3])
                 out = func(*args, **kwargs)
                 if out.device.type == "meta":
                     # the fused kernels of cpu and cuda return [..., T, H, hd] memory under an [..., H, T, hd]

@@ -24,6 +24,11 @@ backend it lowers to (a fused kernel on cpu and cuda, a dozen math ops on meta),
 different devices have the same op sequence. The capture itself is `reference.capture.opcapture.OpCapture`;
 this module runs it over a decoding run and writes the trace.
 
+On the meta device the capture is fast by default (`reference.capture.fastcapture.FastCapture`): each distinct
+stage structure is recorded as the decoder executes it, and its repetitions (decode steps that differ only in
+KV length) are derived, field for field what the full capture records (`--full-capture` records every stage,
+for checking; tests/test_fastcapture.py compares the two).
+
     python -m reference.capture.tracing --preset t5-base-4x3 --decoder speed --device meta --tokens 128 --out FILE
     python -m reference.capture.tracing --defaults     # regenerate the simulator's default traces under data/traces/
 """
@@ -31,7 +36,6 @@ this module runs it over a decoding run and writes the trace.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 import time
@@ -39,31 +43,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from reference import compiled as compiled_steps
 from reference import decode
+from reference.capture.fastcapture import FastCapture
 from reference.capture.opcapture import OpCapture
+from reference.capture.revision import code_revision
 from reference.config import PRESETS, ModelConfig, get_preset
 from reference.flips import FlipOracle
 from reference.model import SharedDecoder
+from reference.pipeline import Row
 from sim.defaults import DEFAULT_RUNS, DEFAULT_SOURCE_LEN, DEFAULT_TOKENS, DEFAULT_TRACES, default_trace_name
-from sim.trace import TraceHeader, TraceWriter
-
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # holds reference/ and sim/: the checkout or site-packages
-# Sources whose content decides what a trace holds: their hash is the trace's code revision, so that a
-# regenerated default trace is byte-identical until one of them changes.
-TRACE_SOURCES = ("reference/config.py", "reference/model.py", "reference/decode.py", "reference/pipeline.py",
-                 "reference/compiled.py", "reference/flips.py", "reference/capture/tracing.py",
-                 "reference/capture/opcapture.py", "reference/capture/placement.py", "reference/capture/accesses.py",
-                 "sim/opkinds.py", "sim/trace.py")
-
-
-def code_revision() -> str:
-    """A hash of the sources that decide what a trace holds."""
-    digest = hashlib.sha256()
-    for name in TRACE_SOURCES:
-        digest.update((SOURCE_ROOT / name).read_bytes())
-    return "src-" + digest.hexdigest()[:12]
+from sim.trace import Trace, TraceHeader
+from sim.trace import write_trace as write_trace_file
 
 
 def workload(cfg: Any, batch: int, prompt_len: int, source_len: int, seed: int = 0
@@ -135,54 +128,71 @@ def run_decoder(model: SharedDecoder, decoder: str, prompts: list[list[int]], to
               compile=compiled)
 
 
+class Progress:
+    """A StageObserver that hands the decoders' stage hooks on to the capture and counts the tokens committed
+    on a progress bar (tqdm; shown on a terminal)."""
+
+    def __init__(self, capture: OpCapture, total_tokens: int, label: str, enabled: bool = True) -> None:
+        self.capture = capture
+        self.bar = tqdm(total=total_tokens, desc=label, unit="token", leave=False, disable=None if enabled else True)
+
+    def begin(self, kind: str) -> None:
+        self.capture.begin(kind)
+
+    def end(self, rows: list[tuple[int, Row]], predictions: list[int], commits: list[tuple[int, int, int]],
+            flushes: list[tuple[int, int, int]]) -> None:
+        self.capture.end(rows, predictions, commits, flushes)
+        self.bar.update(len(commits))
+
+
 def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Path, device: str = "meta",
                   dtype: torch.dtype = torch.bfloat16, batch: int = 1, prompt_len: int = 16,
                   source_len: int = DEFAULT_SOURCE_LEN, flips: str | None = None, seed: int = 0,
-                  command: str = "", compiled: bool = False) -> tuple[OpCapture, float]:
+                  command: str = "", compiled: bool = False, full: bool = False, progress: bool = False
+                  ) -> tuple[Trace, float]:
     """Trace one decoding run of a preset (or a config) and write it to `out`; `compiled`: the run compiled
     decoding makes (static shapes: the whole padded cache attended under a mask, tensor-indexed cache writes),
-    as the compiler is handed it. Returns the capture and its time in s."""
+    as the compiler is handed it. On the meta device stage repetitions are derived (`FastCapture`) unless
+    `full`; elsewhere every op is recorded. `progress`: a progress bar of the tokens committed. Returns the
+    trace and the capture's time in s."""
     cfg = preset if isinstance(preset, ModelConfig) else get_preset(preset)
     predictor = flip_oracle(cfg, flips, seed, decoder == "sequential")
     if predictor is None and device == "meta":
         raise ValueError("--flips model needs real values: the meta device has none; give a profile or rates")
     model = SharedDecoder(cfg, device=device, dtype=dtype, seed=seed)
     prompts, sources = workload(cfg, batch, prompt_len, source_len, seed)
-    capture = OpCapture(model)
+    capture = OpCapture(model) if full or device != "meta" else FastCapture(model)
     t0 = time.perf_counter()
+    observer = Progress(capture, tokens * batch, f"tracing {cfg.name} {decoder}", progress)
     with capture.attached():
-        run_decoder(model, decoder, prompts, tokens, sources, predictor, observer=capture, compiled=compiled)
+        run_decoder(model, decoder, prompts, tokens, sources, predictor, observer=observer, compiled=compiled)
+    observer.bar.close()
     elapsed = time.perf_counter() - t0
     extra = {"formulation": "compiled"} if compiled else {}
-    write_trace(out, header(model, capture, decoder, prompts, tokens, predictor, device, False, command, extra),
-                capture)
-    return capture, elapsed
+    trace = write_trace(out, header(model, capture, decoder, prompts, tokens, predictor, device, False, command,
+                                    extra), capture)
+    return trace, elapsed
 
 
-def write_trace(out: Path, head: TraceHeader, capture: OpCapture) -> None:
+def write_trace(out: Path, head: TraceHeader, capture: OpCapture) -> Trace:
+    """Write what `capture` recorded as a trace with `head` to `out`; returns the trace."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage_of = {s.stage for s in capture.stages}
-    if any(op.stage not in stage_of for op in capture.ops):
-        raise RuntimeError("ops outside any stage: the decoder's observer hooks were not called")
-    with TraceWriter(out, head) as writer:
-        ops = iter(capture.ops)
-        op = next(ops, None)
-        for stage in capture.stages:
-            while op is not None and op.stage <= stage.stage:
-                writer.op(op)
-                op = next(ops, None)
-            writer.stage(stage)
+    try:
+        trace = capture.trace(head)
+    except ValueError as err:
+        raise RuntimeError(f"ops outside any stage: the decoder's observer hooks were not called ({err})") from None
+    write_trace_file(out, trace)
+    return trace
 
 
-def write_defaults(out_dir: Path = DEFAULT_TRACES, progress: bool = True) -> list[Path]:
-    """The simulator's default traces (meta device, so byte-reproducible on any machine)."""
-    from tqdm import tqdm
-
+def write_defaults(out_dir: Path = DEFAULT_TRACES, progress: bool = True, full: bool = False) -> list[Path]:
+    """The simulator's default traces (meta device, so byte-reproducible on any machine); `full`: every stage
+    recorded (the same files, slower)."""
     paths = []
     runs = [(preset, decoder, compiled) for compiled in (False, True) for preset, decoder in DEFAULT_RUNS]
     for preset, decoder, compiled in tqdm(runs, desc="default traces", disable=not progress):
         path = out_dir / default_trace_name(preset, decoder, compiled)
-        capture_trace(preset, decoder, DEFAULT_TOKENS, path, compiled=compiled,
+        capture_trace(preset, decoder, DEFAULT_TOKENS, path, compiled=compiled, full=full,
                       command="python -m reference.capture.tracing --defaults")
         paths.append(path)
     return paths
@@ -220,25 +230,30 @@ def main(argv: list[str] | None = None) -> int:
                         "tensor-indexed cache writes), for python -m sim.run --launch compiled")
     parser.add_argument("--defaults", action="store_true", help="regenerate the default traces under data/traces/ "
                         "(eager and compiled)")
+    parser.add_argument("--full-capture", action="store_true", help="on the meta device, record every stage as the "
+                        "decoder executes it instead of deriving the repetitions of each stage structure (the same "
+                        "trace, slower: for checking the fast capture)")
     args = parser.parse_args(argv)
     if args.defaults:
-        for path in write_defaults():
-            print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
+        t0 = time.perf_counter()
+        for path in write_defaults(full=args.full_capture):
+            print(f"{path}  {path.stat().st_size / 1e6:.3f} MB")
+        print(f"regenerated in {time.perf_counter() - t0:.1f} s")
         return 0
     if args.preset is None or args.out is None:
         parser.error("--preset and --out are required (or --defaults)")
     try:
-        capture, elapsed = capture_trace(args.preset, args.decoder, args.tokens, args.out, args.device,
-                                         getattr(torch, args.dtype), args.batch, args.prompt_len, args.source_len,
-                                         args.flips, args.seed, compiled=args.compiled,
-                                         command=" ".join(["python -m reference.capture.tracing", *sys.argv[1:]]))
+        trace, elapsed = capture_trace(args.preset, args.decoder, args.tokens, args.out, args.device,
+                                       getattr(torch, args.dtype), args.batch, args.prompt_len, args.source_len,
+                                       args.flips, args.seed, compiled=args.compiled, full=args.full_capture,
+                                       progress=True,
+                                       command=" ".join(["python -m reference.capture.tracing", *sys.argv[1:]]))
     except ValueError as err:
         parser.error(str(err))
-    flops = sum(op.flops for op in capture.ops)
-    weight_bytes = sum(op.weight_bytes for op in capture.ops)
-    print(f"{args.out}: {len(capture.ops)} ops in {len(capture.stages)} stages, {flops / 1e9:.2f} GFLOP, "
-          f"{weight_bytes / 1e9:.2f} GB of weights read; captured in {elapsed:.1f} s, "
-          f"{args.out.stat().st_size / 1e6:.2f} MB on disk")
+    weight_bytes = sum(trace.distinct[k].weight_bytes * n for k, n in trace.counts().items())
+    print(f"{args.out}: {trace.executed} ops ({len(trace.distinct)} distinct) in {len(trace.stages)} stages, "
+          f"{trace.total_flops / 1e9:.2f} GFLOP, {weight_bytes / 1e9:.2f} GB of weights read; captured in "
+          f"{elapsed:.1f} s, {args.out.stat().st_size / 1e6:.3f} MB on disk")
     return 0
 
 
