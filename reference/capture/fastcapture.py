@@ -150,6 +150,7 @@ class FastCapture(OpCapture):
         self.derived = 0
         self._executed = 0  # ops executed before the current stage
         self._first = 0  # index in `ops` of the current stage's first recorded op
+        self._ended = 0  # index in `ops` where the last stage ended
         self._mode: str | None = None  # RECORD or DERIVE once the stage's structure is known
         self._prologue = 0  # ops recorded before the structure was known
         self._structure: _Structure | None = None
@@ -158,6 +159,7 @@ class FastCapture(OpCapture):
 
     # -- the decoders' StageObserver hooks
     def begin(self, kind: str) -> None:
+        self._close_gap()
         super().begin(kind)
         first = len(self.ops) if self.where.stage > 0 else 0  # ops before the first stage belong to it
         self._first, self._mode, self._structure, self._derived = first, None, None, None
@@ -174,14 +176,31 @@ class FastCapture(OpCapture):
             ids = tuple(recorded)
             if self._mode == RECORD:
                 self._structure.learn(self._position, ids[self._prologue :], self.table)
-        for j, k in enumerate(ids):  # an op new to the table: this is its first execution
-            if k >= known:
-                self.table.ops[k].i, self.table.ops[k].stage = self._executed + j, self.where.stage
+        self._number(ids, known)
         self.stage_ids.append(ids)
         self._executed += len(ids)
+        self._ended, self._mode = len(self.ops), None  # what runs before the next stage is recorded
+
+    def _number(self, ids: tuple[int, ...], known: int) -> None:
+        """An op new to the table (an id from `known` on): this is its first execution."""
+        for j, k in enumerate(ids):
+            if k >= known:
+                self.table.ops[k].i, self.table.ops[k].stage = self._executed + j, self.where.stage
+
+    def _close_gap(self) -> None:
+        """Ops recorded after a stage ended and before the next one begins belong to the stage before (as the full
+        capture has them: compiled SPEED decoding allocates its carry there)."""
+        if self.stage_ids and len(self.ops) > self._ended:
+            known = len(self.table.ops)
+            extra = tuple(self.table.intern(op) for op in self.ops[self._ended :])
+            self._number(extra, known)
+            self.stage_ids[-1] += extra
+            self._executed += len(extra)
+            self._ended = len(self.ops)
 
     def trace(self, header: TraceHeader) -> Trace:
         """The captured run as a (compact) trace with `header`."""
+        self._close_gap()
         return Trace.compact(header, self.stages, self.table.ops, self.stage_ids)
 
     # -- the first group pass of a stage: where its structure is known
