@@ -52,33 +52,39 @@ class CapacityError(ValueError):
 
 
 def kv_cache_bytes(trace: Trace) -> int:
-    """The KV cache as allocated: the bytes of the memset ops that write it (the cache's allocation)."""
-    return sum(op.kv_write_bytes for op in trace.ops if op.kind == "memset")
+    """The KV cache as allocated: the bytes of the memset ops that write it (the cache's allocation), each counted
+    as often as it executed."""
+    memsets = {k for k, op in enumerate(trace.distinct) if op.kind == "memset" and op.kv_write_bytes}
+    return sum(trace.distinct[k].kv_write_bytes for ids in trace.stage_op_ids for k in ids if k in memsets)
 
 
 def _stage_peak(ops: list[OpRecord]) -> int:
-    """The largest live activation bytes within one stage (ops in order; `srcs` give each input's producer)."""
+    """The largest live activation bytes within one stage (ops in order; `srcs` give each input's producer), in
+    one pass: a running total of the outputs a later op still reads."""
     last_use: dict[int, int] = {}
     for j, op in enumerate(ops):
         for s in op.srcs:
             if s:
                 last_use[j - s] = j
-    peak, pending = 0, {}  # pending: producer -> bytes, outputs a later op still reads
+    peak = held_total = 0
+    pending: dict[int, int] = {}  # producer -> bytes of its output, while a later op still reads it
     for j, op in enumerate(ops):
         inputs = {j - s for s in op.srcs if s}
-        held = sum(b for i, b in pending.items() if i not in inputs)  # inputs are in act_read_bytes already
+        held = held_total - sum(pending.get(i, 0) for i in inputs)  # inputs are in act_read_bytes already
         peak = max(peak, op.act_read_bytes + op.act_write_bytes + held)
         for i in inputs:
-            if last_use.get(i) == j:
-                pending.pop(i, None)
+            if last_use.get(i) == j and i in pending:
+                held_total -= pending.pop(i)
         if last_use.get(j, j) > j:
             pending[j] = op.act_write_bytes
+            held_total += op.act_write_bytes
     return peak
 
 
 def activation_bytes(trace: Trace) -> int:
-    """The largest live activations of any stage."""
-    return max((_stage_peak(trace.ops_of_stage(s.stage)) for s in trace.stages), default=0)
+    """The largest live activations of any stage, each distinct stage (its ops' ids) computed once."""
+    peaks = {ids: _stage_peak([trace.distinct[k] for k in ids]) for ids in set(trace.stage_op_ids)}
+    return max(peaks.values(), default=0)
 
 
 def device_memory(trace: Trace) -> DeviceMemory:
