@@ -40,7 +40,7 @@ import simpy
 
 from sim.fusion import fuse, is_fused
 from sim.hardware import HwConfig
-from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
+from sim.kernels import CLASSES, Kernel, KernelCost, check_ops, demand, kernel_cost, kernel_of
 from sim.memory import DeviceMemory, check_fits, device_memory, run_name
 from sim.trace import OpRecord, Trace
 
@@ -51,6 +51,15 @@ LAUNCH_MODES = ("eager", "graph", "compiled")
 # share of the cache: the rest of it holds weights and KV slices. A quarter is an assumption (not fitted), the
 # size below which a decode step's activations (a few KB to a few MB) never reach DRAM on any hwconfig here.
 ACTIVATION_RESIDENT_SHARE = 0.25
+# The longest kernel a projection accepts, in seconds (1e22 years). Only figures out of any real range (an
+# op's FLOPs near 2**63 at the slowest legal rate and efficiencies) come near it; a kernel beyond it, or one
+# whose time is not finite, is refused naming the inputs, so that the sums of cycles stay within float range and
+# no table ever shows NaN or infinity.
+LONGEST_KERNEL_S = 1e30
+
+
+class ProjectionError(ValueError):
+    """A projection refused because a kernel's time is not a finite time up to LONGEST_KERNEL_S."""
 
 
 class OnChipCache:
@@ -313,15 +322,23 @@ class _StageReplay:
         self.timelines: dict[tuple, StageTimeline] = {}
         self.graphs: dict[tuple, tuple[nx.DiGraph, dict[tuple[int, ...], int]]] = {}  # deps -> graph, paths
 
-    def costs_of(self, kernels: list[Kernel]) -> list[tuple[KernelCost, int, tuple[float, float] | None, int]]:
-        """(cost, cycles, demand, DRAM bytes) of each kernel of a stage, in order; the cache learns the stage."""
+    def costs_of(self, kernels: list[Kernel], first: int, name: str
+                 ) -> list[tuple[KernelCost, int, tuple[float, float] | None, int]]:
+        """(cost, cycles, demand, DRAM bytes) of each kernel of a stage, in order (kernel `first` first, of run
+        `name`); the cache learns the stage."""
         out = []
-        for k in kernels:
+        for j, k in enumerate(kernels):
             dram = self.cache.serve(k)
             key = (k, dram)
             cost = self.costs.get(key)
             if cost is None:
                 c = kernel_cost(k, self.hw, dram, self.compiled)
+                if not 0 <= c.time_s <= LONGEST_KERNEL_S:  # also false for NaN
+                    raise ProjectionError(
+                        f"{name} on {self.hw.name} ({self.hw.path}): kernel {first + j} ({k.cls} {k.op}, {k.flops:,} "
+                        f"FLOPs, {k.bytes:,} bytes, {k.dtype}) would take {c.time_s:.3g} s, not a finite time up to "
+                        f"{LONGEST_KERNEL_S:g} s: the trace's figures or the hwconfig's rates are out of any real "
+                        "range")
                 cost = self.costs[key] = (c, self.hw.cycles(c.time_s),
                                           demand(k, c, self.hw) if self.streams > 1 else None)
             out.append((*cost, dram))
@@ -372,16 +389,17 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     if launch == "compiled" and not is_fused(trace):
         if kernels is not None:
             raise ValueError("compiled launch: pass the kernels of the fused trace (sim.fusion.fuse), or none")
+        check_ops(trace.ops)  # before fusing: an error names the traced op
         trace = fuse(trace).trace
     kernels = kernels if kernels is not None else kernels_of(trace, hw)
     replay = _StageReplay(hw, launch, streams)
     p = Projection(hw.name, hw.path, launch, hw.peak.clock_hz, kernels, [], [], [], [], [], [], [], 0,
                    streams=streams, critical_path_cycles=0 if streams > 1 else None, memory=memory)
-    now, op_index = 0, 0
+    now, op_index, name = 0, 0, run_name(trace)
     for stage in trace.stages:
         ops = trace.ops_of_stage(stage.stage)
         n = len(ops)
-        costs = replay.costs_of(kernels[op_index : op_index + n])
+        costs = replay.costs_of(kernels[op_index : op_index + n], op_index, name)
         p.costs += [c[0] for c in costs]
         p.dram_bytes += [c[3] for c in costs]
         timeline, path = replay.timeline(ops, tuple(c[1] for c in costs), tuple(c[2] for c in costs))
