@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+from sim.command import integer, run_command
 from sim.defaults import DEFAULT_RUNS, DEFAULT_TOKENS, default_trace
 from sim.engine import kernels_of, project
 from sim.hardware import HWCONFIG_DIR, load_hwconfig
-from sim.run import trace_on_demand
+from sim.run import MAX_STREAMS, trace_on_demand
 from sim.trace import read_trace
 
 
@@ -43,12 +44,13 @@ def bench(label: str, paths: list[Path], hw_path: Path, streams: int = 1) -> flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+    parser.add_argument("--tokens", type=integer(1), default=DEFAULT_TOKENS,
                         help=f"tokens of the default workload (default {DEFAULT_TOKENS}: the committed traces)")
-    parser.add_argument("--llama-tokens", type=int, default=64, help="tokens of the Llama-2-7B 8x4 SPEED run "
+    parser.add_argument("--llama-tokens", type=integer(0), default=64, help="tokens of the Llama-2-7B 8x4 SPEED run "
                         "(default 64; 0 skips it)")
     parser.add_argument("--hw", type=Path, default=HWCONFIG_DIR / "a100.yaml", help="hwconfig (default a100)")
-    parser.add_argument("--streams", type=int, default=4, help="also time the default workload with graph launch and "
+    parser.add_argument("--streams", type=integer(1, MAX_STREAMS), default=4,
+                        help="also time the default workload with graph launch and "
                         "this many kernels at once (the overlap model; default 4; 1 skips it)")
     args = parser.parse_args(argv)
 
@@ -74,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.bench"))

@@ -11,6 +11,7 @@ from reference import decode
 from reference.config import get_preset
 from reference.flips import FlipOracle, FlipReplay
 from reference.model import SharedDecoder
+from sim.files import atomic_write
 
 
 def committed_span(prompt: list[int], tokens: list[int]) -> int:
@@ -158,7 +159,8 @@ def test_flip_log_saved_and_loaded_replays_the_run(tmp_path):
     log = StageLog()
     out = decode.speed(model, [[3, 4]], 40, predictor=FlipOracle([0.3, 0.2], cfg.vocab_size, seed=2, avoid=[1]),
                        observer=log)
-    FlipReplay([p for _, preds, _, _ in log.stages for p in preds], source="run").save(tmp_path / "log.json", 3)
+    text = FlipReplay([p for _, preds, _, _ in log.stages for p in preds], source="run").dumps(3)
+    atomic_write(tmp_path / "log.json", lambda tmp: tmp.write_text(text))
     replayed = decode.speed(model, [[3, 4]], 40, predictor=FlipReplay.load(tmp_path / "log.json", groups=3))
     assert replayed.tokens == out.tokens and replayed.stats == out.stats
     with pytest.raises(ValueError, match="field 'groups' is 3, the model has G = 4"):

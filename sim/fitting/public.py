@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from sim.command import check_outputs, number, run_command
 from sim.defaults import CHECKOUT as ROOT
 from sim.engine import project
 from sim.files import atomic_write
@@ -122,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                         "OUT, and report it on the held-out half")
     parser.add_argument("--held-out", action="store_true",
                         help="compare the held-out half of the points only (for a config made by --fit)")
-    parser.add_argument("--max-error-matmul", type=float, metavar="PCT",
+    parser.add_argument("--max-error-matmul", type=number(0), metavar="PCT",
                         help="exit 1 when the median absolute error of the matrix products exceeds PCT")
-    parser.add_argument("--max-error-other", type=float, metavar="PCT",
+    parser.add_argument("--max-error-other", type=number(0), metavar="PCT",
                         help="exit 1 when the median absolute error of softmax, layer norm or GELU exceeds PCT")
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--fit": args.fit})
     try:
         hw = load_hwconfig(args.hw)
         if args.fit:
@@ -157,4 +159,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.fitting.public"))

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from sim.command import check_outputs, run_command
 from sim.defaults import CHECKOUT as ROOT
 from sim.engine import breakdown, project
 from sim.files import atomic_write
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-loop", type=Path, help="output folder of scripts/cpu_validation.sh to include")
     parser.add_argument("--out", type=Path, default=ROOT / "VALIDATION.md", help="default VALIDATION.md")
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out})
     if args.cpu_loop:  # before the long part: the files the loop writes
         missing = [name for name in CPU_LOOP_FILES if not (args.cpu_loop / name).is_file()]
         if missing or not list(args.cpu_loop.glob("*.jsonl.gz")):
@@ -246,4 +248,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.fitting.report"))
