@@ -34,7 +34,7 @@ from sim.defaults import CHECKOUT as ROOT
 from sim.engine import project
 from sim.files import atomic_write
 from sim.fitting.calibrate import fit_class
-from sim.fitting.validate import metrics
+from sim.fitting.validate import metrics, r_text
 from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig, parse, to_dict
 from sim.trace import Trace, one_op_trace
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'operator':<11}{'n':>4}{'median|e|%':>12}{'mean|e|%':>10}{'bias%':>8}{'r':>7}")
     for kind, m in results.items():
         print(f"{kind:<11}{m['n']:>4}{m['median_abs_pct']:>12.1f}{m['mean_abs_pct']:>10.1f}{m['bias_pct']:>+8.1f}"
-              f"{m['pearson_r']:>7.3f}")
+              f"{r_text(m['pearson_r'])}")
     failed = []
     if args.max_error_matmul is not None and results["matmul"]["median_abs_pct"] > args.max_error_matmul:
         failed.append(f"matmul {results['matmul']['median_abs_pct']:.1f}% > {args.max_error_matmul}%")

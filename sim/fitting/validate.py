@@ -61,16 +61,17 @@ def _measured(seconds: object) -> bool:
             and MEASURED_S[0] <= seconds <= MEASURED_S[1])
 
 
-def metrics(pairs: list[tuple[float, float]]) -> dict[str, float | None]:
-    """Error statistics of (projected, measured) pairs, in % (correlation in [-1, 1], None where it does not exist:
-    fewer than two pairs, or no spread); pairs whose measured time is outside MEASURED_S are left out."""
+def metrics(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    """Error statistics of (projected, measured) pairs, in % (correlation in [-1, 1], NaN where it does not exist:
+    fewer than two pairs, or no spread: `r_text` prints it "-", `json_safe` writes it null); pairs whose measured
+    time is outside MEASURED_S are left out."""
     pairs = [(p, m) for p, m in pairs if _measured(m) and math.isfinite(p)]
     if not pairs:
         return {"n": 0}
     signed = [100 * (p / m - 1) for p, m in pairs]  # p / m first: 100 * (p - m) overflows for m near 1e308
     absolute = sorted(abs(e) for e in signed)
     projected, measured = [p for p, _ in pairs], [m for _, m in pairs]
-    r = None
+    r = math.nan
     if len(pairs) > 1 and statistics.pstdev(projected) > 0 and statistics.pstdev(measured) > 0:
         r = statistics.correlation(projected, measured)
     return {"n": len(pairs), "mean_abs_pct": statistics.fmean(absolute), "median_abs_pct": statistics.median(absolute),
@@ -164,7 +165,7 @@ def print_resources(name: str, pairs: dict[str, list[tuple[float, float]]]) -> N
         m = metrics(values)
         if m["n"]:
             print(f"{resource:<21}{m['n']:>4}{m['median_abs_pct']:>12.1f}{m['mean_abs_pct']:>10.1f}"
-                  f"{m['bias_pct']:>+8.1f}{_r(m['pearson_r'])}")
+                  f"{m['bias_pct']:>+8.1f}{r_text(m['pearson_r'])}")
 
 
 def print_report(name: str, report: dict[str, dict[str, float]]) -> None:
@@ -173,12 +174,21 @@ def print_report(name: str, report: dict[str, dict[str, float]]) -> None:
     for metric, m in report.items():
         if m["n"]:
             print(f"{metric:<22}{m['n']:>7}{m['mean_abs_pct']:>10.1f}{m['median_abs_pct']:>12.1f}"
-                  f"{m['p90_abs_pct']:>9.1f}{m['bias_pct']:>+8.1f}{_r(m['pearson_r'])}")
+                  f"{m['p90_abs_pct']:>9.1f}{m['bias_pct']:>+8.1f}{r_text(m['pearson_r'])}")
 
 
-def _r(r: float | None) -> str:
-    """The correlation column: "-" where there is none (one pair, or no spread)."""
-    return f"{'-':>7}" if r is None else f"{r:>7.3f}"
+def r_text(r: float, width: int = 7) -> str:
+    """A correlation as a table shows it: "-" where there is none (one pair, or no spread)."""
+    return f"{r:>{width}.3f}" if math.isfinite(r) else f"{'-':>{width}}"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every float that is not finite (a correlation that does not exist) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def scatter(pairs: dict[str, list[tuple[float, float]]], out: Path, title: str) -> None:
@@ -282,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     overall = {metric: metrics(values) for metric, values in everything.items()}
     print_report(f"all {len(args.measured)} traces on {hw.name} ({args.hw})", overall)
     if args.json:
-        text = json.dumps({"overall": overall, "traces": per_trace}, indent=1, allow_nan=False)
+        text = json.dumps(json_safe({"overall": overall, "traces": per_trace}), indent=1, allow_nan=False)
         atomic_write(args.json, lambda tmp: tmp.write_text(text))
     if args.plot:
         scatter(everything, args.plot, f"{hw.name}: {len(args.measured)} measured traces")
