@@ -6,9 +6,11 @@ line that names the file (or flag) and the field; never another exception, a han
 scripts/fuzz_inputs.py runs the same kinds of input through the real command lines and tabulates the outcomes.
 """
 
+import atexit
 import dataclasses
 import math
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -71,6 +73,7 @@ HOSTILE_TEXT = st.one_of(
     st.text(max_size=15).filter(lambda t: "\n" not in t and "\r" not in t),
 )
 SCRATCH = Path(tempfile.mkdtemp(prefix="hostile-"))  # one file rewritten per example (no per-test fixture)
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 
 def small_trace() -> tuple[Trace, Trace]:
