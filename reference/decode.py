@@ -1,4 +1,5 @@
-"""Greedy decoding: `sequential` (the baseline) and `speed` (pipelined speculation, exact).
+"""Greedy decoding: `sequential` (the baseline) and `speed` (pipelined speculation: sequential's tokens in exact
+arithmetic; in floating point the same except where rounding resolves a near-tie differently, README "Exactness").
 
 Both share one convention: the prompt minus its last token is prefilled at every depth; every generated token
 is then produced by one row whose input is the token before it (a decode step in `sequential`, a pipeline row
@@ -9,7 +10,8 @@ one compiled variant per number of rows in flight, its compile time reported on 
 apart from decode time; prefill, encoding and the bookkeeping stay eager. The tokens are the eager ones.
 
 A batch is a list of prompts of any lengths. Each sequence has its own SPEED pipeline; the rows of all
-sequences of a stage run through the shared group together, so the output of every sequence is exact.
+sequences of a stage run through the shared group together, and every sequence's output is its own sequential
+decoding's (in exact arithmetic).
 """
 
 from __future__ import annotations
@@ -268,7 +270,9 @@ def speed(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: int, e
           predictor: Predictor | None = None, compile: bool = False) -> DecodeResult:
     """SPEED: up to G tokens in flight per sequence, one per group; each stage runs every in-flight row once
     through the Nd shared blocks as one batch, the LM head on every row, then compares, flushes and commits
-    (see reference.pipeline). The output equals `sequential`'s. `compile`: run each stage (the new tokens'
+    (see reference.pipeline). The output equals `sequential`'s in exact arithmetic; in floating point the two batch
+    rows differently, so their logits differ by rounding and a step whose top two logits are closer than that (a
+    near-tie) can pick another token (README, "Exactness"). `compile`: run each stage (the new tokens'
     embedding, the group pass and the head) as one compiled graph (reference.compiled), one variant per number
     of rows in flight."""
     cfg = model.config

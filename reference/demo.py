@@ -1,5 +1,10 @@
 """Decode one prompt with sequential greedy decoding and with SPEED on a small preset, show that the outputs
-agree, and print the pipeline statistics.
+agree, and print the pipeline statistics and what its stage count is made of.
+
+The two decoders' tokens are equal in exact arithmetic. In floating point they batch rows differently, so their
+logits differ by rounding (up to ~5e-14 in float64, ~2.5e-5 in float32 on these models); a step whose top two
+logits are closer than that (a near-tie) can resolve differently. Random float64 models have no such tie: the
+outputs agree, and the exit status is 1 if they do not.
 
     python -m reference.demo [--preset tiny-4x3] [--tokens 48] [--seed 0] [--compile]
 
@@ -20,6 +25,8 @@ import torch
 from reference import decode
 from reference.config import PRESETS, get_preset
 from reference.model import SharedDecoder
+from reference.pipeline import PipelineStats
+from sim.command import integer, run_command
 
 REPEATS = 3  # warm runs timed per decoder with --compile
 
@@ -29,18 +36,25 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny-4x3",
                         help="model preset (default tiny-4x3); one of: " + ", ".join(PRESETS))
-    parser.add_argument("--tokens", type=int, default=48, help="tokens to generate (default 48)")
-    parser.add_argument("--prompt-len", type=int, default=8, help="prompt length in tokens (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt (default 0)")
+    parser.add_argument("--tokens", type=integer(1), default=48, help="tokens to generate (default 48)")
+    parser.add_argument("--prompt-len", type=integer(1), default=8, help="prompt length in tokens (default 8; "
+                        "prompt + tokens - 1 must fit the preset's max_seq_len)")
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed of the random weights and prompt (default 0)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64",
-                        help="parameter dtype (default float64, so that no near-tie can split the two outputs)")
+                        help="parameter dtype (default float64: rounding differences between the decoders ~1e-14, "
+                        "so a near-tie that makes their tokens differ is far rarer than in float32)")
     parser.add_argument("--compile", action="store_true",
                         help="also decode compiled (torch.compile): compile time apart, per-token times, equal tokens")
     args = parser.parse_args(argv)
     try:
         cfg = get_preset(args.preset)
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(f"--preset {args.preset}: {err}")
+    # the encoder-decoder presets decode from the start token, the prompt is their encoder input
+    needed = args.tokens if cfg.is_encoder_decoder else args.prompt_len + args.tokens - 1
+    if needed > cfg.max_seq_len or args.prompt_len > cfg.max_seq_len:
+        parser.error(f"--prompt-len {args.prompt_len} and --tokens {args.tokens}: {cfg.name} holds "
+                     f"{cfg.max_seq_len} positions (max_seq_len); a decoder-only run needs prompt + tokens - 1")
 
     torch.manual_seed(args.seed)
     model = SharedDecoder(cfg, dtype=getattr(torch, args.dtype), seed=args.seed)
@@ -61,13 +75,24 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - t0
         print(f"{name:>10}: {results[name].stages:4d} stages, {elapsed * 1e3:7.1f} ms  {results[name].tokens[0]}")
     same = results["sequential"].tokens == results["speed"].tokens
-    print(f"outputs agree: {same}")
+    print(f"outputs agree: {same}" + ("" if same else " (a near-tie resolved differently by rounding)"))
     stats = results["speed"].stats
     print(f"SPEED pipeline: {stats.summary()}")
-    print(f"stages with no flush would be tokens + G - 1 = {len(results['speed'].tokens[0]) + cfg.n_groups - 1}")
+    print(stage_count(stats, len(results["speed"].tokens[0])))
     if args.compile:
         same = compiled_report(model, prompt, args.tokens, encoder_inputs, results) and same
     return 0 if same else 1
+
+
+def stage_count(stats: PipelineStats, tokens: int) -> str:
+    """What SPEED's stage count is made of (one sequence): every stage starts at most one row, so stages = rows
+    started (committed + flushed) + stages that start none, which are those where the newest row already predicts
+    EOS or the last position; at least tokens + G - 1, at most G x tokens (reference.pipeline)."""
+    idle = stats.stages - stats.injected
+    return (f"stages {stats.stages} = rows started {stats.injected} ({stats.committed} committed + {stats.flushed} "
+            f"flushed) + {idle} stages that started none (the newest row predicted EOS or the last position; the "
+            f"last G - 1 = {stats.groups - 1} drain the pipeline); bounds: tokens + G - 1 = "
+            f"{tokens + stats.groups - 1} <= stages <= G x tokens = {stats.groups * tokens}")
 
 
 def _timed(fn: Callable[..., decode.DecodeResult], *args: object,
@@ -101,4 +126,4 @@ def compiled_report(model: SharedDecoder, prompt: list[int], tokens: int, encode
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m reference.demo"))

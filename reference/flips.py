@@ -59,20 +59,43 @@ class FlipOracle:
                      path: Path | None = None) -> FlipOracle:
         """The oracle of a named profile in a profile file; by default the first of data/flips/*.yaml that has it
         (the paper's Figure 4, paper-fig4.yaml, first; the trained code-* models, trained.yaml)."""
-        paths = [path] if path is not None else sorted(PROFILES_DIR.glob("*.yaml"), key=lambda p: p != PAPER_PROFILES)
-        known = []
-        for candidate in paths:
-            try:
-                data = yaml.safe_load(candidate.read_text())
-            except OSError as err:
-                raise ValueError(f"flip profile file {candidate}: {err.strerror}") from None
-            profiles = data.get("profiles", {}) if isinstance(data, dict) else {}
-            if name in profiles:
-                return cls(profiles[name], vocab_size, seed, avoid,
-                           source=f"{candidate.name}:{name} ({data.get('source', '')})")
-            known += profiles
-        where = paths[0] if path is not None else f"{PROFILES_DIR}/*.yaml"
-        raise ValueError(f"flip profile file {where}: no profile {name!r}; profiles: {', '.join(known)}")
+        profiles = load_profiles(path)
+        if name not in profiles:
+            where = path if path is not None else f"{PROFILES_DIR}/*.yaml"
+            raise ValueError(f"flip profile file {where}: no profile {name!r}; profiles: {', '.join(profiles)}")
+        file, rates, source = profiles[name]
+        return cls(rates, vocab_size, seed, avoid, source=f"{file.name}:{name} ({source})")
+
+
+def load_profiles(path: Path | None = None) -> dict[str, tuple[Path, list[float], str]]:
+    """Every named profile: name -> (file, rates, the file's source), from `path` or data/flips/*.yaml (where two
+    files name the same profile, the paper's wins)."""
+    paths = [path] if path is not None else sorted(PROFILES_DIR.glob("*.yaml"), key=lambda p: p != PAPER_PROFILES)
+    out: dict[str, tuple[Path, list[float], str]] = {}
+    for candidate in paths:
+        try:
+            data = yaml.safe_load(candidate.read_text())
+        except OSError as err:
+            raise ValueError(f"flip profile file {candidate}: {err.strerror}") from None
+        profiles = data.get("profiles", {}) if isinstance(data, dict) else {}
+        for name, rates in profiles.items():
+            out.setdefault(name, (candidate, rates, data.get("source", "")))
+    return out
+
+
+def default_profile(name: str, groups: int) -> str:
+    """The flip profile a model decodes with when none is named: its own (by preset name), else the paper's
+    profile of a model with the same G (t5-base-4x3's for G = 3, t5-base-2x6's for G = 6), else a ValueError
+    that asks for rates."""
+    profiles = load_profiles()
+    if name in profiles:
+        return name
+    for other, (file, rates, _) in profiles.items():
+        if file == PAPER_PROFILES and len(rates) == groups - 1 and not other.startswith("task-"):
+            return other
+    raise ValueError(f"no flip profile for {name} (G = {groups}) in {PROFILES_DIR}, and none of the paper's has "
+                     f"G - 1 = {groups - 1} rates: give the flips as {groups - 1} rates per exit (e.g. "
+                     f"{','.join(['0.05'] * (groups - 1))}) or a profile name")
 
 
 class FlipReplay:
@@ -93,8 +116,10 @@ class FlipReplay:
         self._next += 1
         return self.predictions[self._next - 1]
 
-    def save(self, path: Path, groups: int) -> None:
-        path.write_text(json.dumps({"source": self.source, "groups": groups, "predictions": self.predictions}))
+    def dumps(self, groups: int) -> str:
+        """The log as JSON text (`load` reads it back); write it with `sim.files.atomic_write`, so that an existing
+        log is never half-overwritten (the decoder core writes no files itself)."""
+        return json.dumps({"source": self.source, "groups": groups, "predictions": self.predictions})
 
     @classmethod
     def load(cls, path: Path, groups: int) -> FlipReplay:

@@ -20,6 +20,7 @@ Pure Python, no torch: the simulator's command lines read configs without it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,8 @@ def _integer(path: Path, raw: dict[str, Any], field: str, default: int | None = 
 
 def _number(path: Path, raw: dict[str, Any], field: str, default: float) -> float:
     value = raw.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise HfConfigError(path, field, f"expected a number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise HfConfigError(path, field, f"expected a finite number > 0, got {value!r}")
     return float(value)
 
 
@@ -154,17 +155,22 @@ def from_hf_dict(raw: Any, path: str | os.PathLike[str] = "<config>", name: str 
         raise HfConfigError(path, None, str(err)) from None
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON has (Python's json reads NaN and Infinity; transformers never "
+                     "writes them)")
+
+
 def load_hf_config(path: str | os.PathLike[str], share: str | None = None, name: str | None = None) -> ModelConfig:
     """Read a Hugging Face `config.json` of the Llama family; `share` "NdxG": its cyclically shared variant, `Nd`
     unique blocks applied `G` times (refused unless Nd x G equals num_hidden_layers)."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), parse_constant=_no_constant)
     except FileNotFoundError:
         raise HfConfigError(path, None, "no such file") from None
     except OSError as err:
         raise HfConfigError(path, None, err.strerror or str(err)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise HfConfigError(path, None, f"not valid JSON: {err}") from None
     cfg = from_hf_dict(raw, path, name)
     if share is None:

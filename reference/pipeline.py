@@ -15,6 +15,15 @@ One stage:
 
 Invariants: committed tokens only grow; injected = committed + flushed once drained; a flush takes every
 younger row with it; rows are at distinct groups and consecutive positions, older rows deeper.
+
+Stage count: every stage starts at most one row, so stages = rows injected (committed + flushed) + stages that
+inject none, and a stage injects none exactly when the newest row in flight already predicts EOS or the last
+position (with no row in flight, the next row always starts). So stages >= tokens + G - 1 (each committed row
+starts in a stage of its own, the last runs G stages), with equality when nothing is flushed and no stage waits
+before the last row starts; and stages <= G x tokens, since every stage advances the oldest row, which is never
+flushed. A row's changed prediction flushes only younger rows, yet can still cost stages: an early exit that
+predicts EOS holds up the next row until a later exit of the same row predicts otherwise (G = 4, exit 1 always
+EOS, later exits right: 10 tokens take 22 stages, none flushed).
 """
 
 from __future__ import annotations

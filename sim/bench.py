@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sim import run
+from sim.command import integer, run_command
 from sim.defaults import DEFAULT_RUNS, DEFAULT_TOKENS, DEFAULT_TRACES, default_trace
 from sim.engine import distinct_kernels, project
 from sim.fusion import fuse
@@ -226,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
                         "(default llama2-7b-8x4)")
     parser.add_argument("--speed-flips", default="0.09,0.04,0.02", help="its flip rates per exit (default "
                         "0.09,0.04,0.02, the rates of the README's Llama examples)")
-    parser.add_argument("--tokens", type=int, default=128, help="tokens of the two model runs (default 128)")
-    parser.add_argument("--long-tokens", type=int, default=512, help="tokens of the long default run (default 512)")
+    parser.add_argument("--tokens", type=integer(1, 100_000), default=128,
+                        help="tokens of the two model runs (default 128)")
+    parser.add_argument("--long-tokens", type=integer(1, 100_000), default=512,
+                        help="tokens of the long default run (default 512)")
     parser.add_argument("--regenerate", action="store_true", help="also time regenerating the default traces")
     args = parser.parse_args(argv)
-    if min(args.tokens, args.long_tokens) < 1:
-        parser.error("--tokens and --long-tokens must be >= 1")
     hw = run.load_hws([args.hw], {}, parser)[0]
     try:
         from reference.capture import tracing  # noqa: F401 (torch and the capture imported before any timing)
@@ -257,4 +258,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.bench"))

@@ -42,7 +42,7 @@ import simpy
 
 from sim.fusion import fuse, is_fused
 from sim.hardware import HwConfig
-from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
+from sim.kernels import CLASSES, Kernel, KernelCost, check_ops, demand, kernel_cost, kernel_of
 from sim.memory import DeviceMemory, check_fits, device_memory, run_name
 from sim.trace import OpRecord, Trace, gc_paused
 
@@ -53,6 +53,15 @@ LAUNCH_MODES = ("eager", "graph", "compiled")
 # share of the cache: the rest of it holds weights and KV slices. A quarter is an assumption (not fitted), the
 # size below which a decode step's activations (a few KB to a few MB) never reach DRAM on any hwconfig here.
 ACTIVATION_RESIDENT_SHARE = 0.25
+# The longest kernel a projection accepts, in seconds (1e22 years). Only figures out of any real range (an
+# op's FLOPs near 2**63 at the slowest legal rate and efficiencies) come near it; a kernel beyond it, or one
+# whose time is not finite, is refused naming the inputs, so that the sums of cycles stay within float range and
+# no table ever shows NaN or infinity.
+LONGEST_KERNEL_S = 1e30
+
+
+class ProjectionError(ValueError):
+    """A projection refused because a kernel's time is not a finite time up to LONGEST_KERNEL_S."""
 
 
 class OnChipCache:
@@ -422,6 +431,12 @@ class _StageReplay:
     def _cost_id(self, kernel: int, dram: int) -> int:
         k = self.kernels[kernel]
         c = kernel_cost(k, self.hw, dram, self.compiled)
+        if not 0 <= c.time_s <= LONGEST_KERNEL_S:  # also false for NaN
+            raise ProjectionError(
+                f"{run_name(self.trace)} on {self.hw.name} ({self.hw.path}): op {kernel} of the trace's distinct ops "
+                f"({k.cls} {k.op}, {k.flops:,} FLOPs, {k.bytes:,} bytes, {k.dtype}) would take {c.time_s:.3g} s, not "
+                f"a finite time up to {LONGEST_KERNEL_S:g} s: the trace's figures or the hwconfig's rates are out "
+                "of any real range")
         self.cost_ids[kernel, dram] = len(self.entries)
         entry = CostEntry(k, dram, c, self.hw.cycles(c.time_s), demand(k, c, self.hw) if self.streams > 1 else None)
         self.entries.append(entry)
@@ -498,6 +513,7 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     if launch == "compiled" and not is_fused(trace):
         if kernels is not None:
             raise ValueError("compiled launch: pass the kernels of the fused trace (sim.fusion.fuse), or none")
+        check_ops(trace.distinct)  # before fusing: an error names the traced op
         trace = fuse(trace).trace
     kernels = distinct_kernels(trace, hw) if kernels is None else _per_distinct_op(trace, kernels)
     replay = _StageReplay(trace, hw, launch, streams, kernels)

@@ -1,39 +1,48 @@
 """Hardware descriptions: peak figures (from datasheets, each with a source) kept apart from efficiency factors
 (fitted by calibration), loaded from `hwconfigs/*.yaml` and validated.
 
-Every malformed file gets a `HwConfigError` naming the file and the dotted field: missing, unknown, negative,
-zero where a positive figure is needed, mistyped, or an efficiency outside (0, 1].
+Every malformed file gets a `HwConfigError` naming the file and the dotted field: missing, unknown, mistyped,
+given twice, not finite (NaN, infinity, 1e999), or outside the range its field allows (`RANGES`: wide enough for
+any chip and far-fetched what-ifs, narrow enough that every projection stays finite). The file itself is read
+within bounds (`sim.inputs`: a regular UTF-8 file of at most 1 MiB, no alias expansion bombs, no deep nesting,
+integers in decimal).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sim.defaults import HWCONFIG_DIR
+from sim.inputs import InputError, brief, load_yaml, load_yaml_file
 from sim.opkinds import KERNEL_CLASSES, MATRIX_CLASSES
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, where 1.41e9 (no sign, no dot before the exponent) is a string; read it as the
-    number everyone means."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
-               r"|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."))
 
 KINDS = ("gpu", "edge", "cpu")
 GENERATED_CLASS = "fused"  # the kernel class of the kernels a graph compiler generates (sim.fusion)
 DTYPES = ("bfloat16", "float16", "float32")
+
+# The range (low, high, inclusive) of each kind of figure. Wide enough for any device from a microcontroller to a
+# wafer-scale chip, and for what-if studies far beyond both; narrow enough that no projection overflows: the
+# slowest legal kernel (FLOPs and bytes of the largest trace at the lowest rate and efficiencies) still takes a
+# finite time, and sim.engine refuses, as a last guard, any kernel time that is not finite.
+CLOCK_HZ = (1e6, 1e11)  # 1 MHz .. 100 GHz
+COMPUTE_UNITS = (1, 10**7)  # SMs or cores
+FLOPS_PER_S = (1e6, 1e19)  # 1 MFLOP/s .. 10 EFLOP/s for one chip
+BANDWIDTH_BYTES_PER_S = (1e6, 1e17)  # 1 MB/s .. 100 PB/s
+DRAM_CAPACITY_BYTES = (1e3, 1e16)  # 1 kB (a what-if that nothing fits) .. 10 PB
+L2_CAPACITY_BYTES = (0.0, 1e13)  # 0: no on-chip cache
+SECONDS = (0.0, 1.0)  # host costs and fixed times per kernel or launch: a second per kernel describes no runtime
+EFFICIENCY = (1e-6, 1.0)  # achieved / peak: below a millionth of the peak no fit means anything
+TILE = (1, 1 << 16)  # output tile sides, in rows and columns
+MAX_NAME_CHARS = 200  # a device's name heads every table
+RANGES = {"peak.clock_hz": CLOCK_HZ, "peak.compute_units": COMPUTE_UNITS, "peak.matrix_flops_per_s": FLOPS_PER_S,
+          "peak.vector_flops_per_s": FLOPS_PER_S, "peak.dram_bandwidth_bytes_per_s": BANDWIDTH_BYTES_PER_S,
+          "peak.l2_bandwidth_bytes_per_s": BANDWIDTH_BYTES_PER_S, "peak.dram_capacity_bytes": DRAM_CAPACITY_BYTES,
+          "peak.l2_capacity_bytes": L2_CAPACITY_BYTES, "host": SECONDS, "efficiency": EFFICIENCY, "tile": TILE}
 
 
 class HwConfigError(ValueError):
@@ -41,7 +50,8 @@ class HwConfigError(ValueError):
 
     def __init__(self, path: str | os.PathLike[str], field: str | None, problem: str) -> None:
         self.path, self.field = os.fspath(path), field
-        super().__init__(f"hwconfig {self.path}" + (f", field '{field}'" if field else "") + f": {problem}")
+        shown = field if field is None or field.isprintable() else brief(field)
+        super().__init__(f"hwconfig {self.path}" + (f", field '{shown}'" if field else "") + f": {problem}")
 
 
 @dataclass(frozen=True)
@@ -154,24 +164,41 @@ class HwConfig:
         return -int(-seconds * self.peak.clock_hz // 1)
 
     def with_overrides(self, overrides: dict[str, str]) -> HwConfig:
-        """A copy with dotted fields replaced ("peak.dram_bandwidth_bytes_per_s" -> "4e12"), validated again."""
+        """A copy with dotted fields replaced ("peak.dram_bandwidth_bytes_per_s" -> "4e12", each value read as YAML
+        within `sim.inputs`' bounds), validated again; errors name the file, the --set values and the field."""
         raw = to_dict(self)
+        where = f"{self.path} with --set {' '.join(f'{k}={_cut(v)}' for k, v in overrides.items())}"
         for key, text in overrides.items():
             node, parts = raw, key.split(".")
-            for part in parts[:-1]:
+            for depth, part in enumerate(parts[:-1]):
                 if not isinstance(node.get(part), dict):
-                    raise HwConfigError(self.path, key, f"no such field (fields: {', '.join(_leaves(raw))})")
+                    raise HwConfigError(where, key, _no_such_field(node, parts[:depth]))
                 node = node[part]
             if parts[-1] not in node or isinstance(node[parts[-1]], dict):
-                raise HwConfigError(self.path, key, f"no such field (fields: {', '.join(_leaves(raw))})")
-            node[parts[-1]] = yaml.load(text, Loader=_Loader)
-        units = raw["peak"]["compute_units"]
-        if "peak.compute_units" in overrides and isinstance(units, int) and units > 0:
+                raise HwConfigError(where, key, _no_such_field(node, parts[:-1]))
+            try:
+                node[parts[-1]] = load_yaml(text)
+            except InputError as err:
+                raise HwConfigError(where, key, err.problem) from None
+        if "peak.compute_units" in overrides:
             # more units of the same kind: the chip's peak rates grow with them (unless set explicitly)
+            units = _number(where, "peak.compute_units", raw["peak"]["compute_units"], COMPUTE_UNITS, integer=True)
             for rates in ("matrix_flops_per_s", "vector_flops_per_s"):
                 if not any(k.startswith(f"peak.{rates}") for k in overrides):
                     raw["peak"][rates] = {d: r * units / self.peak.compute_units for d, r in raw["peak"][rates].items()}
-        return parse(raw, f"{self.path} with --set {' '.join(f'{k}={v}' for k, v in overrides.items())}")
+        return parse(raw, where)
+
+
+def _no_such_field(node: dict, within: list[str]) -> str:
+    """Says which fields there are where a --set key went astray (the figures of that section, or the sections)."""
+    prefix = ".".join(within) + "." if within else ""
+    names = [f"{prefix}{k}" + (".*" if isinstance(v, dict) else "") for k, v in node.items() if k != "sources"]
+    return f"no such figure; {'in ' + prefix[:-1] if prefix else 'at the top'}: {', '.join(names)}"
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    """A --set value as an error line shows it: as typed if short and printable, else quoted and cut."""
+    return text if len(text) <= limit and text.isprintable() else brief(text, limit)
 
 
 def _leaves(d: dict, prefix: str = "") -> list[str]:
@@ -197,18 +224,22 @@ def to_dict(hw: HwConfig) -> dict[str, Any]:
     return raw
 
 
-def _number(path: str, field: str, value: Any, integer: bool = False, positive: bool = True) -> float:
+def _number(path: str, field: str, value: Any, bounds: tuple[float, float], integer: bool = False) -> Any:
+    """`value` if it is a finite number (an integer where `integer`) within `bounds`; else a HwConfigError."""
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
-        raise HwConfigError(path, field, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise HwConfigError(path, field, f"must be {'> 0' if positive else '>= 0'}, got {value!r}")
+        raise HwConfigError(path, field, f"expected {'an integer' if integer else 'a number'}, got {brief(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise HwConfigError(path, field, f"expected a finite number, got {value!r}")
+    low, high = bounds
+    if not low <= value <= high:
+        raise HwConfigError(path, field, f"must lie in [{low:g}, {high:g}], got {brief(value)}")
     return value
 
 
 def _section(path: str, raw: Any, name: str, cls: type, check: Any, optional: tuple[str, ...] = ()) -> Any:
     if not isinstance(raw, dict):
-        raise HwConfigError(path, name, f"expected a mapping, got {raw!r}")
+        raise HwConfigError(path, name, f"expected a mapping, got {brief(raw)}")
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
@@ -227,22 +258,29 @@ def _peak_field(path: str, field: str, value: Any) -> Any:
     if field.endswith("flops_per_s"):
         if not isinstance(value, dict) or "float32" not in value:
             raise HwConfigError(path, field, f"expected a mapping of dtype to FLOP/s with at least float32, "
-                                f"got {value!r}")
+                                f"got {brief(value)}")
         for dtype, rate in value.items():
             if dtype not in DTYPES:
                 raise HwConfigError(path, f"{field}.{dtype}", f"unknown dtype; allowed: {', '.join(DTYPES)}")
-            _number(path, f"{field}.{dtype}", rate)
+            _number(path, f"{field}.{dtype}", rate, FLOPS_PER_S)
         return {k: float(v) for k, v in value.items()}
     if field == "peak.compute_units":
-        return int(_number(path, field, value, integer=True))
-    return float(_number(path, field, value, positive=field != "peak.l2_capacity_bytes"))  # 0: no cache
+        return int(_number(path, field, value, COMPUTE_UNITS, integer=True))
+    return float(_number(path, field, value, RANGES[field]))
+
+
+def _seconds(path: str, field: str, value: Any) -> float:
+    return float(_number(path, field, value, SECONDS))
 
 
 def _efficiency(path: str, field: str, value: Any) -> float:
-    value = _number(path, field, value)
-    if value > 1:
-        raise HwConfigError(path, field, f"an efficiency is achieved / peak, in (0, 1]; got {value!r}")
-    return float(value)
+    """An efficiency: achieved / peak."""
+    return float(_number(path, field, value, EFFICIENCY))
+
+
+def _fit(path: str, field: str, value: Any) -> KernelFit:
+    return _section(path, value, field, KernelFit, lambda f, v: _efficiency(path, f, v) if f.endswith("efficiency")
+                    else _seconds(path, f, v), optional=("memory_efficiency",))
 
 
 def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
@@ -257,15 +295,16 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     for key in ("name", "kind", "peak", "host", "efficiency", "tile", "sources"):
         if key not in raw:
             raise HwConfigError(path, key, "missing")
-    if not isinstance(raw["name"], str) or not raw["name"]:
-        raise HwConfigError(path, "name", f"expected a non-empty string, got {raw['name']!r}")
+    if not isinstance(raw["name"], str) or not 0 < len(raw["name"]) <= MAX_NAME_CHARS:
+        raise HwConfigError(path, "name", f"expected a string of 1 to {MAX_NAME_CHARS} characters, got "
+                            f"{brief(raw['name'])}")
     if raw["kind"] not in KINDS:
-        raise HwConfigError(path, "kind", f"must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
+        raise HwConfigError(path, "kind", f"must be one of {', '.join(KINDS)}, got {brief(raw['kind'])}")
 
     peak = _section(path, raw["peak"], "peak", Peak, lambda f, v: _peak_field(path, f, v))
-    host = _section(path, raw["host"], "host", Host, lambda f, v: float(_number(path, f, v, positive=False)))
+    host = _section(path, raw["host"], "host", Host, lambda f, v: _seconds(path, f, v))
     eff = _section(path, raw["efficiency"], "efficiency", Efficiency, lambda f, v: _efficiency(path, f, v))
-    tile = _section(path, raw["tile"], "tile", Tile, lambda f, v: int(_number(path, f, v, integer=True)))
+    tile = _section(path, raw["tile"], "tile", Tile, lambda f, v: int(_number(path, f, v, TILE, integer=True)))
     sources = raw["sources"]
     if not isinstance(sources, dict):
         raise HwConfigError(path, "sources", "expected a mapping of field to source")
@@ -278,19 +317,15 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
             raise HwConfigError(path, f"sources.{field}", "missing: every peak and host figure needs a source")
     notes = raw.get("notes", "")
     if not isinstance(notes, str):
-        raise HwConfigError(path, "notes", f"expected a string, got {notes!r}")
-    def fit(field: str, value: Any) -> KernelFit:
-        return _section(path, value, field, KernelFit, lambda f, v: _efficiency(path, f, v) if f.endswith("efficiency")
-                        else float(_number(path, f, v, positive=False)), optional=("memory_efficiency",))
-
-    classes = {cls: fit(f"classes.{cls}", value) for cls, value in _class_mapping(path, raw, "classes").items()}
-    ops = {cls: {op: fit(f"ops.{cls}.{op}", value)
+        raise HwConfigError(path, "notes", f"expected a string, got {brief(notes)}")
+    classes = {cls: _fit(path, f"classes.{cls}", value) for cls, value in _class_mapping(path, raw, "classes").items()}
+    ops = {cls: {op: _fit(path, f"ops.{cls}.{op}", value)
                  for op, value in _mapping(path, f"ops.{cls}", by_op, "op kind (aten name) to fit").items()}
            for cls, by_op in _class_mapping(path, raw, "ops").items()}
     compiled = None
     if raw.get("compiled") is not None:
-        compiled = _section(path, raw["compiled"], "compiled", CompiledFits, lambda f, v: fit(f, v) if f.endswith(
-            "generated") else float(_number(path, f, v, positive=False)))
+        compiled = _section(path, raw["compiled"], "compiled", CompiledFits, lambda f, v: _fit(path, f, v)
+                            if f.endswith("generated") else _seconds(path, f, v))
     return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes, ops,
                     compiled)
 
@@ -299,7 +334,7 @@ def _mapping(path: str, field: str, value: Any, what: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
-        raise HwConfigError(path, field, f"expected a mapping of {what}, got {value!r}")
+        raise HwConfigError(path, field, f"expected a mapping of {what}, got {brief(value)}")
     return value
 
 
@@ -317,16 +352,10 @@ def load_hwconfig(path: str | os.PathLike[str]) -> HwConfig:
     """Load and validate a hwconfig YAML file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = load_yaml_file(path)
     except FileNotFoundError:
         known = ", ".join(sorted(p.name for p in HWCONFIG_DIR.glob("*.yaml")))
         raise HwConfigError(path, None, f"no such file (shipped hwconfigs: {known})") from None
-    except OSError as err:
-        raise HwConfigError(path, None, err.strerror or str(err)) from None
-    try:
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise HwConfigError(path, None, f"not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    except InputError as err:
+        raise HwConfigError(path, err.field, err.problem + (f" (line {err.line})" if err.line else "")) from None
     return parse(raw, path)

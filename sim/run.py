@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import heapq
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from sim.command import check_outputs, integer, run_command
 from sim.defaults import (
     DEFAULT_HW,
     DEFAULT_RUNS,
@@ -46,8 +48,12 @@ from sim.engine import LAUNCH_MODES, Projection, breakdown, distinct_kernels, pr
 from sim.files import atomic_write
 from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
+from sim.inputs import InputError, load_yaml_file
+from sim.kernels import OpError, check_ops
 from sim.memory import device_memory
 from sim.trace import Trace, gc_paused, read_trace
+
+MAX_STREAMS = 1024  # kernels in flight at once: more than any device runs (an H100 holds 128 hardware queues)
 
 if TYPE_CHECKING:  # the simulator runs without torch: the decoder's config is read only when a model is traced
     from reference.config import ModelConfig
@@ -71,31 +77,54 @@ class Run:
         return [[f"{traced.ops[j].module} {traced.ops[j].op}" for j in group] for group in fused.covers]
 
 
-def model_config(model: str, share: str | None = None) -> ModelConfig:
+def model_config(model: str, share: str | None = None, flag: str = "--model") -> ModelConfig:
     """The model `--model` names: a preset, a Hugging Face config.json of the Llama family (Llama, Mistral,
-    Qwen2) or a model config YAML file (ModelConfig's fields); `share` "NdxG": its cyclically shared variant. A
-    ValueError names the file and the field of what cannot be used."""
-    import yaml
-
-    from reference.config import ModelConfig, get_preset, parse_share, shared_variant
+    Qwen2) or a model config YAML file (ModelConfig's fields, read within `sim.inputs`' bounds); `share` "NdxG":
+    its cyclically shared variant. A ValueError names the flag (`flag`: "--model", or a spec's field), the file and
+    the field of what cannot be used."""
+    from reference.config import get_preset, parse_share, shared_variant
     from reference.hfconfig import load_hf_config
 
     path = Path(model)
-    if path.suffix == ".json":
-        cfg = load_hf_config(path)
-    elif path.is_file():
-        try:
-            cfg = ModelConfig(**yaml.safe_load(path.read_text()))
-        except (TypeError, ValueError, yaml.YAMLError) as err:
-            raise ValueError(f"model config {model}: {err}") from None
-    else:
-        cfg = get_preset(model)
+    try:
+        if path.is_dir():
+            hint = " (its config.json?)" if (path / "config.json").is_file() else ""
+            raise ValueError(f"a folder, not a preset or a config file{hint}")
+        if path.suffix == ".json":
+            cfg = load_hf_config(path)
+        elif path.is_file() or path.suffix in (".yaml", ".yml"):
+            cfg = _model_yaml(path)
+        else:
+            try:
+                cfg = get_preset(model)
+            except ValueError as err:
+                raise ValueError(f"{err}; or give a config.json or a model config YAML file") from None
+    except ValueError as err:
+        raise ValueError(f"{flag} {model}: {err}") from None
     if share is None:
         return cfg
     try:
         return shared_variant(cfg, *parse_share(share))
     except ValueError as err:
         raise ValueError(f"--share {share}: {err}") from None
+
+
+def _model_yaml(path: Path) -> ModelConfig:
+    """A model config YAML file: a mapping of ModelConfig's fields."""
+    from reference.config import ModelConfig
+
+    try:
+        raw = load_yaml_file(path)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except InputError as err:
+        raise ValueError(f"model config {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("a model config is a mapping of ModelConfig's fields")
+    try:
+        return ModelConfig(**raw)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model config: {err}") from None
 
 
 def config_digest(cfg: ModelConfig) -> str:
@@ -131,7 +160,8 @@ def trace_on_demand(model: str | ModelConfig, decoder: str, tokens: int, batch: 
                               source_len=DEFAULT_SOURCE_LEN, flips=flips, compiled=compiled, progress=True,
                               command=f"python -m sim.run --model {cfg.name} (on demand)")
     except ValueError as err:  # a bad --flips, or a length the model cannot hold
-        raise ValueError(f"tracing {cfg.name}: {err}") from None
+        raise ValueError(f"tracing {cfg.name} (--tokens {tokens}, --batch {batch}, --flips "
+                         f"{flips or 'default'}): {err}") from None
     return path
 
 
@@ -165,17 +195,34 @@ def print_table(runs: list[Run], baselines: list[str]) -> None:
     speed_cols = "".join(f"{'vs ' + short(b):>{width}}" for b in baselines)
     print(f"{'configuration':<28}{'ms/token':>9}{'ms/seq':>9}{speed_cols}  {'comp':>5}{'mem':>5}{'lat':>5}{'launch':>7}"
           f"{'DRAM GB/s':>10}{'floor ms/tok':>13}{'mem GB':>8}" + (f"{'path ms/tok':>12}" if streams > 1 else ""))
-    per_token = {r.label: r.summary["s_per_token"] for r in runs}
+    per_token = {r.label: r.summary["s_per_token"] for r in runs if r.summary["s_per_token"] > 0}
     for r in runs:
         s = r.summary
-        speedups = "".join(f"{per_token[b] / s['s_per_token']:>{width - 1}.2f}x" if b in per_token
+        decodes = s["s_per_token"] > 0  # a run with no decode stage (an encoder alone) has no per-token figure
+        speedups = "".join(f"{per_token[b] / s['s_per_token']:>{width - 1}.2f}x" if b in per_token and decodes
                            else f"{'-':>{width}}" for b in baselines)
         shares = s["bound"]
-        print(f"{r.label:<28}{s['s_per_token'] * 1e3:>9.3f}{s['total_s'] * 1e3:>9.1f}{speedups}  "
+        print(f"{r.label:<28}{_ms(s['s_per_token'], 9, 3, decodes)}{s['total_s'] * 1e3:>9.1f}{speedups}  "
               f"{shares['compute'] * 100:>4.0f}%{shares['memory'] * 100:>4.0f}%{shares['latency'] * 100:>4.0f}%"
               f"{shares['launch'] * 100:>6.0f}%{s['achieved_bandwidth_bytes_per_s'] / 1e9:>10.1f}"
-              f"{s['roofline_s_per_token'] * 1e3:>13.4f}{s['memory']['total_bytes'] / 1e9:>8.2f}"
-              + (f"{s['critical_path_s'] / max(s['tokens'], 1) * 1e3:>12.4f}" if streams > 1 else ""))
+              f"{_ms(s['roofline_s_per_token'], 13, 4, decodes)}{s['memory']['total_bytes'] / 1e9:>8.2f}"
+              + (_ms(s['critical_path_s'] / max(s['tokens'], 1), 12, 4, decodes) if streams > 1 else ""))
+
+
+def _ms(seconds: float, width: int, digits: int, shown: bool) -> str:
+    """Seconds as a right-aligned ms column, or "-" where the figure does not exist."""
+    return f"{seconds * 1e3:>{width}.{digits}f}" if shown else f"{'-':>{width}}"
+
+
+def check_finite(summary: dict, where: str) -> None:
+    """Refuse a projection with a figure that is not finite, naming the run and the figure, rather than print it
+    (the hwconfig ranges and the engine's guard should make this unreachable: the last line of defence)."""
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            check_finite(value, f"{where}, {key}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}: the projection's {key} is {value}; refused rather than printed (the "
+                             "trace's or the hwconfig's figures are out of range)")
 
 
 def lanes(starts: list[int], ends: list[int]) -> list[int]:
@@ -249,12 +296,17 @@ def plot(runs_by_hw: list[list[Run]], out: Path) -> None:
 
 
 def parse_sets(items: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
-    out = {}
+    """--set KEY=VALUE items as {key: value text}; each key at most once."""
+    out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            parser.error(f"--set expects key=value (e.g. peak.dram_bandwidth_bytes_per_s=4e12), got {item!r}")
-        out[key.strip()] = value.strip()
+            shown = item if len(item) <= 60 else item[:57] + "..."
+            parser.error(f"--set expects key=value (e.g. peak.dram_bandwidth_bytes_per_s=4e12), got {shown!r}")
+        if key in out:
+            parser.error(f"--set {key}: given twice")
+        out[key] = value.strip()
     return out
 
 
@@ -274,15 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "applied G times (e.g. 8x4 for 32 layers; refused unless Nd x G is the layer count)")
     parser.add_argument("--decoder", choices=("speed", "sequential", "both"), default="both",
                         help="with --model: which decoders to project (default both)")
-    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+    parser.add_argument("--tokens", type=integer(1), default=DEFAULT_TOKENS,
                         help=f"tokens to generate (default {DEFAULT_TOKENS}; other values trace on demand)")
-    parser.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1; others trace "
-                        "on demand)")
+    parser.add_argument("--batch", type=integer(1), default=1, help="sequences decoded together (default 1; others "
+                        "trace on demand)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                         help="model dtype (default bfloat16; others trace on demand)")
     parser.add_argument("--flips", help="SPEED flips for traces made on demand: a profile of data/flips/*.yaml "
                         "(paper-fig4.yaml: the paper's; trained.yaml: the code-* models trained here) or rates per "
-                        "exit '0.09,0.04' (default: the preset's profile)")
+                        "exit '0.09,0.04' (default: the preset's profile, else the paper's for the same G)")
     parser.add_argument("--launch", nargs="+", choices=LAUNCH_MODES,
                         help="how the decode runs, one table each: eager: the host pays a dispatch + launch per kernel "
                         "(PyTorch eager); graph: the eager kernels of a stage replayed as one CUDA graph; compiled: "
@@ -290,10 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "reduction chains fused into the kernels a compiler generates (sim.fusion), one graph per "
                         "stage. Default: eager compiled (compiled skipped, with a note, for given traces of a format "
                         "before 3, which record no data flow to fuse)")
-    parser.add_argument("--streams", type=int, default=1,
+    parser.add_argument("--streams", type=integer(1, MAX_STREAMS), default=1,
                         help="kernels that may run at once (default 1: one stream in program order, as PyTorch "
-                        "eager runs). N > 1: independent kernels of the trace's dependency graph overlap and share "
-                        "compute units and DRAM bandwidth (a what-if; accelerators only)")
+                        f"eager runs; at most {MAX_STREAMS}). N > 1: independent kernels of the trace's "
+                        "dependency graph overlap and share compute units and DRAM bandwidth (a what-if; "
+                        "accelerators only)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hwconfig field for what-if studies, e.g. --set "
                         "peak.dram_bandwidth_bytes_per_s=4e12 (repeatable; compute_units scales the peak rates)")
@@ -331,6 +384,19 @@ def trace_jobs(args: argparse.Namespace, launch: str) -> list[tuple[str, Path]]:
              else default_trace(preset, decoder, compiled)) for preset, decoder in DEFAULT_RUNS]
 
 
+def read_checked(path: Path) -> Trace:
+    """A trace read and checked for what the kernel model can take (`sim.kernels.check_ops`); one with no op has
+    nothing to project. Errors name the file."""
+    trace = read_trace(path)
+    if not trace.executed:
+        raise ValueError(f"trace {path}: no op records, nothing to project")
+    try:
+        check_ops(trace.distinct)
+    except OpError as err:
+        raise ValueError(f"trace {path}, {err}") from None
+    return trace
+
+
 def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], launch: str, streams: int
                 ) -> list[list[Run]]:
     """Every trace on every hwconfig: per hwconfig, the runs in trace order. Kernels are built once per trace
@@ -350,7 +416,9 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
             if key not in kernels_cache:
                 kernels_cache[key] = distinct_kernels(trace, hw)
             projection = project(trace, hw, launch, kernels_cache[key], streams, memory[t])
-            runs.append(Run(label, path, trace, projection, summarize(projection, trace), fused[t]))
+            summary = summarize(projection, trace)
+            check_finite(summary, f"{label} ({path}) on {hw.name} ({hw.path}), {launch} launch")
+            runs.append(Run(label, path, trace, projection, summary, fused[t]))
             progress.update()
         runs_by_hw.append(runs)
     progress.close()
@@ -382,15 +450,21 @@ def _main(argv: list[str] | None) -> int:
             print(name)
         return 0
     overrides = parse_sets(args.set, parser)
-    if args.tokens < 1 or args.batch < 1 or args.streams < 1:
-        parser.error("--tokens, --batch and --streams must be >= 1")
-    if args.share and not args.model:
-        parser.error("--share shares the layers of a --model; give one")
+    for flag, given in (("--share", args.share), ("--decoder", args.decoder != "both")):
+        if given and not args.model:
+            parser.error(f"{flag} applies to a --model; give one")
+    traced = {"--model": args.model, "--tokens": args.tokens != DEFAULT_TOKENS, "--batch": args.batch != 1,
+              "--dtype": args.dtype != "bfloat16", "--flips": args.flips, "--decoder": args.decoder != "both"}
+    if args.trace and any(traced.values()):
+        given = ", ".join(flag for flag, value in traced.items() if value)
+        parser.error(f"--trace replays recorded runs as they are; {given} describe a run to trace: give one or the "
+                     "other")
+    check_outputs(parser, {"--json": args.json, "--perfetto": args.perfetto, "--plot": args.plot})
     hws = load_hws(args.hw, overrides, parser)
     tables: list[list[Run]] = []  # per (launch, hwconfig)
     for launch in dict.fromkeys(args.launch or ["eager", "compiled"]):
         try:
-            traces = [(label, path, read_trace(path)) for label, path in trace_jobs(args, launch)]
+            traces = [(label, path, read_checked(path)) for label, path in trace_jobs(args, launch)]
             if launch == "compiled" and not args.launch:  # by default only what can be fused
                 for _, path, t in traces:
                     if t.header.version < 3:
@@ -408,4 +482,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.run"))

@@ -1,5 +1,6 @@
-"""SPEED decoding is exact: its output, and its KV cache over committed positions, equal sequential greedy
-decoding's, for any config, prompt, length, EOS and early-exit quality."""
+"""SPEED decoding is exact in exact arithmetic: its output, and its KV cache over committed positions, equal
+sequential greedy decoding's, for any config, prompt, length, EOS and early-exit quality (float64, random models:
+no near-tie). In floating point a constructed near-tie splits them (`test_a_near_tie_can_split_the_decoders`)."""
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from reference import decode
 from reference.config import get_preset
 from reference.flips import FlipOracle, FlipReplay
 from reference.model import SharedDecoder
+from sim.files import atomic_write
 
 
 def committed_span(prompt: list[int], tokens: list[int]) -> int:
@@ -158,7 +160,8 @@ def test_flip_log_saved_and_loaded_replays_the_run(tmp_path):
     log = StageLog()
     out = decode.speed(model, [[3, 4]], 40, predictor=FlipOracle([0.3, 0.2], cfg.vocab_size, seed=2, avoid=[1]),
                        observer=log)
-    FlipReplay([p for _, preds, _, _ in log.stages for p in preds], source="run").save(tmp_path / "log.json", 3)
+    text = FlipReplay([p for _, preds, _, _ in log.stages for p in preds], source="run").dumps(3)
+    atomic_write(tmp_path / "log.json", lambda tmp: tmp.write_text(text))
     replayed = decode.speed(model, [[3, 4]], 40, predictor=FlipReplay.load(tmp_path / "log.json", groups=3))
     assert replayed.tokens == out.tokens and replayed.stats == out.stats
     with pytest.raises(ValueError, match="field 'groups' is 3, the model has G = 4"):
@@ -166,3 +169,27 @@ def test_flip_log_saved_and_loaded_replays_the_run(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="missing 'predictions'/'groups'"):
         FlipReplay.load(tmp_path / "bad.json", groups=3)
+
+
+def test_a_near_tie_can_split_the_decoders():
+    """What floating point keeps of exactness (README, "Exactness"): the decoders batch rows differently, so their
+    logits differ by rounding (~1e-14 in float64), and a step whose top two logits are closer than that can pick
+    different tokens. Tied embeddings make the logits of tokens 45 and 255 differ by scale x (v . h): a scale of a
+    few 1e-17 puts them within rounding of each other at every step."""
+    model = SharedDecoder(get_preset("tiny-2x3"), dtype=torch.float64, seed=0)
+    weight = model.embed.weight.detach()
+    base = weight.clone()
+    v = torch.randn(base.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert decode.sequential(model, [[5, 6, 7]], 6).tokens == [[45] * 6]  # 45 is the untied model's choice
+    split = None
+    for scale in (3.5e-17, 3e-17, 4e-17, 5e-17, 2.5e-17, 6e-17):  # the first splits on this CPU; the others: margin
+        weight[255] = base[45] - scale * v
+        sequential, speed = (f(model, [[5, 6, 7]], 6).tokens[0] for f in (decode.sequential, decode.speed))
+        if sequential != speed:
+            split = (sequential, speed)
+            break
+    assert split is not None, "no near-tie split the decoders"
+    sequential, speed = split
+    first = next(i for i, (a, b) in enumerate(zip(sequential, speed)) if a != b)
+    assert {sequential[first], speed[first]} == {45, 255}  # the two tied tokens, nothing else
+    assert sequential[:first] == speed[:first]

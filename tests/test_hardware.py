@@ -40,12 +40,12 @@ def broken(change):
 CASES = {
     "peak.dram_bandwidth_bytes_per_s": (lambda r: r["peak"].pop("dram_bandwidth_bytes_per_s"), "missing"),
     "peak.hbm_speed": (lambda r: r["peak"].update(hbm_speed=1.0), "unknown field"),
-    "peak.clock_hz": (lambda r: r["peak"].update(clock_hz=-1.0), "must be > 0"),
+    "peak.clock_hz": (lambda r: r["peak"].update(clock_hz=-1.0), "must lie in [1e+06, 1e+11], got -1.0"),
     "peak.compute_units": (lambda r: r["peak"].update(compute_units=10.5), "expected an integer"),
     "peak.l2_capacity_bytes": (lambda r: r["peak"].update(l2_capacity_bytes="40MB"), "expected a number"),
     "peak.matrix_flops_per_s.int4": (lambda r: r["peak"]["matrix_flops_per_s"].update(int4=1e15), "unknown dtype"),
     "peak.vector_flops_per_s": (lambda r: r["peak"].update(vector_flops_per_s={"bfloat16": 1e12}), "float32"),
-    "efficiency.dram": (lambda r: r["efficiency"].update(dram=1.3), "in (0, 1]"),
+    "efficiency.dram": (lambda r: r["efficiency"].update(dram=1.3), "must lie in [1e-06, 1], got 1.3"),
     "host.launch_eager_s": (lambda r: r["host"].update(launch_eager_s=True), "expected a number"),
     "kind": (lambda r: r.update(kind="tpu"), "must be one of"),
     "sources.peak.clock_hz": (lambda r: r["sources"].pop("peak.clock_hz"), "needs a source"),
@@ -69,7 +69,7 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(HwConfigError, match=r"no such file .*a100\.yaml"):
         load_hwconfig(tmp_path / "nope.yaml")
     (tmp_path / "bad.yaml").write_text("peak: [1, 2\n")
-    with pytest.raises(HwConfigError, match="not valid YAML at line"):
+    with pytest.raises(HwConfigError, match=r"not valid YAML: .* \(line 2\)"):
         load_hwconfig(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(HwConfigError, match="mapping at the top level"):
@@ -90,7 +90,7 @@ def test_overrides_for_what_if_studies():
     assert faster.peak.dram_bandwidth_bytes_per_s == 4e12 and faster.efficiency.matrix == 0.9
     doubled = hw.with_overrides({"peak.compute_units": "200"})  # more units of the same kind
     assert doubled.peak.matrix_flops_per_s["bfloat16"] == 2 * hw.peak.matrix_flops_per_s["bfloat16"]
-    with pytest.raises(HwConfigError, match=r"field 'peak\.warp_speed': no such field"):
+    with pytest.raises(HwConfigError, match=r"field 'peak\.warp_speed': no such figure; in peak: peak\.clock_hz"):
         hw.with_overrides({"peak.warp_speed": "9"})
     with pytest.raises(HwConfigError, match=r"field 'efficiency\.l2'"):
         hw.with_overrides({"efficiency.l2": "2"})

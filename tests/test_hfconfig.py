@@ -81,7 +81,7 @@ BASE = json.loads((CONFIGS / "tinyllama-1.1b" / "config.json").read_text())
     ({"head_dim": 128}, "head_dim", "differs from hidden_size / num_attention_heads = 64"),
     ({"attention_bias": True}, "attention_bias", "biases are not represented"),
     ({"tie_word_embeddings": "no"}, "tie_word_embeddings", "expected true or false"),
-    ({"rope_theta": -1}, "rope_theta", "expected a number > 0"),
+    ({"rope_theta": -1}, "rope_theta", "expected a finite number > 0"),
     ({"eos_token_id": 40000}, "eos_token_id", "expected a token id in [0, 32000)"),
 ])
 def test_malformed_or_unrepresentable_configs_are_refused_by_field(tmp_path, change, field, message):

@@ -96,6 +96,44 @@ def test_perfect_predictor_never_flushes(prompt, n, groups, seed):
     assert pipe.stats.stages == len(pipe.committed) + groups - 1
 
 
+@given(**cases)
+def test_stage_count_is_rows_started_plus_stages_that_start_none(prompt, n, groups, eos, accuracy, seed):
+    # what the pipeline's docstring and the demo state: one row started per stage at most; a stage starts none
+    # exactly when the newest row predicts EOS or the last position; tokens + G - 1 <= stages <= G x tokens
+    pipe = SpeedPipeline(groups, prompt[-1], len(prompt) - 1, n, eos)
+    rng, idle, held_by_eos = random.Random(seed), 0, False
+    while not pipe.done:
+        before = pipe.stats.injected
+        newest = pipe.rows[-1] if pipe.rows else None
+        rows = pipe.begin_stage()
+        started = pipe.stats.injected - before
+        assert started <= 1
+        held = newest is not None and (newest.guess == eos or newest.position + 1 - (len(prompt) - 1) >= n)
+        assert started == (not held)
+        idle += 1 - started
+        held_by_eos |= held and newest.guess == eos
+        pipe.end_stage([true_next((r.position, r.token), 8) if r.group + 1 == groups or rng.random() < accuracy
+                        else rng.randrange(8) for r in rows])
+    s, tokens = pipe.stats, len(pipe.committed)
+    assert s.stages == s.injected + idle == s.committed + s.flushed + idle
+    assert tokens + groups - 1 <= s.stages <= groups * tokens
+    if s.flushed == 0 and not held_by_eos:  # then only the last row holds stages up: the final G - 1
+        assert s.stages == tokens + groups - 1
+
+
+def test_an_early_eos_holds_up_the_next_row_without_a_flush():
+    # issue 12's case: G = 4, exit 1 always predicts EOS, later exits are right: each row waits for its own
+    # exit 2 before the next row starts, so 10 tokens take 22 stages (not tokens + G - 1 = 13) with no flush
+    eos, groups = 1, 4
+    pipe = SpeedPipeline(groups, first_token=5, first_position=0, max_new_tokens=10, eos_id=eos)
+    while not pipe.done:
+        rows = pipe.begin_stage()
+        pipe.end_stage([eos if r.group == 0 else 2 + r.position % 5 for r in rows])
+    assert pipe.committed == [2 + p % 5 for p in range(10)] and eos not in pipe.committed
+    assert pipe.stats.stages == 22 and pipe.stats.flushed == 0
+    assert pipe.stats.flips_by_group[1] == 10  # every row changed its mind at exit 2: nothing younger to flush
+
+
 def test_always_wrong_predictor_pays_for_every_token():
     # exits 1..G-1 always wrong (and never agreeing with each other): each token waits a full pipeline depth
     pipe = run_pipeline([3], 20, 4, 1000, None, 0.0, seed=1)

@@ -51,9 +51,9 @@ def test_set_and_launch(capsys):
     (["--hw", "hwconfigs/nope.yaml"], "hwconfig hwconfigs/nope.yaml: no such file"),
     (["--trace", "README.md"], "not a gzip file"),
     (["--set", "peak.clock_hz"], "--set expects key=value"),
-    (["--set", "peak.nothing=1"], "field 'peak.nothing': no such field"),
-    (["--tokens", "0"], "--tokens, --batch and --streams must be >= 1"),
-    (["--streams", "0"], "--tokens, --batch and --streams must be >= 1"),
+    (["--set", "peak.nothing=1"], "field 'peak.nothing': no such figure; in peak: peak.clock_hz, "),
+    (["--tokens", "0"], "argument --tokens: expected an integer >= 1, got '0'"),
+    (["--streams", "0"], "argument --streams: expected an integer in [1, 1024], got '0'"),
     (["--hw", "hwconfigs/cpu-xeon-8480.yaml", "--streams", "2"], "describes a CPU, whose host runs its own kernels"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, capsys):

@@ -118,16 +118,17 @@ def test_points_that_do_not_fit_are_rows_saying_so(local_ray, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("grid: {batch: [0]}", "field 'grid.batch': expected an integer >= 1, got 0"),
+    ("grid: {batch: [0]}", "field 'grid.batch': expected an integer in [1, 65536], got 0"),
     ("grid: {launch: [fast]}", "field 'grid.launch': expected one of eager, graph, compiled"),
     ("grid: {colour: [red]}", "field 'grid.colour': unknown axis"),
     ("grid: {model: [tiny-4x3], share: [5x5]}", "5x5 shares 25 layers, but tiny-4x3 has 12"),
     ("grid: {model: [tiny-4x3], flips: ['0.1']}", "field 'flips': '0.1' gives 1 rates, but tiny-4x3 has G = 3"),
     ("grid: {model: [tiny-4x3], flips: [t5-base-2x6]}", "'t5-base-2x6' gives 5 rates, but tiny-4x3 has G = 3"),
     ("grid: {model: [data/hfconfigs/qwen2-0.5b/config.json], share: [12x2]}",
-     "no profile 'qwen2-0.5b-12x2'; profiles: "),
+     "no flip profile for qwen2-0.5b-12x2 (G = 2)"),
     ("grid: {set: {peak.nothing: [x2]}}", "field 'set.peak.nothing': "),
-    ("grid: {set: {peak.clock_hz: [fast]}}", "field 'grid.set.peak.clock_hz': expected a number, or 'x<factor>'"),
+    ("grid: {set: {peak.clock_hz: [fast]}}",
+     "field 'grid.set.peak.clock_hz': expected a finite number, or 'x<factor>'"),
     ("grid: {model: [nope.json]}", "model config nope.json: no such file"),
     ("points: []", "field 'points': expected a non-empty list"),
     ("grid: {}\npoints: []", "either 'grid'"),

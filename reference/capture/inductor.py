@@ -31,6 +31,7 @@ from reference.capture.opcapture import OpCapture
 from reference.compiled import CompiledStep
 from reference.config import PRESETS, get_preset
 from reference.model import KVCache, SharedDecoder
+from sim.command import check_outputs, integer, run_command
 from sim.files import atomic_write
 from sim.fusion import LIBRARY_CLASSES, stage_groups
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", default=["tiny-4x3"],
                         help="model presets (default tiny-4x3); any of: " + ", ".join(PRESETS))
-    parser.add_argument("--rows", nargs="+", type=int, default=[1, 3],
+    parser.add_argument("--rows", nargs="+", type=integer(1), default=[1, 3],
                         help="rows in flight of the variants compared (default 1 3)")
     parser.add_argument("--kind", nargs="+", choices=("stage", "token"), default=["stage"],
                         help="variants compared: stage (a SPEED stage of R rows of one sequence), token (a whole "
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="default float32")
     parser.add_argument("--json", type=Path, help="write the kernels of every variant as JSON")
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--json": args.json})
     if any(r < 1 for r in args.rows):
         parser.error("--rows must be >= 1")
     try:
@@ -160,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m reference.capture.inductor"))

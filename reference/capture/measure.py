@@ -60,6 +60,7 @@ from reference.capture.opcapture import OpCapture
 from reference.config import get_preset
 from reference.model import SharedDecoder
 from reference.pipeline import Row
+from sim.command import check_outputs, integer, run_command
 
 
 class StageClock:
@@ -338,11 +339,13 @@ def _parser() -> argparse.ArgumentParser:
                         "e.g. --job '--preset tiny-6 --decoder sequential --out a.jsonl.gz' (repeatable; the "
                         "flags outside every --job apply to all). Runs are interleaved, a round runs each job once, "
                         "so a slow phase of a shared machine touches every configuration alike")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2; >= 1 with --compile)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs for wall times (default 5)")
-    parser.add_argument("--op-repeats", type=int, default=3, help="runs timing every op (default 3); a compiled job "
+    parser.add_argument("--warmup", type=integer(0), default=2,
+                        help="untimed warm-up runs (default 2; >= 1 with --compile)")
+    parser.add_argument("--repeats", type=integer(1), default=5, help="timed runs for wall times (default 5)")
+    parser.add_argument("--op-repeats", type=integer(1), default=3,
+                        help="runs timing every op (default 3); a compiled job "
                         "makes one capture run, untimed, whatever the number")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads for every run (default: torch's, "
+    parser.add_argument("--threads", type=integer(1), help="torch intra-op threads for every run (default: torch's, "
                         "usually the cores); 1 keeps a busy shared machine's other work from stalling the runs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -370,9 +373,8 @@ def _jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Job
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if min(args.repeats, args.op_repeats) < 1 or args.warmup < 0:
-        parser.error("--repeats and --op-repeats must be >= 1, --warmup >= 0")
     jobs = _jobs(parser, args)
+    check_outputs(parser, {f"--out (job {i + 1})" if len(jobs) > 1 else "--out": job.out for i, job in enumerate(jobs)})
     try:
         summaries = measure_jobs(jobs, args.device, args.warmup, args.repeats, args.op_repeats,
                                  progress=not args.quiet, threads=args.threads)
@@ -395,4 +397,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m reference.capture.measure"))

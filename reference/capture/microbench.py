@@ -248,25 +248,34 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
     from pathlib import Path
+
+    from sim.command import check_outputs
+    from sim.files import atomic_write
 
     parser = argparse.ArgumentParser(prog="python -m reference.capture.microbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True, help="device to measure")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller sizes")
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the measurements")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out})
     result = run_microbenchmarks(args.device, quick=args.quick)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    text = json.dumps(result, indent=1)
+    atomic_write(args.out, lambda tmp: tmp.write_text(text))
     print(f"{args.out}: launch {result['launch_eager_s'] * 1e6:.1f} us/op, kernel_min "
           f"{result['kernel_min_s'] * 1e6:.2f} us, graph {result['graph_per_kernel_s'] * 1e6:.2f} us/kernel, "
           f"copy peak {max(c['bytes_moved'] / c['seconds'] for c in result['copy']) / 1e9:.0f} GB/s, gemm peak "
           f"{max(2 * g['m'] * g['n'] * g['k'] / g['seconds'] for g in result['gemm']) / 1e12:.1f} TFLOP/s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from sim.command import run_command
+
+    sys.exit(run_command(main, "python -m reference.capture.microbench"))

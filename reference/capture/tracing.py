@@ -51,9 +51,10 @@ from reference.capture.fastcapture import FastCapture
 from reference.capture.opcapture import OpCapture
 from reference.capture.revision import code_revision
 from reference.config import PRESETS, ModelConfig, get_preset
-from reference.flips import FlipOracle
+from reference.flips import FlipOracle, default_profile
 from reference.model import SharedDecoder
 from reference.pipeline import Row
+from sim.command import check_outputs, integer, run_command
 from sim.defaults import DEFAULT_RUNS, DEFAULT_SOURCE_LEN, DEFAULT_TOKENS, DEFAULT_TRACES, default_trace_name
 from sim.trace import Trace, TraceHeader
 from sim.trace import write_trace as write_trace_file
@@ -77,21 +78,25 @@ def workload(cfg: Any, batch: int, prompt_len: int, source_len: int, seed: int =
 def flip_oracle(cfg: Any, flips: str | None, seed: int = 0, sequential: bool = False) -> FlipOracle | None:
     """The predictor of a traced run: a named profile of data/flips/*.yaml, comma-separated rates
     ("0.09,0.04"), "model" (None: the model's own argmax; needs values, so not on meta), or, when None, the
-    profile named like the preset (zero flips when G = 1)."""
+    profile named like the preset, else the paper's of the same G (`reference.flips.default_profile`; zero flips
+    when G = 1)."""
     if flips == "model":
         return None
     avoid = [cfg.eos_id] if cfg.eos_id is not None else []
     if flips is None:
         if cfg.n_groups == 1 or sequential:  # every prediction is a final one: no flips to draw
             return FlipOracle([], cfg.vocab_size, seed, avoid, source="none (no early exits read)")
-        flips = cfg.name
-    if re.fullmatch(r"[0-9.eE+-]+(,[0-9.eE+-]+)*", flips):
-        rates = [float(r) for r in flips.split(",")]
-        if len(rates) != cfg.n_groups - 1:
-            raise ValueError(f"--flips: {cfg.name} has G = {cfg.n_groups}, so it needs {cfg.n_groups - 1} rates, "
-                             f"got {len(rates)}")
-        return FlipOracle(rates, cfg.vocab_size, seed, avoid, source=f"rates {flips}")
-    return FlipOracle.from_profile(flips, cfg.vocab_size, seed, avoid)
+        flips = default_profile(cfg.name, cfg.n_groups)
+    try:
+        if re.fullmatch(r"[0-9.eE+-]+(,[0-9.eE+-]+)*", flips):
+            rates = [float(r) for r in flips.split(",")]
+            if len(rates) != cfg.n_groups - 1:
+                raise ValueError(f"{cfg.name} has G = {cfg.n_groups}, so it needs {cfg.n_groups - 1} rates, got "
+                                 f"{len(rates)}")
+            return FlipOracle(rates, cfg.vocab_size, seed, avoid, source=f"rates {flips}")
+        return FlipOracle.from_profile(flips, cfg.vocab_size, seed, avoid)
+    except ValueError as err:
+        raise ValueError(f"--flips {flips}: {err}") from None
 
 
 def header(model: SharedDecoder, capture: OpCapture, decoder: str, prompts: list[list[int]], tokens: int,
@@ -207,16 +212,17 @@ def add_workload_arguments(parser: argparse.ArgumentParser, required: bool, deco
                         help="decoder" + (f" (default {default})" if default else ""))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32", "float64"),
                         help="parameter dtype (default bfloat16)")
-    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+    parser.add_argument("--tokens", type=integer(1), default=DEFAULT_TOKENS,
                         help=f"tokens to generate per sequence (default {DEFAULT_TOKENS})")
-    parser.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
-    parser.add_argument("--prompt-len", type=int, default=16, help="decoder-only prompt length (default 16)")
-    parser.add_argument("--source-len", type=int, default=DEFAULT_SOURCE_LEN,
+    parser.add_argument("--batch", type=integer(1), default=1, help="sequences decoded together (default 1)")
+    parser.add_argument("--prompt-len", type=integer(1), default=16, help="decoder-only prompt length (default 16)")
+    parser.add_argument("--source-len", type=integer(1), default=DEFAULT_SOURCE_LEN,
                         help=f"encoder input length of encoder-decoder presets (default {DEFAULT_SOURCE_LEN})")
     parser.add_argument("--flips", help="SPEED flips: a profile of data/flips/*.yaml (the paper's, the trained "
                         "models'), rates per exit '0.09,0.04', or 'model' (the model's own argmax; not on meta); "
-                        "default: the preset's profile")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, prompts and flips (default 0)")
+                        "default: the preset's profile, else the paper's for the same G (t5-base-4x3's for G = 3, "
+                        "t5-base-2x6's for G = 6)")
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed of weights, prompts and flips (default 0)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset is None or args.out is None:
         parser.error("--preset and --out are required (or --defaults)")
     try:
+        get_preset(args.preset)
+    except ValueError as err:
+        parser.error(f"--preset {args.preset}: {err}")
+    check_outputs(parser, {"--out": args.out})
+    try:
         trace, elapsed = capture_trace(args.preset, args.decoder, args.tokens, args.out, args.device,
                                        getattr(torch, args.dtype), args.batch, args.prompt_len, args.source_len,
                                        args.flips, args.seed, compiled=args.compiled, full=args.full_capture,
@@ -258,4 +269,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m reference.capture.tracing"))

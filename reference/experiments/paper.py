@@ -40,6 +40,7 @@ from reference.experiments.corpus import Corpus, load_corpus
 from reference.experiments.speedup import heldout_prompts
 from reference.experiments.train import FAMILY, ROOT, eval_windows, load_checkpoint
 from reference.model import SharedDecoder
+from sim.command import check_outputs, integer, run_command
 from sim.files import atomic_write
 
 NO_EOS = -1  # an id no token has: decoding runs to its full length
@@ -247,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per sequence (default 64)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs of every prompt per decoder, after one warm-up run (default 5)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=integer(1), default=1,
                         help="torch CPU threads (default 1: batch-1 decoding is latency bound, and one thread keeps "
                         "timings steadier on a shared machine)")
     parser.add_argument("--compile", action="store_true",
@@ -311,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "-compiled" if args.compile else ""
     args.metrics = args.metrics or ROOT / "data" / "trained" / f"metrics{suffix}.json"
     args.plot = args.plot or ROOT / "docs" / f"accuracy-vs-latency{suffix}.png"
+    check_outputs(parser, {"--metrics": args.metrics, "--flips-out": args.flips_out, "--plot": args.plot})
     try:
         torch.set_num_threads(args.threads)
         paths = checkpoints(args.models, args.presets)
@@ -334,4 +336,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m reference.experiments.paper"))

@@ -38,6 +38,8 @@ from tqdm import tqdm
 from reference.config import PRESETS, ModelConfig, get_preset
 from reference.experiments.corpus import EOS_ID, Corpus, Tokenizer, load_corpus
 from reference.model import SharedDecoder
+from sim.command import check_outputs, integer, number, run_command
+from sim.files import atomic_write
 
 FAMILY = ("code-2", "code-4", "code-12", "code-2x6", "code-4x3", "code-2x8", "code-4x4")
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/trained, out/
@@ -94,11 +96,12 @@ def tokenize_corpus(corpus: Corpus, vocab_size: int, cache_dir: Path | None = No
     data = TokenizedCorpus(tokenizer, tokenizer.encode_files(train_files),
                            tokenizer.encode_files([corpus.heldout[name] for name in sorted(corpus.heldout)]), corpus)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, merges=np.array(tokenizer.merges, dtype=np.int32).reshape(-1, 2), train=data.train,
-                 heldout=data.heldout)
-        os.replace(tmp, cache)
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:  # a file object: np.savez would add ".npz" to a temporary name
+                np.savez(f, merges=np.array(tokenizer.merges, dtype=np.int32).reshape(-1, 2), train=data.train,
+                         heldout=data.heldout)
+
+        atomic_write(cache, write)
     return data
 
 
@@ -172,10 +175,9 @@ def heldout_loss(model: SharedDecoder, inputs: torch.Tensor, targets: torch.Tens
 
 # -- checkpoints: safetensors only, so loading never unpickles anything
 def _write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # atomic: an interrupted save leaves the previous file
+    # atomic, with a temporary name of its own: an interrupted save leaves the previous file, two runs never collide
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                                             metadata=metadata))
 
 
 def save_checkpoint(model: SharedDecoder, path: Path, meta: dict, dtype: torch.dtype = torch.float16) -> None:
@@ -286,8 +288,16 @@ def _truncate_log(log_path: Path, step: int) -> None:
     # the state holds only those steps: a crash after the last save logged steps that rerun now
     kept = []
     if step > 0 and log_path.exists():
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] < step]
-    log_path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in log_path.read_text().splitlines() if _logged_step(line) < step]
+    atomic_write(log_path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line a kill cut short counts as after every step (dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _optimizer_step(model: SharedDecoder, optimizer: torch.optim.AdamW, tokens: np.ndarray, step: int,
@@ -368,26 +378,27 @@ def _parser() -> argparse.ArgumentParser:
                        help="model presets to train, one after another; a vocabulary of >= 257 ids with eos_id 256 "
                        "is needed (the code-* presets); all presets: " + ", ".join(PRESETS))
     which.add_argument("--family", action="store_true", help="train the whole family: " + ", ".join(FAMILY))
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
-    parser.add_argument("--batch", type=int, default=defaults.batch,
+    parser.add_argument("--steps", type=integer(1), default=defaults.steps,
+                        help=f"optimizer steps (default {defaults.steps})")
+    parser.add_argument("--batch", type=integer(1), default=defaults.batch,
                         help=f"sequences per step (default {defaults.batch})")
-    parser.add_argument("--context", type=int, default=defaults.context,
+    parser.add_argument("--context", type=integer(1), default=defaults.context,
                         help=f"tokens per training sequence and held-out window (default {defaults.context})")
-    parser.add_argument("--lr", type=float, default=defaults.lr,
+    parser.add_argument("--lr", type=number(0), default=defaults.lr,
                         help=f"peak AdamW learning rate after a linear warm-up, decayed by a cosine to a tenth "
                         f"(default {defaults.lr})")
-    parser.add_argument("--embed-lr-scale", type=float, default=defaults.embed_lr_scale,
+    parser.add_argument("--embed-lr-scale", type=number(0), default=defaults.embed_lr_scale,
                         help="learning rate multiplier of the tied embedding/output head (default "
                         f"{defaults.embed_lr_scale}; see make_optimizer)")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps,
+    parser.add_argument("--warmup-steps", type=integer(0), default=defaults.warmup_steps,
                         help=f"warm-up steps (default {defaults.warmup_steps})")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+    parser.add_argument("--weight-decay", type=number(0), default=defaults.weight_decay,
                         help=f"AdamW weight decay of matrices and the embedding (default {defaults.weight_decay})")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
+    parser.add_argument("--seed", type=integer(0), default=defaults.seed,
                         help=f"seed of the initial weights and of the data order (default {defaults.seed})")
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
+    parser.add_argument("--eval-every", type=integer(1), default=defaults.eval_every,
                         help=f"steps between held-out evaluations, logged (default {defaults.eval_every})")
-    parser.add_argument("--eval-windows", type=int, default=defaults.eval_windows,
+    parser.add_argument("--eval-windows", type=integer(1), default=defaults.eval_windows,
                         help=f"held-out windows per evaluation (default {defaults.eval_windows})")
     parser.add_argument("--corpus", type=Path, metavar="DIR",
                         help="directory whose top-level *.py files are the corpus (default: this Python's stdlib, "
@@ -398,7 +409,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="where resume states and the tokenized corpus cache go, outside git (default out/train)")
     parser.add_argument("--restart", action="store_true",
                         help="ignore resume states and finished checkpoints: train from step 0")
-    parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1),
+    parser.add_argument("--threads", type=integer(1), default=min(8, os.cpu_count() or 1),
                         help="torch CPU threads (default: the cores, at most 8; fewer leaves cores to other work)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -417,15 +428,16 @@ def _configs(args: argparse.Namespace) -> list[ModelConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     """Train the presets the command line names, one after another; 2 on a bad setting or file."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, {"--out-dir": args.out_dir, "--state-dir": args.state_dir},
+                  folders=("--out-dir", "--state-dir"))
     try:
         configs = _configs(args)
         settings = TrainSettings(steps=args.steps, batch=args.batch, context=args.context, lr=args.lr,
                                  embed_lr_scale=args.embed_lr_scale, warmup_steps=args.warmup_steps,
                                  weight_decay=args.weight_decay, seed=args.seed, eval_every=args.eval_every,
                                  eval_windows=args.eval_windows)
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
         corpus = load_corpus(args.corpus)
         tokenized: dict[int, TokenizedCorpus] = {}
@@ -444,4 +456,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m reference.experiments.train"))

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 from scipy.optimize import least_squares, minimize_scalar
 
+from sim.command import check_outputs, integer, run_command
 from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
 from sim.fitting.compiled import fit_compiled, is_compiled_measurement
@@ -343,7 +344,8 @@ def _parser() -> argparse.ArgumentParser:
                         "measurements among them (reference.capture.measure --compile) fit the compiled figures: "
                         "host.launch_graph_s and the compiled section, on their decode stage times")
     parser.add_argument("--quick", action="store_true", help="fewer microbenchmark sizes")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads for the microbenchmarks run here (default: "
+    parser.add_argument("--threads", type=integer(1),
+                        help="torch intra-op threads for the microbenchmarks run here (default: "
                         "torch's); give the measured traces' count (the cpu hwconfig's compute units follow it)")
     return parser
 
@@ -398,6 +400,7 @@ def _print_report(out: Path, report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out})
     if args.base is None and args.device != "cpu":
         parser.error("--base is required for cuda: the hwconfig with the GPU's datasheet figures")
     if args.threads is not None and args.threads < 1:
@@ -429,4 +432,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.fitting.calibrate"))

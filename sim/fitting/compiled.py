@@ -44,7 +44,8 @@ DECODE_STAGES = ("decode", "speed")  # the stages compiled decoding runs compile
 def is_compiled_measurement(trace: Trace) -> bool:
     """Whether `trace` measured compiled decoding (reference.capture.measure --compile): stage and end-to-end wall
     times of the compiled runs, the ops of the compiled formulation, no per-op times."""
-    return trace.header.extra.get("measurement") == "compiled"
+    extra = trace.header.extra
+    return isinstance(extra, dict) and extra.get("measurement") == "compiled"
 
 
 def compiled_stage_seconds(trace: Trace, hw: HwConfig) -> list[float]:

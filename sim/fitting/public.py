@@ -29,11 +29,12 @@ from pathlib import Path
 
 import yaml
 
+from sim.command import check_outputs, number, run_command
 from sim.defaults import CHECKOUT as ROOT
 from sim.engine import project
 from sim.files import atomic_write
 from sim.fitting.calibrate import fit_class
-from sim.fitting.validate import metrics
+from sim.fitting.validate import metrics, r_text
 from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig, parse, to_dict
 from sim.trace import Trace, one_op_trace
 
@@ -122,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                         "OUT, and report it on the held-out half")
     parser.add_argument("--held-out", action="store_true",
                         help="compare the held-out half of the points only (for a config made by --fit)")
-    parser.add_argument("--max-error-matmul", type=float, metavar="PCT",
+    parser.add_argument("--max-error-matmul", type=number(0), metavar="PCT",
                         help="exit 1 when the median absolute error of the matrix products exceeds PCT")
-    parser.add_argument("--max-error-other", type=float, metavar="PCT",
+    parser.add_argument("--max-error-other", type=number(0), metavar="PCT",
                         help="exit 1 when the median absolute error of softmax, layer norm or GELU exceeds PCT")
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--fit": args.fit})
     try:
         hw = load_hwconfig(args.hw)
         if args.fit:
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'operator':<11}{'n':>4}{'median|e|%':>12}{'mean|e|%':>10}{'bias%':>8}{'r':>7}")
     for kind, m in results.items():
         print(f"{kind:<11}{m['n']:>4}{m['median_abs_pct']:>12.1f}{m['mean_abs_pct']:>10.1f}{m['bias_pct']:>+8.1f}"
-              f"{m['pearson_r']:>7.3f}")
+              f"{r_text(m['pearson_r'])}")
     failed = []
     if args.max_error_matmul is not None and results["matmul"]["median_abs_pct"] > args.max_error_matmul:
         failed.append(f"matmul {results['matmul']['median_abs_pct']:.1f}% > {args.max_error_matmul}%")
@@ -157,4 +159,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.fitting.public"))

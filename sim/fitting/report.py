@@ -12,11 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+from sim.command import check_outputs, run_command
 from sim.defaults import CHECKOUT as ROOT
 from sim.engine import breakdown, project
 from sim.files import atomic_write
 from sim.fitting.public import pairs as public_pairs
-from sim.fitting.validate import metrics, microbench_pairs, scatter, validate_compiled, validate_trace
+from sim.fitting.validate import metrics, microbench_pairs, r_text, scatter, validate_compiled, validate_trace
 from sim.fusion import LIBRARY_CLASSES
 from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig
 from sim.trace import Trace, TraceError, read_trace
@@ -45,7 +46,7 @@ def section(device: str, hw_name: str, fit_glob: str, lines: list[str], plots: P
         mark = " (fit)" if path.name in fitted else ""
         lines.append(f"| {path.name.removesuffix('.jsonl.gz')}{mark} | {m * 1e3:.1f} | {p * 1e3:.1f} | "
                      f"{100 * (p - m) / m:+.1f}% | {stage['median_abs_pct']:.1f}% | {kernel['median_abs_pct']:.1f}% | "
-                     f"{kernel['pearson_r']:.3f} |")
+                     f"{r_text(kernel['pearson_r'], 0)} |")
         for metric, values in pairs.items():
             everything.setdefault(metric, []).extend(values)
             if path.name not in fitted:
@@ -60,7 +61,7 @@ def section(device: str, hw_name: str, fit_glob: str, lines: list[str], plots: P
         for metric in ("end_to_end", "stage", "kernel", *sorted(k for k in pairs if k.startswith("kernel:"))):
             s = metrics(pairs[metric])
             lines.append(f"| {metric} | {s['n']} | {s['median_abs_pct']:.1f}% | {s['p90_abs_pct']:.1f}% | "
-                         f"{s['bias_pct']:+.1f}% | {s['pearson_r']:.3f} |")
+                         f"{s['bias_pct']:+.1f}% | {r_text(s['pearson_r'], 0)} |")
     lines += ["", f"![projected vs measured]({plot.relative_to(ROOT)})", ""]
     if device in MICROBENCH:
         resources(MICROBENCH[device], hw, lines)
@@ -74,7 +75,7 @@ def resources(path: Path, hw: HwConfig, lines: list[str]) -> None:
     for resource, values in microbench_pairs(json.loads(path.read_text()), hw).items():
         m = metrics(values)
         lines.append(f"| {resource} | {m['n']} | {m['median_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | "
-                     f"{m['pearson_r']:.3f} |")
+                     f"{r_text(m['pearson_r'], 0)} |")
     lines.append("")
 
 
@@ -198,7 +199,7 @@ def compiled_section(loop: Path, every: HwConfig, held: HwConfig, lines: list[st
             if not m["n"]:
                 continue
             lines.append(f"| {what} | {metric} | {m['n']} | {m['median_abs_pct']:.1f}% | {m['p90_abs_pct']:.1f}% | "
-                         f"{m['bias_pct']:+.1f}% | {m['pearson_r']:.3f} |")
+                         f"{m['bias_pct']:+.1f}% | {r_text(m['pearson_r'], 0)} |")
     lines.append("")
 
 
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-loop", type=Path, help="output folder of scripts/cpu_validation.sh to include")
     parser.add_argument("--out", type=Path, default=ROOT / "VALIDATION.md", help="default VALIDATION.md")
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out})
     if args.cpu_loop:  # before the long part: the files the loop writes
         missing = [name for name in CPU_LOOP_FILES if not (args.cpu_loop / name).is_file()]
         if missing or not list(args.cpu_loop.glob("*.jsonl.gz")):
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, values in public_pairs(load_hwconfig(HWCONFIG_DIR / name), held_out).items():
             m = metrics(values)
             lines.append(f"| `{name}` | {'held-out half' if held_out else 'all'} | {kind} | {m['n']} | "
-                         f"{m['median_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | {m['pearson_r']:.3f} |")
+                         f"{m['median_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | {r_text(m['pearson_r'], 0)} |")
     lines.append("")
     if args.cpu_loop:
         try:
@@ -248,4 +250,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.fitting.report"))

@@ -40,20 +40,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sim.command import check_outputs, number, run_command
 from sim.engine import project
 from sim.files import atomic_write
 from sim.fitting.calibrate import microbench_traces
 from sim.fitting.compiled import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
+from sim.inputs import brief
 from sim.trace import Trace, TraceError, read_trace
+
+# Measured times outside this range (seconds) are no measurement of a decoding run: below a nanosecond no clock
+# resolves them (and dividing by them blows any error up to infinity), above 1e7 s (four months) nothing was
+# timed. A measured end-to-end time outside it is refused; an op or stage time outside it is left out of the
+# statistics, as zeros (ops too short for the profiler to see) always were.
+MEASURED_S = (1e-9, 1e7)
+
+
+def _measured(seconds: object) -> bool:
+    return (isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+            and MEASURED_S[0] <= seconds <= MEASURED_S[1])
 
 
 def metrics(pairs: list[tuple[float, float]]) -> dict[str, float]:
-    """Error statistics of (projected, measured) pairs, in % (correlation in [-1, 1])."""
-    pairs = [(p, m) for p, m in pairs if m > 0]
+    """Error statistics of (projected, measured) pairs, in % (correlation in [-1, 1], NaN where it does not exist:
+    fewer than two pairs, or no spread: `r_text` prints it "-", `json_safe` writes it null); pairs whose measured
+    time is outside MEASURED_S are left out."""
+    pairs = [(p, m) for p, m in pairs if _measured(m) and math.isfinite(p)]
     if not pairs:
         return {"n": 0}
-    signed = [100 * (p - m) / m for p, m in pairs]
+    signed = [100 * (p / m - 1) for p, m in pairs]  # p / m first: 100 * (p - m) overflows for m near 1e308
     absolute = sorted(abs(e) for e in signed)
     projected, measured = [p for p, _ in pairs], [m for _, m in pairs]
     r = math.nan
@@ -62,6 +77,20 @@ def metrics(pairs: list[tuple[float, float]]) -> dict[str, float]:
     return {"n": len(pairs), "mean_abs_pct": statistics.fmean(absolute), "median_abs_pct": statistics.median(absolute),
             "p90_abs_pct": absolute[min(len(absolute) - 1, math.ceil(0.9 * len(absolute)) - 1)],
             "bias_pct": statistics.median(signed), "pearson_r": r}
+
+
+def measured_end_to_end(trace: Trace, path: Path) -> float:
+    """The trace's measured end-to-end time (header extra.end_to_end_s.median, as reference.capture.measure
+    writes it), checked: a mapping whose median is a number of seconds in MEASURED_S."""
+    extra = trace.header.extra if isinstance(trace.header.extra, dict) else {}
+    if "end_to_end_s" not in extra:
+        raise ValueError(f"{path}: header 'extra' has no 'end_to_end_s' (not written by reference.capture.measure)")
+    e2e = extra["end_to_end_s"]
+    median = e2e.get("median") if isinstance(e2e, dict) else None
+    if not _measured(median):
+        raise ValueError(f"{path}, field 'extra.end_to_end_s': expected a mapping with a 'median' in seconds in "
+                         f"[{MEASURED_S[0]:g}, {MEASURED_S[1]:g}], got {brief(e2e)}")
+    return float(median)
 
 
 def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool, launch: str = "eager") -> None:
@@ -78,8 +107,7 @@ def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool, laun
                          "with python -m reference.capture.measure")
     if not trace.ops:
         raise ValueError(f"{path}: empty trace (no op records)")
-    if "end_to_end_s" not in trace.header.extra:
-        raise ValueError(f"{path}: header 'extra' has no 'end_to_end_s' (not written by reference.capture.measure)")
+    measured_end_to_end(trace, path)
     measured_cpu = trace.header.device == "cpu"
     if measured_cpu != (hw.kind == "cpu"):
         raise ValueError(f"{path}: measured on {trace.header.device} ({trace.header.device_name}) but hwconfig "
@@ -135,8 +163,9 @@ def print_resources(name: str, pairs: dict[str, list[tuple[float, float]]]) -> N
     print(f"{'resource':<21}{'n':>4}{'median|e|%':>12}{'mean|e|%':>10}{'bias%':>8}{'r':>7}")
     for resource, values in pairs.items():
         m = metrics(values)
-        print(f"{resource:<21}{m['n']:>4}{m['median_abs_pct']:>12.1f}{m['mean_abs_pct']:>10.1f}{m['bias_pct']:>+8.1f}"
-              f"{m['pearson_r']:>7.3f}")
+        if m["n"]:
+            print(f"{resource:<21}{m['n']:>4}{m['median_abs_pct']:>12.1f}{m['mean_abs_pct']:>10.1f}"
+                  f"{m['bias_pct']:>+8.1f}{r_text(m['pearson_r'])}")
 
 
 def print_report(name: str, report: dict[str, dict[str, float]]) -> None:
@@ -145,7 +174,21 @@ def print_report(name: str, report: dict[str, dict[str, float]]) -> None:
     for metric, m in report.items():
         if m["n"]:
             print(f"{metric:<22}{m['n']:>7}{m['mean_abs_pct']:>10.1f}{m['median_abs_pct']:>12.1f}"
-                  f"{m['p90_abs_pct']:>9.1f}{m['bias_pct']:>+8.1f}{m['pearson_r']:>7.3f}")
+                  f"{m['p90_abs_pct']:>9.1f}{m['bias_pct']:>+8.1f}{r_text(m['pearson_r'])}")
+
+
+def r_text(r: float, width: int = 7) -> str:
+    """A correlation as a table shows it: "-" where there is none (one pair, or no spread)."""
+    return f"{r:>{width}.3f}" if math.isfinite(r) else f"{'-':>{width}}"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every float that is not finite (a correlation that does not exist) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def scatter(pairs: dict[str, list[tuple[float, float]]], out: Path, title: str) -> None:
@@ -186,9 +229,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="launch mode the traces were measured in (default eager); compiled: measurements of "
                         "compiled decoding (reference.capture.measure --compile), validated per stage and end to "
                         "end, no kernel metric")
-    parser.add_argument("--max-error", type=float, metavar="PCT",
+    parser.add_argument("--max-error", type=number(0), metavar="PCT",
                         help="exit 1 when the median end-to-end absolute error over the traces exceeds PCT")
-    parser.add_argument("--max-stage-error", type=float, metavar="PCT",
+    parser.add_argument("--max-stage-error", type=number(0), metavar="PCT",
                         help="exit 1 when the median stage absolute error over the traces exceeds PCT")
     parser.add_argument("--plot", type=Path, help="scatter plot, projected vs measured (PNG)")
     parser.add_argument("--json", type=Path, help="write the error statistics as JSON")
@@ -197,13 +240,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _failed(overall: dict[str, dict[str, float]], max_error: float | None, max_stage_error: float | None) -> bool:
-    """Whether a median error passes its limit (each one that does is said on stderr)."""
+def _failed(overall: dict[str, dict[str, Any]], max_error: float | None, max_stage_error: float | None) -> bool:
+    """Whether a median error passes its limit, or there is nothing to hold to it (each failure is said on stderr)."""
     failed = False
     for metric, limit in (("end_to_end", max_error), ("stage", max_stage_error)):
-        median = overall.get(metric, {}).get("median_abs_pct", 0.0)
-        if limit is not None and median > limit:
-            print(f"FAIL: median {metric.replace('_', '-')} error {median:.1f}% > {limit}%", file=sys.stderr)
+        if limit is None:
+            continue
+        name = metric.replace("_", "-")
+        m = overall.get(metric, {"n": 0})
+        if not m["n"]:
+            print(f"FAIL: no measured {name} time to hold to {limit}%", file=sys.stderr)
+            failed = True
+        elif m["median_abs_pct"] > limit:
+            print(f"FAIL: median {name} error {m['median_abs_pct']:.1f}% > {limit}%", file=sys.stderr)
             failed = True
     return failed
 
@@ -213,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.measured and not args.microbench:
         parser.error("give --measured traces, --microbench results, or both")
+    check_outputs(parser, {"--json": args.json, "--plot": args.plot})
     try:
         hw = load_hwconfig(args.hw)
     except HwConfigError as err:
@@ -242,12 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     overall = {metric: metrics(values) for metric, values in everything.items()}
     print_report(f"all {len(args.measured)} traces on {hw.name} ({args.hw})", overall)
     if args.json:
-        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps({"overall": overall, "traces": per_trace},
-                                                                      indent=1)))
+        text = json.dumps(json_safe({"overall": overall, "traces": per_trace}), indent=1, allow_nan=False)
+        atomic_write(args.json, lambda tmp: tmp.write_text(text))
     if args.plot:
         scatter(everything, args.plot, f"{hw.name}: {len(args.measured)} measured traces")
     return 1 if _failed(overall, args.max_error, args.max_stage_error) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, "python -m sim.fitting.validate"))

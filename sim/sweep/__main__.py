@@ -1,5 +1,6 @@
 import sys
 
+from sim.command import run_command
 from sim.sweep.cli import main
 
-sys.exit(main())
+sys.exit(run_command(main, "python -m sim.sweep"))

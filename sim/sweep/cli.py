@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sim.command import check_outputs, integer
 from sim.run import parse_sets
 from sim.sweep.journal import Journal, write_rows
 from sim.sweep.plots import plot_all
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("spec", type=Path, help="the sweep spec (YAML): a grid or a list of points")
     parser.add_argument("--out", type=Path, help="output folder (rows, journal, plots); rerunning with the same "
                         "folder resumes, skipping the points already there. Required unless --list or --bench")
-    parser.add_argument("--workers", type=int, help="worker processes projecting points (default: every CPU of "
+    parser.add_argument("--workers", type=integer(1), help="worker processes projecting points (default: every CPU of "
                         "the local machine or of the cluster)")
     parser.add_argument("--ray-address", help="a running Ray cluster to use (e.g. ray://head:10001 or auto); "
                         "default: start Ray on this machine. The cluster's nodes need speed-sim installed")
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "field at every point, as sim.run --set (repeatable; a spec axis of the same field wins)")
     parser.add_argument("--list", action="store_true", help="print the points and exit (nothing is run)")
     parser.add_argument("--no-plots", action="store_true", help="write the rows only")
-    parser.add_argument("--bench", type=int, nargs="+", metavar="WORKERS", help="measure points per second with "
+    parser.add_argument("--bench", type=integer(1), nargs="+", metavar="WORKERS", help="measure points per second with "
                         "each of these worker counts (e.g. --bench 1 2): every point projected afresh per count, "
                         "traces built once, nothing written to --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -119,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out is None and not (args.list or args.bench):
         parser.error("--out DIR is required (the folder the rows, journal and plots go to)")
-    if (args.workers is not None and args.workers < 1) or (args.bench and min(args.bench) < 1):
-        parser.error("--workers and --bench take worker counts >= 1")
+    check_outputs(parser, {"--out": None if args.list or args.bench else args.out}, folders=("--out",))
     ray = None if args.list else import_ray()  # first: without Ray, say how to install it before anything else
     try:
         spec = with_cli_sets(load_spec(args.spec), parse_sets(args.set, parser))

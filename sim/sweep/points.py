@@ -92,10 +92,11 @@ def flips_of(point: Point, cfg: ModelConfig, where: str) -> str | None:
     if point.flip_rate is not None:
         return ",".join([repr(float(point.flip_rate))] * (cfg.n_groups - 1))
     if point.flips is None or not RATES.fullmatch(point.flips):  # a profile: the model's own, or a named one
-        from reference.flips import FlipOracle
+        from reference.flips import FlipOracle, default_profile
 
         try:
-            rates = FlipOracle.from_profile(point.flips or cfg.name, cfg.vocab_size).rates
+            name = point.flips or default_profile(cfg.name, cfg.n_groups)
+            rates = FlipOracle.from_profile(name, cfg.vocab_size).rates
         except ValueError as err:
             raise SpecError(where, "flips", f"{err} (give flips as rates per exit, or flip_rate)") from None
     else:
@@ -123,7 +124,7 @@ def resolve(points: list[Point], where: str) -> list[Job]:
             if (p.hw, p.sets) not in hws:
                 hws[p.hw, p.sets] = hws[p.hw].with_overrides(overrides(p, hws[p.hw], where))
             if (p.model, p.share) not in models:
-                models[p.model, p.share] = model_config(p.model, p.share)
+                models[p.model, p.share] = model_config(p.model, p.share, flag="model")
         except ValueError as err:  # HwConfigError, HfConfigError, an unknown preset, a bad share
             raise SpecError(where, f"point {i} ({p.hw}, {p.model}{', ' + p.share if p.share else ''})", str(err)) \
                 from None

@@ -18,22 +18,24 @@
 
 `points:` (a list of mappings with the same keys) replaces `grid:` for hand-picked points. A scalar is an axis of
 one value. Axes left out take sim.run's defaults (hw a100, model t5-base-4x3, batch 1, tokens 128, dtype
-bfloat16, streams 1, flips: the model's profile). Every problem is a `SpecError` naming the file and the field.
+bfloat16, streams 1, flips: the model's profile). Every problem is a `SpecError` naming the file and the field:
+the file is read within `sim.inputs`' bounds (a regular UTF-8 file of at most 1 MiB, no alias expansion bombs or
+deep nesting, no key given twice, integers in decimal), numbers must be finite, counts within MAX_AXIS.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sim.defaults import DEFAULT_HW, DEFAULT_TOKENS
 from sim.engine import LAUNCH_MODES
+from sim.inputs import InputError, brief, load_yaml_file
 
 DECODERS = ("speed", "sequential")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -44,6 +46,8 @@ AXES: dict[str, list[Any]] = {
     "streams": [1],
 }
 SCALE = re.compile(r"x\s*([0-9.]+(?:[eE][-+]?[0-9]+)?)")  # "x0.5": half the hwconfig's value
+# the largest value of each count axis: far beyond any run worth sweeping (and sim.run's own limit on streams)
+MAX_AXIS = {"batch": 1 << 16, "tokens": 1 << 20, "streams": 1024}
 
 
 class SpecError(ValueError):
@@ -101,28 +105,33 @@ def _values(path: Path, name: str, raw: Any) -> list[Any]:
 def _check(path: Path, name: str, value: Any, where: str) -> Any:
     """One value of axis `name` (at `where` in the spec), validated (numbers as numbers, names from their lists)."""
     def fail(expected: str) -> SpecError:
-        return SpecError(path, where, f"expected {expected}, got {value!r}")
+        return SpecError(path, where, f"expected {expected}, got {brief(value)}")
 
-    if name in ("batch", "tokens", "streams"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise fail("an integer >= 1")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if name in MAX_AXIS:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_AXIS[name]:
+            raise fail(f"an integer in [1, {MAX_AXIS[name]}]")
     elif name == "decoder" and value not in DECODERS:
         raise fail(f"one of {', '.join(DECODERS)}")
     elif name == "launch" and value not in LAUNCH_MODES:
         raise fail(f"one of {', '.join(LAUNCH_MODES)}")
     elif name == "dtype" and value not in DTYPES:
         raise fail(f"one of {', '.join(DTYPES)}")
-    elif name == "flip_rate" and value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+    elif name == "flip_rate" and value is not None and not (number and 0 <= value < 1):
         raise fail("a flip rate in [0, 1)")
     elif name in ("hw", "model") and (not isinstance(value, str) or not value):
         raise fail("a name or a file")
     elif name in ("share", "flips") and value is not None and not isinstance(value, str):
         raise fail("a string (or null)")
-    elif name.startswith("set.") and not ((isinstance(value, (int, float)) and not isinstance(value, bool))
-                                         or (isinstance(value, str) and SCALE.fullmatch(value))):
-        raise fail("a number, or 'x<factor>' to scale the hwconfig's value")
+    elif name.startswith("set.") and not (number or (isinstance(value, str) and _factor(value))):
+        raise fail("a finite number, or 'x<factor>' (a finite factor > 0) to scale the hwconfig's value")
     return str(value) if name.startswith("set.") else value
+
+
+def _factor(text: str) -> bool:
+    """Whether `text` is "x<factor>" with a finite factor > 0."""
+    scale = SCALE.fullmatch(text)
+    return scale is not None and 0 < float(scale[1]) < math.inf
 
 
 def _axes(path: Path, raw: Any, where: str) -> dict[str, list[Any]]:
@@ -154,7 +163,7 @@ def _point(axes: dict[str, Any]) -> Point:
 def _mapping(path: Path, raw: dict, name: str, value_check: Any) -> dict:
     value = raw.get(name) or {}
     if not isinstance(value, dict) or not all(value_check(v) for v in value.values()):
-        raise SpecError(path, name, f"expected a mapping of name to number, got {value!r}")
+        raise SpecError(path, name, f"expected a mapping of name to a finite number >= 0, got {brief(value)}")
     return {str(k): float(v) for k, v in value.items()}
 
 
@@ -162,11 +171,11 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     """Read and expand a sweep spec: its points in a fixed order (grid: the last axis varies fastest)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml_file(path)
     except FileNotFoundError:
         raise SpecError(path, None, "no such file") from None
-    except (OSError, yaml.YAMLError) as err:
-        raise SpecError(path, None, f"cannot be read: {err}") from None
+    except InputError as err:
+        raise SpecError(path, err.field, err.problem + (f" (line {err.line})" if err.line else "")) from None
     if not isinstance(raw, dict) or ("grid" in raw) == ("points" in raw):
         raise SpecError(path, None, "expected a mapping with either 'grid' (every combination) or 'points' (a list)")
     unknown = set(raw) - {"grid", "points", "plots", "cost", "accuracy"}
@@ -189,6 +198,6 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     heatmap = plots.get("heatmap") or {} if isinstance(plots, dict) else None
     if not isinstance(heatmap, dict) or not set(heatmap) <= {"x", "y", "where"}:
         raise SpecError(path, "plots.heatmap", "expected {x: AXIS, y: AXIS, where: {AXIS: VALUE}}")
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf  # noqa: E731
     return Spec(path, points, swept, heatmap, _mapping(path, raw, "cost", number),
                 _mapping(path, raw, "accuracy", number))
