@@ -294,7 +294,8 @@ def test_the_engine_refuses_a_kernel_time_that_is_not_finite():
     op = OpRecord(0, 0, None, None, None, None, 1, "m", "elementwise", "aten.mul.Tensor", [[4]], ["bfloat16"], [[4]],
                   ["bfloat16"], 2**63 - 1, 0, 8, 8, 0, 0, [], [], [0])
     trace = Trace(SMALL.header, [op], [StageRecord(0, "decode", [[0, 0, 3]], [[0, 1, 5]], [])])
-    with pytest.raises(ProjectionError, match=r"on NVIDIA A100 .*: kernel 0 \(elementwise aten\.mul\.Tensor, "
+    with pytest.raises(ProjectionError, match=r"on NVIDIA A100 .*: op 0 of the trace's distinct ops "
+                       r"\(elementwise aten\.mul\.Tensor, "
                        r"9,223,372,036,854,775,807 FLOPs, 16 bytes, bfloat16\) would take 2\.36e\+305 s, "
                        r"not a finite time up to 1e\+30 s"):
         project(trace, hw, "eager", memory=MEMORY)
