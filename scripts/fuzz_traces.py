@@ -87,7 +87,7 @@ class Case:
     base: int  # index into the target's bases
     name: str
     expect: str  # "reject": no real run has it; "either": a trace may hold it
-    build: Callable[[list[bytes]], bytes]  # the base's lines -> the file's bytes
+    build: Callable[[list[bytes]], bytes | str]  # the base's lines -> the file's bytes ("directory", "missing")
     line: int | None = None  # the damaged line, for record-level mutations
     outcome: str = ""
     message: str = ""
@@ -97,9 +97,11 @@ class Case:
 @dataclass
 class Base:
     path: Path
+    label: str = ""  # what it is, for the report (default: its path)
     lines: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.label = self.label or str(self.path)
         self.lines = gzip.decompress(self.path.read_bytes()).splitlines()
 
 
@@ -113,8 +115,8 @@ def dumps(obj: object, raw: str | None = None) -> bytes:
     return (text.replace(json.dumps(PLACEHOLDER), raw) if raw is not None else text).encode()
 
 
-def truncated_measured(path: Path, stages: int) -> Path:
-    """The first `stages` stages of a format-1 trace, its end record recounted, in a temporary file."""
+def truncated_measured(path: Path, stages: int, folder: Path) -> Path:
+    """The first `stages` stages of a format-1 trace, its end record recounted, as a file in `folder`."""
     lines = gzip.decompress(path.read_bytes()).splitlines()
     kept, n_ops, n_stages = [lines[0]], 0, 0
     for line in lines[1:]:
@@ -125,7 +127,7 @@ def truncated_measured(path: Path, stages: int) -> Path:
         n_ops += kind == "op"
         n_stages += kind == "stage"
     kept.append(dumps({"type": "end", "ops": n_ops, "stages": n_stages}))
-    out = Path(tempfile.mkdtemp(prefix="fuzz-base-")) / path.name
+    out = folder / path.name
     out.write_bytes(gz(kept))
     return out
 
@@ -312,27 +314,11 @@ def named_cases(target: str, bases: list[Base]) -> list[Case]:
     def text(name: str, expect: str, change: Callable[[list[bytes]], list[bytes]], line: int | None = None) -> Case:
         return lines_case(target, 0, name, expect, change, line)
 
-    def raw(name: str, make: Callable[[list[bytes]], bytes | str]) -> Case:
-        return bytes_case(target, 0, name, "reject", make)
-
     def replaced(line: int, data: bytes) -> Callable[[list[bytes]], list[bytes]]:
         return lambda ls: [*ls[: line - 1], data, *ls[line:]]
 
     end_record_ = json.loads(lines[-1])
     cases = [
-        raw("not gzip (the JSON text)", lambda ls: b"".join(x + b"\n" for x in ls)),
-        raw("binary", lambda ls: random.Random(0).randbytes(4096)),
-        raw("UTF-16 text", lambda ls: b"\n".join(ls).decode().encode("utf-16")),
-        raw("gzip of UTF-16 text", lambda ls: gzip.compress(b"\n".join(ls).decode().encode("utf-16"))),
-        raw("gzip of binary", lambda ls: gzip.compress(random.Random(1).randbytes(4096))),
-        raw("empty file", lambda ls: b""),
-        raw("gzip of nothing", lambda ls: gzip.compress(b"")),
-        raw("gzip cut in half", lambda ls: gz(ls)[: len(gz(ls)) // 2]),
-        raw("gzip without its trailer", lambda ls: gz(ls)[:-8]),
-        raw("gzip with trailing garbage", lambda ls: gz(ls) + b"garbage"),
-        raw("two gzip members (records after the end)", lambda ls: gz(ls) + gz(ls)),
-        raw("a directory", lambda ls: "directory"),
-        raw("no such file", lambda ls: "missing"),
         text("non-UTF-8 byte in a string", "reject", replaced(first_op, lines[first_op - 1].replace(
             b'"module":"', b'"module":"\xe9', 1)), first_op),
         text("an op line 100,000 deep", "reject", replaced(first_op, DEEP.encode()), first_op),
@@ -363,7 +349,30 @@ def named_cases(target: str, bases: list[Base]) -> list[Case]:
         text("header and end only", "either", lambda ls: recounted(ls, [])),
         text("no decode stage (the first stage only)", "either", lambda ls: recounted(ls, ls[1:first_stage])),
     ]
-    return cases + (format4_cases(target, lines) if header["version"] >= 4 else measured_cases(target, lines))
+    return [*file_cases(target), *cases,
+            *(format4_cases(target, lines) if header["version"] >= 4 else measured_cases(target, lines))]
+
+
+def file_cases(target: str) -> list[Case]:
+    """Files that are not traces: other encodings, binary, damaged gzip streams, a directory, no file."""
+    def raw(name: str, make: Callable[[list[bytes]], bytes | str]) -> Case:
+        return bytes_case(target, 0, name, "reject", make)
+
+    return [
+        raw("not gzip (the JSON text)", lambda ls: b"".join(x + b"\n" for x in ls)),
+        raw("binary", lambda ls: random.Random(0).randbytes(4096)),
+        raw("UTF-16 text", lambda ls: b"\n".join(ls).decode().encode("utf-16")),
+        raw("gzip of UTF-16 text", lambda ls: gzip.compress(b"\n".join(ls).decode().encode("utf-16"))),
+        raw("gzip of binary", lambda ls: gzip.compress(random.Random(1).randbytes(4096))),
+        raw("empty file", lambda ls: b""),
+        raw("gzip of nothing", lambda ls: gzip.compress(b"")),
+        raw("gzip cut in half", lambda ls: gz(ls)[: len(gz(ls)) // 2]),
+        raw("gzip without its trailer", lambda ls: gz(ls)[:-8]),
+        raw("gzip with trailing garbage", lambda ls: gz(ls) + b"garbage"),
+        raw("two gzip members (records after the end)", lambda ls: gz(ls) + gz(ls)),
+        raw("a directory", lambda ls: "directory"),
+        raw("no such file", lambda ls: "missing"),
+    ]
 
 
 def format4_cases(target: str, lines: list[bytes]) -> list[Case]:
@@ -637,14 +646,15 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.cases, args.validate_cases) < 0 or args.jobs < 1 or args.timeout <= 0:
         parser.error("--cases and --validate-cases must be >= 0, --jobs >= 1, --timeout > 0")
     tqdm_module.tqdm.monitor_interval = 0  # no monitor thread in a process that forks
-    bases = {"run": [Base(p) for p in DEFAULT_TRACES],
-             "validate": [Base(truncated_measured(MEASURED, args.measured_stages))]}
-    rng = random.Random(args.seed)
-    cases: list[Case] = []
-    for target, n in (("run", args.cases), ("validate", args.validate_cases)):
-        named = named_cases(target, bases[target])[:n]
-        cases += named + drawn_cases(rng, target, bases[target], n - len(named))
     with tempfile.TemporaryDirectory(prefix="fuzz-traces-") as tmp:
+        bases = {"run": [Base(p) for p in DEFAULT_TRACES],
+                 "validate": [Base(truncated_measured(MEASURED, args.measured_stages, Path(tmp)),
+                                   f"{MEASURED}, its first {args.measured_stages} stages")]}
+        rng = random.Random(args.seed)
+        cases: list[Case] = []
+        for target, n in (("run", args.cases), ("validate", args.validate_cases)):
+            named = named_cases(target, bases[target])[:n]
+            cases += named + drawn_cases(rng, target, bases[target], n - len(named))
         check_bases(bases, Path(tmp), args.timeout)
         run_cases(cases, bases, args.jobs, args.timeout, Path(tmp))
     print(f"\n{table(cases)}\n\n(python scripts/fuzz_traces.py --cases {args.cases} --validate-cases "
@@ -653,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in args.show:
         show(cases, outcome)
     if args.out:
-        args.out.write_text(json.dumps([{"target": c.target, "base": str(bases[c.target][c.base].path),
+        args.out.write_text(json.dumps([{"target": c.target, "base": bases[c.target][c.base].label,
                                          "case": c.name, "expect": c.expect, "outcome": c.outcome,
                                          "message": c.message, "seconds": round(c.seconds, 3)} for c in cases],
                                        indent=1))
@@ -668,7 +678,7 @@ def check_bases(bases: dict[str, list[Base]], workdir: Path, timeout_s: float) -
     run_cases(plain, bases, 2, timeout_s, workdir)
     failed = [c for c in plain if c.outcome != "accepted"]
     if failed:
-        raise SystemExit(f"error: a base does not run clean: {bases[failed[0].target][failed[0].base].path}: "
+        raise SystemExit(f"error: a base does not run clean: {bases[failed[0].target][failed[0].base].label}: "
                          f"{failed[0].outcome}: {failed[0].message}")
 
 

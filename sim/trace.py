@@ -521,12 +521,14 @@ def write_trace(path: PathLike, trace: Trace) -> None:
 Check = Callable[[Any], bool]
 
 
-_INT, _LIST = {int}, {list}
+_INT, _LIST, _STR_TYPE = {int}, {list}, {str}
 
 
-def _ints(v: Any, least: int = 0, most: int = MAX_INDEX) -> bool:
-    """A list of integers in least..most (`type(x) is int` also rejects bools), checked with C-level passes."""
-    return type(v) is list and {*map(type, v)} <= _INT and min(v, default=least) >= least and max(v, default=0) <= most
+def _ints(v: Any, least: int = 0, most: int | None = MAX_INDEX) -> bool:
+    """A list of integers in least..most (no upper bound: None; `type(x) is int` also rejects bools), checked
+    with C-level passes."""
+    return (type(v) is list and {*map(type, v)} <= _INT and min(v, default=least) >= least
+            and (most is None or max(v, default=0) <= most))
 
 
 def _shape(v: Any) -> bool:
@@ -589,13 +591,15 @@ def _seconds(v: Any) -> bool:
 
 
 # Field checkers: (predicate, what it expects). `type(v) is int` also rejects bools.
+_KERNEL_CLASSES = frozenset(KERNEL_CLASSES)
+_KIND = (lambda v: type(v) is str and v in _KERNEL_CLASSES, f"one of {KERNEL_CLASSES}")
 _NAT = (lambda v: type(v) is int and v >= 0, "an integer >= 0")  # a count compared with what was read
 _INDEX = _count(MAX_INDEX, "2**31 - 1")
 _POS = _count(MAX_INDEX, "2**31 - 1", least=1)
 _OPT_INDEX = _count(MAX_INDEX, "2**31 - 1", null=True)
 _BYTES = _count(MAX_BYTES, "2**50")
 _STR = (lambda v: type(v) is str, "a string")
-_STRS = (lambda v: type(v) is list and {*map(type, v)} <= {str}, "a list of strings")
+_STRS = (lambda v: type(v) is list and {*map(type, v)} <= _STR_TYPE, "a list of strings")
 _SHAPES = (_shapes, "a list of shapes (lists of integers >= 0 whose nonzero ones multiply to at most 2**50)")
 _TRIPLES = (lambda v: type(v) is list and all(_ints(t) and len(t) == 3 for t in v),
             "a list of [int, int, int] (integers in 0..2**31 - 1)")
@@ -616,12 +620,13 @@ _HEADER: dict[str, tuple[Check, str]] = {
 }
 _OP: dict[str, tuple[Check, str]] = {
     "i": _NAT, "stage": _INDEX, "group": _OPT_INDEX, "depth": _OPT_INDEX, "layer": _OPT_INDEX, "seq": _OPT_INDEX,
-    "rows": _INDEX, "module": _STR, "kind": (lambda v: v in KERNEL_CLASSES, f"one of {KERNEL_CLASSES}"), "op": _STR,
+    "rows": _INDEX, "module": _STR, "kind": _KIND, "op": _STR,
     "in_shapes": _SHAPES, "in_dtypes": _STRS, "out_shapes": _SHAPES, "out_dtypes": _STRS,
     "flops": _count(MAX_FLOPS, "2**60"), "weight_bytes": _BYTES, "act_read_bytes": _BYTES, "act_write_bytes": _BYTES,
     "kv_read_bytes": _BYTES, "kv_write_bytes": _BYTES, "weights": _STRS, "kv": _STRS,
-    "srcs": (lambda v: _ints(v, 0, MAX_EXECUTED), "a list of integers >= 0"),
-    "deps": (lambda v: _ints(v, 1, MAX_EXECUTED), "a list of integers >= 1"),
+    # distances back in the stage: bounded by the ops of the stage before the op (checked with the stage)
+    "srcs": (lambda v: _ints(v, 0, None), "a list of integers >= 0"),
+    "deps": (lambda v: _ints(v, 1, None), "a list of integers >= 1"),
     "duration_s": _SECONDS,
 }
 _OP_V2 = {k: v for k, v in _OP.items() if k not in ("seq", "kind", "kv", "srcs")}
@@ -938,8 +943,8 @@ def _check_op_in_place(op: OpRecord, header: TraceHeader, where: tuple[PathLike,
         raise TraceError(*where, "srcs", f"expected one distance per input ({len(op.in_shapes)}), each at most "
                          f"{since_stage} (the ops of its stage before it), got {_show(op.srcs)}")
     if op.deps and max(op.deps) > since_stage:
-        raise TraceError(*where, "deps", f"a dep reaches {max(op.deps)} ops back, but only {since_stage} ops of its "
-                         "stage come before it")
+        raise TraceError(*where, "deps", f"a dep reaches {_show(max(op.deps))} ops back, but only {since_stage} ops "
+                         "of its stage come before it")
 
 
 _TOO_MANY_OPS = f"more than {MAX_EXECUTED:,} ops executed (2**26, beyond any real run)"
@@ -1075,7 +1080,7 @@ class _CompactReader:
         bad = next((j for j in slots if reach[ids[j]] > j), None)
         if bad is not None:
             raise _ops_error(self.path, line, f"op {ids[bad]} at slot {bad} has srcs or deps reaching "
-                             f"{reach[ids[bad]]} ops back, but only {bad} ops of its stage come before it")
+                             f"{_show(reach[ids[bad]])} ops back, but only {bad} ops of its stage come before it")
         for j in slots:  # an op's first execution gives it its index and stage
             op = self.distinct[ids[j]]
             if op.stage < 0:
