@@ -18,7 +18,7 @@ Line 1, the header (`TraceHeader`):
   changed predictions came from: "model", an oracle's description, or "none"), weights {tensor id (parameter
   name): {"bytes": int >= 0, "shape": [int >= 0], "dtype": str}}, measured bool (ops carry measured durations),
   command str (the command line that produced the trace), extra {...} (free-form; optional, default {}).
-Then records, each with a "type" key first:
+Then records, each with a "type" key first (every number within the bounds below, "Bounds"):
   "op" (`OpRecord` without `i` and `stage`), one distinct op: id (int: = the number of op records before it),
   group, depth, layer (int >= 0 or null: layer group, depth, layer within the group), seq (int >= 0 or null:
   the sequence of the batch the op works on alone, as its KV cache slice or its encoder / prefill stage; null
@@ -77,19 +77,35 @@ self-attention op of a layer belongs to the stage's r-th row, the j-th cross-att
 prefill and encoder stages run one sequence each, in order). Streamed with `iter_records`, such ops have seq
 null and kv keyed by depth alone. `TraceWriter` always writes version 4.
 
+Bounds
+------
+Every number is one a real run can have, so that nothing read overflows a float or grows without end in the
+simulator: FLOPs of an op at most 2**60 (MAX_FLOPS), bytes of an op or a weight at most 2**50 (MAX_BYTES), a
+shape's nonzero dimensions multiplying to at most 2**50 (MAX_ELEMENTS), every other integer (group, depth, layer,
+seq, rows, batch, lengths, stage numbers, the entries of rows, commits and flushes) at most 2**31 - 1
+(MAX_INDEX), a measured time 0 or within 1e-12..1e6 s (MIN_SECONDS, MAX_SECONDS), at most 2**26 ops executed
+(MAX_EXECUTED) and 2**20 stage records (MAX_STAGES), a line at most 64 MiB (MAX_LINE_BYTES), the header's free-form
+objects (flips, extra) nested at most 16 deep (MAX_NESTING). The kernel model reads an attention op's queries
+(its first input: [..., rows, head_dim], two or more dimensions) and a matrix product's output (first output,
+one or more dimensions); those shapes are checked too. A trace with no decode stage, or stages with no ops, is
+readable (it projects to no tokens).
+
 Error policy
 ------------
 The reader validates everything as it streams (records before a problem are handed out first) and raises
 `TraceError` (a ValueError) naming the file, the 1-based line (None for file-level problems) and the field
-(None when no single field is at fault): unknown format or version, missing, unknown or mistyped field
-(unknown fields are errors: a format change bumps the version), unknown record type, out-of-order id, i or
-stage, a dep or src reaching outside its stage, unknown weight id, null duration in a measured trace, a stage's
-ops naming an op record not yet read, an earlier stage that does not exist, a slot outside it or out of order,
-an op record no stage uses, a file that is missing or not gzip (line None), a line that is not a JSON object, a
-truncated file (corrupt compressed data: the first line that could not be read; no "end" record: the line
-where it belongs), "end" counts that do not match. Version 1-3 ops whose stage record never comes are reported
-at the next stage or end record. No KeyError, TypeError, EOFError or JSON error escapes. `TraceWriter`
-validates little (the reader is the check) but never leaves a half-written file at its path.
+(None when no single field is at fault; a dotted path inside the header's objects): unknown format or version,
+missing, unknown, mistyped or out-of-bounds field (unknown fields are errors: a format change bumps the
+version), a key given twice in one object, NaN or Infinity anywhere (not JSON numbers), unknown record type,
+out-of-order id, i or stage, a dep or src reaching outside its stage, unknown weight id, null duration in a
+measured trace, a shape the kernel model cannot take, a stage's ops naming an op record not yet read, an
+earlier stage that does not exist, a slot outside it or out of order, an op record no stage uses, a file that is
+missing or not gzip (line None), a line that is not UTF-8, not a JSON object, nested past the parser's limit or
+longer than the bound, a truncated file (corrupt compressed data: the first line that could not be read; no
+"end" record: the line where it belongs), "end" counts that do not match, more ops or stages than the bounds.
+Version 1-3 ops whose stage record never comes are reported at the next stage or end record. No KeyError,
+TypeError, EOFError, OverflowError, RecursionError or JSON error escapes. `TraceWriter` validates little (the
+reader is the check) but never leaves a half-written file at its path.
 """
 
 from __future__ import annotations
@@ -118,6 +134,19 @@ TRACE_VERSION = 4
 READS_VERSIONS = (1, 2, 3, 4)  # 3: one record per executed op; 2: no seq, kind, kv, srcs; 1: no deps either
 DECODERS = ("sequential", "speed")
 STAGE_KINDS = ("encoder", "prefill", "decode", "speed")
+
+# What a real run can have. A file beyond these bounds is refused when read, so that no count overflows a float
+# in the simulator, no list or loop grows without end, and no value nests past what the parser takes.
+MAX_BYTES = 2**50  # bytes one op or weight moves: 1 PiB, hundreds of times the largest device memory
+MAX_FLOPS = 2**60  # FLOPs of one op: 1.2e18, twenty minutes of a 1 PFLOP/s device for a single kernel
+MAX_ELEMENTS = 2**50  # a tensor dimension, and a shape's elements (its nonzero dimensions' product): each >= 1 byte
+MAX_INDEX = 2**31 - 1  # a group, depth, layer, sequence, row count, position, token, exit, stage number, length
+MAX_SECONDS = 1e6  # a measured op or stage time: 11.6 days
+MIN_SECONDS = 1e-12  # a nonzero measured time below a picosecond is no clock's reading
+MAX_EXECUTED = 2**26  # ops a trace executes: 67M (a 70B model decoding 8,192 tokens eagerly executes ~37M)
+MAX_STAGES = 2**20  # stage records: 1M (decode steps, plus an encoder and a prefill stage per sequence)
+MAX_LINE_BYTES = 2**26  # 64 MiB: one line (the longest, a header listing a model's weights, is 24 kB for T5-Base)
+MAX_NESTING = 16  # JSON nesting of the header's free-form objects (flips, extra); records nest 3 deep at most
 
 PathLike = str | os.PathLike[str]
 Scalar = str | int | float | bool | None
@@ -492,56 +521,118 @@ def write_trace(path: PathLike, trace: Trace) -> None:
 Check = Callable[[Any], bool]
 
 
-_INT = {int}
+_INT, _LIST, _STR_TYPE = {int}, {list}, {str}
 
 
-def _ints(v: Any, least: int = 0) -> bool:
-    """A list of integers >= least (`type(x) is int` also rejects bools), checked with C-level passes."""
-    return type(v) is list and {*map(type, v)} <= _INT and min(v, default=least) >= least
+def _ints(v: Any, least: int = 0, most: int | None = MAX_INDEX) -> bool:
+    """A list of integers in least..most (no upper bound: None; `type(x) is int` also rejects bools), checked
+    with C-level passes."""
+    return (type(v) is list and {*map(type, v)} <= _INT and min(v, default=least) >= least
+            and (most is None or max(v, default=0) <= most))
+
+
+def _shape(v: Any) -> bool:
+    """A tensor shape: integers >= 0 whose nonzero ones multiply to at most MAX_ELEMENTS (so each is at most that)."""
+    return (type(v) is list and {*map(type, v)} <= _INT and min(v, default=0) >= 0
+            and math.prod(filter(None, v)) <= MAX_ELEMENTS)
+
+
+def _shapes(v: Any) -> bool:
+    """A list of shapes, checked in a few C-level passes over all their dimensions: when the nonzero ones of all
+    shapes multiply to at most MAX_ELEMENTS, so do each shape's (the common case); else shape by shape."""
+    if type(v) is not list or not {*map(type, v)} <= _LIST:
+        return False
+    dims = list(itertools.chain.from_iterable(v))
+    if not ({*map(type, dims)} <= _INT and min(dims, default=0) >= 0):
+        return False
+    return math.prod(filter(None, dims)) <= MAX_ELEMENTS or all(math.prod(filter(None, s)) <= MAX_ELEMENTS for s in v)
+
+
+_WEIGHT = "{bytes: an integer in 0..2**50, shape: a shape, dtype: a string}"
 
 
 def _weight(v: Any) -> bool:
     return (type(v) is dict and v.keys() == {"bytes", "shape", "dtype"} and type(v["bytes"]) is int
-            and v["bytes"] >= 0 and _ints(v["shape"]) and type(v["dtype"]) is str)
+            and 0 <= v["bytes"] <= MAX_BYTES and _shape(v["shape"]) and type(v["dtype"]) is str)
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or type(v) in (str, int, bool) or (type(v) is float and math.isfinite(v))
+
+
+def _free_form(v: Any) -> bool:
+    """JSON nested at most MAX_NESTING deep, every number finite (1e999 reads as infinity)."""
+    level = [v]
+    for _ in range(MAX_NESTING):
+        inner = []
+        for x in level:
+            if type(x) is dict:
+                inner += x.values()
+            elif type(x) is list:
+                inner += x
+            elif type(x) is float and not math.isfinite(x):
+                return False
+        if not inner:
+            return True
+        level = inner
+    return False
+
+
+def _count(most: int, bound: str, least: int = 0, null: bool = False) -> tuple[Check, str]:
+    """A field holding an integer in least..most (or null, when `null`), `bound` naming `most`."""
+    desc = f"an integer in {least}..{bound}" + (" or null" if null else "")
+    if null:
+        return (lambda v: v is None or (type(v) is int and least <= v <= most)), desc
+    return (lambda v: type(v) is int and least <= v <= most), desc
+
+
+def _seconds(v: Any) -> bool:
+    return v is None or (type(v) in (float, int) and (v == 0 or MIN_SECONDS <= v <= MAX_SECONDS))
 
 
 # Field checkers: (predicate, what it expects). `type(v) is int` also rejects bools.
-_NAT = (lambda v: type(v) is int and v >= 0, "an integer >= 0")
-_POS = (lambda v: type(v) is int and v >= 1, "an integer >= 1")
-_OPT_NAT = (lambda v: v is None or (type(v) is int and v >= 0), "an integer >= 0 or null")
+_KERNEL_CLASSES = frozenset(KERNEL_CLASSES)
+_KIND = (lambda v: type(v) is str and v in _KERNEL_CLASSES, f"one of {KERNEL_CLASSES}")
+_NAT = (lambda v: type(v) is int and v >= 0, "an integer >= 0")  # a count compared with what was read
+_INDEX = _count(MAX_INDEX, "2**31 - 1")
+_POS = _count(MAX_INDEX, "2**31 - 1", least=1)
+_OPT_INDEX = _count(MAX_INDEX, "2**31 - 1", null=True)
+_BYTES = _count(MAX_BYTES, "2**50")
 _STR = (lambda v: type(v) is str, "a string")
-_STRS = (lambda v: type(v) is list and {*map(type, v)} <= {str}, "a list of strings")
-_SHAPES = (lambda v: type(v) is list and all(map(_ints, v)), "a list of shapes (lists of integers >= 0)")
+_STRS = (lambda v: type(v) is list and {*map(type, v)} <= _STR_TYPE, "a list of strings")
+_SHAPES = (_shapes, "a list of shapes (lists of integers >= 0 whose nonzero ones multiply to at most 2**50)")
 _TRIPLES = (lambda v: type(v) is list and all(_ints(t) and len(t) == 3 for t in v),
-            "a list of [int, int, int] (integers >= 0)")
-_SECONDS = (lambda v: v is None or (type(v) in (float, int) and 0 <= v < math.inf), "a number >= 0 or null")
+            "a list of [int, int, int] (integers in 0..2**31 - 1)")
+_SECONDS = (_seconds, f"0, a number of seconds in {MIN_SECONDS:g}..{MAX_SECONDS:g}, or null")
 _OBJECT = (lambda v: type(v) is dict, "an object")
+_FREE = (lambda v: type(v) is dict and _free_form(v),
+         f"an object nested at most {MAX_NESTING} deep, its numbers finite")
 _HEADER: dict[str, tuple[Check, str]] = {
     "format": _STR, "version": _NAT,
-    "model": (lambda v: type(v) is dict and all(x is None or type(x) in (str, int, float, bool) for x in v.values()),
-              "an object of scalars"),
+    "model": (lambda v: type(v) is dict and all(map(_scalar, v.values())), "an object of scalars (numbers finite)"),
     "decoder": (lambda v: v in DECODERS, f"one of {DECODERS}"), "dtype": _STR, "batch": _POS,
-    "prompt_lens": (_ints, "a list of integers >= 0"), "max_new_tokens": _POS, "device": _STR, "device_name": _STR,
-    "torch_version": _STR, "code_revision": _STR,
-    "flips": (lambda v: type(v) is dict and type(v.get("source")) is str, "an object with a string 'source'"),
-    "weights": (lambda v: type(v) is dict and all(map(_weight, v.values())),
-                "an object of {id: {bytes: int >= 0, shape: [int >= 0], dtype: str}}"),
-    "measured": (lambda v: type(v) is bool, "true or false"), "command": _STR, "extra": _OBJECT,
+    "prompt_lens": (_ints, "a list of integers in 0..2**31 - 1"), "max_new_tokens": _POS, "device": _STR,
+    "device_name": _STR, "torch_version": _STR, "code_revision": _STR,
+    "flips": (lambda v: _FREE[0](v) and type(v.get("source")) is str,
+              f"an object with a string 'source', nested at most {MAX_NESTING} deep, its numbers finite"),
+    "weights": (lambda v: type(v) is dict and all(map(_weight, v.values())), f"an object of {{id: {_WEIGHT}}}"),
+    "measured": (lambda v: type(v) is bool, "true or false"), "command": _STR, "extra": _FREE,
 }
 _OP: dict[str, tuple[Check, str]] = {
-    "i": _NAT, "stage": _NAT, "group": _OPT_NAT, "depth": _OPT_NAT, "layer": _OPT_NAT, "seq": _OPT_NAT, "rows": _NAT,
-    "module": _STR, "kind": (lambda v: v in KERNEL_CLASSES, f"one of {KERNEL_CLASSES}"), "op": _STR,
+    "i": _NAT, "stage": _INDEX, "group": _OPT_INDEX, "depth": _OPT_INDEX, "layer": _OPT_INDEX, "seq": _OPT_INDEX,
+    "rows": _INDEX, "module": _STR, "kind": _KIND, "op": _STR,
     "in_shapes": _SHAPES, "in_dtypes": _STRS, "out_shapes": _SHAPES, "out_dtypes": _STRS,
-    "flops": _NAT, "weight_bytes": _NAT, "act_read_bytes": _NAT, "act_write_bytes": _NAT, "kv_read_bytes": _NAT,
-    "kv_write_bytes": _NAT, "weights": _STRS, "kv": _STRS,
-    "srcs": (_ints, "a list of integers >= 0"),
-    "deps": (lambda v: _ints(v, 1), "a list of integers >= 1"),
+    "flops": _count(MAX_FLOPS, "2**60"), "weight_bytes": _BYTES, "act_read_bytes": _BYTES, "act_write_bytes": _BYTES,
+    "kv_read_bytes": _BYTES, "kv_write_bytes": _BYTES, "weights": _STRS, "kv": _STRS,
+    # distances back in the stage: bounded by the ops of the stage before the op (checked with the stage)
+    "srcs": (lambda v: _ints(v, 0, None), "a list of integers >= 0"),
+    "deps": (lambda v: _ints(v, 1, None), "a list of integers >= 1"),
     "duration_s": _SECONDS,
 }
 _OP_V2 = {k: v for k, v in _OP.items() if k not in ("seq", "kind", "kv", "srcs")}
 _OP_V1 = {k: v for k, v in _OP_V2.items() if k != "deps"}
 _STAGE: dict[str, tuple[Check, str]] = {
-    "stage": _NAT, "kind": (lambda v: v in STAGE_KINDS, f"one of {STAGE_KINDS}"), "rows": _TRIPLES,
+    "stage": _INDEX, "kind": (lambda v: v in STAGE_KINDS, f"one of {STAGE_KINDS}"), "rows": _TRIPLES,
     "commits": _TRIPLES, "flushes": _TRIPLES, "wall_s": _SECONDS,
 }
 _END: dict[str, tuple[Check, str]] = {"ops": _NAT, "stages": _NAT}
@@ -557,7 +648,10 @@ _MISSING = object()
 
 
 def _show(v: Any) -> str:
-    text = json.dumps(v)
+    try:
+        text = json.dumps(v)
+    except (ValueError, RecursionError):  # nested deeper than the encoder goes, or an integer too long to print
+        text = f"a {type(v).__name__} too large to show"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -590,12 +684,73 @@ def _open(path: PathLike) -> None:
         raise TraceError(path, None, None, "not a gzip file")
 
 
-def _parse(path: PathLike, line: int, data: bytes) -> dict[str, Any]:
-    """One line as a JSON object, or a TraceError naming the line."""
+class _DuplicateKey(ValueError):
+    """A JSON object that names a key twice (a plain parser keeps the last one silently)."""
+
+
+class _NotJsonNumber(ValueError):
+    """NaN or Infinity: Python's parser takes them, JSON has no such numbers."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJsonNumber(name)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
+def _loads(data: bytes) -> Any:
+    """A line as JSON, strictly: UTF-8, no NaN or Infinity, no key twice in an object (RecursionError when it
+    nests past the parser's limit)."""
+    return _DECODER.decode(data.decode())
+
+
+def _where_not_finite(data: bytes) -> str | None:
+    """Where in a line the first NaN or Infinity is ("extra.end_to_end_s.median", "in_shapes[0]"), for the error."""
     try:
-        obj = json.loads(data)
-    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError
-        why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+        stack: list[tuple[str, Any]] = [("", json.loads(data, parse_constant=float))]
+    except (ValueError, RecursionError):
+        return None
+    while stack:
+        where, v = stack.pop()
+        if type(v) is float and not math.isfinite(v):
+            return where or None
+        if type(v) is dict:
+            stack += [(f"{where}.{k}" if where else k, x) for k, x in reversed(v.items())]
+        elif type(v) is list:
+            stack += [(f"{where}[{i}]", x) for i, x in reversed(list(enumerate(v)))]
+    return None
+
+
+def _parse(path: PathLike, line: int, data: bytes) -> dict[str, Any]:
+    """One line as a JSON object, or a TraceError naming the line (and the field, where one is at fault)."""
+    try:
+        obj = _loads(data)
+    except _DuplicateKey as e:
+        raise TraceError(path, line, e.args[0], "given twice in one object") from None
+    except _NotJsonNumber as e:
+        raise TraceError(path, line, _where_not_finite(data), f"{e.args[0]} is not a JSON number (a trace holds "
+                         "finite numbers only)") from None
+    except RecursionError:
+        raise TraceError(path, line, None, "not valid JSON (nested deeper than the parser goes)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, or an integer of over 4,300 digits
+        if isinstance(e, json.JSONDecodeError):
+            why = f"{e.msg} at column {e.colno}"
+        elif isinstance(e, UnicodeDecodeError):
+            why = f"not UTF-8: byte {e.object[e.start]:#04x} at byte {e.start + 1} of the line"
+        else:
+            why = str(e).split(":")[0]
         raise TraceError(path, line, None, f"not valid JSON ({why})") from None
     if type(obj) is not dict:
         raise TraceError(path, line, None, f"expected a JSON object, got {_show(obj)}")
@@ -693,15 +848,17 @@ def _fast_op(data: bytes, memo: dict[bytes, tuple[Any, ...]], version: int
         return None
     c = data.find(b",", b + 9)
     i_text, stage_text = data[a:b], data[b + 9 : c]
-    if not (_plain_int(i_text) and _plain_int(stage_text)):
+    # short enough to be a count and a stage number (the general path names what is not)
+    if not (_plain_int(i_text) and _plain_int(stage_text) and len(i_text) <= 19 and len(stage_text) <= 10
+            and int(stage_text) <= MAX_INDEX):
         return None
     rest = data[c + 1 :]
     values = memo.get(rest)
     if values is None:
         try:
-            obj = json.loads(b"{" + rest)
+            obj = _loads(b"{" + rest)
             values = _check(obj, _OP_REST[version], "", 0) if type(obj) is dict else None
-        except (ValueError, TraceError):
+        except (ValueError, RecursionError, TraceError):  # the general path names the problem
             return None
         if values is None:
             return None
@@ -715,11 +872,14 @@ def _lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
         line = 0
         while True:
             try:
-                data = gz.readline()
+                data = gz.readline(MAX_LINE_BYTES + 1)
             except (EOFError, OSError, zlib.error) as e:
                 raise TraceError(path, line + 1, None, f"truncated or corrupt data ({e})") from None
             if not data:
                 return
+            if len(data) > MAX_LINE_BYTES:
+                raise TraceError(path, line + 1, None, f"a line longer than {MAX_LINE_BYTES >> 20} MiB (no record is "
+                                 "that long)")
             line += 1
             yield line, data
 
@@ -731,6 +891,11 @@ def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
         raise TraceError(path, line, "version",
                          f"unsupported version {_show(obj.get('version'))} (this reader reads {READS_VERSIONS})")
     obj.setdefault("extra", {})
+    weights = obj.get("weights")
+    if type(weights) is dict:  # name the weight at fault, not the whole object
+        bad = next((k for k, v in weights.items() if not _weight(v)), None)
+        if bad is not None:
+            raise TraceError(path, line, f"weights.{bad}", f"expected {_WEIGHT}, got {_show(weights[bad])}")
     _check(obj, _HEADER, path, line)
     return TraceHeader(**obj)
 
@@ -745,6 +910,21 @@ def _check_op_fields(op: OpRecord, header: TraceHeader, where: tuple[PathLike, i
     if op.srcs and len(op.srcs) != len(op.in_shapes):
         raise TraceError(*where, "srcs", f"expected one distance per input ({len(op.in_shapes)}), got "
                          f"{_show(op.srcs)}")
+    if op.kind in _KERNEL_SHAPES:
+        name, least, what = _KERNEL_SHAPES[op.kind]
+        shapes = getattr(op, name)
+        if not shapes or len(shapes[0]) < least:
+            raise TraceError(*where, name, f"expected a first shape of {least} or more dimensions ({what}), got "
+                             f"{_show(shapes)}")
+
+
+# What the kernel model reads of an op's shapes (sim.kernels.kernel_of), by kind: (field, least dimensions of its
+# first shape, why)
+_KERNEL_SHAPES = {
+    "attention": ("in_shapes", 2, "an attention op's first input is its queries [..., rows, head_dim]"),
+    "matmul": ("out_shapes", 1, "a matrix product's output is [..., n]"),
+    "lm_head": ("out_shapes", 1, "the LM head's output is [..., vocabulary]"),
+}
 
 
 def _check_op_in_place(op: OpRecord, header: TraceHeader, where: tuple[PathLike, int], n_ops: int, last: int,
@@ -754,6 +934,8 @@ def _check_op_in_place(op: OpRecord, header: TraceHeader, where: tuple[PathLike,
     stage record."""
     if op.i != n_ops:
         raise TraceError(*where, "i", f"expected {n_ops} (the number of op records before it), got {op.i}")
+    if n_ops >= MAX_EXECUTED:
+        raise TraceError(*where, None, _TOO_MANY_OPS)
     if op.stage <= last:
         raise TraceError(*where, "stage", f"expected > {last} (the previous stage record), got {op.stage}")
     _check_op_fields(op, header, where)
@@ -761,8 +943,12 @@ def _check_op_in_place(op: OpRecord, header: TraceHeader, where: tuple[PathLike,
         raise TraceError(*where, "srcs", f"expected one distance per input ({len(op.in_shapes)}), each at most "
                          f"{since_stage} (the ops of its stage before it), got {_show(op.srcs)}")
     if op.deps and max(op.deps) > since_stage:
-        raise TraceError(*where, "deps", f"a dep reaches {max(op.deps)} ops back, but only {since_stage} ops of its "
-                         "stage come before it")
+        raise TraceError(*where, "deps", f"a dep reaches {_show(max(op.deps))} ops back, but only {since_stage} ops "
+                         "of its stage come before it")
+
+
+_TOO_MANY_OPS = f"more than {MAX_EXECUTED:,} ops executed (2**26, beyond any real run)"
+_TOO_MANY_STAGES = f"more than {MAX_STAGES:,} stage records (2**20, beyond any real run)"
 
 
 def _first(path: PathLike, lines: Iterator[tuple[int, bytes]]) -> TraceHeader:
@@ -805,6 +991,8 @@ def _records_v3(path: PathLike, lines: Iterator[tuple[int, bytes]], header: Trac
             if st.stage <= last or st.stage < pending:
                 bound = f"> {last} (the previous stage record)" if st.stage <= last else f">= {pending} (its ops)"
                 raise TraceError(path, line, "stage", f"expected {bound}, got {st.stage}")
+            if n_stages >= MAX_STAGES:
+                raise TraceError(path, line, None, _TOO_MANY_STAGES)
             last, pending, since_stage = st.stage, -1, 0
             n_stages += 1
             yield st
@@ -812,7 +1000,8 @@ def _records_v3(path: PathLike, lines: Iterator[tuple[int, bytes]], header: Trac
             _check(obj, _END, path, line)
             for name, n in (("ops", n_ops), ("stages", n_stages)):
                 if obj[name] != n:
-                    raise TraceError(path, line, name, f"expected {n} (the {name[:-1]} records read), got {obj[name]}")
+                    raise TraceError(path, line, name, f"expected {n} (the {name[:-1]} records read), got "
+                                     f"{_show(obj[name])}")
             if pending >= 0:
                 raise TraceError(path, line, None, f"op records of stage {pending} have no stage record")
             ended = True
@@ -868,6 +1057,8 @@ class _CompactReader:
         if values[0] != len(self.distinct):
             raise TraceError(self.path, line, "id",
                              f"expected {len(self.distinct)} (the number of op records before it), got {values[0]}")
+        if values[0] >= MAX_EXECUTED:  # each op record is executed at least once
+            raise TraceError(self.path, line, None, _TOO_MANY_OPS)
         op = OpRecord(values[0], -1, *values[1:])
         _check_op_fields(op, self.header, (self.path, line))
         self.distinct.append(op)
@@ -880,12 +1071,16 @@ class _CompactReader:
         if stage.stage <= self._last:
             raise TraceError(self.path, line, "stage", f"expected > {self._last} (the previous stage record), got "
                              f"{stage.stage}")
+        if len(self._ids_of) >= MAX_STAGES:
+            raise TraceError(self.path, line, None, _TOO_MANY_STAGES)
         ids, slots = self._ids(values[-1], line)
+        if self._executed + len(ids) > MAX_EXECUTED:
+            raise _ops_error(self.path, line, _TOO_MANY_OPS)
         reach = self._reach
         bad = next((j for j in slots if reach[ids[j]] > j), None)
         if bad is not None:
             raise _ops_error(self.path, line, f"op {ids[bad]} at slot {bad} has srcs or deps reaching "
-                             f"{reach[ids[bad]]} ops back, but only {bad} ops of its stage come before it")
+                             f"{_show(reach[ids[bad]])} ops back, but only {bad} ops of its stage come before it")
         for j in slots:  # an op's first execution gives it its index and stage
             op = self.distinct[ids[j]]
             if op.stage < 0:
@@ -906,6 +1101,8 @@ class _CompactReader:
             if beyond is not None:
                 raise _ops_error(self.path, line, f"run {beyond} names ops up to id {beyond[0] + beyond[1] - 1}, but "
                                  f"only {n} op records come before it")
+            if sum(count for _, count in runs) > MAX_EXECUTED - self._executed:  # before expanding them
+                raise _ops_error(self.path, line, _TOO_MANY_OPS)
             ids = tuple(itertools.chain.from_iterable(range(first, first + count) for first, count in runs))
             return ids, range(len(ids))
         if ops.keys() == {"like", "set"}:
@@ -922,6 +1119,8 @@ class _CompactReader:
             beyond = next((k for _, k in changes if k >= n), None)
             if beyond is not None:
                 raise _ops_error(self.path, line, f"'set' names op {beyond}, but only {n} op records come before it")
+            if not changes:
+                return base, slots  # the same ops: the same tuple
             ids = list(base)
             for slot, k in changes:
                 ids[slot] = k
@@ -934,7 +1133,7 @@ class _CompactReader:
                   "executed": (self._executed, "ops the stages executed")}
         for name, (n, what) in counts.items():
             if obj[name] != n:
-                raise TraceError(self.path, line, name, f"expected {n} (the {what}), got {obj[name]}")
+                raise TraceError(self.path, line, name, f"expected {n} (the {what}), got {_show(obj[name])}")
         unused = next((op for op in self.distinct if op.stage < 0), None)
         if unused is not None:
             raise TraceError(self.path, self._lines[unused.i], "id", f"op record {unused.i} is used by no stage")

@@ -175,8 +175,9 @@ def test_shapes_the_kernel_model_cannot_take_name_the_op_and_field(tmp_path, cap
     record.srcs = [0] * len(record.in_shapes)  # one producer per input, as the reader checks
     path = write_trace(tmp_path / "t.jsonl.gz", [("decode", [op(0, 0, "aten.mul.Tensor", "x", 10), record])])
     line = one_error_line(capsys, run.main, ["--trace", str(path), "--launch", "eager"])
-    kind = "attention" if field == "in_shapes" else "matmul"
-    assert f"trace {path}, op 1 ({kind} {name}), field '{field}': " in line, line
+    # the reader refuses it, naming the op's line (1 header, 2 the mul); sim.kernels.check_op refuses it again for
+    # traces built in code (tests/test_hostile_inputs.py)
+    assert f"trace {path}, line 3, field '{field}': expected a first shape of" in line, line
 
 
 # 9: sim.fitting.validate
@@ -212,7 +213,11 @@ def test_validate_checks_the_measured_end_to_end_time(tmp_path, capsys):
         path.write_bytes(gzip.compress(__import__("json").dumps(head).encode() + b"\n" + rest, compresslevel=1))
         line = one_error_line(capsys, validate.main, ["--hw", "hwconfigs/h200-calibrated.yaml", "--measured",
                                                       str(path)])
-        assert f"{path}, field 'extra.end_to_end_s': expected a mapping with a 'median' in seconds" in line
+        # NaN is no JSON number: the trace reader refuses it, naming the line and where in the header it is
+        expected = ("line 1, field 'extra.end_to_end_s.median': NaN is not a JSON number"
+                    if isinstance(e2e, dict) and e2e.get("median") != e2e.get("median") else
+                    "field 'extra.end_to_end_s': expected a mapping with a 'median' in seconds")
+        assert f"trace {path}, {expected}" in line or f"{path}, {expected}" in line, line
 
 
 # 10: reference.demo and reference.capture.tracing
@@ -315,8 +320,11 @@ sys.exit(run_command(lambda: atomic_write(Path(sys.argv[1]), write), "python -m 
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                   (signal.SIGTERM, 143, "terminated")])
 def test_an_interrupted_command_says_one_line_and_leaves_no_temporary_file(tmp_path, signum, status, word):
+    # SIGINT at its default in the child: a shell starts background jobs with it ignored, and Python then installs
+    # no Ctrl-C handler (as for any program a user cannot Ctrl-C)
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "out.json")], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "writing\n"
         proc.send_signal(signum)
