@@ -49,9 +49,9 @@ from sim.files import atomic_write
 from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.inputs import InputError, load_yaml_file
-from sim.kernels import OpError, check_ops
+from sim.kernels import read_checked
 from sim.memory import device_memory
-from sim.trace import Trace, gc_paused, read_trace
+from sim.trace import Trace, gc_paused
 
 MAX_STREAMS = 1024  # kernels in flight at once: more than any device runs (an H100 holds 128 hardware queues)
 
@@ -382,19 +382,6 @@ def trace_jobs(args: argparse.Namespace, launch: str) -> list[tuple[str, Path]]:
     return [(f"{preset} {decoder}",
              trace_on_demand(preset, decoder, args.tokens, args.batch, args.dtype, args.flips, compiled) if on_demand
              else default_trace(preset, decoder, compiled)) for preset, decoder in DEFAULT_RUNS]
-
-
-def read_checked(path: Path) -> Trace:
-    """A trace read and checked for what the kernel model can take (`sim.kernels.check_ops`); one with no op has
-    nothing to project. Errors name the file."""
-    trace = read_trace(path)
-    if not trace.executed:
-        raise ValueError(f"trace {path}: no op records, nothing to project")
-    try:
-        check_ops(trace.distinct)
-    except OpError as err:
-        raise ValueError(f"trace {path}, {err}") from None
-    return trace
 
 
 def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], launch: str, streams: int

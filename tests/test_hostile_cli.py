@@ -21,7 +21,7 @@ from reference.capture import tracing
 from reference.experiments import train
 from sim import run
 from sim.files import atomic_write, output_problem
-from sim.fitting import validate
+from sim.fitting import calibrate, validate
 from sim.hardware import HWCONFIG_DIR, HwConfigError, load_hwconfig
 from sim.sweep import cli as sweep_cli
 from sim.trace import OpRecord, StageRecord, TraceHeader, TraceWriter, read_trace
@@ -218,6 +218,18 @@ def test_validate_checks_the_measured_end_to_end_time(tmp_path, capsys):
                     if isinstance(e2e, dict) and e2e.get("median") != e2e.get("median") else
                     "field 'extra.end_to_end_s': expected a mapping with a 'median' in seconds")
         assert f"trace {path}, {expected}" in line or f"{path}, {expected}" in line, line
+
+
+def test_validate_and_calibrate_refuse_a_measured_trace_with_nothing_to_project(tmp_path, capsys):
+    with gzip.open(MEASURED, "rb") as f:
+        header = f.readline()
+    path = tmp_path / "m.jsonl.gz"
+    path.write_bytes(gzip.compress(header + b'{"type":"end","ops":0,"stages":0}\n'))
+    for main, argv in [(validate.main, ["--hw", "hwconfigs/h200-calibrated.yaml"]),
+                       (calibrate.main, ["--base", "hwconfigs/h200.yaml", "--device", "cuda",
+                                         "--out", str(tmp_path / "c.yaml")])]:
+        line = one_error_line(capsys, main, [*argv, "--measured", str(path)])
+        assert f"trace {path}: no op records, nothing to project" in line, line
 
 
 # 10: reference.demo and reference.capture.tracing

@@ -38,10 +38,10 @@ from sim.command import check_outputs, integer, run_command
 from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
 from sim.fitting.compiled import fit_compiled, is_compiled_measurement
-from sim.hardware import HwConfig, HwConfigError, load_hwconfig, parse, to_dict
-from sim.kernels import Kernel, KernelCost, kernel_cost
+from sim.hardware import HwConfig, load_hwconfig, parse, to_dict
+from sim.kernels import Kernel, KernelCost, kernel_cost, read_checked
 from sim.opkinds import DTYPE_BYTES
-from sim.trace import Trace, TraceError, one_op_trace, read_trace
+from sim.trace import Trace, one_op_trace
 
 MAX_SAMPLES = 4000  # per fit: a deterministic stride over the measured kernels keeps the fit fast
 MIN_OP_SAMPLES = 30  # measured kernels of an op kind below which it keeps its class's fit
@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     try:
         base = load_hwconfig(args.base) if args.base else None
-        traces = [read_trace(p) for p in args.measured]
-    except (HwConfigError, TraceError) as err:
+        traces = [read_checked(p) for p in args.measured]
+    except ValueError as err:  # a HwConfigError, a TraceError, a shape the kernel model cannot take
         parser.error(str(err))
     for path, t in zip(args.measured, traces):
         if not (t.header.measured or is_compiled_measurement(t)):

@@ -47,7 +47,8 @@ from sim.fitting.calibrate import microbench_traces
 from sim.fitting.compiled import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.inputs import brief
-from sim.trace import Trace, TraceError, read_trace
+from sim.kernels import read_checked
+from sim.trace import Trace
 
 # Measured times outside this range (seconds) are no measurement of a decoding run: below a nanosecond no clock
 # resolves them (and dividing by them blows any error up to infinity), above 1e7 s (four months) nothing was
@@ -278,12 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     everything: dict[str, list[tuple[float, float]]] = {}
     per_trace = {}
     for path in args.measured:
-        try:
-            trace = read_trace(path)
+        try:  # a TraceError, a shape the kernel model cannot take, a pairing or a projection refused
+            trace = read_checked(path)
             check_pairing(trace, hw, path, args.any_device, args.launch)
-        except (TraceError, ValueError) as err:
+            pairs = validate_trace(trace, hw, args.launch)
+        except ValueError as err:
             parser.error(str(err))
-        pairs = validate_trace(trace, hw, args.launch)
         report = {metric: metrics(values) for metric, values in pairs.items()}
         per_trace[str(path)] = report
         print_report(f"{path.name} on {hw.name}", {k: v for k, v in report.items() if not k.startswith("kernel:")})
