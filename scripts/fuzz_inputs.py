@@ -15,7 +15,8 @@ limit), and its outcome is classified:
     python scripts/fuzz_inputs.py --only cli --show traceback unclear   # one kind, and the cases behind two columns
     python scripts/fuzz_inputs.py --json out/fuzz.json # every case and its outcome
 
-The cases are generated deterministically (no randomness), so the table is reproducible.
+The cases are generated deterministically (no randomness), so the table is reproducible. Exit status 1 when any
+case is an unclear error, a traceback, a hang or silently accepted nonsense.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sim.command import check_outputs  # noqa: E402 (after the checkout is on the path)
+from sim.files import atomic_write  # noqa: E402
+
 A100 = ROOT / "hwconfigs" / "a100.yaml"
 H200 = ROOT / "hwconfigs" / "h200-calibrated.yaml"
 TRACE = ROOT / "data" / "traces" / "t5-base-4x3.speed.bf16.b1.t128.jsonl.gz"
@@ -194,6 +198,12 @@ def structural_cases(base: str) -> list[Case]:
         hw_case("an alias of a scalar (harmless)", base.replace("kind: gpu", "kind: &k gpu").replace(
             "notes: ", "notes: *k #"), "accept"),
     ]
+    return cases + section_cases(base) + file_cases(base)
+
+
+def section_cases(base: str) -> list[Case]:
+    """Sections missing or of the wrong type; alias bombs and deep nesting under each place that takes a value."""
+    cases = []
     for section in ("peak", "host", "efficiency", "tile", "sources"):
         kept = re.sub(rf"(?m)^{section}:\n(  .*\n)+", "", base)
         cases.append(hw_case(f"section {section} missing", kept, "reject", (section,)))
@@ -210,7 +220,12 @@ def structural_cases(base: str) -> list[Case]:
         text = text.replace(bomb(), deep())
         cases.append(hw_case(f"5000-deep nesting under {where}", text, "reject", (where,)))
     cases.append(hw_case("5000-deep nesting at the top", deep() + "\n", "reject"))
-    cases += [
+    return cases
+
+
+def file_cases(base: str) -> list[Case]:
+    """--hw paths that are not readable regular files."""
+    return [
         Case("hwconfig", "a directory", "sim.run", ["--hw", "{tmp}/dir", "--trace", str(TRACE)], "reject",
              ("{tmp}/dir",), {"dir/x": b""}),
         Case("hwconfig", "a missing file", "sim.run", ["--hw", "{tmp}/none.yaml", "--trace", str(TRACE)], "reject",
@@ -222,7 +237,6 @@ def structural_cases(base: str) -> list[Case]:
         Case("hwconfig", "an unreadable file", "sim.run", ["--hw", "{tmp}/ro/hw.yaml", "--trace", str(TRACE)],
              "any", ("{tmp}/ro/hw.yaml",), {"ro/hw.yaml": base.encode()}, setup="unreadable"),
     ]
-    return cases
 
 
 def hwconfig_cases() -> list[Case]:
@@ -247,8 +261,14 @@ def run_case(flag_value: tuple[str, ...], expect: str, where: tuple[str, ...], *
 
 
 def cli_cases() -> list[Case]:
+    """Flag values and files through every command line that takes them."""
+    return run_flag_cases() + other_command_cases() + sweep_cases()
+
+
+def run_flag_cases() -> list[Case]:
+    """`python -m sim.run`: --set, --model, output paths, counts, --share, --flips."""
     a100 = a100_text().encode()
-    cases = [
+    return [
         run_case(("--set", "peak.dram_bandwidth_bytes_per_s=.nan"), "reject", ("--set", "peak.dram_bandwidth")),
         run_case(("--set", "efficiency.dram=.nan"), "reject", ("--set", "efficiency.dram")),
         run_case(("--set", "efficiency.l2=1e-300"), "any", ("--set", "efficiency.l2")),
@@ -306,12 +326,16 @@ def cli_cases() -> list[Case]:
              ["--hw", "{tmp}/hw.yaml", "--trace", str(TRACE), "--launch", "eager", "--set", "efficiency.dram=0.5"],
              "accept", files={"hw.yaml": a100}),
     ]
+
+
+def other_command_cases() -> list[Case]:
+    """reference.demo, reference.capture.tracing and sim.fitting.validate flags."""
     demo = [(("--tokens", "0"), "reject", ("--tokens",)), (("--tokens", "-1"), "reject", ("--tokens",)),
             (("--prompt-len", "0"), "reject", ("--prompt-len",)),
             (("--prompt-len", "100000"), "reject", ("--prompt-len",)),
             (("--tokens", "100000"), "reject", ("--tokens",)),
             (("--preset", "bogus"), "reject", ("--preset",)), (("--tokens", "4"), "accept", ())]
-    cases += [Case("cli", "reference.demo " + " ".join(a), "reference.demo", list(a), e, w) for a, e, w in demo]
+    cases = [Case("cli", "reference.demo " + " ".join(a), "reference.demo", list(a), e, w) for a, e, w in demo]
     trace = [(("--preset", "tiny-4x3", "--tokens", "4", "--out", "{tmp}/t.jsonl.gz"), "accept", ()),
              (("--preset", "tiny-4x3", "--tokens", "0", "--out", "{tmp}/t.jsonl.gz"), "reject", ("--tokens",)),
              (("--preset", "tiny-4x3", "--batch", "0", "--out", "{tmp}/t.jsonl.gz"), "reject", ("--batch",)),
@@ -331,7 +355,7 @@ def cli_cases() -> list[Case]:
                 (("--hw", str(H200), "--microbench", "{tmp}/mb.json"), "reject", ("--microbench",))]
     cases += [Case("cli", "sim.fitting.validate " + " ".join(a).replace(str(ROOT) + "/", ""), "sim.fitting.validate",
                    list(a), e, w, files={"f": b"x", "mb.json": b"{\"copy\": NaN}"}) for a, e, w in validate]
-    return cases + sweep_cases()
+    return cases
 
 
 def sweep_cases() -> list[Case]:
@@ -509,10 +533,10 @@ def preload() -> None:
     import sim.run
     import sim.sweep.cli
 
-    read, fuse = sim.run.read_trace, sim.run.fuse
+    read, fuse = sim.run.read_checked, sim.run.fuse
     trace = read(TRACE)
     fused = {id(trace): fuse(trace)}
-    sim.run.read_trace = lambda path: trace if Path(path).resolve() == TRACE else read(path)
+    sim.run.read_checked = lambda path: trace if Path(path).resolve() == TRACE else read(path)
     sim.run.fuse = lambda t: fused[id(t)] if id(t) in fused else fuse(t)
 
 
@@ -537,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--match", help="only the cases whose name contains this text")
     parser.add_argument("--json", type=Path, help="write every case and its outcome here")
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--json": args.json})
     makers = {"hwconfig": hwconfig_cases, "cli": cli_cases, "measured": measured_cases}
     cases = [c for kind in args.only for c in makers[kind]()]
     if args.match:
@@ -553,8 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         rows = [{**{k: v for k, v in asdict(r.case).items() if k != "files"}, "outcome": r.outcome, "rc": r.rc,
                  "message": r.message, "seconds": round(r.seconds, 2)} for r in results]
-        args.json.write_text(json.dumps(rows, indent=1))
-    return 0
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
+    return 1 if any(r.outcome not in ("accepted", "clear error") for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ each case) with a timeout and an address-space limit, and is classified:
   number in the output;
 - accepted: exit 0 with finite output, for a change a trace may hold.
 
-Exit status 1 when any case is a traceback, a hang or silently accepted nonsense.
+Exit status 1 when any case is an unclear error, a traceback, a hang or silently accepted nonsense.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sim import run  # noqa: E402 (after the checkout is on the path)
+from sim.command import check_outputs  # noqa: E402
+from sim.files import atomic_write  # noqa: E402
 from sim.fitting import validate  # noqa: E402
 from sim.trace import legacy_kind  # noqa: E402
 
@@ -643,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
                         "and accepted)")
     parser.add_argument("--out", type=Path, help="write every case, its outcome and message as JSON")
     args = parser.parse_args(argv)
+    check_outputs(parser, {"--out": args.out})
     if min(args.cases, args.validate_cases) < 0 or args.jobs < 1 or args.timeout <= 0:
         parser.error("--cases and --validate-cases must be >= 0, --jobs >= 1, --timeout > 0")
     tqdm_module.tqdm.monitor_interval = 0  # no monitor thread in a process that forks
@@ -663,11 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in args.show:
         show(cases, outcome)
     if args.out:
-        args.out.write_text(json.dumps([{"target": c.target, "base": bases[c.target][c.base].label,
-                                         "case": c.name, "expect": c.expect, "outcome": c.outcome,
-                                         "message": c.message, "seconds": round(c.seconds, 3)} for c in cases],
-                                       indent=1))
-    bad = sum(c.outcome in ("traceback", "hang", "silently accepted nonsense") for c in cases)
+        rows = [{"target": c.target, "base": bases[c.target][c.base].label, "case": c.name, "expect": c.expect,
+                 "outcome": c.outcome, "message": c.message, "seconds": round(c.seconds, 3)} for c in cases]
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
+    bad = sum(c.outcome in ("unclear error", "traceback", "hang", "silently accepted nonsense") for c in cases)
     return 1 if bad else 0
 
 
