@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from sim.hardware import HwConfig
 from sim.inputs import brief
 from sim.opkinds import KERNEL_CLASSES, MATRIX_CLASSES
-from sim.trace import OpRecord, PathLike, Trace, read_trace
+from sim.trace import OpRecord
 
 CLASSES = KERNEL_CLASSES
 # Tensor cores take the rows (M) of a product in blocks of 16 (mma shapes m16n8k16 on Ampere and Hopper): a
@@ -86,19 +86,6 @@ def check_ops(ops: list[OpRecord]) -> None:
             pass
         check_op(op)
         checked.add(key)
-
-
-def read_checked(path: PathLike) -> Trace:
-    """A trace file read (`sim.trace.read_trace`) and checked for what the kernel model can take (`check_ops`);
-    one with no op has nothing to project. Errors are ValueErrors naming the file."""
-    trace = read_trace(path)
-    if not trace.executed:
-        raise ValueError(f"trace {path}: no op records, nothing to project")
-    try:
-        check_ops(trace.distinct)
-    except OpError as err:
-        raise ValueError(f"trace {path}, {err}") from None
-    return trace
 
 
 def _check_counts(op: OpRecord) -> None:

@@ -23,12 +23,16 @@ depend on the software stack rather than on the run: "fits" means the run's tens
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from sim.hardware import HwConfig
 from sim.trace import OpRecord, Trace
 
 GB = 1e9  # the hwconfigs' capacities are datasheet GB (1e9 bytes)
+INT64_SAFE_BYTES = 2**62  # byte sums of a stage below this add up in int64 without overflow (else Python ints)
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,46 @@ def _stage_peak(ops: list[OpRecord]) -> int:
     return peak
 
 
+def _peaks_of_structure(ids: np.ndarray, srcs: list[list[int]], read: np.ndarray, write: np.ndarray) -> np.ndarray:
+    """`_stage_peak` of every stage in `ids` [stages, ops] (ids into `read` and `write`, bytes per distinct op) at
+    once, for stages of one dataflow structure (`srcs`: the same at every slot): what is held at op j is every
+    earlier output whose last reader is j or later (a difference array summed along the stage) less j's own
+    inputs, which its reads count already."""
+    n = ids.shape[1]
+    last_use: dict[int, int] = {}
+    readers, inputs = [], []  # (op j, producer i) for each distinct input of each op
+    for j, distances in enumerate(srcs):
+        for i in {j - d for d in distances if 0 < d <= j}:
+            last_use[i] = j
+            readers.append(j)
+            inputs.append(i)
+    writes = write[ids.T]  # [ops, stages]
+    producers = np.fromiter(last_use, np.intp, len(last_use))
+    last = np.fromiter(last_use.values(), np.intp, len(last_use))
+    live = np.zeros((n + 1, ids.shape[0]), np.int64)
+    live[producers + 1] += writes[producers]  # live from the op after its producer ...
+    np.subtract.at(live, last + 1, writes[producers])  # ... through its last reader
+    held = np.cumsum(live[:n], axis=0)
+    np.subtract.at(held, np.asarray(readers, np.intp), writes[np.asarray(inputs, np.intp)])
+    return (read[ids.T] + writes + held).max(axis=0)
+
+
 def activation_bytes(trace: Trace) -> int:
-    """The largest live activations of any stage, each distinct stage (its ops' ids) computed once."""
-    peaks = {ids: _stage_peak([trace.distinct[k] for k in ids]) for ids in set(trace.stage_op_ids)}
-    return max(peaks.values(), default=0)
+    """The largest live activations of any stage, each distinct stage (its ops' ids) computed once, stages of one
+    dataflow structure together (`_peaks_of_structure`; `_stage_peak` where int64 could overflow)."""
+    stages = [ids for ids in set(trace.stage_op_ids) if ids]
+    read = [op.act_read_bytes for op in trace.distinct]
+    write = [op.act_write_bytes for op in trace.distinct]
+    if max(map(len, stages), default=0) * (max(read, default=0) + max(write, default=0)) >= INT64_SAFE_BYTES:
+        return max((_stage_peak([trace.distinct[k] for k in ids]) for ids in stages), default=0)
+    shape_of: dict[tuple[int, ...], int] = {}
+    srcs_key = [shape_of.setdefault(tuple(op.srcs), len(shape_of)) for op in trace.distinct]
+    structures: dict[tuple[int, ...], list[tuple[int, ...]]] = defaultdict(list)
+    for ids in stages:
+        structures[tuple(map(srcs_key.__getitem__, ids))].append(ids)
+    read_a, write_a = np.array(read, np.int64), np.array(write, np.int64)
+    return max((int(_peaks_of_structure(np.array(group, np.intp), [trace.distinct[k].srcs for k in group[0]],
+                                        read_a, write_a).max()) for group in structures.values()), default=0)
 
 
 def device_memory(trace: Trace) -> DeviceMemory:

@@ -49,9 +49,8 @@ from sim.files import atomic_write
 from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.inputs import InputError, load_yaml_file
-from sim.kernels import read_checked
 from sim.memory import device_memory
-from sim.trace import Trace, gc_paused
+from sim.trace import Trace, gc_paused, read_checked
 
 MAX_STREAMS = 1024  # kernels in flight at once: more than any device runs (an H100 holds 128 hardware queues)
 

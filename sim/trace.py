@@ -1184,6 +1184,16 @@ def read_trace(path: PathLike) -> Trace:
         return Trace(header, ops, old_stages)
 
 
+def read_checked(path: PathLike) -> Trace:
+    """A trace file read to project: `read_trace`, whose bounds and shape rules admit only ops that
+    `sim.kernels.check_op` passes (tests/test_trace_hostile.py), and at least one op (else nothing to project).
+    Errors are ValueErrors naming the file."""
+    trace = read_trace(path)
+    if not trace.executed:
+        raise ValueError(f"trace {path}: no op records, nothing to project")
+    return trace
+
+
 def one_op_trace(op: str, module: str, in_shapes: list[list[int]], out_shape: list[int], dtype: str, flops: int,
                  act_bytes: int, weight_bytes: int = 0, kv_read_bytes: int = 0, calls: int = 1,
                  role: str | None = None) -> Trace:

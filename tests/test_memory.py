@@ -3,8 +3,12 @@ that does not fit a device's DRAM is refused there, naming the hwconfig and the 
 one."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from simtraces import header, op
 
 from reference.config import get_preset
@@ -12,7 +16,7 @@ from sim import run
 from sim.defaults import default_trace
 from sim.engine import project
 from sim.hardware import load_hwconfig, parse
-from sim.memory import CapacityError, _stage_peak, device_memory
+from sim.memory import CapacityError, _peaks_of_structure, _stage_peak, activation_bytes, device_memory
 from sim.trace import StageRecord, Trace, read_trace
 
 
@@ -40,6 +44,41 @@ def test_live_activations_follow_each_input_to_its_last_reader():
     for o in ops:  # no producers recorded (trace versions 1, 2): each op's own reads and writes
         o.srcs = []
     assert _stage_peak(ops) == 100 + 10
+
+
+@st.composite
+def stages_of_one_structure(draw) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+    """The srcs of n ops (distances back, 0 for an input from outside the stage, some reaching past its start as
+    code-built traces may) and, per stage, each op's (read, write) bytes."""
+    n = draw(st.integers(1, 12))
+    srcs = [draw(st.lists(st.integers(0, j + 1), max_size=3)) for j in range(n)]
+    size = st.integers(0, 10**12)
+    return srcs, draw(st.lists(st.lists(st.tuples(size, size), min_size=n, max_size=n), min_size=1, max_size=4))
+
+
+@settings(max_examples=200, derandomize=True)
+@given(stages_of_one_structure())
+def test_the_stages_of_one_structure_peak_as_one_stage_at_a_time(case) -> None:
+    srcs, stages = case
+    ops = [op(k, 0, "aten.mul.Tensor", "x", 1) for k in range(len(stages) * len(srcs))]
+    for k, o in enumerate(ops):
+        o.act_read_bytes, o.act_write_bytes = stages[k // len(srcs)][k % len(srcs)]
+        o.srcs = srcs[k % len(srcs)]
+    ids = np.arange(len(ops)).reshape(len(stages), len(srcs))
+    read = np.array([o.act_read_bytes for o in ops], np.int64)
+    write = np.array([o.act_write_bytes for o in ops], np.int64)
+    expected = [_stage_peak([ops[k] for k in row]) for row in ids]
+    assert _peaks_of_structure(ids, srcs, read, write).tolist() == expected
+
+
+def test_committed_traces_peak_as_the_plain_loop_does() -> None:
+    root = Path(__file__).resolve().parents[1] / "data"
+    # the default traces (format 4, with srcs) and a measured SPEED one (format 1: no srcs)
+    for path in [*sorted((root / "traces").glob("*.jsonl.gz")),
+                 root / "measured" / "h200" / "llama2-7b-8x4.speed.bf16.b1.t32.jsonl.gz"]:
+        trace = read_trace(path)
+        plain = max((_stage_peak([trace.distinct[k] for k in ids]) for ids in set(trace.stage_op_ids)), default=0)
+        assert activation_bytes(trace) == plain, path
 
 
 def heavy_trace(weight_bytes: int) -> Trace:

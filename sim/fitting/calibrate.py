@@ -39,9 +39,9 @@ from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
 from sim.fitting.compiled import fit_compiled, is_compiled_measurement
 from sim.hardware import HwConfig, load_hwconfig, parse, to_dict
-from sim.kernels import Kernel, KernelCost, kernel_cost, read_checked
+from sim.kernels import Kernel, KernelCost, kernel_cost
 from sim.opkinds import DTYPE_BYTES
-from sim.trace import Trace, one_op_trace
+from sim.trace import Trace, one_op_trace, read_checked
 
 MAX_SAMPLES = 4000  # per fit: a deterministic stride over the measured kernels keeps the fit fast
 MIN_OP_SAMPLES = 30  # measured kernels of an op kind below which it keeps its class's fit

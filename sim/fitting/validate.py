@@ -47,8 +47,7 @@ from sim.fitting.calibrate import microbench_traces
 from sim.fitting.compiled import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.inputs import brief
-from sim.kernels import read_checked
-from sim.trace import Trace
+from sim.trace import Trace, read_checked
 
 # Measured times outside this range (seconds) are no measurement of a decoding run: below a nanosecond no clock
 # resolves them (and dividing by them blows any error up to infinity), above 1e7 s (four months) nothing was
