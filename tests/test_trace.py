@@ -408,14 +408,19 @@ def test_version_3_ops_must_precede_their_stage_record(tmp_path: Path) -> None:
     expect_error(rewrite(path, [*lines[:-1], extra_op, {**lines[-1], "ops": 13}]), 18, None, "no stage record")
 
 
+def as_version(lines: list[dict], version: int, absent: tuple[str, ...]) -> None:
+    """Rewrite a version 3 trace's records in place as an older `version`, whose op records lack `absent`."""
+    lines[0]["version"] = version
+    for rec in lines:
+        if rec.get("type") == "op":
+            for name in absent:
+                del rec[name]
+
+
 def test_version_1_reads_as_program_order(tmp_path: Path) -> None:
     path = write_v3(tmp_path / "t.jsonl.gz", make_trace())
     lines = lines_of(path)
-    lines[0]["version"] = 1
-    for rec in lines:
-        if rec.get("type") == "op":
-            for name in ("deps", "seq", "kind", "kv", "srcs"):
-                del rec[name]
+    as_version(lines, 1, ("deps", "seq", "kind", "kv", "srcs"))
     old = read_trace(rewrite(path, lines))
     assert old.header.version == 1 and all(op.deps is None for op in old.ops)
     # kind from the module by the old naming rules; a prefill stage runs one sequence: the first
@@ -430,11 +435,7 @@ def test_version_1_reads_as_program_order(tmp_path: Path) -> None:
 def test_version_2_reads_with_the_old_naming_rules(tmp_path: Path) -> None:
     path = write_v3(tmp_path / "t.jsonl.gz", make_trace())
     lines = lines_of(path)
-    lines[0]["version"] = 2
-    for rec in lines:
-        if rec.get("type") == "op":
-            for name in ("seq", "kind", "kv", "srcs"):
-                del rec[name]
+    as_version(lines, 2, ("seq", "kind", "kv", "srcs"))
     old = read_trace(rewrite(path, lines))
     expected = make_trace()
     prefill = {s.stage for s in expected.stages if s.kind == "prefill"}

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from simtraces import header, hw_dict, op
 
-from sim.engine import project
+from sim.engine import Projection, project
 from sim.fitting import calibrate, compiled, validate
 from sim.hardware import HwConfigError, KernelFit, parse
 from sim.kernels import kernel_of
-from sim.trace import StageRecord, Trace
+from sim.trace import OpRecord, StageRecord, Trace
 
 
 def test_a_trace_paired_with_itself_has_zero_error():
@@ -29,18 +29,24 @@ def test_a_scaled_projection_reports_the_known_error():
     assert m["mean_abs_pct"] == pytest.approx(20) and m["bias_pct"] == pytest.approx(-20)
 
 
-def measured_trace(hw, scale: float = 1.0, n_stages: int = 3) -> Trace:
-    """A measured trace whose durations are the projection's own kernel times (times `scale`)."""
-    ops, stages = [], []
-    for s in range(n_stages):
-        for j in range(4):
-            ops.append(op(len(ops), s, "aten.linear.default", f"blocks.{j}.ffn.up", flops=2 * 4096 * 4096,
-                          weight=2 * 4096 * 4096, act=8192, m=1, n=4096, weights=(f"w{j}",)))
-        stages.append(StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []))
-    trace = Trace(header({f"w{j}": 2 * 4096 * 4096 for j in range(4)}), ops, stages)
+def timed_trace(hw, ops: list[OpRecord], n_stages: int, weights: dict[str, int] | None = None,
+                scale: float = 1.0) -> tuple[Trace, Projection]:
+    """A trace of `ops` (each naming its stage) in `n_stages` one-row decode stages, each op's duration the
+    kernel time `hw` projects for it (times `scale`); and that projection."""
+    stages = [StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []) for s in range(n_stages)]
+    trace = Trace(header(weights or {}), ops, stages)
     p = project(trace, hw)
     for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
         o.duration_s = scale * (end - start) / p.clock_hz
+    return trace, p
+
+
+def measured_trace(hw, scale: float = 1.0, n_stages: int = 3) -> Trace:
+    """A measured trace whose durations are the projection's own kernel times (times `scale`)."""
+    ops = [op(4 * s + j, s, "aten.linear.default", f"blocks.{j}.ffn.up", flops=2 * 4096 * 4096,
+              weight=2 * 4096 * 4096, act=8192, m=1, n=4096, weights=(f"w{j}",))
+           for s in range(n_stages) for j in range(4)]
+    trace, p = timed_trace(hw, ops, n_stages, {f"w{j}": 2 * 4096 * 4096 for j in range(4)}, scale)
     for st, cycles in zip(trace.stages, p.stage_cycles):
         st.wall_s = scale * cycles / p.clock_hz
     trace.header.measured = True
@@ -190,15 +196,9 @@ def test_calibration_recovers_per_op_fixed_times_within_a_class():
     fixed = {"aten.mean.dim": 9e-6, "aten.mul.Tensor": 1e-6, "aten.rsqrt.default": 3e-6}
     truth_raw["ops"] = {"norm": {o: {"efficiency": 0.5, "fixed_s": f} for o, f in fixed.items()}}
     truth = parse(truth_raw, "truth.yaml")
-    ops, stages = [], []
-    for s in range(40):
-        for j, name in enumerate(fixed):
-            ops.append(op(len(ops), s, name, f"blocks.{j}.attn_norm", flops=10**6 * (1 + s % 7), act=10**6 * (1 + s)))
-        stages.append(StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []))
-    trace = Trace(header({}), ops, stages)
-    p = project(trace, truth)
-    for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
-        o.duration_s = (end - start) / p.clock_hz
+    ops = [op(3 * s + j, s, name, f"blocks.{j}.attn_norm", flops=10**6 * (1 + s % 7), act=10**6 * (1 + s))
+           for s in range(40) for j, name in enumerate(fixed)]
+    trace, _ = timed_trace(truth, ops, 40)
     classes, by_op = calibrate.fit_kernels([trace], parse(hw_dict(), "start.yaml"))
     assert set(classes) == {"norm"} and set(by_op["norm"]) == set(fixed)
     for name, f in fixed.items():
@@ -215,14 +215,8 @@ def test_class_efficiency_comes_from_the_microbenchmarks_that_cover_the_class():
           "gemm": [], "elementwise": [], "attention": []}
     for entry, (projected, _) in zip(mb["copy"], validate.microbench_pairs(mb, truth)["copy"]):
         entry["seconds"] = projected
-    ops, stages = [], []
-    for s in range(30):
-        ops.append(op(s, s, "aten.mul.Tensor", "blocks.0.ffn", flops=64, act=64 * (1 + s % 5)))
-        stages.append(StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []))
-    trace = Trace(header({}), ops, stages)
-    p = project(trace, truth)
-    for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
-        o.duration_s = (end - start) / p.clock_hz
+    ops = [op(s, s, "aten.mul.Tensor", "blocks.0.ffn", flops=64, act=64 * (1 + s % 5)) for s in range(30)]
+    trace, _ = timed_trace(truth, ops, 30)
     start = parse(hw_dict(), "start.yaml")
     classes, _ = calibrate.fit_kernels([trace], start, calibrate.microbench_samples(mb, start, {"bfloat16"}))
     # copies are memory-bound: they tell the memory efficiency, and leave the compute one at 1
@@ -251,16 +245,12 @@ def test_a_gemv_and_a_few_row_product_stream_weights_at_their_own_rates():
     by_resource = {r: iter(v) for r, v in pairs.items()}
     for g in mb["gemm"]:
         g["seconds"] = next(by_resource["gemv bfloat16" if g["m"] == 1 else "gemm bfloat16"])[0]
-    ops, stages = [], []
+    ops = []
     for s in range(40):
         m = 1 if s % 2 else 3
         ops.append(op(s, s, "aten.linear.default", "blocks.0.ffn.up", flops=2 * m * 512 * 512, weight=2 * 512 * 512,
                       act=2 * m * 1024, m=m, n=512, weights=(f"w{s % 8}",)))
-        stages.append(StageRecord(s, "decode", [[0, s, 1]], [[0, s + 1, 7]], []))
-    trace = Trace(header({f"w{j}": 2 * 512 * 512 for j in range(8)}), ops, stages)
-    p = project(trace, truth)
-    for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
-        o.duration_s = (end - start) / p.clock_hz
+    trace, _ = timed_trace(truth, ops, 40, {f"w{j}": 2 * 512 * 512 for j in range(8)})
     start = parse(hw_dict(), "start.yaml")
     classes, by_op = calibrate.fit_kernels([trace], start, calibrate.microbench_samples(mb, start, {"bfloat16"}))
     assert classes["matmul"]["efficiency"] == pytest.approx(0.9, rel=0.05)
