@@ -7,6 +7,7 @@ input"; the suite's own fuzzing is tests/test_hostile_inputs.py and tests/test_t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -63,6 +64,10 @@ def main(argv: list[str]) -> int:
         raise RuntimeError("boom")
     print(" ".join(rest))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
 '''
 
 
@@ -71,9 +76,10 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The module name of the probe command, importable here and in the harness's forked children."""
     folder = tmp_path_factory.mktemp("probe")
     (folder / "fuzz_probe.py").write_text(PROBE)
-    sys.path.insert(0, str(folder))
-    yield "fuzz_probe"
-    sys.path.remove(str(folder))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        patch.setenv("PYTHONPATH", str(folder), prepend=os.pathsep)  # for a case with process=True
+        yield "fuzz_probe"
     sys.modules.pop("fuzz_probe", None)
 
 
@@ -94,6 +100,9 @@ def test_each_outcome_of_a_probe_command(probe: str) -> None:
         case(probe, "a result missing", ["print", "1"], results=("{tmp}/out.json",)),
         case(probe, "a finite result", ["write", "{tmp}/out.json", '{"a": [1, 2]}'], results=("{tmp}/out.json",)),
         case(probe, "an exception", ["raise"]),
+        case(probe, "an exception in a subprocess", ["raise"], process=True),
+        case(probe, "a subprocess names the file", ["refuse", "{tmp}/in.yaml", "0"], where=("{tmp}/in.yaml",),
+             process=True),
         case(probe, "a named pipe nobody writes", ["read", "{tmp}/fifo"], files={"fifo": Node("fifo")},
              protected=("{tmp}/fifo",), timeout_s=1),
     ]
@@ -103,7 +112,8 @@ def test_each_outcome_of_a_probe_command(probe: str) -> None:
         "names the file": CLEAR, "names another": UNCLEAR, "names an alternative": CLEAR,
         "refuses a valid input": UNCLEAR, "finite output": ACCEPTED, "NaN printed": SILENT,
         "accepts nonsense": SILENT, "NaN in a result": SILENT, "a result missing": SILENT,
-        "a finite result": ACCEPTED, "an exception": TRACEBACK, "a named pipe nobody writes": HANG}, results
+        "a finite result": ACCEPTED, "an exception": TRACEBACK, "an exception in a subprocess": TRACEBACK,
+        "a subprocess names the file": CLEAR, "a named pipe nobody writes": HANG}, results
     message = {r.case.name: r.message for r in results}
     assert message["names the file"] == "probe: error: {tmp}/in.yaml: refused"  # the case's folder written {tmp}
     assert "no answer in 1 s" in message["a named pipe nobody writes"]
