@@ -3,7 +3,8 @@ values, arbitrary YAML text and bytes, sweep specs, measured-trace headers and t
 inputs per run (derandomized: the same every run). For each: a result whose projection is finite, or one error
 line that names the file (or flag) and the field; never another exception, a hang or NaN.
 
-scripts/fuzz_inputs.py runs the same kinds of input through the real command lines and tabulates the outcomes.
+`python scripts/fuzz.py --only inputs` runs the same kinds of input through the real command lines and tabulates
+the outcomes.
 """
 
 import atexit

@@ -1,7 +1,7 @@
 """Hostile trace files (issue 12): every file a user can hand in either reads to a trace that the simulator
 projects to a finite result, or fails with one TraceError naming the file, the line and the field. A property
-test over mutated traces, then a test per case the issue lists. (scripts/fuzz_traces.py runs the same kinds of
-input through the commands themselves.)"""
+test over mutated traces, then a test per case the issue lists. (`python scripts/fuzz.py --only traces` runs the
+same kinds of input through the commands themselves.)"""
 
 from __future__ import annotations
 
