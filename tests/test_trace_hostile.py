@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sim.trace
+import sim.trace.jsonl
+import sim.trace.reader
 from sim import run
 from sim.defaults import resolve_hwconfig
 from sim.hardware import load_hwconfig
@@ -368,10 +369,10 @@ def test_bounds_on_lines_ops_and_stages(tmp_path: Path, monkeypatch: pytest.Monk
     copies = [json.dumps({**last, "stage": last["stage"] + 1 + k, "ops": {"like": last["stage"], "set": []}}).encode()
               for k in range(50)]
     bomb = gz([*lines[:-1], *copies, json.dumps({**counts, "stages": counts["stages"] + 50}).encode()])
-    monkeypatch.setattr(sim.trace, "MAX_EXECUTED", counts["executed"] + 10)
+    monkeypatch.setattr(sim.trace.reader, "MAX_EXECUTED", counts["executed"] + 10)  # where the reader reads them
     expect(tmp_path, bomb, len(lines), "ops", f"more than {MAX_EXECUTED:,} ops executed")
-    monkeypatch.setattr(sim.trace, "MAX_EXECUTED", MAX_EXECUTED)
-    monkeypatch.setattr(sim.trace, "MAX_STAGES", counts["stages"] + 3)
+    monkeypatch.setattr(sim.trace.reader, "MAX_EXECUTED", MAX_EXECUTED)
+    monkeypatch.setattr(sim.trace.reader, "MAX_STAGES", counts["stages"] + 3)
     expect(tmp_path, bomb, len(lines) + 3, None, "stage records")
-    monkeypatch.setattr(sim.trace, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(sim.trace.jsonl, "MAX_LINE_BYTES", 1000)
     expect(tmp_path, gz(lines), 1, None, "a line longer than")
