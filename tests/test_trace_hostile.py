@@ -23,9 +23,9 @@ import sim.trace.reader
 from sim import run
 from sim.defaults import resolve_hwconfig
 from sim.hardware import load_hwconfig
-from sim.kernels import OpError, kernel_of
+from sim.kernels import kernel_of
 from sim.memory import CapacityError
-from sim.trace import MAX_EXECUTED, MAX_SECONDS, TraceError, legacy_kind, read_trace
+from sim.trace import MAX_EXECUTED, MAX_SECONDS, OpError, TraceError, legacy_kind, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = {  # format 4 (the default traces) and format 1 (the committed measurements)
@@ -297,8 +297,8 @@ def test_measured_durations_no_clock_gives(tmp_path: Path, raw: str) -> None:
 
 
 def test_huge_integers_are_refused_by_the_kernel_model_too() -> None:
-    """Why counts are bounded: the kernel model takes them as floats (10**320 would overflow), so it checks them
-    again for traces built in code, which skip the reader."""
+    """Why counts are bounded: the kernel model takes them as floats (10**320 would overflow), so an op built in
+    code, which skips the reader, is checked by the reader's rules (sim.trace.check_op) when it becomes a kernel."""
     op = read_trace(BASES["v4"][0]).distinct[0]
     with pytest.raises(OpError, match="field 'flops': expected an integer in"):
         kernel_of(dataclasses.replace(op, flops=10**320), 128, 128)
