@@ -47,8 +47,8 @@ def check_op_record(op: OpRecord, header: TraceHeader, where: tuple[PathLike, in
 def check_op(op: OpRecord) -> None:
     """Refuse (`OpError`, naming the op and the field) an op built in code that a trace file could not hold:
     every field but `i` and `stage` typed and within the format's bounds (`deps` may also be None: program
-    order), and `op_fault`'s rules. What the reader does not check here is what needs the rest of the trace: the
-    header's weights, a measured trace's durations, how far back srcs and deps reach."""
+    order), and `op_fault`'s rules. What needs the rest of a file the reader alone checks: the header's weights,
+    a measured trace's durations, how far back srcs and deps reach."""
     values = body_values(op)
     fields_pass = all(map(operator.call, OP_IN_MEMORY.checks, values))  # in one C-level pass
     fault = op_fault(op) if fields_pass else OP_IN_MEMORY.fault(values)

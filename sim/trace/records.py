@@ -147,8 +147,9 @@ class Trace:
     (`distinct`, each an OpRecord whose i and stage are those of its first execution) and per stage the ids of
     the ops it executed (`stage_op_ids[k]` for `stages[k]`, a tuple). `ops` lists every executed op. Treat all of
     it as read-only: a distinct op stands for all its executions. (`dataclasses.replace` works, through `ops`.)
-    `checked`: its ops are known to pass `sim.trace.check_op` (read from a file, whose reader checked them, or
-    fused from such ops), so the simulator does not check them again; False for a trace built in code."""
+    `checked`: its ops are known to be ones the simulator takes (read from a file, whose reader checked them by
+    `sim.trace.check_op`'s rules, or fused from such ops), so it does not check them again; False for a trace
+    built in code."""
 
     __slots__ = ("_by_stage", "_ops", "checked", "distinct", "header", "stage_op_ids", "stages")
     header: TraceHeader
@@ -174,7 +175,7 @@ class Trace:
     def compact(cls, header: TraceHeader, stages: list[StageRecord], distinct: list[OpRecord],
                 stage_op_ids: Sequence[tuple[int, ...]], checked: bool = False) -> Trace:
         """A trace from its distinct ops and, per stage, the ids of the ops it executed (ids into `distinct`);
-        `checked`: the ops are known to pass `sim.trace.check_op`."""
+        `checked`: the ops are known to be ones the simulator takes (`Trace`)."""
         if len(stage_op_ids) != len(stages):
             raise ValueError(f"{len(stage_op_ids)} stage op id tuples for {len(stages)} stages")
         trace = cls.__new__(cls)
