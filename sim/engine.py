@@ -42,9 +42,9 @@ import simpy
 
 from sim.fusion import fuse, is_fused
 from sim.hardware import HwConfig
-from sim.kernels import CLASSES, Kernel, KernelCost, check_ops, demand, kernel_cost, kernel_of
+from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
 from sim.memory import DeviceMemory, check_fits, device_memory, run_name
-from sim.trace import OpRecord, Trace, gc_paused
+from sim.trace import OpRecord, Trace, gc_paused, validate
 
 # eager: a host launch per kernel; graph: the stage's eager kernels replayed as one graph; compiled: the
 # kernels a graph compiler generates for the stage (sim.fusion), replayed as one graph
@@ -53,10 +53,10 @@ LAUNCH_MODES = ("eager", "graph", "compiled")
 # share of the cache: the rest of it holds weights and KV slices. A quarter is an assumption (not fitted), the
 # size below which a decode step's activations (a few KB to a few MB) never reach DRAM on any hwconfig here.
 ACTIVATION_RESIDENT_SHARE = 0.25
-# The longest kernel a projection accepts, in seconds (1e22 years). Only figures out of any real range (an
-# op's FLOPs near 2**63 at the slowest legal rate and efficiencies) come near it; a kernel beyond it, or one
-# whose time is not finite, is refused naming the inputs, so that the sums of cycles stay within float range and
-# no table ever shows NaN or infinity.
+# The longest kernel a projection accepts, in seconds (1e22 years). Only figures out of any real range (FLOPs
+# near the trace format's bound of 2**60 per op, or a fused kernel's sums of them, at the slowest legal rate and
+# efficiencies) come near it; a kernel beyond it, or one whose time is not finite, is refused naming the inputs,
+# so that the sums of cycles stay within float range and no table ever shows NaN or infinity.
 LONGEST_KERNEL_S = 1e30
 
 
@@ -367,14 +367,15 @@ def kernel_key(op: OpRecord) -> tuple:
 @gc_paused()
 def distinct_kernels(trace: Trace, hw: HwConfig) -> list[Kernel]:
     """The kernel of each distinct op of `trace` (`trace.distinct`); equal kernels (`kernel_key`) are one
-    object, built once."""
+    object, built once. The ops are checked first (`sim.trace.validate`: not again for a trace read from a file)."""
+    validate(trace)
     built: dict[tuple, Kernel] = {}
     out = []
     for op in trace.distinct:
         key = kernel_key(op)
         kernel = built.get(key)
         if kernel is None:
-            kernel = built[key] = kernel_of(op, hw.tile.m, hw.tile.n)
+            kernel = built[key] = kernel_of(op, hw.tile.m, hw.tile.n, checked=True)
         out.append(kernel)
     return out
 
@@ -513,7 +514,6 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     if launch == "compiled" and not is_fused(trace):
         if kernels is not None:
             raise ValueError("compiled launch: pass the kernels of the fused trace (sim.fusion.fuse), or none")
-        check_ops(trace.distinct)  # before fusing: an error names the traced op
         trace = fuse(trace).trace
     kernels = distinct_kernels(trace, hw) if kernels is None else _per_distinct_op(trace, kernels)
     replay = _StageReplay(trace, hw, launch, streams, kernels)

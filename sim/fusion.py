@@ -29,7 +29,7 @@ import math
 from dataclasses import replace
 
 from sim.opkinds import DTYPE_BYTES, MATRIX_CLASSES, SCATTER_OPS
-from sim.trace import OpRecord, OpTable, Trace, gc_paused
+from sim.trace import OpRecord, OpTable, Trace, gc_paused, validate
 
 # a compiler leaves exactly the matrix-unit classes (GEMMs, the LM head, attention) to library kernels
 LIBRARY_CLASSES = MATRIX_CLASSES
@@ -268,7 +268,11 @@ class FusedTrace:
 @gc_paused()
 def fuse(trace: Trace) -> FusedTrace:
     """The trace of the kernels a compiler runs for `trace` (module docstring), and what each covers. Stages
-    alike in what fusion reads (kinds, srcs, deps) share one plan; stages of the same ops share their kernels."""
+    alike in what fusion reads (kinds, srcs, deps) share one plan; stages of the same ops share their kernels.
+    The traced ops are checked first (`sim.trace.validate`), so that an error names the traced op; the fused trace
+    is then `checked`: its kernels are made of checked ops (their counts are sums, which the format's bounds on
+    one op do not bound: the engine's own guard on kernel times does)."""
+    validate(trace)
     if trace.header.version < 3:
         raise ValueError(f"compiled launch fuses a trace by its data flow, which format {trace.header.version} does "
                          "not record (srcs): re-trace it with python -m reference.capture.tracing (format 3 or later)")
@@ -295,5 +299,5 @@ def fuse(trace: Trace) -> FusedTrace:
         stage_ids.append(kernels)
         executed += len(kernels)
     header = replace(trace.header, measured=False, extra={**trace.header.extra, "fused_by": "sim.fusion"})
-    return FusedTrace(Trace.compact(header, list(trace.stages), table.ops, stage_ids), stage_plans,
+    return FusedTrace(Trace.compact(header, list(trace.stages), table.ops, stage_ids, checked=True), stage_plans,
                       list(map(len, trace.stage_op_ids)))

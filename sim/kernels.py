@@ -31,9 +31,8 @@ import math
 from dataclasses import dataclass
 
 from sim.hardware import HwConfig
-from sim.inputs import brief
 from sim.opkinds import KERNEL_CLASSES, MATRIX_CLASSES
-from sim.trace import OpRecord
+from sim.trace import OpRecord, check_op
 
 CLASSES = KERNEL_CLASSES
 # Tensor cores take the rows (M) of a product in blocks of 16 (mma shapes m16n8k16 on Ampere and Hopper): a
@@ -42,72 +41,6 @@ MATRIX_ROW_BLOCK = 16
 # Fused attention kernels (FlashAttention, cuDNN, PyTorch's CPU flash kernel) give each compute unit a block of
 # 64 query rows of one (batch, head): the tile count that waves are cut from.
 ATTENTION_QUERY_TILE = 64
-# The largest FLOP or byte count of an op, and element count of a tensor: what a 64-bit counter holds, as every
-# tracer records them. Larger figures come from no real run, and would overflow the cost model's floats.
-MAX_COUNT = 2**63 - 1
-COUNTS = ("flops", "weight_bytes", "act_read_bytes", "act_write_bytes", "kv_read_bytes", "kv_write_bytes")
-
-
-class OpError(ValueError):
-    """An op the kernel model cannot take: `index` (the op's `i`) and `field` say which and where."""
-
-    def __init__(self, op: OpRecord, field: str, problem: str) -> None:
-        self.index, self.field = op.i, field
-        super().__init__(f"op {op.i} ({op.kind} {op.op}), field '{field}': {problem}")
-
-
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
-
-
-def check_op(op: OpRecord) -> None:
-    """Refuse (`OpError`) an op whose figures the kernel model cannot take: FLOP and byte counts that are not
-    counts up to MAX_COUNT, shapes that are not lists of dimension sizes (or hold more than MAX_COUNT elements),
-    a matrix product whose output has no dimension (its columns are the last one), attention whose query has
-    fewer than two ([..., Lq, head_dim]: its tiles are cut from the rows Lq and the dimensions before them)."""
-    if op.kind not in KERNEL_CLASSES:
-        raise OpError(op, "kind", f"unknown kernel class {brief(op.kind)}; classes: {', '.join(KERNEL_CLASSES)}")
-    _check_counts(op)
-    _check_shapes(op)
-
-
-def check_ops(ops: list[OpRecord]) -> None:
-    """`check_op` of every op (before a fusion model merges them, so that an error names the traced op). An op
-    with the counts, kind and very shape lists of one already checked (a reader hands the ops a decoder repeats
-    stage after stage the same lists) is not checked again."""
-    checked: set[tuple] = set()
-    for op in ops:
-        key = (op.flops, op.weight_bytes, op.act_read_bytes, op.act_write_bytes, op.kv_read_bytes, op.kv_write_bytes,
-               op.kind, id(op.in_shapes), id(op.out_shapes))
-        try:
-            if key in checked:
-                continue
-        except TypeError:  # an unhashable count: check_op says which
-            pass
-        check_op(op)
-        checked.add(key)
-
-
-def _check_counts(op: OpRecord) -> None:
-    for name in COUNTS:
-        value = getattr(op, name)
-        if type(value) is not int or not 0 <= value <= MAX_COUNT:
-            raise OpError(op, name, f"expected an integer in [0, 2**63), got {brief(value)}")
-
-
-def _check_shapes(op: OpRecord) -> None:
-    for name in ("in_shapes", "out_shapes"):
-        shapes = getattr(op, name)
-        if not isinstance(shapes, list) or not all(isinstance(s, list) and all(map(_count, s)) for s in shapes):
-            raise OpError(op, name, f"expected a list of shapes (lists of sizes >= 0), got {brief(shapes)}")
-        if any(math.prod(s) > MAX_COUNT for s in shapes):
-            raise OpError(op, name, "a tensor of more than 2**63 elements")
-    if op.kind in ("matmul", "lm_head") and op.out_shapes and not op.out_shapes[0]:
-        raise OpError(op, "out_shapes", "a matrix product's output needs at least one dimension (its columns), "
-                      "got []")
-    if op.kind == "attention" and op.in_shapes and len(op.in_shapes[0]) < 2:
-        raise OpError(op, "in_shapes", "attention's query is [..., Lq, head_dim], at least two dimensions, got "
-                      f"{brief(op.in_shapes[0])}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +82,12 @@ def _row_blocks(n: int) -> int:
     return max(MATRIX_ROW_BLOCK, -(-n // MATRIX_ROW_BLOCK) * MATRIX_ROW_BLOCK)
 
 
-def kernel_of(op: OpRecord, tile_m: int, tile_n: int) -> Kernel:
+def kernel_of(op: OpRecord, tile_m: int, tile_n: int, checked: bool = False) -> Kernel:
     """The hardware-independent view of one op; `tile_m`, `tile_n` from the hwconfig cut matmuls into tiles. An op
-    the model cannot take is refused (`check_op`)."""
-    check_op(op)
+    that breaks the trace format's rules is refused (`sim.trace.check_op`: an `OpError` naming op and field),
+    unless `checked` (it is known to pass them: `sim.trace.validate`)."""
+    if not checked:
+        check_op(op)
     cls = op.kind
     dtype = (op.out_dtypes or op.in_dtypes or ["float32"])[0]
     tiles, tile_flops, padding = 1, float(op.flops), 1.0

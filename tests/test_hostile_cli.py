@@ -175,8 +175,8 @@ def test_shapes_the_kernel_model_cannot_take_name_the_op_and_field(tmp_path, cap
     record.srcs = [0] * len(record.in_shapes)  # one producer per input, as the reader checks
     path = write_trace(tmp_path / "t.jsonl.gz", [("decode", [op(0, 0, "aten.mul.Tensor", "x", 10), record])])
     line = one_error_line(capsys, run.main, ["--trace", str(path), "--launch", "eager"])
-    # the reader refuses it, naming the op's line (1 header, 2 the mul); sim.kernels.check_op refuses it again for
-    # traces built in code (tests/test_hostile_inputs.py)
+    # the reader refuses it, naming the op's line (1 header, 2 the mul); sim.trace.check_op refuses it by the same
+    # rule in traces built in code (tests/test_hostile_inputs.py)
     assert f"trace {path}, line 3, field '{field}': expected a first shape of" in line, line
 
 

@@ -25,11 +25,11 @@ from sim.fitting.validate import MEASURED_S, measured_end_to_end
 from sim.fusion import fuse
 from sim.hardware import HWCONFIG_DIR, Efficiency, HwConfigError, load_hwconfig
 from sim.inputs import InputError, decode_utf8, load_yaml
-from sim.kernels import OpError, check_op, kernel_cost, kernel_of
+from sim.kernels import kernel_cost, kernel_of
 from sim.memory import CapacityError, device_memory
 from sim.run import summarize
 from sim.sweep.spec import SpecError, load_spec
-from sim.trace import OpRecord, StageRecord, Trace, TraceHeader, read_trace
+from sim.trace import OpError, OpRecord, StageRecord, Trace, TraceHeader, check_op, read_trace
 
 A100_TEXT = (HWCONFIG_DIR / "a100.yaml").read_text()
 OPTIONAL = """classes:
@@ -289,14 +289,14 @@ def test_an_op_becomes_a_finite_kernel_or_is_refused_naming_op_and_field(kind, f
 
 
 def test_the_engine_refuses_a_kernel_time_that_is_not_finite():
-    # parse's ranges keep every legal hwconfig and op finite (the slowest: 9.2e24 s); a HwConfig built in code skips
-    # them, and the engine's last guard refuses what comes of it, naming the run, the kernel and its figures
+    # parse's ranges keep every legal hwconfig and traced op finite (the slowest: 1.2e24 s); a HwConfig built in code
+    # skips them, and the engine's last guard refuses what comes of it, naming the run, the kernel and its figures
     hw = dataclasses.replace(HW, efficiency=Efficiency(1e-300, 1e-300, 1e-300, 1e-300))
     op = OpRecord(0, 0, None, None, None, None, 1, "m", "elementwise", "aten.mul.Tensor", [[4]], ["bfloat16"], [[4]],
-                  ["bfloat16"], 2**63 - 1, 0, 8, 8, 0, 0, [], [], [0])
+                  ["bfloat16"], 2**60, 0, 8, 8, 0, 0, [], [], [0])
     trace = Trace(SMALL.header, [op], [StageRecord(0, "decode", [[0, 0, 3]], [[0, 1, 5]], [])])
     with pytest.raises(ProjectionError, match=r"on NVIDIA A100 .*: op 0 of the trace's distinct ops "
                        r"\(elementwise aten\.mul\.Tensor, "
-                       r"9,223,372,036,854,775,807 FLOPs, 16 bytes, bfloat16\) would take 2\.36e\+305 s, "
+                       r"1,152,921,504,606,846,976 FLOPs, 16 bytes, bfloat16\) would take 2\.96e\+304 s, "
                        r"not a finite time up to 1e\+30 s"):
         project(trace, hw, "eager", memory=MEMORY)

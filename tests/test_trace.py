@@ -1,5 +1,6 @@
-"""Tests of the trace file format (sim/trace.py): round trips, reproducibility, the compact stages of version 4,
-validation with errors that name line and field, versions 1 to 3 still read, atomic writes."""
+"""Tests of the trace file format (sim/trace/, specified in sim/trace/FORMAT.md): round trips, reproducibility,
+the compact stages of version 4, validation with errors that name line and field (and the same checks of ops
+built in code), versions 1 to 3 still read, atomic writes."""
 
 from __future__ import annotations
 
@@ -17,18 +18,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sim.defaults import resolve_hwconfig
+from sim.engine import project
+from sim.fusion import fuse
+from sim.hardware import load_hwconfig
 from sim.opkinds import KERNEL_CLASSES
 from sim.trace import (
+    TRACE_VERSION,
+    OpError,
     OpRecord,
     StageRecord,
     Trace,
     TraceError,
     TraceHeader,
     TraceWriter,
+    check_op,
     iter_records,
+    limits,
     read_trace,
+    validate,
     write_trace,
 )
+from sim.trace.schema import END_V4, HEADER, OP, OP_V4, STAGE_V4
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {
@@ -456,3 +467,54 @@ def test_committed_measurements_read() -> None:
 def test_no_torch_import() -> None:
     code = "import sys, sim.trace; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# a value the format refuses, per field of an op (the op: make_op(0, 0), a matmul with two inputs)
+REFUSED = [("flops", 2**60 + 1), ("act_read_bytes", -1), ("rows", 2**31), ("seq", "0"), ("module", None),
+           ("kind", "warp"), ("in_shapes", [[-1], [32, 32]]), ("out_shapes", [[2**26, 2**25]]), ("weights", [7]),
+           ("deps", [0]), ("srcs", [0]), ("out_shapes", [[]]), ("out_shapes", []), ("duration_s", 1e-13)]
+
+
+@pytest.mark.parametrize("field, value", REFUSED)
+def test_an_op_built_in_code_is_refused_as_the_reader_refuses_it(tmp_path: Path, field: str, value) -> None:
+    """Every field is checked in one place: the reader (TraceError, naming file and line) and `check_op` (OpError,
+    naming the op), for ops built in code, say the same of the same value."""
+    path = write(tmp_path / "t.jsonl.gz", make_trace())
+    lines = lines_of(path)
+    assert lines[1]["type"] == "op" and lines[1]["id"] == 0
+    lines[1][field] = value
+    err = expect_error(rewrite(path, lines), 2, field)
+    op = dataclasses.replace(make_op(0, 0), **{field: value})
+    with pytest.raises(OpError) as info:
+        check_op(op)
+    # in memory, deps may also be null (program order)
+    problem = err.problem.replace("expected a", "expected null or a") if field == "deps" else err.problem
+    assert (info.value.field, info.value.problem, info.value.index) == (field, problem, 0)
+    assert str(info.value) == f"op 0 ({op.kind} aten.mm.default), field '{field}': {problem}"
+
+
+def test_a_trace_read_is_checked_and_one_built_in_code_is_checked_when_simulated(tmp_path: Path) -> None:
+    trace = make_trace()
+    assert not trace.checked
+    validate(trace)  # a legal trace built in code passes
+    back = read_trace(write(tmp_path / "t.jsonl.gz", trace))
+    assert back.checked and read_trace(write_v3(tmp_path / "v3.jsonl.gz", trace)).checked
+    assert not dataclasses.replace(back, ops=back.ops).checked  # a trace made from it is built in code
+    assert fuse(back).trace.checked  # made of checked ops
+    bad = dataclasses.replace(trace, ops=[dataclasses.replace(trace.ops[0], flops=2**61), *trace.ops[1:]])
+    where = r"op 0 \(matmul aten\.mm\.default\), field 'flops': expected an integer in 0\.\.2\*\*60, got 2305"
+    for simulate in (validate, fuse, lambda t: project(t, load_hwconfig(resolve_hwconfig("a100")), "eager")):
+        with pytest.raises(OpError, match=where):
+            simulate(bad)
+    assert check_op(dataclasses.replace(trace.ops[0], deps=None)) is None  # null deps: program order, in memory
+
+
+def test_the_format_document_names_every_field_and_bound() -> None:
+    """sim/trace/FORMAT.md is the specification: a field or a bound the code has and it lacks is a test failure."""
+    text = (ROOT / "sim" / "trace" / "FORMAT.md").read_text()
+    for schema in (HEADER, OP, OP_V4, STAGE_V4, END_V4):
+        missing = [name for name in schema.fields if f"`{name}`" not in text]
+        assert not missing, f"FORMAT.md does not name {missing}"
+    bounds = [name for name in dir(limits) if name.startswith(("MAX_", "MIN_"))]
+    assert len(bounds) == 10 and not [name for name in bounds if f"`{name}`" not in text]
+    assert f"version {TRACE_VERSION}" in text and all(kind in text for kind in KERNEL_CLASSES)

@@ -18,13 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sim.trace
+import sim.trace.jsonl
+import sim.trace.reader
 from sim import run
 from sim.defaults import resolve_hwconfig
 from sim.hardware import load_hwconfig
-from sim.kernels import OpError, kernel_of
+from sim.kernels import kernel_of
 from sim.memory import CapacityError
-from sim.trace import MAX_EXECUTED, MAX_SECONDS, TraceError, legacy_kind, read_trace
+from sim.trace import MAX_EXECUTED, MAX_SECONDS, OpError, TraceError, legacy_kind, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 BASES = {  # format 4 (the default traces) and format 1 (the committed measurements)
@@ -296,8 +297,8 @@ def test_measured_durations_no_clock_gives(tmp_path: Path, raw: str) -> None:
 
 
 def test_huge_integers_are_refused_by_the_kernel_model_too() -> None:
-    """Why counts are bounded: the kernel model takes them as floats (10**320 would overflow), so it checks them
-    again for traces built in code, which skip the reader."""
+    """Why counts are bounded: the kernel model takes them as floats (10**320 would overflow), so an op built in
+    code, which skips the reader, is checked by the reader's rules (sim.trace.check_op) when it becomes a kernel."""
     op = read_trace(BASES["v4"][0]).distinct[0]
     with pytest.raises(OpError, match="field 'flops': expected an integer in"):
         kernel_of(dataclasses.replace(op, flops=10**320), 128, 128)
@@ -368,10 +369,10 @@ def test_bounds_on_lines_ops_and_stages(tmp_path: Path, monkeypatch: pytest.Monk
     copies = [json.dumps({**last, "stage": last["stage"] + 1 + k, "ops": {"like": last["stage"], "set": []}}).encode()
               for k in range(50)]
     bomb = gz([*lines[:-1], *copies, json.dumps({**counts, "stages": counts["stages"] + 50}).encode()])
-    monkeypatch.setattr(sim.trace, "MAX_EXECUTED", counts["executed"] + 10)
+    monkeypatch.setattr(sim.trace.reader, "MAX_EXECUTED", counts["executed"] + 10)  # where the reader reads them
     expect(tmp_path, bomb, len(lines), "ops", f"more than {MAX_EXECUTED:,} ops executed")
-    monkeypatch.setattr(sim.trace, "MAX_EXECUTED", MAX_EXECUTED)
-    monkeypatch.setattr(sim.trace, "MAX_STAGES", counts["stages"] + 3)
+    monkeypatch.setattr(sim.trace.reader, "MAX_EXECUTED", MAX_EXECUTED)
+    monkeypatch.setattr(sim.trace.reader, "MAX_STAGES", counts["stages"] + 3)
     expect(tmp_path, bomb, len(lines) + 3, None, "stage records")
-    monkeypatch.setattr(sim.trace, "MAX_LINE_BYTES", 1000)
+    monkeypatch.setattr(sim.trace.jsonl, "MAX_LINE_BYTES", 1000)
     expect(tmp_path, gz(lines), 1, None, "a line longer than")

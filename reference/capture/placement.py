@@ -1,8 +1,8 @@
 """Where a decoding run is, for every op the capture records: stage, module, layer, group, depth, sequence.
 
 The capture learns it from the model without changing it, through rules on the model's structure (written
-in `sim.trace`'s format documentation, and checked by `check_model` before every capture and by a test, so a
-renamed module fails loudly instead of silently mislabelling kernels):
+in the trace format's specification, sim/trace/FORMAT.md, and checked by `check_model` before every capture and
+by a test, so a renamed module fails loudly instead of silently mislabelling kernels):
 
 - blocks are modules named `blocks.L` (`encoder.blocks.L` in the encoder): an op inside one has layer L;
 - norms are `RMSNorm` modules: the ops inside one are norm kernels (role "norm");

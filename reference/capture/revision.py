@@ -11,15 +11,17 @@ import hashlib
 from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # holds reference/ and sim/: the checkout or site-packages
+# files, or patterns of files (every module of a package), relative to SOURCE_ROOT
 TRACE_SOURCES = ("reference/config.py", "reference/model.py", "reference/decode.py", "reference/pipeline.py",
                  "reference/compiled.py", "reference/flips.py", "reference/capture/tracing.py",
                  "reference/capture/opcapture.py", "reference/capture/fastcapture.py", "reference/capture/metaops.py",
-                 "reference/capture/placement.py", "reference/capture/accesses.py", "sim/opkinds.py", "sim/trace.py")
+                 "reference/capture/placement.py", "reference/capture/accesses.py", "sim/opkinds.py", "sim/trace/*.py")
 
 
 def code_revision() -> str:
     """A hash of the sources that decide what a trace holds."""
     digest = hashlib.sha256()
     for name in TRACE_SOURCES:
-        digest.update((SOURCE_ROOT / name).read_bytes())
+        for path in sorted(SOURCE_ROOT.glob(name)) or [SOURCE_ROOT / name]:  # none: reading it raises
+            digest.update(path.read_bytes())
     return "src-" + digest.hexdigest()[:12]

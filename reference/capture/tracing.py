@@ -1,5 +1,5 @@
 """Capture: record every op a real decoding run executes, with what a hardware model needs, as a trace file
-(format: `sim.trace`).
+(format: sim/trace/FORMAT.md).
 
 How: a `TorchDispatchMode` sees every aten op the run dispatches, on cpu, cuda or the meta device (where no
 values exist, so a 7B-shaped decoder is traced in seconds without its weights). Each op gets

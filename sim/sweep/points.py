@@ -31,14 +31,16 @@ if TYPE_CHECKING:
     from reference.config import ModelConfig
 
 RATES = re.compile(r"[0-9.eE+-]+(,[0-9.eE+-]+)*")  # flips given as rates per exit (else a profile name)
-SIM_SOURCES = ("trace", "opkinds", "hardware", "kernels", "fusion", "engine", "memory", "run")
+SIM_SOURCES = ("trace/*", "opkinds", "hardware", "kernels", "fusion", "engine", "memory", "run")  # trace: a package
 
 
 def sim_revision() -> str:
     """A hash of the simulator sources a row depends on: rows of another revision are not reused."""
     digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
     for name in SIM_SOURCES:
-        digest.update((Path(__file__).resolve().parents[1] / f"{name}.py").read_bytes())
+        for path in sorted(root.glob(f"{name}.py")) or [root / f"{name}.py"]:  # none: reading it raises
+            digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -1,0 +1,69 @@
+"""The rules an op must keep beyond each field's own (sim.trace.schema): one src per input, and the shapes the
+kernel model reads; with the header: its weights known, its duration measured in a measured trace. The reader
+applies them to every op record it reads (`check_op_record`); `check_op`, `check_ops` and `validate` apply the
+same schema and rules to ops built in code, so that the simulator takes no op a file could not hold
+(sim/trace/FORMAT.md, "Bounds" and "Error policy")."""
+
+from __future__ import annotations
+
+import operator
+
+from sim.trace.records import OpError, OpRecord, PathLike, Trace, TraceError, TraceHeader, body_values
+from sim.trace.schema import OP_IN_MEMORY, show
+
+# What the kernel model reads of an op's shapes (sim.kernels.kernel_of), by kind: (field, least dimensions of its
+# first shape, why)
+KERNEL_SHAPES = {
+    "attention": ("in_shapes", 2, "an attention op's first input is its queries [..., rows, head_dim]"),
+    "matmul": ("out_shapes", 1, "a matrix product's output is [..., n]"),
+    "lm_head": ("out_shapes", 1, "the LM head's output is [..., vocabulary]"),
+}
+
+
+def op_fault(op: OpRecord) -> tuple[str, str] | None:
+    """The first rule across an op's fields that it breaks, as (field, problem); None if it keeps them all."""
+    if op.srcs and len(op.srcs) != len(op.in_shapes):
+        return "srcs", f"expected one distance per input ({len(op.in_shapes)}), got {show(op.srcs)}"
+    if op.kind in KERNEL_SHAPES:
+        name, least, what = KERNEL_SHAPES[op.kind]
+        shapes = getattr(op, name)
+        if not shapes or len(shapes[0]) < least:
+            return name, f"expected a first shape of {least} or more dimensions ({what}), got {show(shapes)}"
+    return None
+
+
+def check_op_record(op: OpRecord, header: TraceHeader, where: tuple[PathLike, int]) -> None:
+    """The checks of an op record read from a file (`where`: file and line) against the header, and `op_fault`."""
+    for w in op.weights:
+        if w not in header.weights:
+            raise TraceError(*where, "weights", f"unknown weight id {w!r} (not in the header's weights)")
+    if op.duration_s is None and header.measured:
+        raise TraceError(*where, "duration_s", "expected a number >= 0 in a measured trace, got null")
+    fault = op_fault(op)
+    if fault is not None:
+        raise TraceError(*where, *fault)
+
+
+def check_op(op: OpRecord) -> None:
+    """Refuse (`OpError`, naming the op and the field) an op built in code that a trace file could not hold:
+    every field but `i` and `stage` typed and within the format's bounds (`deps` may also be None: program
+    order), and `op_fault`'s rules. What needs the rest of a file the reader alone checks: the header's weights,
+    a measured trace's durations, how far back srcs and deps reach."""
+    values = body_values(op)
+    fields_pass = all(map(operator.call, OP_IN_MEMORY.checks, values))  # in one C-level pass
+    fault = op_fault(op) if fields_pass else OP_IN_MEMORY.fault(values)
+    if fault is not None:
+        raise OpError(op, *fault)
+
+
+def check_ops(ops: list[OpRecord]) -> None:
+    """`check_op` of each op."""
+    for op in ops:
+        check_op(op)
+
+
+def validate(trace: Trace) -> None:
+    """`check_op` of each distinct op of `trace`, unless it is `checked` (read from a file, or fused from such
+    ops)."""
+    if not trace.checked:
+        check_ops(trace.distinct)
