@@ -14,7 +14,7 @@ LAYERS = [
     ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
                       "reference.flips", "reference.compiled", "reference.hfconfig")),
     ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.fusion", "sim.engine",
-                        "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command")),
+                        "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command", "sim.provider")),
     ("capture", ("reference.capture",)),
     ("experiments", ("reference.experiments",)),
     ("fitting and validation", ("sim.fitting",)),
@@ -81,7 +81,8 @@ def test_no_import_runs_up_a_layer() -> None:
 
 
 @pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.engine",
-                                  "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command"])
+                                  "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
+                                  "sim.provider"])
 def test_the_simulator_core_never_imports_torch(core: str) -> None:
     import subprocess
     import sys
