@@ -12,9 +12,10 @@ Workloads (one hwconfig; eager and compiled launch, as `python -m sim.run` proje
 - --model, sequential, and --speed-model, SPEED, at --tokens: traced on demand into an empty cache.
 Per workload: capture (the wall time of the one trace provider call that traces its runs on the meta device,
 eager and compiled, with the fast capture: sim.provider, a subprocess, so it includes an interpreter start and
-importing torch), read (the trace files), build (fusing the compiled traces and building their distinct
-kernels), project (simulating and summarizing), the kernels executed and distinct, and kernels per second
-(kernels projected / (build + project)).
+importing torch), of which tracing (the provider's own time building, capturing and writing the traces: what
+capture measured before it was a subprocess), read (the trace files), build (fusing the compiled traces and
+building their distinct kernels), project (simulating and summarizing), the kernels executed and distinct, and
+kernels per second (kernels projected / (build + project)).
 
 Then the targets, each in seconds and as a ratio to the reference workload (REFERENCE_QUIET_S is its time on
 this project's 2-core machine when quiet): `python -m sim.run --model MODEL --decoder sequential --tokens N`
@@ -85,7 +86,8 @@ class Reference:
 @dataclass
 class Figures:
     label: str
-    capture_s: float | None = None
+    capture_s: float | None = None  # the trace provider call's wall time
+    tracing_s: float | None = None  # of which the provider's time tracing
     read_s: float = 0.0
     build_s: float = 0.0
     project_s: float = 0.0
@@ -98,16 +100,20 @@ class Figures:
         return (self.capture_s or 0.0) + self.read_s + self.build_s + self.project_s
 
 
-def trace_jobs(configurations: list[tuple[str, str]], tokens: int, flips: str | None) -> dict[str, list[Path]]:
+def trace_jobs(configurations: list[tuple[str, str]], tokens: int, flips: str | None
+               ) -> tuple[dict[str, list[Path]], float | None]:
     """The trace files sim.run projects for these (preset, decoder) at `tokens`, per launch: the committed
-    defaults, or traced on demand (cached under SPEED_SIM_CACHE) by one call of the trace provider."""
+    defaults, or traced on demand (cached under SPEED_SIM_CACHE) by one call of the trace provider; and the
+    provider's time tracing them (None: committed)."""
     launches = ("eager", "compiled")
     if tokens == DEFAULT_TOKENS and configurations == list(DEFAULT_RUNS) and flips is None:
-        return {launch: [default_trace(p, d, launch == "compiled") for p, d in configurations] for launch in launches}
+        return {launch: [default_trace(p, d, launch == "compiled") for p, d in configurations]
+                for launch in launches}, None
     traced = trace_files([{"model": p, "decoder": d, "tokens": tokens, "flips": flips, "compiled": launch == "compiled"}
                           for launch in launches for p, d in configurations])
     n = len(configurations)
-    return {launch: [path for _, path in traced[i * n:(i + 1) * n]] for i, launch in enumerate(launches)}
+    return ({launch: [t.path for t in traced[i * n:(i + 1) * n]] for i, launch in enumerate(launches)},
+            sum(t.capture_s for t in traced))
 
 
 @gc_paused()  # as in sim.run
@@ -116,8 +122,8 @@ def measure(label: str, configurations: list[tuple[str, str]], tokens: int, hw: 
     """Capture (into the trace cache, which the caller empties), read, build and project, as sim.run does."""
     figures = Figures(label)
     t0 = time.perf_counter()
-    jobs = trace_jobs(configurations, tokens, flips)
-    if tokens != DEFAULT_TOKENS or configurations != list(DEFAULT_RUNS):
+    jobs, figures.tracing_s = trace_jobs(configurations, tokens, flips)
+    if figures.tracing_s is not None:
         figures.capture_s = time.perf_counter() - t0
     for launch, paths in jobs.items():
         t0 = time.perf_counter()
@@ -159,13 +165,15 @@ def show(seconds: float | None, ref: float) -> str:
 
 
 def print_figures(rows: list[Figures], ref: float) -> None:
-    print(f"\n{'workload':<44}{'capture s':>15}{'read s':>15}{'build s':>15}{'project s':>15}{'kernels':>10}"
-          f"{'distinct':>9}{'kernels/s':>11}")
+    print(f"\n{'workload':<44}{'capture s':>15}{'tracing s':>15}{'read s':>15}{'build s':>15}{'project s':>15}"
+          f"{'kernels':>10}{'distinct':>9}{'kernels/s':>11}")
     for f in rows:
         rate = f.kernels / max(f.build_s + f.project_s, 1e-9)
-        print(f"{f.label:<44}{show(f.capture_s, ref)}{show(f.read_s, ref)}{show(f.build_s, ref)}"
-              f"{show(f.project_s, ref)}{f.kernels:>10,}{f.distinct:>9,}{rate:>11,.0f}")
-    print(f"(x: ratio to the reference workload, {ref:.3f} s in this run)")
+        print(f"{f.label:<44}{show(f.capture_s, ref)}{show(f.tracing_s, ref)}{show(f.read_s, ref)}"
+              f"{show(f.build_s, ref)}{show(f.project_s, ref)}{f.kernels:>10,}{f.distinct:>9,}{rate:>11,.0f}")
+    print(f"(x: ratio to the reference workload, {ref:.3f} s in this run; capture: the trace provider call's wall "
+          "time, a subprocess that starts an interpreter and imports torch; tracing: the provider's own time "
+          "building, capturing and writing the traces)")
 
 
 def print_targets(measured: dict[str, tuple[str, float]], ref: float) -> None:

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sim.defaults import CHECKOUT
 
@@ -196,11 +196,21 @@ def _stop(proc: subprocess.Popen, grace_s: float) -> None:
             continue
 
 
-def trace_files(requests: list[dict[str, Any]]) -> list[tuple[str, Path]]:
-    """The provider's `trace` op: per request (its model's name, its trace file)."""
+class TraceFile(NamedTuple):
+    """A trace the provider made or found: the model's name, the file, and the provider's time tracing it (s; 0
+    when it was cached)."""
+
+    name: str
+    path: Path
+    capture_s: float
+
+
+def trace_files(requests: list[dict[str, Any]]) -> list[TraceFile]:
+    """The provider's `trace` op: per request its trace."""
     answers = request("trace", requests)
-    for i, answer in enumerate(answers):
-        if not (isinstance(answer.get("name"), str) and isinstance(answer.get("path"), str)):
+    for i, a in enumerate(answers):
+        if not (isinstance(a.get("name"), str) and isinstance(a.get("path"), str)
+                and isinstance(a.get("capture_s"), (int, float))):
             raise ProviderError(f"the trace provider `{shlex.join(tracer_command())}` answered trace request {i} "
-                                f"without a 'name' and a 'path': {json.dumps(answer)[:200]}")
-    return [(a["name"], Path(a["path"])) for a in answers]
+                                f"without a 'name', a 'path' and a 'capture_s': {json.dumps(a)[:200]}")
+    return [TraceFile(a["name"], Path(a["path"]), float(a["capture_s"])) for a in answers]

@@ -288,8 +288,8 @@ def trace_jobs(args: argparse.Namespace, launches: list[str]) -> dict[str, list[
     traced = trace_files([{**model, "decoder": decoder, "tokens": args.tokens, "batch": args.batch,
                            "dtype": args.dtype, "flips": args.flips, "compiled": launch == "compiled"}
                           for launch in launches for model, decoder in runs])
-    return {launch: [(f"{name} {decoder}", path) for (_, decoder), (name, path)
-                     in zip(runs, traced[n * len(runs):(n + 1) * len(runs)])] for n, launch in enumerate(launches)}
+    return {launch: [(f"{t.name} {decoder}", t.path) for (_, decoder), t in zip(runs, traced[n * len(runs):])]
+            for n, launch in enumerate(launches)}
 
 
 def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], launch: str, streams: int

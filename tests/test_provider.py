@@ -89,11 +89,11 @@ def test_a_cached_trace_is_found_without_torch_and_a_missing_one_needs_it(tmp_pa
     line = one_error_line(capsys, run.main, ["--model", "tiny-4x3", "--tokens", "3", "--launch", "eager"])
     assert "error: tracing 'tiny-4x3' on demand needs torch" in line
     monkeypatch.delenv(provider.TRACER_ENV)
-    [(name, path)] = provider.trace_files(asked)
-    assert name == "tiny-4x3" and path.parent == tmp_path / "traces" and path.is_file()
+    [(name, path, capture_s)] = provider.trace_files(asked)
+    assert name == "tiny-4x3" and path.parent == tmp_path / "traces" and path.is_file() and capture_s > 0
     assert "tracing tiny-4x3 (sequential, 3 tokens, batch 1) on the meta device ..." in capsys.readouterr().err
     monkeypatch.setenv(provider.TRACER_ENV, NO_TORCH_TRACER)
-    assert provider.trace_files(asked) == [(name, path)]
+    assert provider.trace_files(asked) == [(name, path, 0.0)]  # found, not traced
 
 
 @pytest.mark.parametrize("tracer, message", [
@@ -102,7 +102,7 @@ def test_a_cached_trace_is_found_without_torch_and_a_missing_one_needs_it(tmp_pa
     (shlex.join([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]),
      "failed with exit status 3 (its output is above)"),
     (shlex.join([sys.executable, "-c", "print('not json')"]), "answered no JSON on stdout"),
-    (shlex.join([sys.executable, "-c", "print('[{}]')"]), "answered trace request 0 without a 'name' and a 'path'"),
+    (shlex.join([sys.executable, "-c", "print('[{}]')"]), "answered trace request 0 without a 'name', a 'path' and a 'capture_s'"),
 ])
 def test_a_provider_that_cannot_answer_is_one_clear_line(monkeypatch, capsys, tracer, message):
     monkeypatch.setenv(provider.TRACER_ENV, tracer)

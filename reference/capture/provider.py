@@ -27,9 +27,9 @@ stderr (progress bars, notes) is for the user's terminal. Ctrl-C: one line, exit
 - `trace`: {the model keys above; "decoder": "speed" or "sequential"; "tokens"; "batch" (default 1); "dtype"
   (default bfloat16); "flips": as `python -m reference.capture.tracing --flips` takes them (null: the model's
   profile); "flip_rate": one rate for every exit instead; "compiled": the run compiled decoding makes} -> {"path":
-  the trace file, "name": the model's name}. Traced on the meta device and cached under
-  `sim.defaults.trace_cache()` by config digest and code revision; a cached trace is found without importing
-  torch. Every request is checked before the first is traced.
+  the trace file, "name": the model's name, "capture_s": the time spent tracing it, 0 when it was cached}. Traced
+  on the meta device and cached under `sim.defaults.trace_cache()` by config digest and code revision; a cached
+  trace is found without importing torch. Every request is checked before the first is traced.
 - `microbench`: {"device": "cpu" or "cuda"; "quick"; "threads": torch intra-op threads or null} -> the results of
   `reference.capture.microbench.run_microbenchmarks` (seconds per call per resource).
 - `defaults`: {"out_dir"} -> {"paths"}: the default traces (`python -m reference.capture.tracing --defaults`)
@@ -49,6 +49,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,14 +264,13 @@ def trace(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cfg = model_config(r["model"], r["share"], r["flag"])
         flips = r["flips"] if r["flip_rate"] is None else resolve_flips(cfg, r["decoder"], r["flips"], r["flip_rate"])
         runs.append((r, cfg, flips, cached_trace(cfg, r, flips)))
-    for r, cfg, flips, path in runs:
-        if not path.exists():
-            _make_trace(cfg, r, flips, path)
-    return [{"path": str(path), "name": cfg.name} for _, cfg, _, path in runs]
+    return [{"path": str(path), "name": cfg.name,
+             "capture_s": 0.0 if path.exists() else _make_trace(cfg, r, flips, path)} for r, cfg, flips, path in runs]
 
 
-def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, path: Path) -> None:
-    """Trace request `r` with the reference decoder on the meta device into `path`."""
+def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, path: Path) -> float:
+    """Trace request `r` with the reference decoder on the meta device into `path`; the seconds it took (building
+    the model, capturing, writing; not importing torch)."""
     try:
         import torch
 
@@ -280,6 +280,7 @@ def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, path: Pa
                          "replay a recorded trace with --trace FILE instead") from None
     print(f"tracing {cfg.name} ({r['decoder']}{', compiled' if r['compiled'] else ''}, {r['tokens']} tokens, "
           f"batch {r['batch']}) on the meta device ...", file=sys.stderr)
+    t0 = time.perf_counter()
     try:
         tracing.capture_trace(cfg, r["decoder"], r["tokens"], path, dtype=getattr(torch, r["dtype"]),
                               batch=r["batch"], source_len=DEFAULT_SOURCE_LEN, flips=flips, compiled=r["compiled"],
@@ -287,6 +288,7 @@ def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, path: Pa
     except ValueError as err:  # a bad --flips, or a length the model cannot hold
         raise ValueError(f"tracing {cfg.name} (--tokens {r['tokens']}, --batch {r['batch']}, --flips "
                          f"{flips or 'default'}): {err}") from None
+    return time.perf_counter() - t0
 
 
 def microbench(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:

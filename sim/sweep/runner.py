@@ -64,10 +64,10 @@ def _build_trace(key: TraceKey) -> tuple[dict[str, Any], bytes]:
     """A Ray task: the trace of `key` (made on demand, cached on this worker) as (status, file bytes)."""
     t0 = time.perf_counter()
     try:
-        [(_, path)] = trace_files([key.request()])
+        [traced] = trace_files([key.request()])
     except ValueError as err:  # the provider's error line, or no provider
         return {"error": str(err)}, b""
-    return {"name": path.name, "seconds": time.perf_counter() - t0}, path.read_bytes()
+    return {"name": traced.path.name, "seconds": time.perf_counter() - t0}, traced.path.read_bytes()
 
 
 class _Worker:
