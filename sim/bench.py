@@ -10,15 +10,19 @@ Workloads (one hwconfig; eager and compiled launch, as `python -m sim.run` proje
 - default: the built-in default, its committed traces (8: four configurations, eager and compiled);
 - default at --long-tokens: the same configurations traced on demand (meta device) into an empty cache;
 - --model, sequential, and --speed-model, SPEED, at --tokens: traced on demand into an empty cache.
-Per workload: capture (on the meta device; fast capture), read (the trace files), build (fusing the compiled
-traces and building their distinct kernels), project (simulating and summarizing), the kernels executed and
-distinct, and kernels per second (kernels projected / (build + project)).
+Per workload: capture (the wall time of the one trace provider call that traces its runs on the meta device,
+eager and compiled, with the fast capture: sim.provider, a subprocess, so it includes an interpreter start and
+importing torch), of which tracing (the provider's own time building, capturing and writing the traces: what
+capture measured before it was a subprocess), read (the trace files), build (fusing the compiled traces and
+building their distinct kernels), project (simulating and summarizing), the kernels executed and distinct, and
+kernels per second (kernels projected / (build + project)).
 
 Then the targets, each in seconds and as a ratio to the reference workload (REFERENCE_QUIET_S is its time on
 this project's 2-core machine when quiet): `python -m sim.run --model MODEL --decoder sequential --tokens N`
 end to end on an empty cache (a subprocess: interpreter, imports, tracing, projection) and again with the
 trace cached; the whole default run and the default at --long-tokens (cached) after imports. --regenerate also
-times `python -m reference.capture.tracing --defaults` into a temporary folder, and sizes the traces.
+times regenerating the default traces (what `python -m reference.capture.tracing --defaults` does, through the
+trace provider's `defaults` op: its wall time) into a temporary folder, and sizes the traces.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from sim.defaults import DEFAULT_RUNS, DEFAULT_TOKENS, DEFAULT_TRACES, default_t
 from sim.engine import distinct_kernels, project
 from sim.fusion import fuse
 from sim.hardware import HwConfig
+from sim.provider import request, trace_files
 from sim.trace import gc_paused, read_trace
 
 # The reference workload's time (median) on this project's machine (2 cores) when quiet, and the targets of
@@ -81,7 +86,8 @@ class Reference:
 @dataclass
 class Figures:
     label: str
-    capture_s: float | None = None
+    capture_s: float | None = None  # the trace provider call's wall time
+    tracing_s: float | None = None  # of which the provider's time tracing
     read_s: float = 0.0
     build_s: float = 0.0
     project_s: float = 0.0
@@ -94,14 +100,20 @@ class Figures:
         return (self.capture_s or 0.0) + self.read_s + self.build_s + self.project_s
 
 
-def trace_jobs(configurations: list[tuple[str, str]], tokens: int, flips: str | None) -> dict[str, list[Path]]:
+def trace_jobs(configurations: list[tuple[str, str]], tokens: int, flips: str | None
+               ) -> tuple[dict[str, list[Path]], float | None]:
     """The trace files sim.run projects for these (preset, decoder) at `tokens`, per launch: the committed
-    defaults, or traced on demand (cached under SPEED_SIM_CACHE)."""
+    defaults, or traced on demand (cached under SPEED_SIM_CACHE) by one call of the trace provider; and the
+    provider's time tracing them (None: committed)."""
+    launches = ("eager", "compiled")
     if tokens == DEFAULT_TOKENS and configurations == list(DEFAULT_RUNS) and flips is None:
         return {launch: [default_trace(p, d, launch == "compiled") for p, d in configurations]
-                for launch in ("eager", "compiled")}
-    return {launch: [run.trace_on_demand(p, d, tokens, 1, "bfloat16", flips, launch == "compiled")
-                     for p, d in configurations] for launch in ("eager", "compiled")}
+                for launch in launches}, None
+    traced = trace_files([{"model": p, "decoder": d, "tokens": tokens, "flips": flips, "compiled": launch == "compiled"}
+                          for launch in launches for p, d in configurations])
+    n = len(configurations)
+    return ({launch: [t.path for t in traced[i * n:(i + 1) * n]] for i, launch in enumerate(launches)},
+            sum(t.capture_s for t in traced))
 
 
 @gc_paused()  # as in sim.run
@@ -110,8 +122,8 @@ def measure(label: str, configurations: list[tuple[str, str]], tokens: int, hw: 
     """Capture (into the trace cache, which the caller empties), read, build and project, as sim.run does."""
     figures = Figures(label)
     t0 = time.perf_counter()
-    jobs = trace_jobs(configurations, tokens, flips)
-    if tokens != DEFAULT_TOKENS or configurations != list(DEFAULT_RUNS):
+    jobs, figures.tracing_s = trace_jobs(configurations, tokens, flips)
+    if figures.tracing_s is not None:
         figures.capture_s = time.perf_counter() - t0
     for launch, paths in jobs.items():
         t0 = time.perf_counter()
@@ -153,13 +165,15 @@ def show(seconds: float | None, ref: float) -> str:
 
 
 def print_figures(rows: list[Figures], ref: float) -> None:
-    print(f"\n{'workload':<44}{'capture s':>15}{'read s':>15}{'build s':>15}{'project s':>15}{'kernels':>10}"
-          f"{'distinct':>9}{'kernels/s':>11}")
+    print(f"\n{'workload':<44}{'capture s':>15}{'tracing s':>15}{'read s':>15}{'build s':>15}{'project s':>15}"
+          f"{'kernels':>10}{'distinct':>9}{'kernels/s':>11}")
     for f in rows:
         rate = f.kernels / max(f.build_s + f.project_s, 1e-9)
-        print(f"{f.label:<44}{show(f.capture_s, ref)}{show(f.read_s, ref)}{show(f.build_s, ref)}"
-              f"{show(f.project_s, ref)}{f.kernels:>10,}{f.distinct:>9,}{rate:>11,.0f}")
-    print(f"(x: ratio to the reference workload, {ref:.3f} s in this run)")
+        print(f"{f.label:<44}{show(f.capture_s, ref)}{show(f.tracing_s, ref)}{show(f.read_s, ref)}"
+              f"{show(f.build_s, ref)}{show(f.project_s, ref)}{f.kernels:>10,}{f.distinct:>9,}{rate:>11,.0f}")
+    print(f"(x: ratio to the reference workload, {ref:.3f} s in this run; capture: the trace provider call's wall "
+          "time, a subprocess that starts an interpreter and imports torch; tracing: the provider's own time "
+          "building, capturing and writing the traces)")
 
 
 def print_targets(measured: dict[str, tuple[str, float]], ref: float) -> None:
@@ -175,18 +189,17 @@ def print_targets(measured: dict[str, tuple[str, float]], ref: float) -> None:
 
 def regenerate(ref: Reference) -> None:
     """Time regenerating the default traces into a temporary folder (fast capture), and size them."""
-    from reference.capture import tracing
-
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        paths = tracing.write_defaults(Path(tmp), progress=True)
+        [answer] = request("defaults", [{"out_dir": tmp}])
         seconds = time.perf_counter() - t0
+        paths = [Path(p) for p in answer["paths"]]
         same = all((Path(tmp) / p.name).read_bytes() == p.read_bytes() for p in DEFAULT_TRACES.glob("*.jsonl.gz"))
         size = sum(p.stat().st_size for p in paths)
     ref.time()
-    print(f"\nregenerating the {len(paths)} default traces (python -m reference.capture.tracing --defaults): "
-          f"{seconds:.1f} s ({seconds / ref.s:.0f}x the reference workload); {size / 1e3:.0f} kB on disk; "
-          f"{'byte-identical to' if same else 'DIFFERENT from'} the committed ones")
+    print(f"\nregenerating the {len(paths)} default traces (python -m reference.capture.tracing --defaults, through "
+          f"the trace provider): {seconds:.1f} s ({seconds / ref.s:.0f}x the reference workload); {size / 1e3:.0f} kB "
+          f"on disk; {'byte-identical to' if same else 'DIFFERENT from'} the committed ones")
 
 
 def benchmark(args: argparse.Namespace, hw: HwConfig, ref: Reference, env: dict[str, str]
@@ -234,10 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regenerate", action="store_true", help="also time regenerating the default traces")
     args = parser.parse_args(argv)
     hw = run.load_hws([args.hw], {}, parser)[0]
-    try:
-        from reference.capture import tracing  # noqa: F401 (torch and the capture imported before any timing)
-    except ImportError as err:
-        parser.error(f"the benchmark traces models on demand, which needs torch ({err})")
     ref = Reference()
     ref.time(3)
     cache = os.environ.get("SPEED_SIM_CACHE")
@@ -246,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SPEED_SIM_CACHE"] = str(Path(tmp) / "in-process")  # traces made on demand: an empty cache
         try:
             targets = benchmark(args, hw, ref, env)
+        except ValueError as err:  # the trace provider's error line (torch missing, say)
+            parser.error(f"the benchmark traces models on demand: {err}")
         finally:
             os.environ.pop("SPEED_SIM_CACHE") if cache is None else os.environ.update(SPEED_SIM_CACHE=cache)
     print(f"\nreference workload: {ref.s:.3f} s (median of {len(ref.times)}, timed through the run; "
@@ -253,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     print_figures(targets[0], ref.s)
     print_targets(targets[1], ref.s)
     if args.regenerate:
-        regenerate(ref)
+        try:
+            regenerate(ref)
+        except ValueError as err:  # the trace provider's error line
+            parser.error(f"regenerating the default traces: {err}")
     return 0
 
 

@@ -6,7 +6,8 @@ With no other flag it runs the built-in default, the paper's setting: T5-Base wi
 with SPEED against the same model decoded sequentially and against unshared 12- and 4-layer decoders; bf16,
 batch 1, encoder input 128 tokens, 128 generated tokens, flips from the paper's Figure 4 profile. It replays
 the committed traces in data/traces/ (no torch needed). Other models, lengths or flips are traced on demand
-with the reference decoder on the meta device (needs torch; cached under ~/.cache/speed-sim/traces).
+with the reference decoder on the meta device (needs torch; cached under ~/.cache/speed-sim/traces), by the trace
+provider: the command SPEED_SIM_TRACER names, by default `python -m reference.capture.provider` (sim.provider).
 
 Per configuration it prints the projected ms per token (decode stages / tokens) and per sequence (encoder,
 prefill and decode), the speedup over each baseline, what bounds the time (shares of compute-, memory- and
@@ -21,15 +22,12 @@ the floor is then the aggregate one and a column gives the critical path of the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import heapq
 import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -37,25 +35,20 @@ from sim.command import check_outputs, integer, run_command
 from sim.defaults import (
     DEFAULT_HW,
     DEFAULT_RUNS,
-    DEFAULT_SOURCE_LEN,
     DEFAULT_TOKENS,
     default_trace,
     hwconfig_names,
     resolve_hwconfig,
-    trace_cache,
 )
 from sim.engine import LAUNCH_MODES, Projection, breakdown, distinct_kernels, project
 from sim.files import atomic_write
 from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
-from sim.inputs import InputError, load_yaml_file
 from sim.memory import device_memory
+from sim.provider import trace_files
 from sim.trace import Trace, gc_paused, read_checked
 
 MAX_STREAMS = 1024  # kernels in flight at once: more than any device runs (an H100 holds 128 hardware queues)
-
-if TYPE_CHECKING:  # the simulator runs without torch: the decoder's config is read only when a model is traced
-    from reference.config import ModelConfig
 
 
 @dataclass
@@ -74,94 +67,6 @@ class Run:
             return None
         traced, fused = self.fused
         return [[f"{traced.ops[j].module} {traced.ops[j].op}" for j in group] for group in fused.covers]
-
-
-def model_config(model: str, share: str | None = None, flag: str = "--model") -> ModelConfig:
-    """The model `--model` names: a preset, a Hugging Face config.json of the Llama family (Llama, Mistral,
-    Qwen2) or a model config YAML file (ModelConfig's fields, read within `sim.inputs`' bounds); `share` "NdxG":
-    its cyclically shared variant. A ValueError names the flag (`flag`: "--model", or a spec's field), the file and
-    the field of what cannot be used."""
-    from reference.config import get_preset, parse_share, shared_variant
-    from reference.hfconfig import load_hf_config
-
-    path = Path(model)
-    try:
-        if path.is_dir():
-            hint = " (its config.json?)" if (path / "config.json").is_file() else ""
-            raise ValueError(f"a folder, not a preset or a config file{hint}")
-        if path.suffix == ".json":
-            cfg = load_hf_config(path)
-        elif path.is_file() or path.suffix in (".yaml", ".yml"):
-            cfg = _model_yaml(path)
-        else:
-            try:
-                cfg = get_preset(model)
-            except ValueError as err:
-                raise ValueError(f"{err}; or give a config.json or a model config YAML file") from None
-    except ValueError as err:
-        raise ValueError(f"{flag} {model}: {err}") from None
-    if share is None:
-        return cfg
-    try:
-        return shared_variant(cfg, *parse_share(share))
-    except ValueError as err:
-        raise ValueError(f"--share {share}: {err}") from None
-
-
-def _model_yaml(path: Path) -> ModelConfig:
-    """A model config YAML file: a mapping of ModelConfig's fields."""
-    from reference.config import ModelConfig
-
-    try:
-        raw = load_yaml_file(path)
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except InputError as err:
-        raise ValueError(f"model config {err}") from None
-    if not isinstance(raw, dict):
-        raise ValueError("a model config is a mapping of ModelConfig's fields")
-    try:
-        return ModelConfig(**raw)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"model config: {err}") from None
-
-
-def config_digest(cfg: ModelConfig) -> str:
-    """A short hash of every field of a model config: traces of different configs never share a cache entry."""
-    return hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
-
-
-def trace_on_demand(model: str | ModelConfig, decoder: str, tokens: int, batch: int, dtype: str, flips: str | None,
-                    compiled: bool = False) -> Path:
-    """Trace a model (a `ModelConfig`, or what `model_config` reads) with the reference decoder on the meta
-    device, cached by its config and the code revision; `compiled`: the run compiled decoding makes. A cached trace
-    is found without importing torch."""
-    from reference.capture.revision import code_revision
-
-    cfg = model_config(model) if isinstance(model, str) else model
-    # the code revision in the name: a trace made before the reference decoder changed is not reused
-    name = (f"{cfg.name}.{config_digest(cfg)}.{decoder}{'.compiled' if compiled else ''}.{dtype}.b{batch}.t{tokens}."
-            f"{(flips or 'profile').replace(',', '_')}.{code_revision()}.jsonl.gz")
-    path = trace_cache() / name
-    if path.exists():
-        return path
-    try:
-        import torch
-
-        from reference.capture import tracing
-    except ImportError as err:
-        raise SystemExit(f"error: tracing {cfg.name!r} on demand needs torch and the reference decoder ({err}); "
-                         "replay a recorded trace with --trace FILE instead") from None
-    print(f"tracing {cfg.name} ({decoder}{', compiled' if compiled else ''}, {tokens} tokens, batch {batch}) "
-          "on the meta device ...", file=sys.stderr)
-    try:
-        tracing.capture_trace(cfg, decoder, tokens, path, dtype=getattr(torch, dtype), batch=batch,
-                              source_len=DEFAULT_SOURCE_LEN, flips=flips, compiled=compiled, progress=True,
-                              command=f"python -m sim.run --model {cfg.name} (on demand)")
-    except ValueError as err:  # a bad --flips, or a length the model cannot hold
-        raise ValueError(f"tracing {cfg.name} (--tokens {tokens}, --batch {batch}, --flips "
-                         f"{flips or 'default'}): {err}") from None
-    return path
 
 
 def summarize(p: Projection, trace: Trace) -> dict:
@@ -365,22 +270,26 @@ def load_hws(names: list[str], overrides: dict[str, str], parser: argparse.Argum
         parser.error(str(err))
 
 
-def trace_jobs(args: argparse.Namespace, launch: str) -> list[tuple[str, Path]]:
-    """(label, trace file) of every configuration to project under `launch`: given traces, a model traced on
-    demand, or the built-in default (its committed traces, or traced on demand at other lengths, batches,
-    dtypes or flips). Compiled launch projects the run compiled decoding makes (given traces as they are)."""
+def trace_jobs(args: argparse.Namespace, launches: list[str]) -> dict[str, list[tuple[str, Path]]]:
+    """Per launch, (label, trace file) of every configuration to project: given traces, a model traced on demand,
+    or the built-in default (its committed traces, or traced on demand at other lengths, batches, dtypes or
+    flips). Compiled launch projects the run compiled decoding makes (given traces as they are). Every trace made
+    on demand comes from one call of the trace provider (sim.provider), none when all are committed or given."""
     if args.trace:
-        return [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace]
-    compiled = launch == "compiled"
+        return {launch: [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace] for launch in launches}
     if args.model:
-        cfg = model_config(args.model, args.share)
         decoders = ("speed", "sequential") if args.decoder == "both" else (args.decoder,)
-        return [(f"{cfg.name} {d}", trace_on_demand(cfg, d, args.tokens, args.batch, args.dtype, args.flips, compiled))
-                for d in decoders]
-    on_demand = (args.tokens, args.batch, args.dtype, args.flips) != (DEFAULT_TOKENS, 1, "bfloat16", None)
-    return [(f"{preset} {decoder}",
-             trace_on_demand(preset, decoder, args.tokens, args.batch, args.dtype, args.flips, compiled) if on_demand
-             else default_trace(preset, decoder, compiled)) for preset, decoder in DEFAULT_RUNS]
+        runs = [({"model": args.model, "share": args.share}, decoder) for decoder in decoders]
+    elif (args.tokens, args.batch, args.dtype, args.flips) == (DEFAULT_TOKENS, 1, "bfloat16", None):
+        return {launch: [(f"{preset} {decoder}", default_trace(preset, decoder, launch == "compiled"))
+                         for preset, decoder in DEFAULT_RUNS] for launch in launches}
+    else:
+        runs = [({"model": preset}, decoder) for preset, decoder in DEFAULT_RUNS]
+    traced = trace_files([{**model, "decoder": decoder, "tokens": args.tokens, "batch": args.batch,
+                           "dtype": args.dtype, "flips": args.flips, "compiled": launch == "compiled"}
+                          for launch in launches for model, decoder in runs])
+    return {launch: [(f"{t.name} {decoder}", t.path) for (_, decoder), t in zip(runs, traced[n * len(runs):])]
+            for n, launch in enumerate(launches)}
 
 
 def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], launch: str, streams: int
@@ -447,10 +356,15 @@ def _main(argv: list[str] | None) -> int:
                      "other")
     check_outputs(parser, {"--json": args.json, "--perfetto": args.perfetto, "--plot": args.plot})
     hws = load_hws(args.hw, overrides, parser)
+    launches = list(dict.fromkeys(args.launch or ["eager", "compiled"]))
+    try:
+        jobs = trace_jobs(args, launches)
+    except ValueError as err:  # the trace provider's error line, or no provider
+        parser.error(str(err))
     tables: list[list[Run]] = []  # per (launch, hwconfig)
-    for launch in dict.fromkeys(args.launch or ["eager", "compiled"]):
+    for launch in launches:
         try:
-            traces = [(label, path, read_checked(path)) for label, path in trace_jobs(args, launch)]
+            traces = [(label, path, read_checked(path)) for label, path in jobs[launch]]
             if launch == "compiled" and not args.launch:  # by default only what can be fused
                 for _, path, t in traces:
                     if t.header.version < 3:

@@ -129,10 +129,12 @@ def test_bad_run_values_are_refused_before_any_projection(tmp_path, capsys, monk
     (tmp_path / "m.yaml").write_text("d_model: 8\nd_model: 16\n")
     os.mkfifo(tmp_path / "fifo")
     monkeypatch.setattr(run, "project_all", lambda *a: pytest.fail("projected before refusing"))
-    monkeypatch.setattr(run, "trace_on_demand", lambda *a: pytest.fail("traced before refusing"))
+    # the trace provider resolves every model before it traces any: a model it refuses leaves its cache empty
+    monkeypatch.setenv("SPEED_SIM_CACHE", str(tmp_path / "cache"))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     line = one_error_line(capsys, run.main, argv)
     assert message.replace("{tmp}", str(tmp_path)) in line, line
+    assert not (tmp_path / "cache").exists(), "traced before refusing"
 
 
 def write_trace(path: Path, stages: list[tuple[str, list[OpRecord]]]) -> Path:

@@ -1,5 +1,6 @@
-"""The layers follow the data flow and never import back up; there is no import cycle; the simulator core
-never imports torch; and the shipped data is found where an installed package has it."""
+"""The layers follow the data flow and never import back up; there is no import cycle; nothing under sim/
+imports reference/ (the trace provider is a command: sim.provider); the simulator never imports torch; and the
+shipped data is found where an installed package has it."""
 
 import ast
 from pathlib import Path
@@ -14,7 +15,7 @@ LAYERS = [
     ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
                       "reference.flips", "reference.compiled", "reference.hfconfig")),
     ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.fusion", "sim.engine",
-                        "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command")),
+                        "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command", "sim.provider")),
     ("capture", ("reference.capture",)),
     ("experiments", ("reference.experiments",)),
     ("fitting and validation", ("sim.fitting",)),
@@ -39,20 +40,28 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for d in ("reference", "sim") for p in (ROOT / d).rglob("*.py")}
 
 
+def imported(source: str) -> set[str]:
+    """Every module name `source` imports, anywhere in it (lazy imports too): `import x`, `from x import y` (x and
+    x.y), and a string literal handed to importlib.import_module or __import__."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+            found.add(node.args[0].value)
+    return found
+
+
 def project_imports() -> dict[str, set[str]]:
     """Every module of reference/ and sim/ -> the project modules it imports, anywhere in it (lazy ones too)."""
     known = modules()
-    graph: dict[str, set[str]] = {}
-    for name, path in known.items():
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module)
-                found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known}
-        graph[name] = {m for m in found if m in known and m != name and not name.startswith(m + ".")}
-    return graph
+    return {name: {m for m in imported(path.read_text()) if m in known and m != name and not name.startswith(m + ".")}
+            for name, path in known.items()}
 
 
 def test_every_module_has_a_layer() -> None:
@@ -80,11 +89,47 @@ def test_no_import_runs_up_a_layer() -> None:
     assert not bad, "\n".join(bad)
 
 
+def test_nothing_under_sim_imports_reference() -> None:
+    """The simulator consumes traces and knows nothing of who makes them: it reaches the reference decoder only by
+    running the trace provider's command (sim.provider), at any layer."""
+    bad = sorted(f"{name} imports {m}" for name, path in modules().items() if name.split(".")[0] == "sim"
+                 for m in imported(path.read_text()) if m.split(".")[0] == "reference")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_import_finder_sees_every_way_to_import() -> None:
+    source = """
+import os
+def f():
+    from reference.config import ModelConfig
+    import reference.flips as flips
+    importlib.import_module("reference.capture.tracing")
+    import_module("reference.hfconfig")
+    __import__("reference.model")
+    run(["python", "-m", "reference.capture.provider"])  # a command, not an import
+"""
+    assert imported(source) == {"os", "reference.config", "reference.config.ModelConfig", "reference.flips",
+                                "reference.capture.tracing", "reference.hfconfig", "reference.model"}
+
+
 @pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.engine",
-                                  "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command"])
+                                  "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
+                                  "sim.provider"])
 def test_the_simulator_core_never_imports_torch(core: str) -> None:
     import subprocess
     import sys
 
     code = f"import sys; sys.modules['torch'] = None; import {core}"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_simulators_command_lines_never_import_torch() -> None:
+    """Not even to trace a model: the sweep's driver and its Ray workers, sim.run, sim.bench and calibration stay
+    torch-free processes (the trace provider is another process)."""
+    import subprocess
+    import sys
+
+    commands = ("sim.run", "sim.bench", "sim.sweep.cli", "sim.sweep.runner", "sim.fitting.calibrate",
+                "sim.fitting.validate")
+    code = "import sys; sys.modules['torch'] = None; " + "; ".join(f"import {m}" for m in commands)
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

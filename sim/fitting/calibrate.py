@@ -4,7 +4,8 @@ kernel times.
     python -m sim.fitting.calibrate --device cuda --base hwconfigs/h200.yaml --measured data/measured/h200/*.b1.* \\
         --out hwconfigs/h200-calibrated.yaml [--microbench data/calibration/h200.microbench.json]
 
-1. Microbenchmarks (reference.capture.microbench; run here unless `--microbench` gives a saved run; needs torch):
+1. Microbenchmarks (reference.capture.microbench, run by the trace provider, sim.provider, unless `--microbench`
+   gives a saved run; needs torch):
    streaming copy bandwidth over sizes, GEMM/GEMV per dtype, decode attention, eager launch, kernel time.
 2. Peaks measured: DRAM bandwidth (best large copy), matrix rate (best GEMM); host figures: the shortest
    kernel, the per-kernel gap of graph replay. Global efficiencies: measured / datasheet peak (1 when there
@@ -41,6 +42,7 @@ from sim.fitting.compiled import fit_compiled, is_compiled_measurement
 from sim.hardware import HwConfig, load_hwconfig, parse, to_dict
 from sim.kernels import Kernel, KernelCost, kernel_cost
 from sim.opkinds import DTYPE_BYTES
+from sim.provider import request
 from sim.trace import Trace, one_op_trace, read_checked
 
 MAX_SAMPLES = 4000  # per fit: a deterministic stride over the measured kernels keeps the fit fast
@@ -357,15 +359,10 @@ def _microbench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
             return json.loads(args.microbench.read_text()), args.microbench
         except (OSError, ValueError) as err:
             parser.error(f"--microbench {args.microbench}: {err}")
-    try:
-        import torch
-
-        from reference.capture.microbench import run_microbenchmarks
-    except ImportError as err:
-        parser.error(f"running the microbenchmarks needs torch ({err}); give --microbench FILE")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    mb = run_microbenchmarks(args.device, quick=args.quick)
+    try:  # run by the trace provider (sim.provider): torch never loads here
+        [mb] = request("microbench", [{"device": args.device, "quick": args.quick, "threads": args.threads}])
+    except ValueError as err:  # the provider's error line (torch missing: give --microbench FILE), or no provider
+        parser.error(str(err))
     mb_path = args.out.with_suffix(".microbench.json")
     atomic_write(mb_path, lambda tmp: tmp.write_text(json.dumps(mb, indent=1)))
     return mb, mb_path

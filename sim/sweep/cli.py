@@ -14,7 +14,8 @@ sweep loses none), speedup.png (SPEED's speedup over two swept axes) and, where 
 accuracies, latency-cost.png and latency-accuracy.png. Points whose run does not fit the device's memory are
 rows with status "does not fit". The rows are in spec order and the same whatever the number of workers.
 
-Needs Ray (pip install 'speed-sim[sweep]'); traces made on demand need torch (the reference decoder).
+Needs Ray (pip install 'speed-sim[sweep]'); traces made on demand need torch (the reference decoder, reached
+through the trace provider: sim.provider).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.command import check_outputs, integer
+from sim.provider import ProviderError
 from sim.run import parse_sets
 from sim.sweep.journal import Journal, write_rows
 from sim.sweep.plots import plot_all
@@ -69,7 +71,7 @@ def print_points(jobs: list[Job]) -> None:
     for job in jobs:
         p = job.point
         sets = " ".join(f"{k}={v}" for k, v in p.sets)
-        print(f"{job.index:>5}  {p.hw:<10} {job.trace.model.name:<22} {p.decoder:<10} {p.launch:<8} b{p.batch:<3} "
+        print(f"{job.index:>5}  {p.hw:<10} {job.trace.name:<22} {p.decoder:<10} {p.launch:<8} b{p.batch:<3} "
               f"t{p.tokens:<4} {p.dtype:<8} flips {job.trace.flips or '-'}  {sets}")
     print(f"{len(jobs)} points")
 
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = with_cli_sets(load_spec(args.spec), parse_sets(args.set, parser))
         jobs = resolve(spec.points, str(args.spec))
-    except SpecError as err:
+    except (SpecError, ProviderError) as err:  # ProviderError: no trace provider to describe the models
         parser.error(str(err))
     if args.list:
         print_points(jobs)

@@ -1,36 +1,33 @@
 """From sweep points to rows: what each point needs (its hwconfig, its trace), and its projection, Ray-free.
 
-The driver resolves every point once (`resolve`): the hwconfig with its overrides, the model config with its
-sharing, and the trace it replays (`TraceKey`: the same key for every point that replays the same run, so each
-trace is built once). Workers hold a `Projector`, which projects the points of one configuration (every decoder
-of it) exactly as `python -m sim.run` does (same fusion, kernels, projection and summary), caching traces,
-fused traces and kernels across the points it is given.
+The driver resolves every point once (`resolve`): the hwconfig with its overrides, and, from one `describe` call
+of the trace provider (sim.provider) for all points, the model config with its sharing and the flips its trace
+is made with; hence the trace it replays (`TraceKey`: the same key for every point that replays the same run, so
+each trace is built once, and the `trace` request that builds it, which carries the model's fields so that a
+worker needs none of the driver's files). Workers hold a `Projector`, which projects the points of one
+configuration (every decoder of it) exactly as `python -m sim.run` does (same fusion, kernels, projection and
+summary), caching traces, fused traces and kernels across the points it is given.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sim.defaults import resolve_hwconfig
 from sim.engine import kernels_of, project
 from sim.fusion import fuse
 from sim.hardware import HwConfig, load_hwconfig, to_dict
 from sim.memory import CapacityError, DeviceMemory, check_fits, device_memory, run_name
-from sim.run import model_config, summarize
+from sim.provider import ProviderError, request
+from sim.run import summarize
 from sim.sweep.spec import SCALE, Point, SpecError
 from sim.trace import Trace, read_trace
 
-if TYPE_CHECKING:
-    from reference.config import ModelConfig
-
-RATES = re.compile(r"[0-9.eE+-]+(,[0-9.eE+-]+)*")  # flips given as rates per exit (else a profile name)
 SIM_SOURCES = ("trace/*", "opkinds", "hardware", "kernels", "fusion", "engine", "memory", "run")  # trace: a package
 
 
@@ -46,15 +43,23 @@ def sim_revision() -> str:
 
 @dataclass(frozen=True)
 class TraceKey:
-    """One traced run: what `sim.run.trace_on_demand` is given."""
+    """One traced run, as the trace provider's `trace` op is asked for it; equal for the same model config
+    (`digest`), however the spec named it."""
 
-    model: ModelConfig
+    name: str = field(compare=False)  # the model's
+    config: str = field(compare=False)  # the model's fields (JSON), as the provider described them
+    digest: str
     decoder: str
     tokens: int
     batch: int
     dtype: str
     flips: str | None
     compiled: bool
+
+    def request(self) -> dict[str, Any]:
+        """The `trace` request of this run."""
+        return {"model": json.loads(self.config), "decoder": self.decoder, "tokens": self.tokens,
+                "batch": self.batch, "dtype": self.dtype, "flips": self.flips, "compiled": self.compiled}
 
 
 @dataclass(frozen=True)
@@ -72,67 +77,63 @@ def overrides(point: Point, hw: HwConfig, where: str) -> dict[str, str]:
     """The point's hwconfig overrides, "x<factor>" scaled by the hwconfig's own value, as sim.run --set takes them."""
     raw = to_dict(hw)
     out = {}
-    for field, value in point.sets:
+    for name, value in point.sets:
         scale = SCALE.fullmatch(value)
         if scale:
             node: Any = raw
-            for part in field.split("."):
+            for part in name.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
             if not isinstance(node, (int, float)) or isinstance(node, bool):
-                raise SpecError(where, f"set.{field}", f"{hw.path} has no number there to scale")
+                raise SpecError(where, f"set.{name}", f"{hw.path} has no number there to scale")
             scaled = node * float(scale[1])
             value = repr(round(scaled) if isinstance(node, int) else scaled)
-        out[field] = value
+        out[name] = value
     return out
-
-
-def flips_of(point: Point, cfg: ModelConfig, where: str) -> str | None:
-    """The flips a SPEED trace is made with: a profile, rates per exit, or one rate for every exit; sequential
-    decoding reads no early exit (its trace is the same whatever the flips)."""
-    if point.decoder == "sequential" or cfg.n_groups == 1:
-        return None
-    if point.flip_rate is not None:
-        return ",".join([repr(float(point.flip_rate))] * (cfg.n_groups - 1))
-    if point.flips is None or not RATES.fullmatch(point.flips):  # a profile: the model's own, or a named one
-        from reference.flips import FlipOracle, default_profile
-
-        try:
-            name = point.flips or default_profile(cfg.name, cfg.n_groups)
-            rates = FlipOracle.from_profile(name, cfg.vocab_size).rates
-        except ValueError as err:
-            raise SpecError(where, "flips", f"{err} (give flips as rates per exit, or flip_rate)") from None
-    else:
-        rates = point.flips.split(",")
-    if len(rates) != cfg.n_groups - 1:
-        raise SpecError(where, "flips", f"{point.flips or 'the profile ' + cfg.name!r} gives {len(rates)} rates, but "
-                        f"{cfg.name} has G = {cfg.n_groups}: it needs {cfg.n_groups - 1} (or use flip_rate)")
-    return point.flips
 
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def describe(points: list[Point]) -> dict[tuple, dict[str, Any]]:
+    """The trace provider's description of every distinct (model, share, decoder, flips, flip_rate) of `points`,
+    in one call: the model's name, fields and digest and the flips its trace is made with, or an error."""
+    asked = list(dict.fromkeys((p.model, p.share, p.decoder, p.flips, p.flip_rate) for p in points))
+    answers = request("describe", [{"model": model, "share": share, "flag": "model", "decoder": decoder,
+                                    "flips": flips, "flip_rate": flip_rate}
+                                   for model, share, decoder, flips, flip_rate in asked])
+    for answer in answers:
+        if not ({"error", "field"} <= answer.keys() or {"name", "config", "digest", "flips"} <= answer.keys()):
+            raise ProviderError(f"the trace provider answered a describe request with neither a model nor an "
+                                f"error: {json.dumps(answer)[:200]}")
+    return dict(zip(asked, answers))
+
+
 def resolve(points: list[Point], where: str) -> list[Job]:
-    """Every point resolved (hwconfigs and model configs read once each); a `SpecError` names what cannot be."""
+    """Every point resolved (hwconfigs read once each, models described in one call); a `SpecError` names what
+    cannot be."""
     hws: dict[tuple, HwConfig] = {}
-    models: dict[tuple, ModelConfig] = {}
+    models = describe(points)
     revision = sim_revision()
     jobs = []
     for i, p in enumerate(points):
+        model = models[p.model, p.share, p.decoder, p.flips, p.flip_rate]
         try:
             if p.hw not in hws:
                 hws[p.hw] = load_hwconfig(resolve_hwconfig(p.hw))
             if (p.hw, p.sets) not in hws:
                 hws[p.hw, p.sets] = hws[p.hw].with_overrides(overrides(p, hws[p.hw], where))
-            if (p.model, p.share) not in models:
-                models[p.model, p.share] = model_config(p.model, p.share, flag="model")
-        except ValueError as err:  # HwConfigError, HfConfigError, an unknown preset, a bad share
+            if model.get("field") == "model":  # an unknown preset, a bad share, a config file that cannot be read
+                raise ValueError(model["error"])
+        except ValueError as err:  # HwConfigError, or the model
             raise SpecError(where, f"point {i} ({p.hw}, {p.model}{', ' + p.share if p.share else ''})", str(err)) \
                 from None
-        hw, cfg = hws[p.hw, p.sets], models[p.model, p.share]
-        trace = TraceKey(cfg, p.decoder, p.tokens, p.batch, p.dtype, flips_of(p, cfg, where), p.launch == "compiled")
-        key = digest([p.axes(), to_dict(hw), dataclasses.asdict(cfg), trace.flips, revision])
+        if "error" in model:  # flips that do not fit the model
+            raise SpecError(where, "flips", model["error"])
+        hw = hws[p.hw, p.sets]
+        trace = TraceKey(model["name"], json.dumps(model["config"], sort_keys=True), model["digest"], p.decoder,
+                         p.tokens, p.batch, p.dtype, model["flips"], p.launch == "compiled")
+        key = digest([p.axes(), to_dict(hw), model["config"], trace.flips, revision])
         jobs.append(Job(i, p, key, hw, trace))
     return jobs
 
@@ -179,8 +180,8 @@ class Projector:
         except ValueError as err:  # CapacityError: does not fit; else a request the engine refuses (streams on a CPU)
             return {**base, "status": "does not fit" if isinstance(err, CapacityError) else "refused",
                     "message": str(err), "hardware": job.hw.name, "hw_path": job.hw.path,
-                    "model": job.trace.model.name, "decoder": job.point.decoder, "memory": memory.as_dict()}
-        label = f"{job.trace.model.name} {job.point.decoder}"
+                    "model": job.trace.name, "decoder": job.point.decoder, "memory": memory.as_dict()}
+        label = f"{job.trace.name} {job.point.decoder}"
         return {**base, "status": "ok", **summarize(p, trace), "label": label, "trace": name}
 
     def rows(self, configuration: list[Job]) -> list[dict[str, Any]]:

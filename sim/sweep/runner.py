@@ -2,12 +2,14 @@
 pool of worker actors, rows journaled as they come back.
 
 - Ray starts locally (all cores, no dashboard, its files under a temporary folder) unless `address` names a
-  running cluster, whose nodes need speed-sim installed (the same version: workers import `sim` and, to build
-  traces, `reference` and torch). Hwconfigs and model configs are read by the driver and shipped with the work,
-  so files that exist only where the sweep starts are fine.
-- Phase 1: one Ray task per distinct trace the unfinished points replay (`sim.run.trace_on_demand` on a worker:
-  the meta device, cached on that worker's disk); the trace file's bytes go to the object store, and the driver
-  fetches only a small status per trace (so a cluster's workers never need the driver's disk, nor it theirs).
+  running cluster, whose nodes need speed-sim installed (the same version: workers import `sim`, and run the
+  trace provider, `reference` and torch, to build traces). Hwconfigs and model configs are read by the driver
+  (the models described by the trace provider) and shipped with the work, so files that exist only where the
+  sweep starts are fine.
+- Phase 1: one Ray task per distinct trace the unfinished points replay: the trace provider's `trace` op on a
+  worker (sim.provider: a subprocess, so that no worker imports torch; the meta device, cached on that worker's
+  disk); the trace file's bytes go to the object store, and the driver fetches only a small status per trace
+  (so a cluster's workers never need the driver's disk, nor it theirs).
 - Phase 2: `workers` actors, each with a `Projector` that keeps the traces it was handed parsed; every
   configuration (the decoders of one point) is one call, two calls in flight per actor. Each call's rows are
   journaled as it returns, in whatever order; the rows files are written in spec order at the end.
@@ -24,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sim.provider import trace_files
 from sim.sweep.journal import Journal
 from sim.sweep.points import Job, Projector, TraceKey, configurations
 
@@ -59,14 +62,12 @@ def start_ray(address: str | None, workers: int | None) -> int:
 
 def _build_trace(key: TraceKey) -> tuple[dict[str, Any], bytes]:
     """A Ray task: the trace of `key` (made on demand, cached on this worker) as (status, file bytes)."""
-    from sim.run import trace_on_demand
-
     t0 = time.perf_counter()
     try:
-        path = trace_on_demand(key.model, key.decoder, key.tokens, key.batch, key.dtype, key.flips, key.compiled)
-    except (ValueError, SystemExit) as err:
-        return {"error": str(err).removeprefix("error: ")}, b""
-    return {"name": path.name, "seconds": time.perf_counter() - t0}, path.read_bytes()
+        [traced] = trace_files([key.request()])
+    except ValueError as err:  # the provider's error line, or no provider
+        return {"error": str(err)}, b""
+    return {"name": traced.path.name, "seconds": time.perf_counter() - t0}, traced.path.read_bytes()
 
 
 class _Worker:
