@@ -54,11 +54,11 @@ def calls_per_trial(nbytes: int) -> int:
 
 
 def default_world_sizes(device: str) -> tuple[int, ...]:
-    """Ranks to sweep: on cuda every power of two up to the GPUs present; on cpu 2 and 4 (processes share cores)."""
-    if device == "cuda":
-        count = torch.cuda.device_count()
-        return tuple(n for n in (2, 4, 8, 16) if n <= count)
-    return (2, 4)
+    """Ranks to sweep: every power of two up to the GPUs present (cuda) or the cores (cpu, at least 2): more ranks
+    than cores wait for the scheduler at every step of the ring, which measures the host's load, not gloo (on a
+    busy 2-core machine 4 ranks took 6-8 times as long as 2); `--world-sizes` runs them anyway."""
+    count = torch.cuda.device_count() if device == "cuda" else max(2, os.cpu_count() or 1)
+    return tuple(n for n in (2, 4, 8, 16) if n <= count)
 
 
 def _free_port() -> int:

@@ -229,7 +229,7 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
                         world_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Measure every resource of `device` ("cpu" or "cuda"); `quick` uses fewer and smaller sizes. `resources` False
     skips the per-device resources, `all_reduce` False the all-reduce sweep (over `world_sizes`, default: 2 ranks
-    when quick, else reference.capture.collective_bench's)."""
+    on a cpu when quick, else reference.capture.collective_bench.default_world_sizes)."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     out: dict[str, Any] = {"device": device, "device_name": torch.cuda.get_device_name(dev) if cuda else
@@ -284,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the per-device resources (copy ... graph_gap) or only the all-reduce sweep "
                         "(default: both)")
     parser.add_argument("--world-sizes", type=integer(2, 64), nargs="+", metavar="N",
-                        help="ranks of the all-reduce sweep (default: cpu 2 and 4, or 2 with --quick; cuda every "
-                        "power of two up to the GPUs present)")
+                        help="ranks of the all-reduce sweep (default: every power of two up to the GPUs present, or "
+                        "on cpu up to the cores, 2 with --quick)")
     parser.add_argument("--threads", type=integer(1), help="torch intra-op threads for the per-device resources "
                         "(default: torch's; the all-reduce ranks run one thread each)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the measurements")

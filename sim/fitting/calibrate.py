@@ -135,14 +135,15 @@ def loopback_section(mb: dict[str, Any]) -> tuple[dict, dict]:
     """A start interconnect section of kind loopback (gloo between processes of this host, as the microbenchmark
     ran them) and its sources; calibration fits its latencies and bandwidth (efficiency stays 1: the bandwidth
     is a measurement, there is no line rate)."""
-    ranks = max([r.get("world_size", 2) for r in mb["all_reduce"] if isinstance(r, dict)] + [2])
-    cores = (mb.get("all_reduce_setup") or {}).get("cpu_count") or mb.get("threads", 1)
-    section = {"kind": "loopback", "devices_per_node": max(int(ranks), int(cores)),
+    recorded = (mb.get("all_reduce_setup") or {}).get("cpu_count")
+    cores, where = ((recorded, "measurement: os.cpu_count() of the microbenchmark's host") if recorded else
+                    (mb.get("threads", 1), "assumption: the microbenchmark's torch threads (no core count recorded)"))
+    section = {"kind": "loopback", "devices_per_node": max(2, int(cores)),
                "link_bandwidth_bytes_per_s": 1e9, "collective_latency_s": 0.0, "efficiency": 1.0,
                "step_latency_s": 0.0}
     return section, {"interconnect.kind": "gloo over TCP on 127.0.0.1 (reference.capture.collective_bench)",
-                     "interconnect.devices_per_node": "the host's cores, or the most ranks the microbenchmark ran if "
-                     "more (ranks beyond the cores share them)",
+                     "interconnect.devices_per_node": f"the host's cores (at least 2), {where}: the model "
+                     "describes ranks that each have a core (more wait for the scheduler at every ring step)",
                      "interconnect.efficiency": "1: the bandwidth is fitted as a whole (no line rate to share)"} | {
         f"interconnect.{k}": "start value, fitted by calibration"
         for k in ("link_bandwidth_bytes_per_s", "collective_latency_s", "step_latency_s")}
@@ -445,7 +446,9 @@ def _print_report(out: Path, report: dict[str, Any]) -> None:
                    "message" if "step_latency_s" in ic else f"efficiency {ic['efficiency']:.4g}")
         print(f"interconnect fitted to {rows['fit']} all-reduce rows: {figures}, "
               f"{ic['collective_latency_s'] * 1e6:.2f} us per collective; median |e| {errors['fit']:.1f}% fitted, "
-              f"{errors['held_out']:.1f}% on {rows['held_out']} rows held out")
+              f"{errors['held_out']:.1f}% on {rows['held_out']} rows held out"
+              + (f"; {rows['beyond_the_node']} rows of more ranks than cores left out" if rows["beyond_the_node"]
+                 else ""))
     if "launch_eager_s" in report:
         print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
               f"(microbenchmark: {m['launch_eager_s'] * 1e6:.2f} us)")

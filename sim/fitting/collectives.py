@@ -7,11 +7,12 @@ fit of a hwconfig's `interconnect` section to them, which sim.fitting.calibrate 
 A row is `{"world_size": n, "bytes": b, "dtype": "float16", "seconds": t}`: seconds per all-reduce of b bytes
 among n ranks (extra keys, such as the spread of the trials, are kept and not read).
 
-The fit minimises the squared error relative to each measurement. GPUs (NCCL): `efficiency` (the share of the
+The fit minimises the error relative to each measurement (a soft-L1 loss: beyond ~20 % an error counts linearly,
+so that a trial a busy machine stretched does not pull the fit). GPUs (NCCL): `efficiency` (the share of the
 link's line rate the collective moves) on a grid, because it reaches NCCL's model through the channel search, a
-step function of the bandwidth, and for each candidate `collective_latency_s` by least squares (never negative).
-Loopback (gloo): the model is linear in its three figures, so `collective_latency_s`, `step_latency_s` and the
-inverse of the bandwidth come from one non-negative least-squares solve; the bandwidth is a measurement there
+step function of the bandwidth, and for each candidate `collective_latency_s` (never negative). Loopback (gloo):
+the model is linear in its three figures, so `collective_latency_s`, `step_latency_s` and the inverse of the
+bandwidth come from one non-negative solve; the bandwidth is a measurement there
 (no datasheet line rate), so `link_bandwidth_bytes_per_s` takes it and `efficiency` stays as it was. Rows are
 split by size: every third distinct size (the 2nd, 5th, 8th, ...) is held out of the fit, and the report gives the
 median absolute error on the sizes fitted and on those held out.
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import least_squares, nnls
 
 from sim.command import integer, run_command
 from sim.defaults import resolve_hwconfig
@@ -84,6 +85,17 @@ def all_reduce_rows(mb: dict[str, Any]) -> list[AllReduceRow]:
     return rows
 
 
+def beyond_the_node(rows: list[AllReduceRow], hw: HwConfig) -> tuple[list[AllReduceRow], list[AllReduceRow]]:
+    """(rows the hwconfig's interconnect describes, rows of more ranks than its devices_per_node): a loopback
+    node is the host's cores, and more ranks than cores measured the scheduler (a GPU node: more GPUs than one node
+    has, which the model refuses). Without an interconnect section every row is kept (and refused later)."""
+    ic = hw.interconnect
+    if ic is None:
+        return rows, []
+    return ([r for r in rows if r.world_size <= ic.devices_per_node],
+            [r for r in rows if r.world_size > ic.devices_per_node])
+
+
 def all_reduce_pairs(rows: list[AllReduceRow], hw: HwConfig) -> dict[str, list[tuple[float, float]]]:
     """(projected, measured) seconds: "all_reduce" over every row, and "all_reduce xN" per world size."""
     out: dict[str, list[tuple[float, float]]] = {"all_reduce": []}
@@ -108,22 +120,36 @@ def _messages(row: AllReduceRow) -> int:
     return 2 * (segments - segments // row.world_size)
 
 
+def _robust_nonnegative(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
+    """(loss, x >= 0) minimising a soft-L1 loss of a @ x - b (residuals are relative errors: beyond ~20 % they
+    count linearly, so that a trial the busy machine stretched, or one that ran alone, does not pull the fit),
+    started from the least-squares solution."""
+    start, _ = nnls(a, b)
+    fit = least_squares(lambda x: a @ x - b, start, bounds=(0.0, np.inf), loss="soft_l1", f_scale=0.2)
+    return float(fit.cost), fit.x
+
+
 def _fit_latency(hw: HwConfig, rows: list[AllReduceRow], ic: Interconnect) -> tuple[float, float]:
-    """(squared relative error, collective_latency_s) at `ic`'s efficiency: the fixed latency that best explains the
-    rows on top of NCCL's model, not negative."""
+    """(loss, collective_latency_s) at `ic`'s efficiency: the fixed latency that best explains the rows on top of
+    NCCL's model, not negative."""
     trial = dataclasses.replace(hw, interconnect=dataclasses.replace(ic, collective_latency_s=0.0))
     measured = np.array([r.seconds for r in rows])
     base = np.array([collective_time("all_reduce", r.nbytes, r.world_size, r.dtype, trial).time_s for r in rows])
-    x, residual = nnls((1 / measured)[:, None], (measured - base) / measured)
-    return float(residual) ** 2, min(float(x[0]), SECONDS[1])
+    loss, x = _robust_nonnegative((1 / measured)[:, None], (measured - base) / measured)
+    return loss, min(float(x[0]), SECONDS[1])
 
 
 def _fit_loopback(rows: list[AllReduceRow], ic: Interconnect) -> Interconnect:
-    """gloo's figures: seconds = collective + messages x step + bytes sent / bandwidth, solved at once."""
+    """gloo's figures: seconds = collective + messages x step + bytes sent / bandwidth, solved at once. Where every
+    row sends as many messages (one world size, buffers of at most 2n MiB) the two latencies cannot be told apart:
+    all of it is taken per message, so that larger groups pay for their longer ring."""
     measured = np.array([r.seconds for r in rows])
     sent = np.array([2 * (r.world_size - 1) / r.world_size * r.nbytes for r in rows])
-    columns = np.stack([np.ones(len(rows)), np.array([_messages(r) for r in rows], float), sent], axis=1)
-    (fixed, step, inverse), _ = nnls(columns / measured[:, None], np.ones(len(rows)))
+    messages = np.array([_messages(r) for r in rows], float)
+    columns = np.stack([np.ones(len(rows)), messages, sent], axis=1)
+    keep = [0, 1, 2] if np.ptp(messages) > 0 else [1, 2]
+    _, solution = _robust_nonnegative(columns[:, keep] / measured[:, None], np.ones(len(rows)))
+    fixed, step, inverse = np.insert(solution, 0, 0.0) if len(keep) == 2 else solution
     # no cost per byte seen (too few or too small sizes): the bandwidth is not measured, and stays
     bandwidth = 1 / (inverse * ic.efficiency) if inverse > 0 else ic.link_bandwidth_bytes_per_s
     return dataclasses.replace(ic, collective_latency_s=min(float(fixed), SECONDS[1]),
@@ -153,6 +179,10 @@ def median_abs_pct(pairs: list[tuple[float, float]]) -> float:
 def calibrate_interconnect(hw: HwConfig, rows: list[AllReduceRow], source: str) -> tuple[dict, dict, dict]:
     """(interconnect section, its sources, report) fitted to the fitted split of `rows` (split_rows), with the
     median absolute error on both splits."""
+    rows, beyond = beyond_the_node(rows, hw)
+    if not rows:
+        raise ValueError(f"{source}: no all_reduce row of at most {hw.interconnect.devices_per_node} ranks "
+                         f"(interconnect.devices_per_node of {hw.path}) to fit")
     fit_rows, held_rows = split_rows(rows)
     ic = fit_interconnect(hw, fit_rows)
     fitted = dataclasses.replace(hw, interconnect=ic)
@@ -161,12 +191,14 @@ def calibrate_interconnect(hw: HwConfig, rows: list[AllReduceRow], source: str) 
     sizes = sorted({r.nbytes for r in held_rows})
     note = (f"fitted: {len(fit_rows)} all_reduce rows of {source} (world sizes "
             f"{', '.join(str(n) for n in sorted({r.world_size for r in rows}))}); sizes {', '.join(map(str, sizes))} "
-            f"bytes held out; median |e| {errors['fit']:.1f}% fitted, {errors['held_out']:.1f}% held out")
+            f"bytes held out; median |e| {errors['fit']:.1f}% fitted, {errors['held_out']:.1f}% held out"
+            + (f"; {len(beyond)} rows of more ranks than devices_per_node left out" if beyond else ""))
     section = {k: v for k, v in dataclasses.asdict(ic).items() if v is not None}
     names = (["link_bandwidth_bytes_per_s", "collective_latency_s", "step_latency_s"] if ic.kind == "loopback" else
              ["efficiency", "collective_latency_s"])
     report = {"interconnect": {k: section[k] for k in names},
-              "rows": {"fit": len(fit_rows), "held_out": len(held_rows)}, "median_abs_pct": errors}
+              "rows": {"fit": len(fit_rows), "held_out": len(held_rows), "beyond_the_node": len(beyond)},
+              "median_abs_pct": errors}
     return section, {f"interconnect.{k}": note for k in names}, report
 
 

@@ -46,7 +46,7 @@ from sim.command import check_outputs, number, run_command
 from sim.engine import project
 from sim.files import atomic_write
 from sim.fitting.calibrate import microbench_traces
-from sim.fitting.collectives import all_reduce_pairs, all_reduce_rows
+from sim.fitting.collectives import all_reduce_pairs, all_reduce_rows, beyond_the_node
 from sim.fitting.compiled import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.inputs import brief
@@ -160,9 +160,12 @@ def microbench_pairs(mb: dict[str, Any], hw: HwConfig) -> dict[str, list[tuple[f
     for resource, trace, measured_s in microbench_traces(mb):
         p = project(trace, hw)
         out.setdefault(resource, []).append(((p.end_cycles[-1] - p.start_cycles[-1]) / p.clock_hz, measured_s))
-    rows = all_reduce_rows(mb)
+    rows, beyond = beyond_the_node(all_reduce_rows(mb), hw)
     if rows:
         out.update(all_reduce_pairs(rows, hw))
+    if beyond:  # a group the hwconfig's node does not hold: not what it describes
+        print(f"all_reduce: {len(beyond)} rows of more ranks than interconnect.devices_per_node "
+              f"({hw.interconnect.devices_per_node if hw.interconnect else '-'}) left out")
     if not out:
         raise ValueError("no microbenchmark results (copy, gemm, elementwise, attention or all_reduce)")
     return out
