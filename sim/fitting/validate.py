@@ -153,20 +153,18 @@ def validate_trace(trace: Trace, hw: HwConfig, launch: str = "eager") -> dict[st
 def microbench_pairs(mb: dict[str, Any], hw: HwConfig) -> dict[str, list[tuple[float, float]]]:
     """(projected, measured) seconds per call of each microbenchmark (reference.capture.microbench), per resource. The
     microbenchmarks time back-to-back calls (cuda: a graph between events; cpu: the host clock, dispatch
-    included), so the projection is the kernel's time, without launch (of the last call, the measured one)."""
+    included), so the projection is the kernel's time, without launch (of the last call, the measured one).
+    All-reduce rows of more ranks than the hwconfig's node holds are left out (sim.fitting.collectives)."""
     if not isinstance(mb, dict):
         raise ValueError(f"expected a JSON object, got {brief(mb)}")
     out: dict[str, list[tuple[float, float]]] = {}
     for resource, trace, measured_s in microbench_traces(mb):
         p = project(trace, hw)
         out.setdefault(resource, []).append(((p.end_cycles[-1] - p.start_cycles[-1]) / p.clock_hz, measured_s))
-    rows, beyond = beyond_the_node(all_reduce_rows(mb), hw)
+    rows, beyond = beyond_the_node(all_reduce_rows(mb), hw)  # beyond: groups the hwconfig's node does not hold
     if rows:
         out.update(all_reduce_pairs(rows, hw))
-    if beyond:  # a group the hwconfig's node does not hold: not what it describes
-        print(f"all_reduce: {len(beyond)} rows of more ranks than interconnect.devices_per_node "
-              f"({hw.interconnect.devices_per_node if hw.interconnect else '-'}) left out")
-    if not out:
+    if not out and not beyond:
         raise ValueError("no microbenchmark results (copy, gemm, elementwise, attention or all_reduce)")
     return out
 
@@ -282,12 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.microbench:
         try:
-            pairs = microbench_pairs(json.loads(args.microbench.read_text()), hw)
+            mb = json.loads(args.microbench.read_text())
+            pairs = microbench_pairs(mb, hw)
         except HwConfigError as err:  # the hwconfig cannot run what was measured (no interconnect, too few devices)
             parser.error(f"--microbench {args.microbench}: {err}")
         except (OSError, ValueError, KeyError, TypeError) as err:
             parser.error(f"--microbench {args.microbench}: not microbenchmark results ({type(err).__name__}: {err})")
         print_resources(f"microbenchmarks {args.microbench} on {hw.name} ({args.hw})", pairs)
+        beyond = beyond_the_node(all_reduce_rows(mb), hw)[1]
+        if beyond:
+            print(f"all_reduce: {len(beyond)} rows of more ranks than interconnect.devices_per_node "
+                  f"({hw.interconnect.devices_per_node}) left out")
         if not args.measured:
             return 0
     everything: dict[str, list[tuple[float, float]]] = {}
