@@ -12,7 +12,10 @@ bytes, each capped where NCCL caps it. At the 8-64 KiB of batch-1 decoding the l
 NVSwitch pay ~15 us of Ring/LL, the floor of NCCL's model. The channels come from a short emulation of NCCL's
 graph search (`src/graph/search.cc`) on a node whose devices each reach the others over one link bundle of
 `link_bandwidth_bytes_per_s * efficiency` (NCCL's per-link figures are the start value of that efficiency); a
-PCIe tree that several GPUs share behind one switch is not modelled (calibration's efficiency absorbs it).
+PCIe tree that several GPUs share behind one switch is not modelled (calibration's efficiency absorbs it). Where
+that search would make a faster link slower (fewer, faster channels under a per-channel cap: no shipped device),
+each bandwidth is the best the search finds at or below the link's, so more bandwidth is never slower. One node
+only: NCCL's network latencies and multi-node algorithms (CollNet, NVLS-Tree, PAT) are not modelled.
 
 NCCL's numbers are software constants, not hardware figures: they live here, named, with their source. The
 hwconfig's `interconnect` section holds the hardware (link kind, devices per node, line rate, compute capability,
