@@ -22,6 +22,11 @@ from sim.inputs import InputError, brief, load_yaml, load_yaml_file
 from sim.opkinds import KERNEL_CLASSES, MATRIX_CLASSES
 
 KINDS = ("gpu", "edge", "cpu")
+# How a device reaches the others of a tensor-parallel group (sim.interconnect): every GPU one hop from every other
+# through NVSwitch chips; NVLink wired directly between the node's GPUs (a bridged pair); PCIe; processes of one
+# host over TCP loopback (gloo on a CPU)
+LINK_KINDS = ("nvswitch", "nvlink", "pcie", "loopback")
+GPU_LINK_KINDS = ("nvswitch", "nvlink", "pcie")  # the kinds NCCL's model times
 GENERATED_CLASS = "fused"  # the kernel class of the kernels a graph compiler generates (sim.fusion)
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -38,11 +43,20 @@ L2_CAPACITY_BYTES = (0.0, 1e13)  # 0: no on-chip cache
 SECONDS = (0.0, 1.0)  # host costs and fixed times per kernel or launch: a second per kernel describes no runtime
 EFFICIENCY = (1e-6, 1.0)  # achieved / peak: below a millionth of the peak no fit means anything
 TILE = (1, 1 << 16)  # output tile sides, in rows and columns
+# Devices one interconnect joins: one (nothing to talk to) up to far beyond a rack-scale NVLink domain (72 GPUs)
+DEVICES_PER_NODE = (1, 1 << 16)
+# The GPU's compute capability as NCCL writes it (major * 10 + minor: 80 A100, 86 A5000, 89 L4, 90 H100): NCCL's
+# tuning tables start at Pascal (60); 199 leaves room for generations to come
+COMPUTE_CAPABILITY = (60, 199)
 MAX_NAME_CHARS = 200  # a device's name heads every table
 RANGES = {"peak.clock_hz": CLOCK_HZ, "peak.compute_units": COMPUTE_UNITS, "peak.matrix_flops_per_s": FLOPS_PER_S,
           "peak.vector_flops_per_s": FLOPS_PER_S, "peak.dram_bandwidth_bytes_per_s": BANDWIDTH_BYTES_PER_S,
           "peak.l2_bandwidth_bytes_per_s": BANDWIDTH_BYTES_PER_S, "peak.dram_capacity_bytes": DRAM_CAPACITY_BYTES,
-          "peak.l2_capacity_bytes": L2_CAPACITY_BYTES, "host": SECONDS, "efficiency": EFFICIENCY, "tile": TILE}
+          "peak.l2_capacity_bytes": L2_CAPACITY_BYTES, "host": SECONDS, "efficiency": EFFICIENCY, "tile": TILE,
+          "interconnect.devices_per_node": DEVICES_PER_NODE,
+          "interconnect.link_bandwidth_bytes_per_s": BANDWIDTH_BYTES_PER_S,
+          "interconnect.collective_latency_s": SECONDS, "interconnect.step_latency_s": SECONDS,
+          "interconnect.efficiency": EFFICIENCY, "interconnect.compute_capability": COMPUTE_CAPABILITY}
 
 
 class HwConfigError(ValueError):
@@ -119,6 +133,22 @@ class CompiledFits:
 
 
 @dataclass(frozen=True)
+class Interconnect:
+    """How the device reaches the other devices of a tensor-parallel group; sim.interconnect times a collective on
+    it. The hardware figures and what calibration fits live here; the collective library's own constants (NCCL's
+    latencies and caps, gloo's segment size) live in sim.interconnect, with their sources."""
+
+    kind: str  # LINK_KINDS
+    devices_per_node: int  # devices one node joins: a larger group needs a multi-node interconnect (not modelled)
+    link_bandwidth_bytes_per_s: float  # per device, per direction: the datasheet line rate (loopback: a measurement)
+    collective_latency_s: float  # fixed cost per collective beyond the algorithm's own; 0 or fitted
+    efficiency: float = 1.0  # share of link_bandwidth_bytes_per_s the collective moves (start: NCCL's link model)
+    compute_capability: int | None = None  # GPU kinds: sm version, which indexes NCCL's tuning tables
+    nvls: bool = False  # NVLink SHARP on the switches (NVSwitch gen 3, sm90+): NCCL's NVLS algorithm
+    step_latency_s: float | None = None  # loopback only: cost of one message of gloo's ring (fitted)
+
+
+@dataclass(frozen=True)
 class Tile:
     m: int  # matmul output tile one compute unit computes per wave
     n: int
@@ -139,6 +169,7 @@ class HwConfig:
     # class -> op kind (aten name) -> fit: refines the class fit for the op kinds calibration saw often enough
     ops: dict[str, dict[str, KernelFit]] = dataclasses.field(default_factory=dict)
     compiled: CompiledFits | None = None  # under compiled launch, where it differs from eager
+    interconnect: Interconnect | None = None  # None: a single device, no tensor parallelism
 
     def fit(self, cls: str, op: str, compiled: bool = False) -> KernelFit:
         """The fit of op kind `op` of kernel class `cls`: the op kind's own, else its class's, else none; under
@@ -218,6 +249,10 @@ def to_dict(hw: HwConfig) -> dict[str, Any]:
         del raw["compiled"]
     else:
         fits.append(raw["compiled"]["generated"])
+    if raw["interconnect"] is None:
+        del raw["interconnect"]
+    else:
+        raw["interconnect"] = {k: v for k, v in raw["interconnect"].items() if v is not None}  # unset: left out
     for fit in fits:
         if fit["memory_efficiency"] is None:
             del fit["memory_efficiency"]
@@ -288,7 +323,8 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     path = os.fspath(path)
     if not isinstance(raw, dict):
         raise HwConfigError(path, None, "expected a YAML mapping at the top level")
-    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]  # classes, ops, compiled: optional
+    # classes, ops, compiled, interconnect: optional
+    allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]
     for key in raw:
         if key not in allowed:
             raise HwConfigError(path, key, f"unknown field; allowed: {', '.join(allowed)}")
@@ -326,8 +362,53 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     if raw.get("compiled") is not None:
         compiled = _section(path, raw["compiled"], "compiled", CompiledFits, lambda f, v: _fit(path, f, v)
                             if f.endswith("generated") else _seconds(path, f, v))
+    interconnect = None if raw.get("interconnect") is None else _interconnect(path, raw["interconnect"], sources)
     return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes, ops,
-                    compiled)
+                    compiled, interconnect)
+
+
+def _interconnect_field(path: str, field: str, value: Any) -> Any:
+    if field == "interconnect.kind":
+        if value not in LINK_KINDS:
+            raise HwConfigError(path, field, f"must be one of {', '.join(LINK_KINDS)}, got {brief(value)}")
+        return value
+    if field == "interconnect.nvls":
+        if not isinstance(value, bool):
+            raise HwConfigError(path, field, f"expected true or false, got {brief(value)}")
+        return value
+    integer = field in ("interconnect.devices_per_node", "interconnect.compute_capability")
+    number = _number(path, field, value, RANGES[field], integer=integer)
+    return int(number) if integer else float(number)
+
+
+def _interconnect(path: str, raw: Any, sources: dict) -> Interconnect:
+    """The optional `interconnect` section, checked field by field and as a whole: the fields its kind needs and no
+    others, and a source for every figure."""
+    optional = ("efficiency", "compute_capability", "nvls", "step_latency_s")
+    section = _section(path, raw, "interconnect", Interconnect, lambda f, v: _interconnect_field(path, f, v),
+                       optional=optional)
+    gpu = section.kind in GPU_LINK_KINDS
+    needs = {"compute_capability": gpu, "step_latency_s": not gpu}
+    why = {"compute_capability": "NCCL's tuning tables are indexed by it",
+           "step_latency_s": "gloo's per-message cost: NCCL's per-step latencies are its own constants"}
+    for field, needed in needs.items():
+        if needed and field not in raw:
+            raise HwConfigError(path, f"interconnect.{field}", f"missing: kind {section.kind} needs it ({why[field]})")
+        if not needed and field in raw:
+            kinds = ", ".join(GPU_LINK_KINDS) if field == "compute_capability" else "loopback"
+            raise HwConfigError(path, f"interconnect.{field}", f"only for kind {kinds}, not {section.kind} "
+                                f"({why[field]})")
+    if section.nvls and (section.kind != "nvswitch" or section.compute_capability < 90):
+        raise HwConfigError(path, "interconnect.nvls", "NVLS needs kind nvswitch and compute_capability >= 90 "
+                            f"(NVSwitch gen 3, NCCL search.cc), got kind {section.kind}, compute_capability "
+                            f"{section.compute_capability}")
+    for field in raw:
+        key = f"interconnect.{field}"
+        if field == "nvls" and raw[field] is False:  # off, NCCL's default without an NVLink SHARP switch
+            continue
+        if not isinstance(sources.get(key), str) or not sources[key].strip():
+            raise HwConfigError(path, f"sources.{key}", "missing: every interconnect figure needs a source")
+    return section
 
 
 def _mapping(path: str, field: str, value: Any, what: str) -> dict:

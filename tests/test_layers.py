@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
                       "reference.flips", "reference.compiled", "reference.hfconfig")),
-    ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.fusion", "sim.engine",
-                        "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command", "sim.provider")),
+    ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.fusion",
+                        "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
+                        "sim.provider")),
     ("capture", ("reference.capture",)),
     ("experiments", ("reference.experiments",)),
     ("fitting and validation", ("sim.fitting",)),
@@ -112,7 +113,7 @@ def f():
                                 "reference.capture.tracing", "reference.hfconfig", "reference.model"}
 
 
-@pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.kernels", "sim.engine",
+@pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.engine",
                                   "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
                                   "sim.provider"])
 def test_the_simulator_core_never_imports_torch(core: str) -> None:

@@ -6,7 +6,9 @@
 - elementwise: a multiply over large tensors (vector units / memory), per dtype;
 - attention: scaled_dot_product_attention at decode shapes (one query row over L keys, 4-D), per dtype;
 - launch: host time per tiny op in eager mode (dispatch + launch), with the device kept ahead;
-- kernel_min: device time of a tiny kernel; graph_gap: per-kernel cost of tiny kernels replayed as a graph.
+- kernel_min: device time of a tiny kernel; graph_gap: per-kernel cost of tiny kernels replayed as a graph;
+- all_reduce: seconds per all-reduce over message sizes and world sizes, the decoder's tensor-parallel collective
+  (reference.capture.collective_bench: one process per rank, gloo over 127.0.0.1 on cpu, NCCL on every GPU present).
 
 Device timing on cuda uses CUDA graphs of `repeat` back-to-back calls timed by CUDA events, so launch gaps
 do not count (kernel_min and graph_gap separate what remains); on cpu the host clock around `repeat` calls (on
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reference.capture.clock import clock_name, host_clock
+from reference.capture.collective_bench import QUICK_SIZES_BYTES, SIZES_BYTES, all_reduce_sweep, backend_facts
 
 
 class Timer:
@@ -222,20 +225,37 @@ def _bench_launch(b: _Bench) -> dict[str, float]:
 
 
 def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32"), quick: bool = False,
-                        progress: bool = True) -> dict[str, Any]:
-    """Measure every resource of `device` ("cpu" or "cuda"); `quick` uses fewer and smaller sizes."""
+                        progress: bool = True, resources: bool = True, all_reduce: bool = True,
+                        world_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Measure every resource of `device` ("cpu" or "cuda"); `quick` uses fewer and smaller sizes. `resources` False
+    skips the per-device resources, `all_reduce` False the all-reduce sweep (over `world_sizes`, default: 2 ranks
+    on a cpu when quick, else reference.capture.collective_bench.default_world_sizes)."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    timer = Timer(dev, trials=3 if quick else 5)
-    gen = torch.Generator(device=dev).manual_seed(0)
     out: dict[str, Any] = {"device": device, "device_name": torch.cuda.get_device_name(dev) if cuda else
                            f"cpu ({torch.get_num_threads()} threads)", "torch_version": torch.__version__,
                            "threads": torch.get_num_threads(), "clock": clock_name(dev)}
-    sizes = _sizes(cuda, quick)
+    if resources:
+        out.update(_resource_benchmarks(dev, dtypes, quick, progress))
+    if all_reduce:
+        if quick and world_sizes is None and not cuda:
+            world_sizes = (2,)
+        out["all_reduce_setup"] = backend_facts(device)
+        out["all_reduce"] = all_reduce_sweep(device, world_sizes, QUICK_SIZES_BYTES if quick else SIZES_BYTES,
+                                             trials=3 if quick else 7, progress=progress)
+    return out
+
+
+def _resource_benchmarks(dev: torch.device, dtypes: tuple[str, ...], quick: bool, progress: bool) -> dict[str, Any]:
+    """copy, gemm, elementwise, attention, launch, kernel_min and graph_gap of one device."""
+    timer = Timer(dev, trials=3 if quick else 5)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    sizes = _sizes(dev.type == "cuda", quick)
     per_dtype = len(sizes.gemm) + len(sizes.elementwise) + len(_ATTENTION_HEADS) * len(sizes.attention)
     steps = len(sizes.copy) + len(dtypes) * per_dtype + 3  # 3: launch, kernel_min and graph_gap
-    bar = tqdm(total=steps, desc=f"microbenchmarks on {out['device_name']}", disable=not progress)
+    bar = tqdm(total=steps, desc=f"microbenchmarks on {dev}", disable=not progress)
     b = _Bench(dev, timer, gen, bar)
+    out: dict[str, Any] = {}
     # the order of the draws from `gen` (copy, every gemm, then elementwise and attention per dtype) fixes the inputs
     out["copy"] = _bench_copy(b, sizes.copy)
     out["gemm"] = [r for dtype_name in dtypes for r in _bench_gemm(b, dtype_name, sizes.gemm)]
@@ -253,24 +273,53 @@ def main(argv: list[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from sim.command import check_outputs
+    from sim.command import check_outputs, integer
     from sim.files import atomic_write
 
     parser = argparse.ArgumentParser(prog="python -m reference.capture.microbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True, help="device to measure")
-    parser.add_argument("--quick", action="store_true", help="fewer and smaller sizes")
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller sizes (all-reduce: 2 ranks on cpu)")
+    parser.add_argument("--only", choices=("resources", "all_reduce"),
+                        help="run only the per-device resources (copy ... graph_gap) or only the all-reduce sweep "
+                        "(default: both)")
+    parser.add_argument("--world-sizes", type=integer(2, 64), nargs="+", metavar="N",
+                        help="ranks of the all-reduce sweep (default: every power of two up to the GPUs present, or "
+                        "on cpu up to the cores, 2 with --quick)")
+    parser.add_argument("--threads", type=integer(1), help="torch intra-op threads for the per-device resources "
+                        "(default: torch's; the all-reduce ranks run one thread each)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the measurements")
     args = parser.parse_args(argv)
     check_outputs(parser, {"--out": args.out})
-    result = run_microbenchmarks(args.device, quick=args.quick)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and args.world_sizes and max(args.world_sizes) > torch.cuda.device_count():
+        parser.error(f"--world-sizes {max(args.world_sizes)}: only {torch.cuda.device_count()} GPUs here")
+    result = run_microbenchmarks(args.device, quick=args.quick, resources=args.only != "all_reduce",
+                                 all_reduce=args.only != "resources",
+                                 world_sizes=tuple(args.world_sizes) if args.world_sizes else None)
     text = json.dumps(result, indent=1)
     atomic_write(args.out, lambda tmp: tmp.write_text(text))
-    print(f"{args.out}: launch {result['launch_eager_s'] * 1e6:.1f} us/op, kernel_min "
-          f"{result['kernel_min_s'] * 1e6:.2f} us, graph {result['graph_per_kernel_s'] * 1e6:.2f} us/kernel, "
-          f"copy peak {max(c['bytes_moved'] / c['seconds'] for c in result['copy']) / 1e9:.0f} GB/s, gemm peak "
-          f"{max(2 * g['m'] * g['n'] * g['k'] / g['seconds'] for g in result['gemm']) / 1e12:.1f} TFLOP/s")
+    print(_summary(args.out, result))
     return 0
+
+
+def _summary(out: Any, result: dict[str, Any]) -> str:
+    """One line of what was measured."""
+    parts = []
+    if "copy" in result:
+        copy_peak = max(c["bytes_moved"] / c["seconds"] for c in result["copy"])
+        gemm_peak = max(2 * g["m"] * g["n"] * g["k"] / g["seconds"] for g in result["gemm"])
+        parts.append(f"launch {result['launch_eager_s'] * 1e6:.1f} us/op, kernel_min "
+                     f"{result['kernel_min_s'] * 1e6:.2f} us, graph {result['graph_per_kernel_s'] * 1e6:.2f} "
+                     f"us/kernel, copy peak {copy_peak / 1e9:.0f} GB/s, gemm peak {gemm_peak / 1e12:.1f} TFLOP/s")
+    for n in sorted({r["world_size"] for r in result.get("all_reduce", [])}):
+        rows = sorted((r for r in result["all_reduce"] if r["world_size"] == n), key=lambda r: r["bytes"])
+        parts.append(f"all-reduce x{n}: " + ", ".join(f"{r['bytes'] >> 10} KiB {r['seconds'] * 1e6:.0f} us"
+                                                      for r in rows))
+    if "all_reduce" in result and not result["all_reduce"]:
+        parts.append("all-reduce: no world size to sweep (one GPU)")
+    return f"{out}: " + "; ".join(parts)
 
 
 if __name__ == "__main__":

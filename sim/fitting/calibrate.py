@@ -19,6 +19,16 @@ kernel times.
    times) fit what compiled projections need and eager fits do not give (sim.fitting.compiled): the host's cost
    per stage (`host.launch_graph_s`) and the fixed times of library and generated kernels called from a compiled
    graph (the `compiled` section), on the wall times of their decode stages.
+5. The microbenchmark's all-reduce sweep fits the `interconnect` section (sim.fitting.collectives: NCCL's link
+   efficiency and fixed latency per collective; gloo over loopback its latencies per collective and per message
+   and its bandwidth), every third size held out of the fit. A cpu without an interconnect section gets one of
+   kind loopback.
+
+    python -m sim.fitting.calibrate --device cpu --base this-cpu.yaml \\
+        --microbench data/calibration/cpu-gloo.allreduce.json --out cpu-gloo.yaml
+
+fits only the interconnect section where the microbenchmark has nothing else (reference.capture.microbench
+--only all_reduce).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from scipy.optimize import least_squares, minimize_scalar
 from sim.command import check_outputs, integer, run_command
 from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
+from sim.fitting.collectives import all_reduce_rows, calibrate_interconnect
 from sim.fitting.compiled import fit_compiled, is_compiled_measurement
 from sim.hardware import HwConfig, load_hwconfig, parse, to_dict
 from sim.kernels import Kernel, KernelCost, kernel_cost
@@ -113,9 +124,31 @@ def cpu_base(mb: dict[str, Any], mb_path: str) -> dict[str, Any]:
         "host.kernel_min_s": "assumption: on a cpu the time of a tiny op is dispatch, counted in launch_eager_s",
         "host.launch_graph_s": "assumption: no graph replay on a cpu",
         "host.graph_kernel_gap_s": "assumption: no graph replay on a cpu"}
-    return {"name": name, "kind": "cpu", "peak": peak, "host": host,
-            "efficiency": {"matrix": 1.0, "vector": 1.0, "dram": 1.0, "l2": 1.0}, "tile": {"m": 16, "n": 64},
-            "sources": sources}
+    raw = {"name": name, "kind": "cpu", "peak": peak, "host": host,
+           "efficiency": {"matrix": 1.0, "vector": 1.0, "dram": 1.0, "l2": 1.0}, "tile": {"m": 16, "n": 64},
+           "sources": sources}
+    if mb.get("all_reduce"):
+        raw["interconnect"], loopback_sources = loopback_section(mb)
+        sources |= loopback_sources
+    return raw
+
+
+def loopback_section(mb: dict[str, Any]) -> tuple[dict, dict]:
+    """A start interconnect section of kind loopback (gloo between processes of this host, as the microbenchmark
+    ran them) and its sources; calibration fits its latencies and bandwidth (efficiency stays 1: the bandwidth
+    is a measurement, there is no line rate)."""
+    recorded = (mb.get("all_reduce_setup") or {}).get("cpu_count")
+    cores, where = ((recorded, "measurement: os.cpu_count() of the microbenchmark's host") if recorded else
+                    (mb.get("threads", 1), "assumption: the microbenchmark's torch threads (no core count recorded)"))
+    section = {"kind": "loopback", "devices_per_node": max(2, int(cores)),
+               "link_bandwidth_bytes_per_s": 1e9, "collective_latency_s": 0.0, "efficiency": 1.0,
+               "step_latency_s": 0.0}
+    return section, {"interconnect.kind": "gloo over TCP on 127.0.0.1 (reference.capture.collective_bench)",
+                     "interconnect.devices_per_node": f"the host's cores (at least 2), {where}: the model "
+                     "describes ranks that each have a core (more wait for the scheduler at every ring step)",
+                     "interconnect.efficiency": "1: the bandwidth is fitted as a whole (no line rate to share)"} | {
+        f"interconnect.{k}": "start value, fitted by calibration"
+        for k in ("link_bandwidth_bytes_per_s", "collective_latency_s", "step_latency_s")}
 
 
 def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
@@ -125,20 +158,20 @@ def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
     their buffers past the cache; attention repeats on the same keys, so its trace has two calls and the
     second is the one measured."""
     out = []
-    for c in mb["copy"]:  # float32; bytes read + written
+    for c in mb.get("copy", []):  # float32; bytes read + written
         n = c["bytes"] // 4
         out.append(("copy", one_op_trace("aten.copy_.default", "micro.copy", [[n]] * 2, [n], "float32", 0,
                                          c["bytes_moved"]), c["seconds"]))
-    for g in mb["gemm"]:  # x @ W^T as the decoder computes it (older files: torch.mm, taken as the same kernels)
+    for g in mb.get("gemm", []):  # x @ W^T as the decoder computes it (older files: torch.mm, the same kernels)
         m, n, k, size = g["m"], g["n"], g["k"], DTYPE_BYTES[g["dtype"]]
         out.append((f"{'gemv' if m == 1 else 'gemm'} {g['dtype']}", one_op_trace(
             "aten.linear.default", "micro.linear", [[m, k], [n, k]], [m, n], g["dtype"], 2 * m * n * k,
             size * (m * k + m * n), weight_bytes=size * k * n), g["seconds"]))
-    for e in mb["elementwise"]:
+    for e in mb.get("elementwise", []):
         numel, size = e["numel"], DTYPE_BYTES[e["dtype"]]
         out.append((f"elementwise {e['dtype']}", one_op_trace(
             "aten.mul.Tensor", "micro.mul", [[numel]] * 2, [numel], e["dtype"], numel, 3 * numel * size), e["seconds"]))
-    for a in mb["attention"]:  # one query row over `length` keys, the same tensors call after call: the second
+    for a in mb.get("attention", []):  # one query row over `length` keys, the same tensors call after call: the second
         h, length, d, size = a["heads"], a["length"], a["head_dim"], DTYPE_BYTES[a["dtype"]]
         q = a.get("query_shape", [h, 1, d])
         kv = [*q[:-2], length, d]
@@ -295,6 +328,45 @@ def fit_launch(traces: list[Trace], hw: HwConfig) -> float:
 def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: str) -> tuple[dict, dict]:
     """The calibrated hwconfig (as a mapping) and a report of what was measured and fitted."""
     raw = to_dict(base)
+    report: dict[str, Any] = {}
+    if "copy" in mb:
+        report = _calibrate_peaks(raw, base, mb, mb_path)
+    rows = all_reduce_rows(mb)
+    if rows:
+        if "interconnect" not in raw:
+            if base.kind != "cpu":
+                raise ValueError(f"hwconfig {base.path}: no interconnect section to fit the all_reduce rows of "
+                                 f"{mb_path} to; add one (hwconfigs/README.md)")
+            raw["interconnect"], loopback_sources = loopback_section(mb)
+            raw["sources"] |= loopback_sources
+        section, sources, report["interconnect"] = calibrate_interconnect(parse(raw, base.path), rows, mb_path)
+        raw["interconnect"] = section
+        raw["sources"] |= sources
+    hw = parse(raw, base.path)
+    eager = [t for t in traces if t.header.measured]
+    compiled = [t for t in traces if is_compiled_measurement(t)]
+    if (eager or compiled) and "copy" not in mb:
+        raise ValueError(f"{mb_path}: no resource microbenchmarks (copy, gemm, ...) to anchor the kernel fits of "
+                         "--measured traces; run reference.capture.microbench without --only all_reduce")
+    if eager:
+        anchors = microbench_samples(mb, hw, {t.header.dtype for t in eager})
+        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors)
+        hw = parse(raw, base.path)
+        host = raw["host"]
+        host["launch_eager_s"] = float(f"{fit_launch(eager, hw):.4g}")
+        raw["sources"]["host.launch_eager_s"] = "fitted: stage wall times of " + _names(eager)
+        report["classes"], report["ops"], report["launch_eager_s"] = raw["classes"], raw["ops"], host["launch_eager_s"]
+    if compiled:
+        fit = fit_compiled(compiled, parse(raw, base.path))
+        raw["host"]["launch_graph_s"], raw["compiled"] = fit["launch_graph_s"], fit["compiled"]
+        raw["sources"]["host.launch_graph_s"] = ("fitted: decode stage wall times of compiled runs of "
+                                                 + _names(compiled))
+        report["compiled"] = fit
+    return raw, report
+
+
+def _calibrate_peaks(raw: dict[str, Any], base: HwConfig, mb: dict[str, Any], mb_path: str) -> dict[str, Any]:
+    """Step 2 of the module docstring, into `raw`: measured peaks and host figures, global efficiencies."""
     measured = peaks_from_microbench(mb)
     src = f"measurement: {mb_path} ({mb['device_name']}, torch {mb['torch_version']})"
     peak, host, eff, sources = raw["peak"], raw["host"], raw["efficiency"], raw["sources"]
@@ -310,23 +382,7 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
         host["launch_graph_s"] = measured["graph_kernel_gap_s"]
         sources["host.launch_graph_s"] = ("assumption: one graph launch taken to cost as much as one kernel node "
                                           "of the replay (host.graph_kernel_gap_s); not measured apart from it")
-    report: dict[str, Any] = {"measured": measured, "efficiency": dict(eff)}
-    hw = parse(raw, base.path)
-    eager = [t for t in traces if t.header.measured]
-    compiled = [t for t in traces if is_compiled_measurement(t)]
-    if eager:
-        anchors = microbench_samples(mb, hw, {t.header.dtype for t in eager})
-        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors)
-        hw = parse(raw, base.path)
-        host["launch_eager_s"] = float(f"{fit_launch(eager, hw):.4g}")
-        sources["host.launch_eager_s"] = "fitted: stage wall times of " + _names(eager)
-        report["classes"], report["ops"], report["launch_eager_s"] = raw["classes"], raw["ops"], host["launch_eager_s"]
-    if compiled:
-        fit = fit_compiled(compiled, parse(raw, base.path))
-        host["launch_graph_s"], raw["compiled"] = fit["launch_graph_s"], fit["compiled"]
-        sources["host.launch_graph_s"] = "fitted: decode stage wall times of compiled runs of " + _names(compiled)
-        report["compiled"] = fit
-    return raw, report
+    return {"measured": measured, "efficiency": dict(eff)}
 
 
 def _names(traces: list[Trace]) -> str:
@@ -374,11 +430,22 @@ def _fit_line(fit: dict[str, float]) -> str:
 
 
 def _print_report(out: Path, report: dict[str, Any]) -> None:
-    m = report["measured"]
-    print(f"{out}: DRAM {m['dram_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s measured (efficiency "
-          f"{report['efficiency']['dram']:.3f}), matrix {max(m['matrix_flops_per_s'].values()) / 1e12:.3g} TFLOP/s "
-          f"(efficiency {report['efficiency']['matrix']:.3f}), kernel {m['kernel_min_s'] * 1e6:.2f} us, graph gap "
-          f"{m['graph_kernel_gap_s'] * 1e6:.2f} us")
+    print(f"{out}:")
+    if "measured" in report:
+        m = report["measured"]
+        print(f"DRAM {m['dram_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s measured (efficiency "
+              f"{report['efficiency']['dram']:.3f}), matrix {max(m['matrix_flops_per_s'].values()) / 1e12:.3g} "
+              f"TFLOP/s (efficiency {report['efficiency']['matrix']:.3f}), kernel {m['kernel_min_s'] * 1e6:.2f} us, "
+              f"graph gap {m['graph_kernel_gap_s'] * 1e6:.2f} us")
+    if "interconnect" in report:
+        ic, rows, errors = (report["interconnect"][k] for k in ("interconnect", "rows", "median_abs_pct"))
+        figures = (f"{ic['link_bandwidth_bytes_per_s'] / 1e9:.3g} GB/s, {ic['step_latency_s'] * 1e6:.2f} us per "
+                   "message" if "step_latency_s" in ic else f"efficiency {ic['efficiency']:.4g}")
+        print(f"interconnect fitted to {rows['fit']} all-reduce rows: {figures}, "
+              f"{ic['collective_latency_s'] * 1e6:.2f} us per collective; median |e| {errors['fit']:.1f}% fitted, "
+              f"{errors['held_out']:.1f}% on {rows['held_out']} rows held out"
+              + (f"; {rows['beyond_the_node']} rows of more ranks than cores left out" if rows["beyond_the_node"]
+                 else ""))
     if "launch_eager_s" in report:
         print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
               f"(microbenchmark: {m['launch_eager_s'] * 1e6:.2f} us)")
@@ -412,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{path}: not a measured trace (no durations, and not a compiled measurement)")
     mb, mb_path = _microbench(parser, args)
     if base is None:
+        if "copy" not in mb:
+            parser.error(f"--microbench {mb_path}: no resource microbenchmarks (copy, gemm, ...) to build this "
+                         "machine's hwconfig from; give --base")
         base = parse(cpu_base(mb, str(mb_path)), "this machine")
     try:
         raw, report = calibrate(base, mb, traces, str(mb_path))

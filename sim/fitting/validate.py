@@ -26,7 +26,9 @@ end to end against those plus the prefill and encoder stages projected eager, as
 
 checks the resource models one by one instead, against the microbenchmarks (reference.capture.microbench): copy over
 sizes (the cache knee), matrix products of two or more rows and of one row (GEMV) per dtype, an elementwise
-multiply, decode attention; the same statistics per resource.
+multiply, decode attention, and the all-reduce sweep against the interconnect model (sim.interconnect; rows
+`{"world_size": n, "bytes": b, "dtype": "float16", "seconds": t}`: `all_reduce` over all of them, `all_reduce xN`
+per world size); the same statistics per resource.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from sim.command import check_outputs, number, run_command
 from sim.engine import project
 from sim.files import atomic_write
 from sim.fitting.calibrate import microbench_traces
+from sim.fitting.collectives import all_reduce_pairs, all_reduce_rows, beyond_the_node
 from sim.fitting.compiled import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.inputs import brief
@@ -150,11 +153,19 @@ def validate_trace(trace: Trace, hw: HwConfig, launch: str = "eager") -> dict[st
 def microbench_pairs(mb: dict[str, Any], hw: HwConfig) -> dict[str, list[tuple[float, float]]]:
     """(projected, measured) seconds per call of each microbenchmark (reference.capture.microbench), per resource. The
     microbenchmarks time back-to-back calls (cuda: a graph between events; cpu: the host clock, dispatch
-    included), so the projection is the kernel's time, without launch (of the last call, the measured one)."""
+    included), so the projection is the kernel's time, without launch (of the last call, the measured one).
+    All-reduce rows of more ranks than the hwconfig's node holds are left out (sim.fitting.collectives)."""
+    if not isinstance(mb, dict):
+        raise ValueError(f"expected a JSON object, got {brief(mb)}")
     out: dict[str, list[tuple[float, float]]] = {}
     for resource, trace, measured_s in microbench_traces(mb):
         p = project(trace, hw)
         out.setdefault(resource, []).append(((p.end_cycles[-1] - p.start_cycles[-1]) / p.clock_hz, measured_s))
+    rows, beyond = beyond_the_node(all_reduce_rows(mb), hw)  # beyond: groups the hwconfig's node does not hold
+    if rows:
+        out.update(all_reduce_pairs(rows, hw))
+    if not out and not beyond:
+        raise ValueError("no microbenchmark results (copy, gemm, elementwise, attention or all_reduce)")
     return out
 
 
@@ -269,10 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.microbench:
         try:
-            pairs = microbench_pairs(json.loads(args.microbench.read_text()), hw)
+            mb = json.loads(args.microbench.read_text())
+            pairs = microbench_pairs(mb, hw)
+        except HwConfigError as err:  # the hwconfig cannot run what was measured (no interconnect, too few devices)
+            parser.error(f"--microbench {args.microbench}: {err}")
         except (OSError, ValueError, KeyError, TypeError) as err:
             parser.error(f"--microbench {args.microbench}: not microbenchmark results ({type(err).__name__}: {err})")
         print_resources(f"microbenchmarks {args.microbench} on {hw.name} ({args.hw})", pairs)
+        beyond = beyond_the_node(all_reduce_rows(mb), hw)[1]
+        if beyond:
+            print(f"all_reduce: {len(beyond)} rows of more ranks than interconnect.devices_per_node "
+                  f"({hw.interconnect.devices_per_node}) left out")
         if not args.measured:
             return 0
     everything: dict[str, list[tuple[float, float]]] = {}
