@@ -113,8 +113,8 @@ def f():
                                 "reference.capture.tracing", "reference.hfconfig", "reference.model"}
 
 
-@pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.engine",
-                                  "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
+@pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels",
+                                  "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
                                   "sim.provider"])
 def test_the_simulator_core_never_imports_torch(core: str) -> None:
     import subprocess

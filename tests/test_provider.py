@@ -102,7 +102,8 @@ def test_a_cached_trace_is_found_without_torch_and_a_missing_one_needs_it(tmp_pa
     (shlex.join([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]),
      "failed with exit status 3 (its output is above)"),
     (shlex.join([sys.executable, "-c", "print('not json')"]), "answered no JSON on stdout"),
-    (shlex.join([sys.executable, "-c", "print('[{}]')"]), "answered trace request 0 without a 'name', a 'path' and a 'capture_s'"),
+    (shlex.join([sys.executable, "-c", "print('[{}]')"]),
+     "answered trace request 0 without a 'name', a 'path' and a 'capture_s'"),
 ])
 def test_a_provider_that_cannot_answer_is_one_clear_line(monkeypatch, capsys, tracer, message):
     monkeypatch.setenv(provider.TRACER_ENV, tracer)
