@@ -104,7 +104,7 @@ def _unpack(packed: Tensor, rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _argmax_of_head(model: SharedDecoder, h: Tensor) -> Tensor:
-    return model.head(h).argmax(dim=-1)
+    return model.argmax(model.head(h))
 
 
 def make_token_step(passes: int, head: bool) -> Callable[..., tuple[Tensor, Tensor | None]]:

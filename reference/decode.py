@@ -116,10 +116,12 @@ def _observed(observer: StageObserver | None, kind: str, work: Callable[[], None
         observer.end([], [], [], [])
 
 
-def _predict(logits: Tensor, run: list[tuple[int, Row]], exits: list[int], predictor: Predictor | None) -> list[int]:
-    """The argmax of every row, or the predictor's word where one is given. The argmax and its copy to the host
-    still run (but on the meta device, which has no values), so a run with a predictor does the same work."""
-    return _chosen(logits.argmax(dim=-1), run, exits, predictor)
+def _predict(model: SharedDecoder, logits: Tensor, run: list[tuple[int, Row]], exits: list[int],
+             predictor: Predictor | None) -> list[int]:
+    """The argmax of every row (`SharedDecoder.argmax`: across ranks where the model is sharded), or the
+    predictor's word where one is given. The argmax and its copy to the host still run (but on the meta device,
+    which has no values), so a run with a predictor does the same work."""
+    return _chosen(model.argmax(logits), run, exits, predictor)
 
 
 def _chosen(argmax: Tensor, run: list[tuple[int, Row]], exits: list[int], predictor: Predictor | None) -> list[int]:
@@ -180,13 +182,13 @@ def sequential(model: SharedDecoder, prompts: list[list[int]], max_new_tokens: i
             h = model.embed(torch.tensor([row.token for _, row in run], device=cache.k.device))
             for group in range(cfg.n_groups):
                 h = model.run_group(h, rows, [group] * len(active), cache)
-            predictions = _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+            predictions = _predict(model, model.exit_logits(h, rows, exits), run, exits, predictor)
         else:  # the whole step (every group, and the head unless exits are custom) in one compiled graph
             positions = [row.position for _, row in run]
             h, argmax = bound.token([row.token for _, row in run], active, positions, head=not custom_exits)
             if custom_exits:
-                predictions = _predict(model.exit_logits(h, model.rows(active, positions), exits), run, exits,
-                                       predictor)
+                predictions = _predict(model, model.exit_logits(h, model.rows(active, positions), exits), run,
+                                       exits, predictor)
             else:
                 predictions = _chosen(argmax, run, exits, predictor)
         for (b, row), prediction in zip(run, predictions):
@@ -239,7 +241,7 @@ def _eager_stage(model: SharedDecoder, cache: KVCache, active: list[int], staged
     h = _stage_rows(model, cache, active, staged, hidden)
     rows = model.rows([b for b, _ in run], [row.position for _, row in run])
     h = model.run_group(h, rows, [row.group for _, row in run], cache)
-    return h, _predict(model.exit_logits(h, rows, exits), run, exits, predictor)
+    return h, _predict(model, model.exit_logits(h, rows, exits), run, exits, predictor)
 
 
 def _compiled_stage(model: SharedDecoder, bound: compiled.BoundStep, carry: Tensor, active: list[int],
@@ -260,7 +262,7 @@ def _compiled_stage(model: SharedDecoder, bound: compiled.BoundStep, carry: Tens
                                 head=not custom_exits)
     if custom_exits:
         logits = model.exit_logits(carry[: len(run)], model.rows(seqs, positions), exits)
-        return carry, _predict(logits, run, exits, predictor)
+        return carry, _predict(model, logits, run, exits, predictor)
     return carry, _chosen(argmax, run, exits, predictor)
 
 

@@ -11,62 +11,111 @@ outputs agree, and the exit status is 1 if they do not.
 --compile also decodes with both decoders compiled (torch.compile, static shapes: reference.compiled), reports
 the compile time (the first call of every compiled step variant) apart, and the per-token time of warm compiled
 runs against warm eager runs, and checks that the compiled tokens equal the eager ones.
+
+Tensor parallelism (reference.parallel), N processes launched by torchrun, gloo on the CPU, NCCL with --device cuda:
+
+    torchrun --nproc-per-node N -m reference.demo --tp N [--preset ...] [--compile]
+
+Every rank builds the same seeded model, decodes it whole in its own process (the reference), shards it and
+decodes again with both decoders; rank 0 prints whether the sharded tokens, every stage's rows, accepts and
+flushes equal single-process decoding's and are the same on every rank, and the largest differences of the
+logits and of the KV caches. The exit status is 1 if they do not agree (bf16 may: near-ties, README).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
+from typing import IO
 
 import torch
+import torch.distributed as dist
 
-from reference import decode
-from reference.config import PRESETS, get_preset
+from reference import decode, ranks
+from reference.config import PRESETS, ModelConfig, get_preset
 from reference.model import SharedDecoder
+from reference.parallel import TensorParallel, check_degree, shard
 from reference.pipeline import PipelineStats
-from sim.command import integer, run_command
+from sim.command import integer, number, run_command
 
 REPEATS = 3  # warm runs timed per decoder with --compile
+Say = Callable[[str], None]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+class RankZeroParser(argparse.ArgumentParser):
+    """Under torchrun every rank parses the same flags and refuses the same: only rank 0 prints (usage, help,
+    the error line)."""
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        if os.environ.get("RANK", "0") == "0":
+            super()._print_message(message, file)
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ModelConfig]:
+    """The flags and the preset, every value checked (one error line and exit status 2 otherwise)."""
+    parser = RankZeroParser(prog="python -m reference.demo", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny-4x3",
                         help="model preset (default tiny-4x3); one of: " + ", ".join(PRESETS))
     parser.add_argument("--tokens", type=integer(1), default=48, help="tokens to generate (default 48)")
     parser.add_argument("--prompt-len", type=integer(1), default=8, help="prompt length in tokens (default 8; "
                         "prompt + tokens - 1 must fit the preset's max_seq_len)")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of the random weights and prompt (default 0)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+    parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float64",
                         help="parameter dtype (default float64: rounding differences between the decoders ~1e-14, "
-                        "so a near-tie that makes their tokens differ is far rarer than in float32)")
+                        "so a near-tie that makes their tokens differ is far rarer than in float32 or bfloat16)")
     parser.add_argument("--compile", action="store_true",
                         help="also decode compiled (torch.compile): compile time apart, per-token times, equal tokens")
+    parser.add_argument("--tp", type=integer(1), default=1,
+                        help="tensor-parallel degree N (default 1): run as torchrun --nproc-per-node N -m "
+                        "reference.demo --tp N; it must divide the preset's heads, KV heads and d_ff")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to decode (default cpu); with --tp: gloo on cpu, NCCL on cuda (GPU LOCAL_RANK)")
+    parser.add_argument("--timeout-s", type=number(1), default=120.0,
+                        help="with --tp: seconds a collective waits for the other ranks before it fails (default "
+                        "120): a rank that dies or hangs stops the others within this")
     args = parser.parse_args(argv)
     try:
         cfg = get_preset(args.preset)
     except ValueError as err:
         parser.error(f"--preset {args.preset}: {err}")
+    if args.tp > 1 or ranks.torchrun_world_size() is not None:
+        try:
+            check_degree(cfg, args.tp)
+            ranks.check_world(args.tp)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     # the encoder-decoder presets decode from the start token, the prompt is their encoder input
     needed = args.tokens if cfg.is_encoder_decoder else args.prompt_len + args.tokens - 1
     if needed > cfg.max_seq_len or args.prompt_len > cfg.max_seq_len:
         parser.error(f"--prompt-len {args.prompt_len} and --tokens {args.tokens}: {cfg.name} holds "
                      f"{cfg.max_seq_len} positions (max_seq_len); a decoder-only run needs prompt + tokens - 1")
+    return args, cfg
 
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse(argv)
     torch.manual_seed(args.seed)
-    model = SharedDecoder(cfg, dtype=getattr(torch, args.dtype), seed=args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(2, cfg.vocab_size, (args.prompt_len,), generator=generator).tolist()
     encoder_inputs = None
     if cfg.is_encoder_decoder:
         encoder_inputs, prompt = [prompt], [cfg.decoder_start_id]
-    print(f"model {cfg.name}: Nd={cfg.n_unique_layers} x G={cfg.n_groups} (depth {cfg.depth}), d_model "
-          f"{cfg.d_model}, {sum(p.numel() for p in model.parameters()):,} parameters, random weights (seed "
-          f"{args.seed}), {args.dtype}")
-    print(f"prompt: {prompt}" + (f" (encoder input {encoder_inputs[0]})" if encoder_inputs else ""))
+    if args.tp > 1:
+        return parallel_demo(args, cfg, prompt, encoder_inputs)
+    return single_demo(args, cfg, prompt, encoder_inputs)
+
+
+def single_demo(args: argparse.Namespace, cfg: ModelConfig, prompt: list[int],
+                encoder_inputs: list[list[int]] | None) -> int:
+    """Both decoders in this process: 0 where their outputs agree."""
+    model = SharedDecoder(cfg, device=args.device, dtype=getattr(torch, args.dtype), seed=args.seed)
+    describe(model, args, prompt, encoder_inputs, print)
 
     results = {}
     for name, fn in (("sequential", decode.sequential), ("speed", decode.speed)):
@@ -81,6 +130,70 @@ def main(argv: list[str] | None = None) -> int:
     print(stage_count(stats, len(results["speed"].tokens[0])))
     if args.compile:
         same = compiled_report(model, prompt, args.tokens, encoder_inputs, results) and same
+    return 0 if same else 1
+
+
+def describe(model: SharedDecoder, args: argparse.Namespace, prompt: list[int], encoder_inputs: list[list[int]] | None,
+             say: Say) -> None:
+    cfg = model.config
+    say(f"model {cfg.name}: Nd={cfg.n_unique_layers} x G={cfg.n_groups} (depth {cfg.depth}), d_model "
+        f"{cfg.d_model}, {sum(p.numel() for p in model.parameters()):,} parameters, random weights (seed "
+        f"{args.seed}), {args.dtype}")
+    say(f"prompt: {prompt}" + (f" (encoder input {encoder_inputs[0]})" if encoder_inputs else ""))
+
+
+def parallel_demo(args: argparse.Namespace, cfg: ModelConfig, prompt: list[int],
+                  encoder_inputs: list[list[int]] | None) -> int:
+    """This rank's part of `--tp N` under torchrun: exit status 0 where the sharded outputs agree with
+    single-process decoding on every rank; a failed collective (a rank died, or hung past --timeout-s) ends it
+    with one line and status 1."""
+    tp, device = ranks.init_from_env(args.device, args.timeout_s)
+    say: Say = print if tp.rank == 0 else (lambda line: None)
+    try:
+        return sharded_report(args, cfg, prompt, encoder_inputs, tp, device, say)
+    except RuntimeError as err:  # gloo and NCCL (DistBackendError) raise these when a peer fails
+        print(f"python -m reference.demo: rank {tp.rank} of {tp.world_size}: a collective failed: "
+              f"{ranks.one_line(err)}", file=sys.stderr)
+        return 1
+    finally:
+        dist.destroy_process_group()
+
+
+def sharded_report(args: argparse.Namespace, cfg: ModelConfig, prompt: list[int],
+                   encoder_inputs: list[list[int]] | None, tp: TensorParallel, device: str, say: Say) -> int:
+    """Decode whole (the reference, in this process), shard, decode again, gather every rank's outputs, compare."""
+    request = ranks.DecodeRequest(cfg, [prompt], args.tokens, seed=args.seed, dtype=args.dtype, device=device,
+                                  encoder_inputs=encoder_inputs, keep_cache=True, record_logits=True)
+    model = ranks.build_model(request)
+    describe(model, args, prompt, encoder_inputs, say)
+    reference, reference_s = _timed(ranks.decode_model, model, request)
+    shard(model, tp)
+    attn, vocab = model.blocks[0].attn, model.vocab_shard
+    say(f"tensor parallel: {tp.world_size} ranks ({dist.get_backend()}, timeout {args.timeout_s:g} s); rank 0 holds "
+        f"{attn.n_heads} of {cfg.n_heads} query heads, {attn.n_kv_heads} of {cfg.n_kv_heads} KV heads, "
+        f"{model.blocks[0].ffn.gate.out_features} of {cfg.d_ff} FFN rows, vocabulary rows [{vocab.start}, "
+        f"{vocab.stop}) of {cfg.vocab_size}; embedding and norms replicated")
+    mine, sharded_s = _timed(ranks.decode_model, model, request, tp)
+    outputs: list[ranks.RankOutput | None] = [None] * tp.world_size
+    dist.all_gather_object(outputs, mine)
+    agreement = ranks.compare(reference, outputs, [prompt])
+    for name in request.decoders:
+        ref, out = reference.decoders[name], outputs[0].decoders[name]
+        say(f"{name:>10}: 1 process {ref.stages:4d} stages {ref.tokens[0]}")
+        say(f"{'':>10}  {tp.world_size} ranks  {out.stages:4d} stages: tokens equal {agreement.tokens_equal[name]} "
+            f"({100 * agreement.token_match[name]:.1f}% of positions), every stage's rows, accepts and flushes equal "
+            f"{agreement.decisions_equal[name]}; max |logit diff| {agreement.logits_max_abs[name]:.3g}, max |KV "
+            f"diff| {agreement.cache_max_abs[name]:.3g}")
+    say(f"decode time: 1 process {1e3 * reference_s:.1f} ms, {tp.world_size} ranks {1e3 * sharded_s:.1f} ms (both "
+        "decoders, logits recorded)")
+    say(f"every rank the same tokens, statistics and stage decisions: {agreement.ranks_agree}")
+    say(f"sharded outputs agree with single-process decoding: {agreement.exact}" + (
+        "" if agreement.exact else " (in bf16/fp32 a near-tie can resolve differently by rounding: README)"))
+    say(f"SPEED pipeline: {outputs[0].decoders['speed'].stats.summary()}")
+    same = agreement.exact
+    if args.compile:
+        eager = {name: outputs[0].decoders[name] for name in request.decoders}
+        same = compiled_report(model, prompt, args.tokens, encoder_inputs, eager, say) and same
     return 0 if same else 1
 
 
@@ -103,10 +216,10 @@ def _timed(fn: Callable[..., decode.DecodeResult], *args: object,
 
 
 def compiled_report(model: SharedDecoder, prompt: list[int], tokens: int, encoder_inputs: list[list[int]] | None,
-                    eager: dict[str, decode.DecodeResult]) -> bool:
+                    eager: dict[str, decode.DecodeResult | ranks.DecoderOutput], say: Say = print) -> bool:
     """Decode compiled with both decoders: a first call (compiles the variants it needs), then warm calls timed
     against warm eager calls (the best of REPEATS each). True when every compiled output equals the eager one."""
-    print(f"compiled (torch.compile, {torch.get_num_threads()} threads; per-token times: the best of {REPEATS} warm "
+    say(f"compiled (torch.compile, {torch.get_num_threads()} threads; per-token times: the best of {REPEATS} warm "
           "runs; compile time apart):")
     agree = True
     for name, fn in (("sequential", decode.sequential), ("speed", decode.speed)):
@@ -118,9 +231,9 @@ def compiled_report(model: SharedDecoder, prompt: list[int], tokens: int, encode
         same = first.tokens == warm.tokens == eager[name].tokens
         agree = agree and same
         variants = ", ".join(f"{v.kind} R={v.rows} {v.first_call_s:.1f} s" for v in first.compile_variants)
-        print(f"{name:>10}: compile {first.compile_s:6.1f} s in {len(first.compile_variants)} variants ({variants}); "
+        say(f"{name:>10}: compile {first.compile_s:6.1f} s in {len(first.compile_variants)} variants ({variants}); "
               f"first call {1e3 * (first_s - first.compile_s):.1f} ms besides")
-        print(f"{'':>10}  per token: eager {1e3 * eager_s / n:.3f} ms, compiled {1e3 * warm_s / n:.3f} ms "
+        say(f"{'':>10}  per token: eager {1e3 * eager_s / n:.3f} ms, compiled {1e3 * warm_s / n:.3f} ms "
               f"({eager_s / warm_s:.2f}x); compiled tokens equal eager: {same}")
     return agree
 

@@ -11,18 +11,47 @@ Two ways through the model:
 
 Positions use rotary embeddings in both families (T5 proper uses bucketed relative biases; the cost of either
 is negligible next to the projections, and one code path keeps the reference small).
+
+Tensor parallelism (reference.parallel) shards a model in place through three hooks, inert in a model of its own:
+`Attention.reduce` and `FeedForward.reduce` (the all-reduce after the row-parallel output projections; identity
+here), the local head counts `Attention.n_heads` / `n_kv_heads` (every reshape and the KV cache use them), and
+`SharedDecoder.vocab_shard` (a vocabulary-parallel LM head: `head` gives this rank's columns of the logits,
+`argmax` and `logits` combine the ranks'). Unsharded, every op is the same as without the hooks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reference.config import ModelConfig
+
+
+def no_reduce(x: Tensor) -> Tensor:
+    """The reduce of a module that is not sharded: its output is already the whole sum."""
+    return x
+
+
+class VocabShard(Protocol):
+    """The vocabulary rows [start, stop) of the LM head this rank holds, and how the ranks' logits combine
+    (reference.parallel.VocabParallelHead)."""
+
+    start: int
+    stop: int
+
+    def argmax(self, logits: Tensor) -> Tensor:
+        """This rank's logits [R, stop - start] -> the argmax over the whole vocabulary [R] (every rank the same)."""
+        ...
+
+    def gather(self, logits: Tensor) -> Tensor:
+        """This rank's logits [..., stop - start] -> the logits over the whole vocabulary [..., V]."""
+        ...
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -57,8 +86,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 @dataclass
 class KVCache:
-    """Preallocated keys and values. A rollback is a position reset: entries written by flushed tokens sit
-    beyond the committed positions and are overwritten before any row attends to them."""
+    """Preallocated keys and values (of a tensor-parallel rank: its own heads). A rollback is a position reset:
+    entries written by flushed tokens sit beyond the committed positions and are overwritten before any row
+    attends to them."""
 
     k: Tensor  # [N, B, Hkv, max_len, head_dim], one slice per depth
     v: Tensor
@@ -93,10 +123,13 @@ class Rows:
 
 
 class Attention(nn.Module):
-    """Multi-head attention; grouped-query when n_kv_heads < n_heads. `cross` attends to the encoder."""
+    """Multi-head attention; grouped-query when n_kv_heads < n_heads. `cross` attends to the encoder. n_heads and
+    n_kv_heads are the heads this module holds (a tensor-parallel shard: its rank's); `reduce` sums the output
+    projection over the ranks (identity unsharded)."""
 
     def __init__(self, cfg: ModelConfig, cross: bool, **factory: object) -> None:
         super().__init__()
+        self.reduce: Callable[[Tensor], Tensor] = no_reduce
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.n_kv_heads = cfg.n_heads if cross else cfg.n_kv_heads
         kv_dim = self.n_kv_heads * self.head_dim
@@ -114,7 +147,7 @@ class Attention(nn.Module):
                                               enable_gqa=self.n_kv_heads != self.n_heads)
 
     def _merge(self, out: Tensor) -> Tensor:
-        return self.wo(out.transpose(-3, -2).flatten(-2))  # [..., H, T, hd] -> [..., T, d]
+        return self.reduce(self.wo(out.transpose(-3, -2).flatten(-2)))  # [..., H, T, hd] -> [..., T, d]
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, causal: bool, mask: Tensor | None = None,
                 write: tuple[KVCache, int, int] | None = None) -> Tensor:
@@ -165,17 +198,19 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Gated FFN: down(act(gate(x)) * up(x)); GELU (tanh) for T5 v1.1, SiLU for Llama (SwiGLU)."""
+    """Gated FFN: down(act(gate(x)) * up(x)); GELU (tanh) for T5 v1.1, SiLU for Llama (SwiGLU). `reduce` sums the
+    down projection over tensor-parallel ranks (identity unsharded)."""
 
     def __init__(self, cfg: ModelConfig, **factory: object) -> None:
         super().__init__()
+        self.reduce: Callable[[Tensor], Tensor] = no_reduce
         self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False, **factory)
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False, **factory)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False, **factory)
         self.act = F.silu if cfg.ffn == "swiglu" else lambda t: F.gelu(t, approximate="tanh")
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.act(self.gate(x)) * self.up(x))
+        return self.reduce(self.down(self.act(self.gate(x)) * self.up(x)))
 
 
 class Block(nn.Module):
@@ -237,6 +272,7 @@ class SharedDecoder(nn.Module):
                                     for _ in range(cfg.n_unique_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, **factory)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False, **factory)
+        self.vocab_shard: VocabShard | None = None  # tensor parallelism: the LM head's rows this rank holds
         cos, sin = rope_tables(cfg, cfg.max_seq_len, device, dtype)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -262,12 +298,29 @@ class SharedDecoder(nn.Module):
         return self.blocks[depth % self.config.n_unique_layers]
 
     def head(self, h: Tensor) -> Tensor:
-        """Final norm + LM head (the embedding's, unless untied): [..., d] -> [..., V]."""
-        return F.linear(self.norm(h), self.embed.weight if self.lm_head is None else self.lm_head.weight)
+        """Final norm + LM head (the embedding's, unless untied): [..., d] -> [..., V]; with a vocabulary shard,
+        this rank's columns [..., stop - start] (of a tied head, its rows of the replicated embedding)."""
+        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        if self.vocab_shard is not None and self.lm_head is None:
+            weight = weight[self.vocab_shard.start : self.vocab_shard.stop]
+        return F.linear(self.norm(h), weight)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """`head` over the whole vocabulary [..., V]: with a vocabulary shard, every rank's columns gathered."""
+        return self.head(h) if self.vocab_shard is None else self.vocab_shard.gather(self.head(h))
+
+    def argmax(self, logits: Tensor) -> Tensor:
+        """The greedy token of every row [R] (ties to the lowest id, as torch.argmax) from logits [R, V] over the
+        whole vocabulary, or, with a vocabulary shard, from this rank's columns [R, stop - start] (what `head`
+        gives): the one place the decoders (decode, compiled) pick tokens."""
+        if self.vocab_shard is None or logits.shape[-1] == self.config.vocab_size:
+            return logits.argmax(dim=-1)
+        return self.vocab_shard.argmax(logits)
 
     def exit_logits(self, h: Tensor, rows: Rows, exits: list[int]) -> Tensor:
-        """Logits of rows h: [R, d] at their exits (1..G). The decoders call this for every prediction they
-        make; tests override it to model early exits of any quality (only exit G decides the output)."""
+        """Logits of rows h: [R, d] at their exits (1..G), for `argmax`. The decoders call this for every
+        prediction they make; tests override it to model early exits of any quality (only exit G decides the
+        output), with the whole vocabulary's logits (`logits`) where the model is sharded."""
         return self.head(h)
 
     # -- teacher-forced forward
@@ -301,7 +354,7 @@ class SharedDecoder(nn.Module):
                 memory = (*block.cross_attn.encoder_kv(enc), cross_mask)
             x = block(x, cos, sin, causal=True, memory=memory)
             if (depth + 1) % cfg.n_unique_layers == 0:
-                exits.append(self.head(x))
+                exits.append(self.logits(x))
         logits = torch.stack(exits)
         if targets is None:
             return logits, None
@@ -311,13 +364,14 @@ class SharedDecoder(nn.Module):
 
     # -- incremental decoding
     def new_cache(self, batch: int, max_len: int, encoder_len: int = 0) -> KVCache:
+        """Zeroed keys and values of the heads this model holds (a tensor-parallel shard: its rank's)."""
         cfg = self.config
         p = self.embed.weight
-        shape = (cfg.depth, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        shape = (cfg.depth, batch, self.blocks[0].attn.n_kv_heads, max_len, cfg.head_dim)
         cache = KVCache(torch.zeros(shape, device=p.device, dtype=p.dtype),
                         torch.zeros(shape, device=p.device, dtype=p.dtype))
         if cfg.is_encoder_decoder:
-            cross = (cfg.n_unique_layers, batch, cfg.n_heads, encoder_len, cfg.head_dim)
+            cross = (cfg.n_unique_layers, batch, self.blocks[0].cross_attn.n_kv_heads, encoder_len, cfg.head_dim)
             cache.cross_k = torch.zeros(cross, device=p.device, dtype=p.dtype)
             cache.cross_v = torch.zeros(cross, device=p.device, dtype=p.dtype)
             cache.encoder_lens = [0] * batch

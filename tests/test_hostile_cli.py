@@ -241,6 +241,11 @@ def test_validate_and_calibrate_refuse_a_measured_trace_with_nothing_to_project(
     (["--prompt-len", "0"], "argument --prompt-len: expected an integer >= 1, got '0'"),
     (["--prompt-len", "100000"], "--prompt-len 100000 and --tokens 48: tiny-4x3 holds 512 positions"),
     (["--preset", "bogus"], "--preset bogus: unknown model preset 'bogus'"),
+    (["--tp", "0"], "argument --tp: expected an integer >= 1, got '0'"),
+    (["--tp", "-2"], "argument --tp: expected an integer >= 1, got '-2'"),
+    (["--preset", "llama2-7b", "--tp", "3"], "--tp 3: n_heads 32 is not divisible by 3 (llama2-7b)"),
+    (["--preset", "tiny-t5-2x3", "--tp", "2"], "--tp 2: needs 2 processes: launch with torchrun --nproc-per-node 2"),
+    (["--timeout-s", "0"], "argument --timeout-s: expected a finite number in [1, inf], got '0'"),
 ])
 def test_demo_values(capsys, argv, message):
     assert message in one_error_line(capsys, demo.main, argv)

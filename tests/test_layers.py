@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # that the two cores are independent of each other: the trace file is what crosses between them.
 LAYERS = [
     ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
-                      "reference.flips", "reference.compiled", "reference.hfconfig")),
+                      "reference.flips", "reference.compiled", "reference.hfconfig", "reference.parallel",
+                      "reference.ranks")),
     ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.fusion",
                         "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
                         "sim.provider")),
