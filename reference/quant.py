@@ -464,9 +464,14 @@ def quantize(model: SharedDecoder, scheme: str | Scheme, kernel: str = "packed")
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of everything the model's state dict holds (weights, packed weights, scales, zeros, norms, biases; a
-    tied head once)."""
-    return sum(t.nbytes for t in model.state_dict().values())
+    """Bytes of the tensors the model's state dict holds (weights, packed weights as held, scales, zeros, norms,
+    biases; a tied head once), counted where they live: the state dict itself would unpack int4 kernel layouts
+    (of the same bytes) through the kernel."""
+    held: dict[int, Tensor] = {}
+    for module in model.modules():
+        persistent = [b for name, b in module._buffers.items() if name not in module._non_persistent_buffers_set]
+        held.update({id(t): t for t in (*module._parameters.values(), *persistent) if t is not None})
+    return sum(t.nbytes for t in held.values())
 
 
 def projection_bytes(model: SharedDecoder) -> int:
