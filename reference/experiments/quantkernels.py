@@ -6,14 +6,15 @@ for each compiled form (what it fuses, what it calls).
     python -m reference.experiments.quantkernels --k 768 --n 2048 --rows 1 4 --dtypes bfloat16
 
 Rows are the rows one product takes: 1 for sequential decoding at batch 1, G for a full SPEED stage. Each time is
-the median of torch.utils.benchmark's blocked autorange (`--min-run-s` per form), microseconds per call; `vs float`
-is the float product's time over the form's, in the same regime. The figures show which form suits which regime;
-reference.quant's `kernel` argument chooses.
+microseconds per call, the best of `--rounds` rounds that time every form in turn (a shared machine only adds
+time); `vs float` is the float product's time over the form's, in the same regime. The figures show which form
+suits which regime; reference.quant's `kernel` argument chooses.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 
@@ -28,6 +29,7 @@ from sim.command import integer, number, run_command
 DTYPES = ("float32", "bfloat16", "float16")
 FORMS = ("float", *(f"{s} {k}" for s in quant.SCHEMES if s in ("int8", "int4-g32", "int4-g128")
                     for k in quant.KERNELS))
+CALIBRATE_S = 0.05  # seconds of calls that estimate one call's time, which sets the calls per round
 # lines of inductor's output code that call a kernel: generated (cpp_fused_*), library (extern_kernels.*) or op
 KERNEL_CALL = re.compile(r"^\s+(?:\w+ = )?((?:cpp_fused\w*|extern_kernels\.\w+|torch\.ops\.[\w.]+))\(", re.M)
 
@@ -43,9 +45,19 @@ def make_form(form: str, linear: nn.Linear) -> nn.Module:
     return quant.Int4Linear.from_linear(linear, group, kernel)
 
 
-def median_us(fn: nn.Module, x: torch.Tensor, min_run_s: float) -> float:
+def best_us(calls: dict, rounds: int, min_run_s: float) -> dict:
+    """Microseconds per call of each of `calls` (key -> function of no arguments), the best of `rounds` rounds that
+    time every call in turn for about `min_run_s` each: on a shared machine other work only ever adds time, and
+    interleaving spreads its bursts over every form alike."""
+    timers = {key: Timer("fn()", globals={"fn": fn}) for key, fn in calls.items()}
+    best = {key: math.inf for key in timers}
     with torch.inference_mode():
-        return Timer("fn(x)", globals={"fn": fn, "x": x}).blocked_autorange(min_run_time=min_run_s).median * 1e6
+        once = {key: timer.blocked_autorange(min_run_time=CALIBRATE_S).mean for key, timer in timers.items()}
+        number = {key: max(1, round(min_run_s / once[key])) for key in timers}
+        for _ in range(rounds):
+            for key, timer in timers.items():
+                best[key] = min(best[key], timer.timeit(number[key]).mean * 1e6)
+    return best
 
 
 def compiled_kernels(fn: nn.Module, x: torch.Tensor) -> tuple[nn.Module, list[str]]:
@@ -56,7 +68,7 @@ def compiled_kernels(fn: nn.Module, x: torch.Tensor) -> tuple[nn.Module, list[st
     return compiled, KERNEL_CALL.findall(code[0])
 
 
-def measure(k: int, n: int, dtype: torch.dtype, rows: int, min_run_s: float, seed: int) -> list[dict]:
+def measure(k: int, n: int, dtype: torch.dtype, rows: int, rounds: int, min_run_s: float, seed: int) -> list[dict]:
     """Every form at one dtype and row count: eager and compiled microseconds, the compiled kernels, and the
     largest difference from the float product relative to its largest magnitude."""
     gen = torch.Generator().manual_seed(seed)
@@ -66,15 +78,18 @@ def measure(k: int, n: int, dtype: torch.dtype, rows: int, min_run_s: float, see
     x = torch.randn(rows, k, generator=gen).to(dtype)
     with torch.inference_mode():
         exact = linear(x).double()
-    results = []
+    results, calls = [], {}
     for form in FORMS:
         fn = make_form(form, linear)
         compiled, kernels = compiled_kernels(fn, x)
         with torch.inference_mode():
             error = float((fn(x).double() - exact).abs().max() / exact.abs().max())
+        calls[form, "eager"], calls[form, "compiled"] = (lambda fn=fn: fn(x)), (lambda fn=compiled: fn(x))
         results.append({"form": form, "kernel": getattr(fn, "kernel", "F.linear"), "error": error,
-                        "eager_us": median_us(fn, x, min_run_s), "compiled_us": median_us(compiled, x, min_run_s),
                         "compiled_kernels": kernels})
+    best = best_us(calls, rounds, min_run_s)
+    for r in results:
+        r["eager_us"], r["compiled_us"] = best[r["form"], "eager"], best[r["form"], "compiled"]
     return results
 
 
@@ -100,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows per product (default 1 3: sequential decoding and a 3-group SPEED stage)")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32", "bfloat16"],
                         help="activation dtypes (default float32 bfloat16)")
-    parser.add_argument("--min-run-s", type=number(0.01), default=0.3,
-                        help="seconds of timed calls per form and regime (default 0.3)")
+    parser.add_argument("--rounds", type=integer(1), default=5,
+                        help="rounds of timing every form in turn; each form's best round counts (default 5)")
+    parser.add_argument("--min-run-s", type=number(0.01), default=0.2,
+                        help="seconds of calls per form and round (default 0.2)")
     parser.add_argument("--threads", type=integer(1), default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of the weights and inputs (default 0)")
     args = parser.parse_args(argv)
@@ -113,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"projection {args.k} -> {args.n}, {args.threads} thread(s), torch {torch.__version__}")
     for dtype in args.dtypes:
         for rows in args.rows:
-            results = measure(args.k, args.n, getattr(torch, dtype), rows, args.min_run_s, args.seed)
+            results = measure(args.k, args.n, getattr(torch, dtype), rows, args.rounds, args.min_run_s, args.seed)
             print("\n".join(table(results, dtype, rows)), flush=True)
     return 0
 
