@@ -69,8 +69,10 @@ CPU_INNER_K_TILES = 2  # the cpu packer takes the argument and lays out the same
 UNPACK_ROWS = 256  # identity rows per kernel call when unpacking a kernel layout (bounds its memory)
 PACKED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # activations the packed ops take (not float64)
 KERNELS = ("packed", "dequant")  # quantize(kernel=...): the packed ops where they exist, or dequantize + matmul
+DEQUANT = "dequantize + linear"  # QuantizedLinear.kernel of the dequantize-then-matmul form
+INT8_PACKED = "aten._weight_int8pack_mm"
 INT4_KERNELS = {"cpu": "aten._weight_int4pack_mm_for_cpu", "cuda": "aten._weight_int4pack_mm",
-                "nibbles": "dequantize + linear"}  # the op each int4 layout multiplies with
+                "nibbles": DEQUANT}  # the op each int4 layout multiplies with
 PROJECTIONS = {Attention: ("wq", "wk", "wv", "wo"), FeedForward: ("gate", "up", "down")}
 
 
@@ -280,15 +282,14 @@ class Int8Linear(QuantizedLinear):
         super().__init__(weight.shape[1], weight.shape[0], bias)
         self.register_buffer("weight", weight)
         self.register_buffer("scales", scales)
-        self.kernel = "aten._weight_int8pack_mm" if int8_packed(weight.device, scales.dtype, kernel) else \
-            "dequantize + linear"
+        self.kernel = INT8_PACKED if int8_packed(weight.device, scales.dtype, kernel) else DEQUANT
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, kernel: str = "packed") -> Int8Linear:
         return cls(*quantize_int8(linear.weight), linear.bias, kernel)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kernel == "dequantize + linear":  # gpt-fast's form: the scale applies to the output
+        if self.kernel == DEQUANT:  # gpt-fast's form: the scale applies to the output
             return self._finish(F.linear(x, self.weight.to(x.dtype)) * self.scales, x.shape)
         return self._finish(torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.weight,
                                                                self.scales), x.shape)
@@ -441,7 +442,8 @@ def quantize(model: SharedDecoder, scheme: str | Scheme, kernel: str = "packed")
     """Replace every block projection of `model` (wq, wk, wv, wo, gate, up, down; the encoder's too) by its
     quantized form, in place, from its float weights (round to nearest); returns the model. kernel: "packed" (the
     packed op where the device, dtype and shape have one) or "dequant" (dequantize, then multiply, everywhere).
-    A ValueError names the layer (or figure) where the scheme does not fit, and changes nothing."""
+    A ValueError names the layer (or figure) where the scheme does not fit, and changes nothing. Quantize in the
+    dtype and on the device the model decodes in: each layer's form (and int4 layout) is chosen for them."""
     scheme = parse_scheme(scheme)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
