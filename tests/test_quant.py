@@ -24,7 +24,7 @@ from strategies import PredictorModel
 from reference import decode, demo, quant, ranks
 from reference.config import ModelConfig, get_preset
 from reference.experiments import quality, train
-from reference.hfconfig import load_hf_config
+from reference.hfconfig import from_hf_dict, load_hf_config
 from reference.model import SharedDecoder
 from reference.parallel import TensorParallel, build_shard, fake_group, shard
 
@@ -208,12 +208,10 @@ def test_speed_equals_sequential_over_quantized_weights(drawn, dtype, data):
 QWEN2 = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
          "num_key_value_heads": 2, "num_hidden_layers": 4, "vocab_size": 61, "max_position_embeddings": 64,
          "tie_word_embeddings": False}
-FLUSHING = {  # (config, prompts, encoder inputs): SPEED flushes on each (asserted)
+FLUSHING = {  # (config, prompts, encoder inputs): SPEED flushes on each (asserted); Qwen2 from its HF config
     "gqa": (get_preset("tiny-4x3"), [[5, 6, 7], [9, 10]], None),
     "t5": (get_preset("tiny-t5-2x3"), [[0], [0, 7]], [[3, 4, 5], [6, 7, 8, 9]]),
-    "qwen2": (ModelConfig(name="qwen2-tiny-2x2", vocab_size=61, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128,
-                          n_unique_layers=2, n_groups=2, max_seq_len=64, tie_embeddings=False, qkv_bias=True),
-              [[5, 6, 7], [1]], None),
+    "qwen2": (from_hf_dict(QWEN2, name="qwen2-tiny").replace(n_unique_layers=2, n_groups=2), [[5, 6, 7], [1]], None),
 }
 
 
