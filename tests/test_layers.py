@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
                       "reference.flips", "reference.compiled", "reference.hfconfig", "reference.parallel",
-                      "reference.ranks")),
+                      "reference.quant", "reference.ranks")),
     ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.fusion",
                         "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
                         "sim.provider")),
