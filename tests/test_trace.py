@@ -39,9 +39,11 @@ from sim.trace import (
     validate,
     write_trace,
 )
-from sim.trace.schema import END_V4, HEADER, OP, OP_V4, STAGE_V4
+from sim.trace.schema import END_V4, HEADER, OP, OP_V4, OP_V5, STAGE_V4
 
 ROOT = Path(__file__).resolve().parents[1]
+V5_HEADER = ("format", "tp", "tp_rank")  # header fields a version 3 or 4 file does not write (format: first)
+V5_OP = ("ranks",)  # op fields new in version 5
 WEIGHTS = {
     "blocks.0.attn.wq.weight": {"bytes": 2048, "shape": [32, 32], "dtype": "bfloat16"},
     "blocks.0.mlp.w1.weight": {"bytes": 8192, "shape": [128, 32], "dtype": "bfloat16"},
@@ -49,7 +51,7 @@ WEIGHTS = {
 }
 
 
-def make_header(measured: bool = False, version: int = 4) -> TraceHeader:
+def make_header(measured: bool = False, version: int = TRACE_VERSION) -> TraceHeader:
     return TraceHeader(model={"name": "tiny", "d_model": 32, "n_layers": 2, "rope_theta": 10000.0, "bias": False,
                               "eos_id": None},
                        version=version, decoder="speed", dtype="bfloat16", batch=2, prompt_lens=[5, 3],
@@ -68,7 +70,8 @@ def make_op(i: int, stage: int, measured: bool = False, weight: str = "blocks.0.
                     duration_s=1.5e-05 * (i + 1) if measured else None)
 
 
-def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4, version: int = 4) -> Trace:
+def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4, version: int = TRACE_VERSION
+               ) -> Trace:
     """Ops 0-3 of each stage repeat from stage to stage (three distinct ops: the 2nd and 4th are alike) unless
     `measured` (every op its own duration)."""
     ops, stages = [], []
@@ -89,10 +92,11 @@ def write(path: Path, trace: Trace) -> Path:
 def write_v3(path: Path, trace: Trace) -> Path:
     """A version 3 file of `trace` (one op record per executed op), as the writer before version 4 wrote it."""
     head = {"format": "speed-sim-trace", **{f.name: getattr(trace.header, f.name)
-                                            for f in dataclasses.fields(TraceHeader) if f.name != "format"}}
+                                            for f in dataclasses.fields(TraceHeader) if f.name not in V5_HEADER}}
     lines = [{**head, "version": 3}]
     for stage in trace.stages:
-        lines += [{"type": "op", **dataclasses.asdict(op)} for op in trace.ops_of_stage(stage.stage)]
+        lines += [{"type": "op", **{k: v for k, v in dataclasses.asdict(op).items() if k not in V5_OP}}
+                  for op in trace.ops_of_stage(stage.stage)]
         lines.append({"type": "stage", **dataclasses.asdict(stage)})
     lines.append({"type": "end", "ops": trace.executed, "stages": len(trace.stages)})
     return rewrite(path, lines)
@@ -133,7 +137,7 @@ def test_round_trip_and_reproducible(tmp_path: Path, measured: bool) -> None:
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl.gz", "b.jsonl.gz"]
     lines = lines_of(a)
     distinct = 12 if measured else 3
-    assert list(lines[0])[:2] == ["format", "version"] and lines[0]["version"] == 4
+    assert list(lines[0])[:2] == ["format", "version"] and lines[0]["version"] == TRACE_VERSION
     assert lines[-1] == {"type": "end", "ops": distinct, "stages": 3, "executed": 12}
     assert list(lines[1]) == ["type", "id", *[f.name for f in dataclasses.fields(OpRecord)][2:]]
     assert b'"flops":6144,' in gzip.decompress(a.read_bytes())  # compact separators
@@ -186,9 +190,10 @@ names = st.text(max_size=20)
 nat = st.integers(0, 1 << 50)
 seconds = st.just(0.0) | st.floats(1e-12, 1e3)
 opt = st.none() | st.integers(0, 100)
+NOT_COLLECTIVES = [k for k in KERNEL_CLASSES if k != "collective"]  # a collective's fields: test_collective_*
 op_records = st.builds(
     OpRecord, i=st.just(0), stage=st.integers(0, 3), group=opt, depth=opt, layer=opt, seq=opt,
-    rows=st.integers(0, 4096), module=names, kind=st.sampled_from(KERNEL_CLASSES), op=names, in_shapes=shapes,
+    rows=st.integers(0, 4096), module=names, kind=st.sampled_from(NOT_COLLECTIVES), op=names, in_shapes=shapes,
     in_dtypes=st.lists(names, max_size=4), out_shapes=shapes,
     out_dtypes=st.lists(names, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
     kv_read_bytes=nat, kv_write_bytes=nat, weights=st.lists(st.sampled_from(sorted(WEIGHTS)), max_size=3),
@@ -255,10 +260,10 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
     return rewrite(path, lines)
 
 
-# make_trace(), version 4: line 1 header, 2-4 op records 0-2, 5-7 stages 0-2 (ops 0 1 2 1; the others "like"
+# make_trace(), version 5: line 1 header, 2-4 op records 0-2, 5-7 stages 0-2 (ops 0 1 2 1; the others "like"
 # stage 0), 8 end
 @pytest.mark.parametrize("line, field, change, text", [
-    (1, "version", lambda h: h.update(version=5), "unsupported version 5"),
+    (1, "version", lambda h: h.update(version=6), "unsupported version 6"),
     (1, "format", lambda h: h.update(format="other-trace"), "expected 'speed-sim-trace'"),
     (1, "format", lambda h: h.pop("format"), ""),
     (1, "batch", lambda h: h.update(batch=0), "expected an integer in 1..2**31 - 1, got 0"),
@@ -512,7 +517,7 @@ def test_a_trace_read_is_checked_and_one_built_in_code_is_checked_when_simulated
 def test_the_format_document_names_every_field_and_bound() -> None:
     """sim/trace/FORMAT.md is the specification: a field or a bound the code has and it lacks is a test failure."""
     text = (ROOT / "sim" / "trace" / "FORMAT.md").read_text()
-    for schema in (HEADER, OP, OP_V4, STAGE_V4, END_V4):
+    for schema in (HEADER, OP, OP_V4, OP_V5, STAGE_V4, END_V4):
         missing = [name for name in schema.fields if f"`{name}`" not in text]
         assert not missing, f"FORMAT.md does not name {missing}"
     bounds = [name for name in dir(limits) if name.startswith(("MAX_", "MIN_"))]
