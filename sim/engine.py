@@ -542,15 +542,17 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     """Replay `trace` on `hw`. `kernels` (from `distinct_kernels`, or `kernels_of`) may be passed in to reuse them
     across devices with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`).
     Work grows with the distinct kernels and stages, not with their repetitions (`_StageReplay`). A run whose
-    device memory (`memory`, by default `sim.memory.device_memory(trace)`) exceeds the device's is refused
+    device memory (`memory`, by default `sim.memory.device_memory` of the traced run, with the fused kernels'
+    activations under compiled launch; give it for a trace fused already) exceeds the device's is refused
     (`sim.memory.CapacityError`)."""
     _check_request(hw, launch, streams)
-    memory = memory if memory is not None else device_memory(trace)
-    check_fits(memory, hw, run_name(trace))
+    traced = trace
     if launch == "compiled" and not is_fused(trace):
         if kernels is not None:
             raise ValueError("compiled launch: pass the kernels of the fused trace (sim.fusion.fuse), or none")
         trace = fuse(trace).trace
+    memory = memory if memory is not None else device_memory(traced, trace if trace is not traced else None)
+    check_fits(memory, hw, run_name(trace))
     kernels = distinct_kernels(trace, hw) if kernels is None else _per_distinct_op(trace, kernels)
     replay = _StageReplay(trace, hw, launch, streams, kernels)
     p = Projection(hw, launch, streams)
@@ -614,7 +616,8 @@ def breakdown(p: Projection) -> dict:
     collectives (comm; `comm_s`: their seconds) and with the device idle waiting for the host (launch); bytes,
     achieved bandwidth, the roofline floor of the whole run and of its decode stages (`stage_floors_s`). With
     overlapping kernels (streams > 1) the kernel shares split the time the device is busy in proportion to the
-    kernels' durations, and `critical_path_s` is the dependency bound. Computed over distinct kernels and stages, each weighted by how often it runs."""
+    kernels' durations, and `critical_path_s` is the dependency bound. Computed over distinct kernels and stages,
+    each weighted by how often it runs."""
     busy = {"compute": 0, "memory": 0, "latency": 0, "comm": 0}
     by_class = dict.fromkeys(CLASSES, 0)
     counts: Counter[int] = Counter()

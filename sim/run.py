@@ -351,7 +351,8 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
     if launch == "compiled":  # fused once per trace, whatever the hwconfigs
         fused = [(trace, fuse(trace)) for _, _, trace in traces]
         traces = [(label, path, f[1].trace) for (label, path, _), f in zip(traces, fused)]
-    memory = [device_memory(trace) for _, _, trace in traces]  # refused where it exceeds a device's capacity
+    # refused where it exceeds a device's capacity: what the traced run allocates, the fused kernels' activations
+    memory = [device_memory(f[0] if f else trace, f[1].trace if f else None) for (_, _, trace), f in zip(traces, fused)]
     progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
     for hw in hws:
         runs = []

@@ -159,11 +159,10 @@ class Projector:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_bytes(data)
-            trace = read_trace(path)
-        if key.compiled:
-            trace = fuse(trace).trace
+            traced = read_trace(path)
+        trace = fuse(traced).trace if key.compiled else traced
         self.traces[key] = (name, trace)
-        self.memory[key] = device_memory(trace)
+        self.memory[key] = device_memory(traced, trace if key.compiled else None)
 
     def row(self, job: Job) -> dict[str, Any]:
         """The row of one job: sim.run's JSON fields (`summarize`), the point, the device memory and a status:
