@@ -63,55 +63,70 @@ def _preds(ops: list[OpRecord]) -> list[set[int]]:
 
 
 class _Kernels:
-    """The kernels of a stage being formed: members (op indices) per node, each op's node, each node's parents (the
-    nodes it depends on directly) and ancestors (every node it depends on, transitively: the parents' closure, kept
-    exact through joins and merges) and the ops whose kernels it must stay apart from (a scatter's value producer).
+    """The kernels of a stage being formed: members (op indices) per node, each op's node, each node's parents and
+    children (the nodes it depends on directly, and those depending on it directly) and ancestors (every node it
+    depends on, transitively: the parents' closure, kept exact through joins and merges; a bit set, bit n for node
+    n) and the ops whose kernels it must stay apart from (a scatter's value producer).
 
     A node n reaches node m through a third node exactly when n is an ancestor of one of m's other parents (the
     ancestors being exact and the graph acyclic), so the cycle checks look at the few parents, not at every
-    ancestor: linear in the stage, where a 70B model's stage of thousands of ops would otherwise be quadratic."""
+    ancestor; and what a node newly depends on reaches the nodes depending on it through their children links, not
+    through every node of the stage. Both keep the work near linear in the stage, where a 70B model's stage of
+    thousands of ops would otherwise be quadratic."""
 
     def __init__(self) -> None:
         self.members: list[list[int]] = []
         self.node_of: list[int] = []
         self.parents: list[set[int]] = []
-        self.ancestors: list[set[int]] = []
+        self.children: list[set[int]] = []
+        self.ancestors: list[int] = []  # bit sets
         self.apart: list[set[int]] = []
         self.alive: set[int] = set()
 
-    def add(self, i: int, node: int | None, parents: set[int], anc: set[int], apart: set[int]) -> int:
-        """Put op i (depending on nodes `parents` directly and `anc` in all, kept apart from the kernels of ops
-        `apart`) into `node`, or into a new node when None."""
+    def add(self, i: int, node: int | None, parents: set[int], anc: int, apart: set[int]) -> int:
+        """Put op i (depending on nodes `parents` directly and `anc` in all, a bit set, kept apart from the kernels
+        of ops `apart`) into `node`, or into a new node when None."""
         if node is None:
             node = len(self.members)
-            self.members.append([])
-            self.parents.append(set())
-            self.ancestors.append(set())
-            self.apart.append(set())
+            for per_node in (self.members, self.parents, self.children, self.apart):
+                per_node.append([] if per_node is self.members else set())
+            self.ancestors.append(0)
             self.alive.add(node)
         self.members[node].append(i)
         self.node_of.append(node)
         self.apart[node] |= apart
-        self.parents[node] |= parents - {node}
-        self._depend(node, anc - {node})
+        for p in parents - {node} - self.parents[node]:
+            self.parents[node].add(p)
+            self.children[p].add(node)
+        self._depend(node, anc & ~(1 << node))
         return node
 
     def joinable(self, node: int, parents: set[int]) -> bool:
         """Whether an op whose parent nodes are `parents` may join `node` without a cycle: no path from `node`
         through another of them."""
-        return not any(node in self.ancestors[p] for p in parents if p != node)
+        return not any(self.ancestors[p] >> node & 1 for p in parents if p != node)
 
     def kept_apart(self, a: int, b: int) -> bool:
         """Whether nodes a and b hold ops that must not share a kernel."""
         return (any(self.node_of[j] == b for j in self.apart[a])
                 or any(j < len(self.node_of) and self.node_of[j] == a for j in self.apart[b]))
 
-    def _depend(self, node: int, more: set[int]) -> None:
-        """`node` now also depends on `more`: so does every node that depends on it."""
+    def descendants(self, node: int) -> set[int]:
+        """Every node that depends on `node`, through the children links."""
+        found: set[int] = set()
+        todo = [node]
+        while todo:
+            for c in self.children[todo.pop()]:
+                if c not in found:
+                    found.add(c)
+                    todo.append(c)
+        return found
+
+    def _depend(self, node: int, more: int) -> None:
+        """`node` now also depends on the nodes of bit set `more`: so does every node that depends on it."""
         self.ancestors[node] |= more
-        for x in self.alive:
-            if node in self.ancestors[x]:
-                self.ancestors[x] |= more - {x}
+        for x in self.descendants(node):
+            self.ancestors[x] |= more & ~(1 << x)
 
     def cycle(self, a: int, b: int) -> bool:
         """Whether one kernel holding nodes a and b would depend on itself: a path a -> x -> b or b -> x -> a."""
@@ -124,16 +139,19 @@ class _Kernels:
         self.members[a] += self.members[b]
         self.apart[a] |= self.apart[b]
         self.alive.discard(b)
-        for x in self.alive:
-            if b in self.ancestors[x]:
-                self.ancestors[x].discard(b)
-                self.ancestors[x].add(a)
-                if b in self.parents[x]:
-                    self.parents[x].discard(b)
-                    self.parents[x].add(a)
+        for x in self.descendants(b):  # they depended on b: now on a
+            self.ancestors[x] = self.ancestors[x] & ~(1 << b) | 1 << a
+        for c in self.children[b]:
+            self.parents[c].discard(b)
+            self.parents[c].add(a)
+        for p in self.parents[b]:
+            self.children[p].discard(b)
+            self.children[p].add(a)
         self.parents[a] = (self.parents[a] | self.parents[b]) - {a, b}
-        self._depend(a, (self.ancestors[b] | self.ancestors[a]) - {a, b})
-        self.ancestors[a] -= {a, b}
+        self.children[a] = (self.children[a] | self.children[b]) - {a, b}
+        both = ~(1 << a | 1 << b)
+        self._depend(a, (self.ancestors[b] | self.ancestors[a]) & both)
+        self.ancestors[a] &= both
 
     def try_merge(self, nodes: list[int]) -> None:
         """Merge the nodes into the first one, each where that makes no cycle."""
@@ -154,9 +172,9 @@ def stage_groups(ops: list[OpRecord]) -> list[list[int]]:
     readers: dict[int, list[int]] = {}  # producing op -> fusible ops that read it
     for i, op in enumerate(ops):
         parents = {k.node_of[j] for j in preds[i]}
-        anc = set(parents)
+        anc = 0  # a bit set
         for p in parents:
-            anc |= k.ancestors[p]
+            anc |= 1 << p | k.ancestors[p]
         producers = sorted({i - s for s in op.srcs if s})
         # a scatter stays apart from the producer of the values it writes (the last input), and from its kernel
         apart = {i - op.srcs[-1]} if op.op in SCATTER_OPS and op.srcs and op.srcs[-1] else set()
