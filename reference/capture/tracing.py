@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -232,6 +233,9 @@ def meta_group(tp: int) -> Iterator[TensorParallel | None]:
 def capture_on_rank(tp: TensorParallel, job: CaptureJob) -> tuple[Trace, float] | None:
     """One rank's part of a tensor-parallel capture (`LocalRanks.run`): its shard decoded and captured; rank 0's
     trace and time (the others' are not needed: ranks are symmetric but for rank 0's widest vocabulary shard)."""
+    # tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker the ranks share: a
+    # rank killed mid-capture would leave it registered, and the tracker would warn at exit. One process, one lock.
+    tqdm.set_lock(threading.RLock())
     result = capture_run(replace(job, progress=job.progress and tp.rank == 0), tp)
     return result if tp.rank == 0 else None
 
