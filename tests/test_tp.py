@@ -24,7 +24,6 @@ from test_reuse import compare
 
 from reference.capture import tracing
 from reference.capture.fastcapture import FastCapture
-from reference.capture.opcapture import OpCapture
 from reference.config import get_preset
 from reference.parallel import build_shard
 from sim import run
@@ -114,8 +113,9 @@ def test_a_meta_tp_capture_starts_no_process_and_leaves_no_process_group(tmp_pat
     assert not torch.distributed.is_initialized()
 
 
-@pytest.mark.parametrize("preset, decoder, compiled", [("tiny-4x3", "speed", False), ("tiny-4x3", "sequential", True),
-                                                       ("tiny-t5-2x3", "speed", True), ("llama-1b-11x2", "speed", False)])
+@pytest.mark.parametrize("preset, decoder, compiled", [
+    ("tiny-4x3", "speed", False), ("tiny-4x3", "sequential", True), ("tiny-t5-2x3", "speed", True),
+    ("llama-1b-11x2", "speed", False)])
 def test_the_fast_capture_is_exact_under_tp(tmp_path, preset, decoder, compiled):
     fast, _ = capture(preset, tmp_path, compiled=compiled, decoder=decoder, tokens=12)
     full, _ = capture(preset, tmp_path, compiled=compiled, decoder=decoder, tokens=12, full=True)
