@@ -125,7 +125,7 @@ def test_the_fast_capture_is_exact_under_tp(tmp_path, preset, decoder, compiled)
 def test_the_fast_capture_derives_tp_stages_with_the_shards_head_width():
     """A derived stage's LM head placeholder has this rank's vocabulary width (the head a shard runs)."""
     cfg = dataclasses.replace(get_preset("tiny-4x3"), n_heads=6, n_kv_heads=3, d_ff=96, d_model=96)
-    with tracing.meta_group(3) as tp:  # 3 ranks: 256 rows split 86, 85, 85
+    with tracing.fake_group_scope(3) as tp:  # 3 ranks: 256 rows split 86, 85, 85
         model = build_shard(cfg, tp, dtype=torch.bfloat16)
         capture = FastCapture(model)
         with capture.attached():

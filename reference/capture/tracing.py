@@ -203,7 +203,7 @@ def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Pat
     job = CaptureJob(cfg, decoder, tokens, device, dtype, batch, prompt_len, source_len, flips, seed, command,
                      compiled, full, progress)
     if tp == 1 or device == "meta":
-        with meta_group(tp) as group:
+        with fake_group_scope(tp) as group:
             trace, elapsed = capture_run(job, group)
     elif device.split(":")[0] == "cpu":
         with LocalRanks(tp, timeout_s=timeout_s) as ranks:
@@ -217,7 +217,7 @@ def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Pat
 
 
 @contextmanager
-def meta_group(tp: int) -> Iterator[TensorParallel | None]:
+def fake_group_scope(tp: int) -> Iterator[TensorParallel | None]:
     """Rank 0 of a fake process group of `tp` ranks (torch's fake backend: collectives return their shapes, no other
     process exists) for the length of a `with`, destroyed after it; None for one rank."""
     if tp == 1:
