@@ -4,9 +4,11 @@ that serves reused bytes; time in core-clock cycles of the device.
 Each resource is a named object, each actor a plain generator process, as in SimPy's own examples:
 
 - `HostThread` issues the stage's kernels in program order. In eager mode every kernel costs the host
-  `launch_eager_s` (framework dispatch + launch), so a fast device waits for it; in graph mode the stage is
-  one launch (`launch_graph_s`) and the device pays `graph_kernel_gap_s` between kernels instead; compiled mode
-  replays, the same way, the fewer kernels a graph compiler generates for the stage (`sim.fusion`).
+  `launch_eager_s` (framework dispatch + launch; a collective's dispatch and NCCL's launch alike; the wait after
+  it, a stream-wait without a kernel, is not a trace op and costs nothing), so a fast device waits for it; in
+  graph mode the stage is one launch (`launch_graph_s`) and the device pays `graph_kernel_gap_s` between kernels
+  instead (collectives are graph nodes: NCCL kernels can be captured in CUDA graphs); compiled mode replays, the
+  same way, the fewer kernels a graph compiler generates for the stage (`sim.fusion`).
 - `DeviceStream` runs kernels one after another (PyTorch eager uses one stream; the trace's program order is
   the dependency order), each for its cost from `sim.kernels`. On a CPU the host runs its own kernels, so it
   waits for each one (synchronous).
