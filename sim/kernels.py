@@ -17,6 +17,12 @@ times the kernel's fit, the most specific one there is (under compiled launch `c
 default the same) for memory time; the fit also brings `fixed_s`. All factors are in (0, 1], so no kernel is
 projected below its floor.
 
+A collective (kind "collective", tensor parallelism) is not a kernel of the compute units: its time is the
+interconnect model's (`sim.interconnect.collective_time`: NCCL's algorithm and protocol for its bytes and group
+size on the hwconfig's `interconnect`, gloo's ring on a CPU), bound "comm"; its floor is the same model at the
+link's line rate (efficiency 1, no fitted collective_latency_s): NCCL's own latency and the bytes at the full
+link bandwidth, which no collective beats (the model is monotone in bandwidth).
+
 Kernels that overlap (`sim.engine`, streams > 1) share the device: a kernel's demand is the share of the
 compute units and of the memory system it keeps busy while it runs alone (`demand`).
 
@@ -28,11 +34,12 @@ tile per compute unit per wave, so wave quantization against the unit count show
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sim.hardware import HwConfig
-from sim.opkinds import KERNEL_CLASSES, MATRIX_CLASSES
-from sim.trace import OpRecord, check_op
+from sim.interconnect import collective_time
+from sim.opkinds import COLLECTIVE_OPS, KERNEL_CLASSES, MATRIX_CLASSES
+from sim.trace import OpRecord, check_op, op_collective_bytes
 
 CLASSES = KERNEL_CLASSES
 # Tensor cores take the rows (M) of a product in blocks of 16 (mma shapes m16n8k16 on Ampere and Hopper): a
@@ -59,6 +66,7 @@ class Kernel:
     tiles: int  # independent output tiles (matrix classes), for wave quantization
     tile_flops: float  # FLOPs of one tile, its rows padded to whole MATRIX_ROW_BLOCKs as matrix units take them
     padding: float = 1.0  # padded / real rows of a tile: vector units (a CPU, a GPU's fp32) do no padded work
+    collective: tuple[str, int, int] | None = None  # a collective's (kind, bytes as NCCL counts them, group size)
 
     @property
     def bytes(self) -> int:
@@ -110,8 +118,12 @@ def kernel_of(op: OpRecord, tile_m: int, tile_n: int, checked: bool = False) -> 
     if op.kv_read_bytes and op.kv:
         share = op.kv_read_bytes // len(op.kv)
         reads += [(item, share) for item in op.kv]
+    collective = None
+    if cls == "collective":  # its dtype: what it moves (sim.trace's checks: one of DTYPE_BYTES)
+        kind = COLLECTIVE_OPS[op.op]
+        collective, dtype = (kind, op_collective_bytes(op, kind), op.ranks), op.in_dtypes[0]
     return Kernel(cls, op_kind(op), dtype, op.flops, op.weight_bytes, op.act_read_bytes + op.act_write_bytes,
-                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops, padding)
+                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops, padding, collective)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +136,14 @@ class KernelCost:
     floor_compute_s: float  # FLOPs at the peak rate
     floor_dram_s: float  # DRAM bytes at peak DRAM bandwidth
     floor_l2_s: float  # all bytes at peak L2 bandwidth
+    floor_link_s: float = 0.0  # a collective: its time at the link's line rate (module docstring)
 
 
 def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int, compiled: bool = False) -> KernelCost:
     """Device time of kernel `k` when `dram_bytes` of its bytes come from device memory (the rest on chip);
-    `compiled`: a kernel of a compiled graph (`hw.fit`)."""
+    `compiled`: a kernel of a compiled graph (`hw.fit`). A collective's is the interconnect's (`collective_cost`)."""
+    if k.collective is not None:
+        return collective_cost(k, hw)
     peak, eff = hw.peak, hw.efficiency
     if k.cls in MATRIX_CLASSES:
         rate = hw.matrix_flops(k.dtype)
@@ -153,10 +168,23 @@ def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int, compiled: bool = False
     return KernelCost(time_s, floor_s, bound, compute_s, memory_s, *floors)
 
 
+def collective_cost(k: Kernel, hw: HwConfig) -> KernelCost:
+    """A collective's time on `hw`'s interconnect (bound "comm"), and its floor: the same collective at the link's
+    line rate (module docstring). An `InterconnectError` (naming the hwconfig field) where `hw` has no interconnect
+    or its node is smaller than the group."""
+    kind, nbytes, ranks = k.collective
+    time_s = collective_time(kind, nbytes, ranks, k.dtype, hw).time_s
+    line_rate = replace(hw.interconnect, efficiency=1.0, collective_latency_s=0.0) if hw.interconnect else None
+    floor_s = collective_time(kind, nbytes, ranks, k.dtype, replace(hw, interconnect=line_rate)).time_s
+    return KernelCost(time_s, floor_s, "comm", 0.0, 0.0, 0.0, 0.0, 0.0, floor_s)
+
+
 def demand(k: Kernel, cost: KernelCost, hw: HwConfig) -> tuple[float, float]:
     """(compute, memory): the shares of the compute units and of memory bandwidth that kernel `k` keeps busy
     when it runs alone, each in [0, 1]. A matrix kernel with fewer tiles than units occupies only some units;
-    a latency-bound kernel occupies little of either, so it overlaps almost freely."""
+    a latency-bound kernel occupies little of either, so it overlaps almost freely. A collective runs on the link
+    (sim.engine): none of either (NCCL's kernels take one block per channel, a few of the units, and move a decode
+    step's few kilobytes; not modelled)."""
     if cost.time_s <= 0:
         return 0.0, 0.0
     units = min(k.tiles, hw.peak.compute_units) / hw.peak.compute_units if k.cls in MATRIX_CLASSES else 1.0

@@ -123,6 +123,15 @@ def test_files_that_are_not_regular_are_refused_unread(tmp_path):
     (["--streams", "0"], "argument --streams: expected an integer in [1, 1024], got '0'"),
     (["--trace", TRACE, "--tokens", "64"], "--trace replays recorded runs as they are; --tokens describe a run"),
     (["--decoder", "speed"], "--decoder applies to a --model; give one"),
+    # issue 20: tensor-parallel degrees the model, the hwconfig or the flag cannot take
+    (["--tp", "0"], "argument --tp: expected an integer in [1, 65536], got '0'"),
+    (["--tp", "-2"], "argument --tp: expected an integer in [1, 65536], got '-2'"),
+    (["--model", "llama2-7b", "--tp", "3"], "--tp 3: n_heads 32 is not divisible by 3 (llama2-7b)"),
+    (["--model", "llama2-7b", "--tp", "2", "16"], "--tp 16: hwconfig {hw}/a100.yaml, field "
+     "'interconnect.devices_per_node': a group of 16 devices spans more than one node of 8"),
+    (["--hw", "a100", "jetson-orin", "--tp", "2"], "--tp 2: hwconfig {hw}/jetson-orin.yaml, field 'interconnect': "
+     "missing: a group of 2 devices needs the hwconfig's interconnect section"),
+    (["--trace", TRACE, "--tp", "2"], "--trace replays recorded runs as they are; --tp describe a run to trace"),
 ])
 def test_bad_run_values_are_refused_before_any_projection(tmp_path, capsys, monkeypatch, argv, message):
     (tmp_path / "file").write_text("x")
@@ -133,7 +142,7 @@ def test_bad_run_values_are_refused_before_any_projection(tmp_path, capsys, monk
     monkeypatch.setenv("SPEED_SIM_CACHE", str(tmp_path / "cache"))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     line = one_error_line(capsys, run.main, argv)
-    assert message.replace("{tmp}", str(tmp_path)) in line, line
+    assert message.replace("{tmp}", str(tmp_path)).replace("{hw}", str(HWCONFIG_DIR)) in line, line
     assert not (tmp_path / "cache").exists(), "traced before refusing"
 
 
@@ -249,6 +258,18 @@ def test_validate_and_calibrate_refuse_a_measured_trace_with_nothing_to_project(
 ])
 def test_demo_values(capsys, argv, message):
     assert message in one_error_line(capsys, demo.main, argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tp", "0"], "argument --tp: expected an integer >= 1, got '0'"),
+    (["--tp", "3"], "--tp 3: n_heads 4 is not divisible by 3 (tiny-4x3)"),
+    (["--tp", "2", "--device", "cuda"], "--tp 2 --device cuda: a tensor-parallel capture runs on the meta device"),
+])
+def test_tracing_refuses_a_degree_it_cannot_capture(tmp_path, capsys, argv, message):
+    out = tmp_path / "t.jsonl.gz"
+    line = one_error_line(capsys, tracing.main, ["--preset", "tiny-4x3", "--tokens", "4", "--out", str(out), *argv])
+    assert message in line, line
+    assert not os.listdir(tmp_path)
 
 
 def test_tracing_without_flips_takes_the_profile_its_help_promises(tmp_path, capsys):
