@@ -52,6 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+START = time.monotonic()  # the budget counts from here, before torch is imported
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the repository's packages
     sys.path.insert(0, str(ROOT))
@@ -77,6 +78,10 @@ PHASES = ("env", "microbench", "compiled-default", "compiled-llama", "eager-defa
 OPS_PER_LAYER = 36
 CROSS_ATTENTION = 1.5
 NOT_SELECTED = "not among --phases"
+# Tokens of compiled decoding on a cpu: the CPU loop's (scripts/cpu_validation.sh), so that the cache length and the
+# compiled variants are the same, and inductor's cache (on disk) serves the loop's compilations: on a busy 2-core
+# machine a cold compile of a tiny preset's variants takes 1-3 minutes, a cached one seconds
+CPU_COMPILED_TOKENS = 128
 DTYPE_TAG = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 PROGRESS_LINE = re.compile(r"\d+(\.\d+)?(it/s|s/it)\]|\|\s*\d+/\d+ \[")  # a tqdm refresh: kept out of the log
@@ -189,6 +194,7 @@ class Settings:
     threads: int | None
     microbench: MicrobenchSetup
     microbench_reduced: MicrobenchSetup
+    eager_tokens: int | None = None  # the eager jobs' tokens where they differ from the compiled ones'
 
 
 SWEEPS = ("decode_gemm", "decode_attention")
@@ -198,7 +204,8 @@ def settings(device: str, quick: bool) -> Settings:
     """cuda: the default configurations and llama2-7b-8x4 (bf16), two warm-up runs (the first compiles; the
     second replays the graphs once before timing); cpu: tiny stand-ins (float32, one thread) of an
     encoder-decoder (tiny-t5-2x3) and a grouped-query decoder-only model (tiny-4x3), no all-reduce sweep (CI's
-    CPU loop has it). --quick: fewer tokens and runs, the microbenchmark's quick sizes."""
+    CPU loop has it), compiled at CPU_COMPILED_TOKENS, eager at 16 (--quick) or 32. --quick: fewer tokens and
+    runs, the microbenchmark's quick sizes."""
     if device == "cuda":
         tokens, llama_tokens = (32, 16) if quick else (128, 32)
         default = (Job("t5-base-4x3", "speed", tokens), Job("t5-base-4x3", "sequential", tokens),
@@ -208,12 +215,13 @@ def settings(device: str, quick: bool) -> Settings:
         full = MicrobenchSetup(("resources", "all_reduce", *SWEEPS))
         reduced = replace(full, quick=True, rows=(1, 2, 4, 16), lengths=(128, 2048, 32768))
         return Settings("bfloat16", default, llama, 2, 3 if quick else 5, 1, None, reduced if quick else full, reduced)
-    tokens = 16 if quick else 32
-    default = (Job("tiny-t5-2x3", "speed", tokens, "0.09,0.04"), Job("tiny-t5-2x3", "sequential", tokens))
-    llama = (Job("tiny-4x3", "speed", tokens, "0.09,0.04"), Job("tiny-4x3", "sequential", tokens))
+    default = (Job("tiny-t5-2x3", "speed", CPU_COMPILED_TOKENS, "0.09,0.04"),
+               Job("tiny-t5-2x3", "sequential", CPU_COMPILED_TOKENS))
+    llama = (Job("tiny-4x3", "speed", CPU_COMPILED_TOKENS, "0.09,0.04"), Job("tiny-4x3", "sequential",
+                                                                            CPU_COMPILED_TOKENS))
     reduced = MicrobenchSetup(("resources", *SWEEPS), True, 1, (1, 2, 4, 16), (128, 1024))
     full = reduced if quick else replace(reduced, quick=False, lengths=(128, 1024, 8192))
-    return Settings("float32", default, llama, 1, 3 if quick else 5, 1, 1, full, reduced)
+    return Settings("float32", default, llama, 1, 3 if quick else 5, 1, 1, full, reduced, 16 if quick else 32)
 
 
 @dataclass
@@ -346,6 +354,8 @@ def plan(device: str, quick: bool, out: str) -> list[Phase]:
     for compiled in (True, False):
         mode = "compiled" if compiled else "eager"
         for key, jobs in (("default", s.default_jobs), ("llama", s.llama_jobs)):
+            if not compiled and s.eager_tokens:
+                jobs = tuple(replace(job, tokens=s.eager_tokens) for job in jobs)
             how = ("compiled decoding (CUDA graphs)" if device == "cuda" else "compiled decoding") if compiled else \
                 "eager decoding, per-op times"
             phases.append(Phase(f"{mode}-{key}", mode, f"{how} of {what[key]}",
@@ -430,7 +440,7 @@ class Campaign:
     def __init__(self, args: argparse.Namespace, budget_s: float, archive: Path | None) -> None:
         self.args, self.budget_s, self.archive = args, budget_s, archive
         self.phases = [env_phase(args.device)]  # the rest once the output folder is known
-        self.t0 = time.monotonic()
+        self.t0 = START
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.out: Path | None = None
         self.facts: dict[str, Any] = {}
