@@ -3,7 +3,7 @@ same phases at tiny sizes, so that it is known to work before a GPU sees it (CI 
 
     bash scripts/gpu_campaign.sh                          # a CUDA machine: data/measured/<gpu>/, at most 480 s
     bash scripts/gpu_campaign.sh --dry-run                # the plan: every command, the budget per phase; runs nothing
-    bash scripts/gpu_campaign.sh --device cpu --quick --out /tmp/campaign   # this CPU, tiny presets (~2-3 min)
+    bash scripts/gpu_campaign.sh --device cpu --quick --out /tmp/campaign   # this CPU, tiny presets (CI)
 
 Phases, in order of value, each one command whose files are written when it ends:
 
@@ -27,6 +27,9 @@ phase's files, manifest.json (per phase: status, setting, estimated and taken se
 scaled or skipped), COMMANDS.md (the command that made each file) and campaign.log (all output); when $OUT is set
 (the device tool) or --archive is given, the folder as one archive (campaign.tar.gz, members under <gpu>/),
 refreshed after every phase, so that what finished comes back even when the call is cut off.
+
+On this 2-core CPU the quick run took 90 s with inductor's cache warm, 195 s right after the CPU loop
+(scripts/cpu_validation.sh, whose compiled variants it shares) at a load of 6, 414 s cold at a load of 5-7.
 
 Stopping: Ctrl-C or SIGTERM stops the command in flight (its partial files are removed), writes the manifest,
 COMMANDS.md and the archive of what finished, and exits 130 / 143. Exit status otherwise: 0 every phase done;
@@ -70,6 +73,7 @@ from sim.command import number, run_command  # noqa: E402
 from sim.files import atomic_write, output_problem  # noqa: E402
 
 DEFAULT_BUDGET_S = {"cuda": 480.0, "cpu": 900.0}  # cuda: a device-tool call of <= 10 min, its start included
+DEVICE_TOOL_FILE_BYTES = 16 << 20  # the largest file the device tool brings back from $OUT (its README)
 RESERVE_S = 5.0  # kept back from the budget for the last manifest and archive
 GRACE_S = 20.0  # a stopped command's time to remove its partial files (it gets SIGTERM) before it is killed
 PHASES = ("env", "microbench", "compiled-default", "compiled-llama", "eager-default", "eager-llama")
@@ -395,7 +399,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where to measure (default cuda)")
     parser.add_argument("--quick", action="store_true", help="fewer tokens, runs and microbenchmark sizes (cpu: the "
-                        "CI run, ~2-3 min on 2 busy cores)")
+                        "CI run, 1.5-3.5 min on 2 busy cores after the CPU loop)")
     parser.add_argument("--out", type=Path, help="output folder (default data/measured/<gpu>: the GPU's model from "
                         "torch.cuda.get_device_name, e.g. h100; data/measured/cpu on cpu)")
     parser.add_argument("--gpu", help="the folder name under data/measured instead of the one made from the device")
@@ -586,6 +590,10 @@ class Campaign:
             if self.log is not None:
                 self.log.flush()
             atomic_write(self.archive, lambda tmp: pack(self.out, tmp))
+            size = self.archive.stat().st_size
+            if size > DEVICE_TOOL_FILE_BYTES:
+                self.say(f"warning: {self.archive} is {size / 2**20:.1f} MiB; the device tool brings back files of at "
+                         f"most {DEVICE_TOOL_FILE_BYTES / 2**20:.0f} MiB")
 
     def manifest(self) -> dict[str, Any]:
         out = str(self.out)
