@@ -183,6 +183,8 @@ def decode_pairs(mb: dict[str, Any], hw: HwConfig, unmodelled: list[str]) -> dic
         if not isinstance(rows, list):
             raise ValueError(f"'{name}': expected a list of rows, got {brief(rows)}")
         for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ValueError(f"'{name}[{i}]': expected a mapping of a row's fields, got {brief(row)}")
             if name == "decode_gemm" and row.get("form", "linear") not in DECODE_GEMM_FORMS:
                 unmodelled.append(f"{name}[{i}]: form {row.get('form')!r}: the kernel model takes products x @ W^T "
                                   f"(form {', '.join(DECODE_GEMM_FORMS)})")
