@@ -154,9 +154,9 @@ def loopback_section(mb: dict[str, Any]) -> tuple[dict, dict]:
 def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
     """Each microbenchmark (reference.capture.microbench) as (resource, one-op trace, measured seconds per call): copy
     over sizes, and per dtype matrix products of two or more rows (gemm) and of one row (gemv), elementwise
-    multiply, decode attention (runs without a `query_shape` passed 3-D inputs). Copies and products rotate
-    their buffers past the cache; attention repeats on the same keys, so its trace has two calls and the
-    second is the one measured."""
+    multiply, decode attention (runs without a `query_shape` passed 3-D inputs; grouped-query ones read the keys
+    and values of their `kv_heads`, default all heads). Copies and products rotate their buffers past the cache;
+    attention repeats on the same keys, so its trace has two calls and the second is the one measured."""
     out = []
     for c in mb.get("copy", []):  # float32; bytes read + written
         n = c["bytes"] // 4
@@ -173,11 +173,12 @@ def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
             "aten.mul.Tensor", "micro.mul", [[numel]] * 2, [numel], e["dtype"], numel, 3 * numel * size), e["seconds"]))
     for a in mb.get("attention", []):  # one query row over `length` keys, the same tensors call after call: the second
         h, length, d, size = a["heads"], a["length"], a["head_dim"], DTYPE_BYTES[a["dtype"]]
+        h_kv = a.get("kv_heads", h)
         q = a.get("query_shape", [h, 1, d])
-        kv = [*q[:-2], length, d]
+        kv = [*q[:-3], h_kv, length, d]
         out.append((f"attention {a['dtype']}", one_op_trace(
             "aten.scaled_dot_product_attention", "micro.attn", [q, kv, kv], q, a["dtype"], 4 * h * length * d,
-            2 * h * d * size, kv_read_bytes=2 * h * length * d * size, calls=2), a["seconds"]))
+            2 * h * d * size, kv_read_bytes=2 * h_kv * length * d * size, calls=2), a["seconds"]))
     return out
 
 
