@@ -46,16 +46,17 @@ PRODUCT_CLASSES = ("matmul", "lm_head")
 # Fused attention kernels (FlashAttention, cuDNN, PyTorch's CPU flash kernel) give each compute unit a block of
 # 64 query rows of one (batch, head): the tile count that waves are cut from.
 ATTENTION_QUERY_TILE = 64
-# Keys per block of FlashAttention-2's split-KV (flash-decoding) kernel for head dims up to 128: kBlockN =
-# Headdim <= 64 ? 256 : (Headdim <= 128 ? 128 : 64) in csrc/flash_attn/src/flash_fwd_launch_template.h
-# (run_mha_fwd_splitkv_dispatch), also in PyTorch's copy (aten/src/ATen/native/transformers/cuda/flash_attn).
-KV_SPLIT_BLOCK = 128
-# At most 128 splits (num_splits_heuristic(..., max_splits=128) in flash_api.cpp), each within 85% of the best
-# wave efficiency, the fewest such (the same heuristic).
+# Keys per block of FlashAttention-2's split-KV (flash-decoding) kernel by head dim: `block_n = head_size <= 64 ?
+# 256 : (head_size <= 128 ? 128 : 64)` in set_params_splitkv (csrc/flash_attn/flash_api.cpp; PyTorch's copy in
+# aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp), as run_mha_fwd_splitkv_dispatch launches it.
+KV_SPLIT_BLOCKS = ((64, 256), (128, 128))  # (largest head dim, keys per block); beyond: 64
+KV_SPLIT_BLOCK_WIDE = 64
+# At most 128 splits (num_splits_heuristic(..., max_splits=128)); of the splits that change the blocks per split
+# (`is_split_eligible`), the fewest whose wave efficiency is within 85% of the best (the same heuristic).
 MAX_KV_SPLITS = 128
 KV_SPLIT_WAVE_EFFICIENCY = 0.85
 # FlashAttention-2 splits KV only when the (batch x heads x query blocks) CTAs fill less than 80% of the compute
-# units (`if (batch_nheads_mblocks >= 0.8f * num_SMs) return 1;` in num_splits_heuristic).
+# units (`if (batch_nheads_mblocks >= 0.8f * num_SMs) { return 1; }` in num_splits_heuristic).
 KV_SPLIT_BELOW_UNITS = 0.8
 
 
@@ -173,15 +174,23 @@ def product_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) -> t
     return p.compute_s, p.memory_s, min(p.ctas, peak.compute_units) / peak.compute_units
 
 
+def kv_split_block(head_dim: int) -> int:
+    """Keys per block of FlashAttention-2's split-KV kernel for `head_dim` (KV_SPLIT_BLOCKS)."""
+    return next((keys for dim, keys in KV_SPLIT_BLOCKS if head_dim <= dim), KV_SPLIT_BLOCK_WIDE)
+
+
 def kv_splits(ctas: int, key_blocks: int, units: int) -> int:
-    """FlashAttention-2's split of the keys (flash-decoding) for `ctas` (batch x heads x query blocks) CTAs over
-    `key_blocks` blocks of KV_SPLIT_BLOCK keys on `units` compute units: none when the CTAs fill the units; else
-    the fewest splits whose wave efficiency is within KV_SPLIT_WAVE_EFFICIENCY of the best (num_splits_heuristic)."""
+    """FlashAttention-2's split of the keys (flash-decoding, num_splits_heuristic) for `ctas` (batch x heads x
+    query blocks) CTAs over `key_blocks` blocks of keys on `units` compute units: none when the CTAs fill the
+    units; else, of the splits that change the blocks per split, the fewest whose wave efficiency is within
+    KV_SPLIT_WAVE_EFFICIENCY of the best."""
     if ctas >= KV_SPLIT_BELOW_UNITS * units:
         return 1
     limit = min(MAX_KV_SPLITS, units, key_blocks)
 
     def wave_efficiency(splits: int) -> float:
+        if splits > 1 and -(-key_blocks // splits) == -(-key_blocks // (splits - 1)):
+            return 0.0  # the same blocks per split as one split fewer: not a split of its own
         waves = ctas * splits / units
         return waves / math.ceil(waves)
 
@@ -195,9 +204,9 @@ def attention_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) ->
     leave compute units idle, as at decode; the KV cache read once per key-value head (grouped-query attention), at
     the bandwidth the CTAs reach (sim.matmul.stream_bandwidth); compute in waves of the CTAs."""
     peak, eff = hw.peak, hw.efficiency
-    batch, heads, _, q_len, kv_len, _ = k.shape
+    batch, heads, _, q_len, kv_len, head_dim = k.shape
     ctas = batch * heads * -(-q_len // ATTENTION_QUERY_TILE)
-    splits = kv_splits(ctas, -(-kv_len // KV_SPLIT_BLOCK), peak.compute_units)
+    splits = kv_splits(ctas, -(-kv_len // kv_split_block(head_dim)), peak.compute_units)
     rate = hw.matrix_flops(k.dtype)
     rows = MATRIX_ROW_BLOCK if rate > hw.vector_flops(k.dtype) else 1  # a decode query row pays for 16 on MMAs
     padding = max(1.0, min(ATTENTION_QUERY_TILE, rows) / min(ATTENTION_QUERY_TILE, q_len))

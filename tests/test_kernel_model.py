@@ -14,7 +14,7 @@ from simtraces import hw_dict
 from sim import matmul
 from sim.fitting import public_kernels
 from sim.hardware import HWCONFIG_DIR, KernelFit, load_hwconfig, parse
-from sim.kernels import attention_shape, kernel_cost, kernel_of, kv_splits
+from sim.kernels import attention_shape, kernel_cost, kernel_of, kv_split_block, kv_splits
 from sim.trace import one_op_trace
 
 H100 = load_hwconfig(HWCONFIG_DIR / "h100.yaml")
@@ -97,6 +97,8 @@ def test_flash_decoding_splits_the_keys_when_few_ctas_leave_units_idle():
     assert 1 < splits <= 64 and waves / math.ceil(waves) >= 0.85  # one wave, nearly full
     assert kv_splits(8, 2, 132) == 2  # never more splits than blocks of keys
     assert kv_splits(1, 10**6, 132) <= 128
+    assert kv_splits(48, 1000, 108) == 2  # flash_api.cpp's example: 48 CTAs on 108 SMs, 2 splits (efficiency 0.89)
+    assert [kv_split_block(d) for d in (64, 128, 256)] == [256, 128, 64]
 
 
 def test_decode_attention_reads_the_kv_cache_once_per_kv_head_and_ramps_with_length():
@@ -158,12 +160,41 @@ def test_public_measurements_are_read_and_split_by_shape():
     assert all(p.seconds > 0 and p.harness in public_kernels.HARNESSES for p in pts)
 
 
+def test_vidurs_projections_are_the_independent_check_and_never_fitted():
+    vidur = public_kernels.vidur_points()
+    assert len(vidur) == 960 and {p.gpu for p in vidur} == {"a100", "h100"}
+    assert not {p.source for p in public_kernels.points()} & {p.source for p in vidur}
+    checks = public_kernels.vidur_report({"a100": A100})["a100"]
+    assert checks["vidur all"]["n"] == 480 and checks["vidur all, 1-16 rows"]["n"] == 160
+
+
 def test_the_datasheet_hwconfigs_hold_their_fitted_figures_and_efficiencies_at_most_one():
     for hw in (A100, H100, load_hwconfig(HWCONFIG_DIR / "h200.yaml")):
         for fit in hw.classes.values():
             assert isinstance(fit, KernelFit) and 0 < fit.efficiency <= 1 and 0 < fit.bandwidth_share <= 1
             assert 0 <= fit.fixed_s <= public_kernels.KERNEL_FIXED_MAX_S
         assert "efficiency.dram" in hw.sources and "efficiency.matrix" in hw.sources
+
+
+def test_the_shipped_figures_are_what_the_fit_gives():
+    """The fit of `python -m sim.fitting.public_kernels --fit` at the model's fitted constants (the grid point it
+    chose) reproduces the datasheet hwconfigs' figures and the harness times (as written: 4 significant digits)."""
+    hws = {gpu: load_hwconfig(HWCONFIG_DIR / f"{gpu}.yaml") for gpu in public_kernels.GPUS}
+    pts = public_kernels.points()
+    fit_sets = {gpu: [p for p, out in zip(pts, public_kernels.held_out(pts)) if p.gpu == gpu and not out]
+                for gpu in hws}
+    assert matmul.CTA_STREAM_BYTES_PER_CYCLE in public_kernels.STREAM_GRID
+    assert matmul.TILE_LOAD_ROWS in public_kernels.TILE_LOAD_ROWS_GRID
+    figures, _ = public_kernels.fit_all(fit_sets, hws)
+    for gpu, v in figures.items():
+        hw = hws[gpu]
+        assert hw.efficiency.dram == pytest.approx(v["dram"], abs=1e-4)
+        assert hw.classes["matmul"].fixed_s == pytest.approx(v["matmul_s"], rel=1e-3, abs=1e-12)
+        assert hw.classes["attention"].fixed_s == pytest.approx(v["attention_s"], rel=1e-3, abs=1e-12)
+        assert hw.classes["attention"].bandwidth_share == pytest.approx(v["attention_memory"], abs=1e-4)
+        assert hw.classes["fused"].fixed_s == pytest.approx(v["small_s"], rel=1e-3, abs=1e-12)
+        for harness in ("do_bench", "onnxruntime op"):
+            assert public_kernels.HARNESS_S[gpu][harness] == pytest.approx(v[harness], rel=1e-3, abs=1e-12)
 
 
 def test_the_public_report_and_its_gate():

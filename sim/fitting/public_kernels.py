@@ -159,7 +159,37 @@ def small_op_points() -> list[Point]:
 
 
 def points() -> list[Point]:
+    """Every measurement the model is fitted to or judged on (not Vidur's: `vidur_points`)."""
     return gemm_points() + attention_points() + small_op_points()
+
+
+def vidur_points() -> list[Point]:
+    """The independent check, never fitted: Vidur's profiled Llama-2 projections (QKV, O, gate-up, down; 1 to 4096
+    tokens, tensor-parallel shards of 1 to 8) on an A100 and an H100, each the kernels' device time from the
+    profiler (median) of a projection called among the layer's other ops: one call from DRAM."""
+    out = []
+    for r in _csv("vidur-mlp/projections.csv"):
+        m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+        out.append(Point(r["hwconfig"], "matmul", (m, n, k), _product(m, n, k, "float16", 1), float(r["median_s"]),
+                         "back-to-back", f"vidur {r['model']} tp{r['tp']} {r['op']}"))
+    return out
+
+
+def vidur_report(hws: dict[str, HwConfig]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per GPU: the error statistics of the projections against Vidur's, per projection and over all of them at
+    1 to 16 tokens (decoding) and at more."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    pts = vidur_points()
+    for gpu, hw in hws.items():
+        pairs: dict[str, list[tuple[float, float]]] = {}
+        for p in (p for p in pts if p.gpu == gpu):
+            pair = (projected(p, hw, HARNESS_S[gpu]), p.seconds)
+            rows = "1-16 rows" if p.shape[0] <= 16 else "17-4096 rows"
+            for key in (f"vidur {p.source.rsplit(' ', 1)[1]}", f"vidur all, {rows}", "vidur all"):
+                pairs.setdefault(key, []).append(pair)
+        if pairs:
+            out[gpu] = {key: metrics(pairs[key]) for key in sorted(pairs)}
+    return out
 
 
 def held_out(pts: list[Point]) -> list[bool]:
@@ -328,6 +358,9 @@ def _parser() -> argparse.ArgumentParser:
                         "efficiency.dram, the fixed times per class, attention's memory efficiency, the harnesses' "
                         "times) and print "
                         "them, then the report of the hwconfigs given")
+    parser.add_argument("--vidur", action="store_true",
+                        help="also print the independent check: Vidur's profiled Llama-2 QKV, O, gate-up and down "
+                        "projections on an A100 and an H100 (data/public/vidur-mlp/), never fitted")
     parser.add_argument("--json", type=Path, help="write the error statistics as JSON")
     parser.add_argument("--max-held-out-median", type=number(0), metavar="PCT",
                         help="exit 1 when a GPU's median absolute error on a kernel class's held-out shapes exceeds "
@@ -377,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     results = report(pts, hws)
     for gpu, by_key in results.items():
         print_report(f"{hws[gpu].name} ({dict(args.hw)[gpu]}) against public per-op measurements", by_key)
+    if args.vidur:
+        for gpu, by_key in vidur_report(hws).items():
+            print_report(f"{hws[gpu].name} against Vidur's profiled Llama-2 projections (the independent check, "
+                         "never fitted)", by_key)
     if args.json:
         text = json.dumps(json_safe(results), indent=1, allow_nan=False)
         atomic_write(args.json, lambda tmp: tmp.write_text(text))

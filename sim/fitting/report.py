@@ -220,6 +220,16 @@ def public_kernels_section(lines: list[str]) -> None:
             cls, side = key.rsplit(" ", 1)
             lines.append(f"| `{gpu}.yaml` | {cls} | {side} | {m['n']} | {m['median_abs_pct']:.1f}% | "
                          f"{m['p90_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | {r_text(m['pearson_r'], 0)} |")
+    lines += ["", "The independent check, never fitted (`--vidur`): Vidur's profiled Llama-2-7B and -70B projections "
+              "(QKV, O, gate-up, down; 1 to 4096 tokens, tensor-parallel shards of 1 to 8; `data/public/vidur-mlp/`).",
+              "", "| hwconfig | rows | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for gpu, by_key in public_kernels.vidur_report(hws).items():
+        for key in ("vidur all", "vidur all, 1-16 rows", "vidur all, 17-4096 rows"):
+            m = by_key[key]
+            lines.append(f"| `{gpu}.yaml` | {key.removeprefix('vidur all').lstrip(', ') or 'all'} | {m['n']} | "
+                         f"{m['median_abs_pct']:.1f}% | {m['p90_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | "
+                         f"{r_text(m['pearson_r'], 0)} |")
     lines.append("")
 
 
