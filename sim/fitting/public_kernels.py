@@ -1,8 +1,8 @@
 """The kernel model against public per-operator measurements of A100, H100 and H200 GPUs (no GPU needed):
 matrix products of 1 to 16384 rows, decode attention and single-kernel norms and elementwise ops.
 
-    python -m sim.fitting.public_kernels [--hw a100=hwconfigs/a100.yaml ...] [--json OUT]
-        [--max-held-out-median PCT] [--max-held-out-p90 PCT]
+    python -m sim.fitting.public_kernels [--hw a100=hwconfigs/a100.yaml ...] [--vidur] [--json OUT]
+        [--gate CLASS ...] [--max-held-out-median PCT] [--max-held-out-p90 PCT]
     python -m sim.fitting.public_kernels --fit     # fit the datasheet figures to the fit set and print them
 
 The measurements (data/public/README.md: every row's source) are the per-op times of public benchmarks: PyTorch's
@@ -11,7 +11,8 @@ matmul (cuBLAS) on an A800 (an A100 of the same SMs and HBM2e), an H100 and an H
 an H100, batch-1 nn.Linear on an A100 and an H100 (pytorch/ao issue 1606); FlashAttention-2 paged decode on an A100
 and an H100 (onnxruntime PR 21414) and FlashAttention-3 on an H100 (flash-attention issue 1572); Liger's Triton
 kernels (one kernel per norm, rotary or activation) on an A100 and an H100. Vidur's profiled data is not among
-them: it is the project's independent check and never fitted to.
+them: it is the project's independent check, never fitted to (`--vidur`: its Llama-2 QKV, O, gate-up and down
+projections at 1 to 4096 tokens on an A100 and an H100).
 
 Each row becomes a one-op trace, projected as the benchmark ran it: one call after the cache was flushed (triton's
 do_bench, nvbench) or the last of back-to-back calls (a CUDA graph of repeats, a host loop), the projection being
@@ -23,13 +24,14 @@ per GPU with the hwconfig figures, bounded (`HARNESS_MAX_S`), and not part of an
 
 Fit and held-out sets are apart by shape: per GPU and kernel class the distinct shapes, sorted, alternate
 between the fit set (1st, 3rd, ...) and the held-out set (2nd, 4th, ...), so both span the sizes and no shape that
-set a figure judges it. `--fit` fits, per GPU, on the fit set only (error relative to each measurement, a soft-L1
-loss): the DRAM efficiency (`efficiency.dram`: one for weight streams, KV cache and elementwise streams), the
-fixed time of a matrix product, of an attention kernel and of a small op (`classes.*.fixed_s`, each at most
-KERNEL_FIXED_MAX_S), the share of the DRAM efficiency attention's KV stream reaches (`classes.attention.
-memory_efficiency`) and the harnesses' `HARNESS_S`; and, over every GPU at once, sim.matmul's TILE_LOAD_ROWS and
-CTA_STREAM_BYTES_PER_CYCLE. The matrix efficiency is not fitted: it is the maximum achievable matmul FLOPS measured by
-stas00/ml-engineering (MAMF) over the datasheet peak.
+set a figure judges it; a GPU whose public data cannot tell its figures apart takes a sibling's (`TIED`: the H200
+the H100's) and all its rows are held out. `--fit` fits, per GPU, on the fit set only (error relative to each
+measurement, a soft-L1 loss): the DRAM efficiency (`efficiency.dram`: one for weight streams, KV cache and
+elementwise streams), the fixed time of a matrix product, of an attention kernel and of a small op
+(`classes.*.fixed_s`, each at most KERNEL_FIXED_MAX_S), the share of the DRAM efficiency attention's KV stream
+reaches (`classes.attention.memory_efficiency`) and the harnesses' `HARNESS_S`; and, over every GPU at once,
+sim.matmul's TILE_LOAD_ROWS and CTA_STREAM_BYTES_PER_CYCLE (on grids). The matrix efficiency is not fitted: it is
+the maximum achievable matmul FLOPS measured by stas00/ml-engineering (MAMF) over the datasheet peak.
 """
 
 from __future__ import annotations
