@@ -6,6 +6,7 @@ file."""
 import ast
 import gzip
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -28,6 +29,7 @@ from sim.trace import OpRecord, StageRecord, TraceHeader, TraceWriter, read_trac
 
 ROOT = Path(__file__).resolve().parents[1]
 A100 = (HWCONFIG_DIR / "a100.yaml").read_text()
+A100_BARE = re.sub(r"^classes:\n(?:  .*\n)+", "", A100, flags=re.M)  # without its optional classes section
 TRACE = str(ROOT / "data" / "traces" / "t5-base-4.sequential.bf16.b1.t128.jsonl.gz")
 MEASURED = str(ROOT / "data" / "measured" / "h200" / "t5-base-4.sequential.bf16.b1.t128.jsonl.gz")
 
@@ -58,26 +60,26 @@ HWCONFIG_CASES = {
     "1e999": (A100.replace("l2: 0.7", "l2: 1e999"), "field 'efficiency.l2': expected a finite number, got inf"),
     "bomb under kind": (A100.replace("kind: gpu", f"kind: {bomb()}"),
                         "field 'kind[5]': stands for 597,871 values with its aliases expanded"),
-    "bomb under classes": (A100 + f"classes: {bomb()}\n", "field 'classes[5]': stands for 597,871 values"),
+    "bomb under classes": (A100_BARE + f"classes: {bomb()}\n", "field 'classes[5]': stands for 597,871 values"),
     "latin-1": (A100.replace("NVIDIA A100", "NVIDIA \xe9A100").encode("latin-1"),
                 "not UTF-8 text: byte 0xe9 at offset"),
     "UTF-16": (A100.encode("utf-16"), "UTF-16 text: byte 0xff at offset 0 is not UTF-8"),
     "gzip": (gzip.compress(A100.encode()), "gzip-compressed data"),
     "10**400": (A100.replace("compute_units: 108", "compute_units: 1" + "0" * 400),
                 "field 'peak.compute_units': an integer of 401 digits (at most 30)"),
-    "5000 deep": (A100.replace("m: 128", "m: " + "[" * 5000 + "1" + "]" * 5000),
+    "5000 deep": (A100.replace("m: 256", "m: " + "[" * 5000 + "1" + "]" * 5000),
                   "field 'tile.m': nested deeper than 32 levels"),
     "launch 1e308": (A100.replace("launch_eager_s: 2.0e-5", "launch_eager_s: 1.0e+308"),
                      "field 'host.launch_eager_s': must lie in [0, 1], got 1e+308"),
     "clock 1e-300": (A100.replace("clock_hz: 1.41e+9", "clock_hz: 1.0e-300"),
                      "field 'peak.clock_hz': must lie in [1e+06, 1e+11], got 1e-300"),
-    "fixed_s inf": (A100 + "classes:\n  norm: {efficiency: 0.5, fixed_s: .inf}\n",
+    "fixed_s inf": (A100_BARE + "classes:\n  norm: {efficiency: 0.5, fixed_s: .inf}\n",
                     "field 'classes.norm.fixed_s': expected a finite number, got inf"),
     "generated memory_efficiency": (
         A100 + "compiled:\n  library_fixed_s: 0.0\n  generated: {efficiency: 0.5, fixed_s: 0.0, "
         "memory_efficiency: 2.0}\n", "field 'compiled.generated.memory_efficiency': must lie in [1e-06, 1]"),
-    "duplicate key": (A100.replace("  m: 128\n", "  m: 128\n  m: 64\n"),
-                      "field 'tile.m': given twice (lines 31 and 32); YAML would keep the last one silently"),
+    "duplicate key": (A100.replace("  m: 256\n", "  m: 256\n  m: 64\n"),
+                      "field 'tile.m': given twice (lines 33 and 34); YAML would keep the last one silently"),
     "octal": (A100.replace("compute_units: 108", "compute_units: 0144"),
               "field 'peak.compute_units': '0144': YAML 1.1 reads it in octal (100); write integers in decimal"),
 }
@@ -94,8 +96,8 @@ def test_hwconfig_findings_are_one_line_naming_file_and_field(tmp_path, capsys, 
 
 
 def test_a_harmless_alias_still_reads(tmp_path):
-    (tmp_path / "hw.yaml").write_text(A100.replace("  m: 128", "  m: &side 128").replace("  n: 128", "  n: *side"))
-    assert load_hwconfig(tmp_path / "hw.yaml").tile.n == 128
+    (tmp_path / "hw.yaml").write_text(A100.replace("  m: 256", "  m: &side 256").replace("  n: 128", "  n: *side"))
+    assert load_hwconfig(tmp_path / "hw.yaml").tile.n == 256
 
 
 def test_files_that_are_not_regular_are_refused_unread(tmp_path):

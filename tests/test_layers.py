@@ -15,9 +15,9 @@ LAYERS = [
     ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
                       "reference.flips", "reference.compiled", "reference.hfconfig", "reference.parallel",
                       "reference.quant", "reference.ranks")),
-    ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.fusion",
-                        "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
-                        "sim.provider")),
+    ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.matmul",
+                        "sim.fusion", "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs",
+                        "sim.command", "sim.provider")),
     ("capture", ("reference.capture",)),
     ("experiments", ("reference.experiments",)),
     ("fitting and validation", ("sim.fitting",)),
@@ -115,8 +115,8 @@ def f():
 
 
 @pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels",
-                                  "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
-                                  "sim.provider"])
+                                  "sim.matmul", "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs",
+                                  "sim.command", "sim.provider"])
 def test_the_simulator_core_never_imports_torch(core: str) -> None:
     import subprocess
     import sys
