@@ -77,3 +77,21 @@ def test_tp_measurement_refuses_what_it_cannot_measure(tmp_path, capsys, flags, 
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_calibration_leaves_a_tp_traces_collectives_to_the_interconnect(tmp_path):
+    """A measured tensor-parallel trace's collectives carry times, but the kernel fit takes none of them (the
+    interconnect section, fitted to the all-reduce sweep, times them): no class or op kind of theirs is fitted."""
+    from reference.capture import tracing
+    from sim.fitting.calibrate import fit_kernels, op_samples
+    from sim.hardware import HWCONFIG_DIR, load_hwconfig
+
+    trace, _ = tracing.capture_trace("tiny-4x3", "sequential", 3, tmp_path / "t.jsonl.gz", tp=2,
+                                     dtype=torch.float32)
+    for i, op in enumerate(trace.ops):
+        op.duration_s = 1e-5 * (1 + i % 7)
+    hw = load_hwconfig(HWCONFIG_DIR / "a100.yaml")
+    assert any(op.kind == "collective" for op in trace.ops)
+    assert not [key for key in op_samples([trace], hw) if key[0] == "collective"]
+    classes, ops = fit_kernels([trace], hw)
+    assert "collective" not in classes and "collective" not in ops and "matmul" in classes
