@@ -68,11 +68,11 @@ python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml"
 echo "compiled, all six, code-wide-4x3 (weights past the L3) judged, not fitted (not gated):"
 python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml" --measured "$out"/compiled/*.jsonl.gz \
   --plot "$out/validation-compiled.png" | tee "$out/validation-compiled-all.txt" | summary
-# tensor parallelism: 16 tokens, 2 ranks (~35 s on the development machine)
+# tensor parallelism: 16 tokens, 2 ranks (57 s with the validation on the development machine at load 10)
 tpjob() { echo "--preset tiny-4x3 --decoder $1 ${2:+--flips $2} --out $out/tp/tiny-4x3.$1.tp2.jsonl.gz"; }
 mkdir -p "$out/tp"
 python -m reference.capture.measure --device cpu --tp 2 --dtype float32 --tokens 16 --warmup 1 --repeats 5 \
-  --op-repeats 2 --quiet --job "$(tpjob sequential)" --job "$(tpjob speed 0.09,0.04)" >"$out/tp/measure.txt"
+  --op-repeats 1 --quiet --job "$(tpjob sequential)" --job "$(tpjob speed 0.09,0.04)" >"$out/tp/measure.txt"
 python -m sim.fitting.calibrate --device cpu --microbench "$out/cpu-calibrated.microbench.json" --out "$out/cpu-tp.yaml" \
   --measured "$out/tp/tiny-4x3.sequential.tp2.jsonl.gz" >"$out/cpu-tp.txt"
 tpsummary() { awk '/^all [0-9]+ traces/ {on = 1; next} on && /^(stage|end_to_end|kernel:collective) /'; }
