@@ -394,12 +394,14 @@ def test_gloo_microbenchmark_smoke(tmp_path, capsys):
     out = tmp_path / "ar.json"
     assert microbench.main(["--device", "cpu", "--quick", "--only", "all_reduce", "--world-sizes", "2",
                             "--out", str(out)]) == 0
-    assert "all-reduce x2: 8 KiB" in capsys.readouterr().out
+    assert "all-reduce x2: 256 B" in capsys.readouterr().out
     mb = json.loads(out.read_text())
     assert "copy" not in mb and mb["all_reduce_setup"]["backend"] == "gloo"
+    assert "last rank's arrival" in mb["all_reduce_setup"]["clock"]
     rows = mb["all_reduce"]
-    assert [(r["world_size"], r["bytes"], r["dtype"]) for r in rows] == [(2, 8 * KIB, "float32"),
-                                                                         (2, 64 * KIB, "float32"),
-                                                                         (2, MIB, "float32")]
+    # from the tiny presets' decode sizes (a row of d_model 64 in float32) to 1 MiB
+    assert [(r["world_size"], r["bytes"], r["dtype"]) for r in rows] == [
+        (2, n, "float32") for n in (256, KIB, 4 * KIB, 64 * KIB, MIB)]
+    # seconds: the median over every call; min and max: the least and largest median of a trial
     assert all(0 < r["seconds_min"] <= r["seconds"] <= r["seconds_max"] < 10 for r in rows)
-    assert len(collectives.all_reduce_rows(mb)) == 3
+    assert len(collectives.all_reduce_rows(mb)) == 5

@@ -10,6 +10,7 @@ or on cuda (where the host waits for the device), it is wall time (`time.perf_co
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -29,3 +30,11 @@ def host_clock(device: torch.device) -> Callable[[], float]:
 def clock_name(device: torch.device) -> str:
     """What `host_clock(device)` measures, for the files measurements write."""
     return "thread cpu time (one thread)" if uses_thread_time(device) else "wall time"
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min, max and the 10th/90th percentiles of a list of readings (seconds), and their count."""
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
+    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1], "p10": pick(0.1),
+            "p90": pick(0.9), "n": len(ordered)}

@@ -3,6 +3,7 @@
     python -m reference.capture.measure --device cpu|cuda --preset P --decoder sequential|speed --tokens N --out FILE
     python -m reference.capture.measure --device cpu|cuda --job '--preset P --decoder D --out FILE' --job '...'
     python -m reference.capture.measure --device cpu --compile --preset P --decoder D --out FILE   # compiled
+    python -m reference.capture.measure --device cpu --tp 2 --preset P --decoder D --out FILE     # 2 gloo ranks
 
 Several `--job`s are measured together, their runs interleaved (each round runs every job once).
 
@@ -31,6 +32,25 @@ step under torch.compile, one compiled variant per number of rows in flight (ref
    (`reference.compiled.uncompiled_step`): the ops the compiler is handed, what
    `python -m sim.run --launch compiled` fuses. It runs last: the model's compiled variants are dropped by it.
 
+Tensor-parallel decoding (`--tp N`, on the cpu; for all jobs or in one `--job`): N gloo ranks on 127.0.0.1
+(reference.ranks.LocalRanks, one torch thread each), every rank holding its shard (reference.parallel), started once
+for all the jobs of that degree. Every step above (warm-up, timed runs, per-op runs under the capture) runs on every
+rank, interleaved with the other jobs as theirs are; rank 0's measured trace (trace format 5: header tp, tp_rank 0,
+its collectives as ops of kind collective) is written once every rank has finished every run. A rank that fails or
+dies stops the others (the process group's timeout, `--timeout-s`, bounds the wait) and nothing is written, by
+any job: one error line, exit 1. The clock (reference.capture.tpclock, which says why): a rank's own work by its
+thread's CPU time, as on one thread above, and each collective by wall time from the moment the last rank called it
+to rank 0's result (gloo runs it on threads of its own; the wait for a late peer, the skew, is left out and kept in
+`extra.collectives.skew_s`). The collectives are timed in the timed runs, without the capture's overhead; each
+op of kind collective carries the median of its transfer (every call of that collective and size in the timed
+runs), every other op its CPU time from the per-op runs (scaled per stage as above, to the stage's work). A
+stage's `wall_s` is the median over the timed runs of its work, plus its collectives' times; the end to end
+likewise (`extra.end_to_end_s`: the spread is the work's). `extra.end_to_end_wall_s` is rank 0's raw wall time
+(skews and the scheduler's tails included); `extra.collectives` the transfers' spreads (`transfers_s`), the
+collectives' raw sum per run and their skews; `extra.rank_work_s` every rank's median work (the ranks are
+symmetric: one trace stands for all). Not with
+`--compile`, and not on cuda: NCCL ranks need two or more GPUs, and none was at hand to measure with.
+
 A fused kernel has no per-op time, and none is invented: a compiled measurement writes header `measured` false
 (no op carries a duration), every stage record's `wall_s` from the compiled timed runs (medians), and in
 `extra`: "measurement": "compiled" (what marks such a trace; `sim.fitting.validate --launch compiled` and
@@ -42,9 +62,11 @@ stage) is one compiled call.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import statistics
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,12 +77,20 @@ from tqdm import tqdm
 
 from reference import decode
 from reference.capture import tracing
-from reference.capture.clock import clock_name, host_clock
+from reference.capture.clock import clock_name, host_clock, spread
 from reference.capture.opcapture import OpCapture
+from reference.capture.tpclock import RankClock, RankRun, TimedCollectives, compose
 from reference.config import get_preset
 from reference.model import SharedDecoder
+from reference.parallel import TensorParallel, check_degree, shard
 from reference.pipeline import Row
-from sim.command import check_outputs, integer, run_command
+from reference.ranks import LocalRanks, RankFailure
+from sim.command import check_outputs, integer, number, run_command
+from sim.trace import OpRecord, StageRecord, Trace, TraceHeader
+
+TP_CLOCK = ("per rank: thread cpu time (one thread) for its own work, wall time for each collective from the last "
+            "rank's arrival to rank 0's result; a stage and the end to end: the median of the work plus the "
+            "collectives' medians (reference/capture/tpclock.py)")
 
 
 class StageClock:
@@ -97,14 +127,6 @@ class StageClock:
             self._t0 = None
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    """Median, min, max and the 10th/90th percentiles of a list of seconds."""
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
-    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1], "p10": pick(0.1),
-            "p90": pick(0.9), "n": len(ordered)}
-
-
 class _Profiled:
     """Per-op device times on cuda: each recorded op runs inside a named profiler range."""
 
@@ -130,23 +152,37 @@ class _Profiled:
         return found
 
 
-def deflate_host_times(capture: OpCapture) -> list[float]:
+def deflate_host_times(ops: list[OpRecord], stages: list[StageRecord]) -> list[float]:
     """On a cpu, op times are host-clock times taken under the capture, whose own work slows every op down
     (their sum exceeds the stage's untraced wall time). Scale each stage's op times to its wall time where
-    they exceed it; return the factors."""
+    they exceed it; return the factors. Collectives (timed outside the capture: tensor parallelism) keep their
+    times, and the others are scaled to what the stage leaves them."""
     by_stage: dict[int, list] = {}
-    for op in capture.ops:
+    for op in ops:
         by_stage.setdefault(op.stage, []).append(op)
     scales = []
-    for stage in capture.stages:
-        ops = by_stage.get(stage.stage, [])
-        total = sum(op.duration_s for op in ops)
-        if total > stage.wall_s > 0:
-            scale = stage.wall_s / total
-            for op in ops:
+    for stage in stages:
+        mine = by_stage.get(stage.stage, [])
+        work = [op for op in mine if op.kind != "collective"]
+        budget = (stage.wall_s or 0.0) - sum(op.duration_s for op in mine if op.kind == "collective")
+        total = sum(op.duration_s for op in work)
+        if total > budget > 0:
+            scale = budget / total
+            for op in work:
                 op.duration_s *= scale
             scales.append(scale)
     return scales
+
+
+@dataclass
+class Captured:
+    """What a capture recorded, as a rank hands it back (ops and stages): what `tracing.write_trace` writes."""
+
+    ops: list[OpRecord]
+    stages: list[StageRecord]
+
+    def trace(self, header: TraceHeader) -> Trace:
+        return Trace(header, self.ops, self.stages)
 
 
 @dataclass
@@ -166,15 +202,18 @@ class Job:
     seed: int = 0
     command: str = ""
     compiled: bool = False
+    tp: int = 1
     end_to_end_s: list[float] = field(default_factory=list)
     stage_times_s: list[list[float]] = field(default_factory=list)
     op_times_s: list[list[float]] = field(default_factory=list)
     variants: list[Any] = field(default_factory=list)  # compiled: the variants compiled so far (warm-up)
 
-    def build(self, dev: torch.device) -> None:
-        """Model and workload (a bad preset or --flips fails here, before any job runs)."""
+    def build(self, dev: torch.device, tp: TensorParallel | None = None) -> None:
+        """Model (rank `tp.rank`'s shard where `tp` is given) and workload (a bad preset or --flips fails here,
+        before any job runs)."""
         self.cfg = get_preset(self.preset)
-        self.model = SharedDecoder(self.cfg, device=dev, dtype=self.dtype, seed=self.seed)
+        model = SharedDecoder(self.cfg, device=dev, dtype=self.dtype, seed=self.seed)
+        self.model = model if tp is None else shard(model, tp)
         self.prompts, self.sources = tracing.workload(self.cfg, self.batch, self.prompt_len, self.source_len,
                                                       self.seed)
         self.oracle()
@@ -240,6 +279,9 @@ class Job:
             raise RuntimeError(f"{self.out}: runs executed different numbers of ops or stages: the measurement is "
                                "not repeatable")
 
+    def collect(self) -> None:
+        """After every run: what the job needs to be written (here everything is at hand)."""
+
     def write(self, dev: torch.device, warmup: int) -> dict[str, Any]:
         """Medians into the last capture, written as the measured trace; returns a summary."""
         capture = self.capture
@@ -251,19 +293,21 @@ class Job:
                  "stage_wall_spread_s": [spread(list(t))["p90"] - spread(list(t))["p10"]
                                          for t in zip(*self.stage_times_s)]}
         extra |= self._compiled_extra() if self.compiled else self._op_times(dev)
-        head = tracing.header(self.model, capture, self.decoder, self.prompts, self.tokens, self.oracle(), str(dev),
-                              not self.compiled, self.command, extra)
-        tracing.write_trace(self.out, head, capture)
+        tracing.write_trace(self.out, self._header(dev, extra), capture)
         return {"preset": self.preset, "decoder": self.decoder, "ops": len(capture.ops),
                 "stages": len(capture.stages), "end_to_end_s": e2e, "op_time_sum_s": extra.get("op_time_sum_s"),
                 "compile_s": extra.get("compile_s"), "tokens": self.tokens * self.batch}
+
+    def _header(self, dev: torch.device, extra: dict[str, Any]) -> TraceHeader:
+        return tracing.header(self.model, self.capture, self.decoder, self.prompts, self.tokens, self.oracle(),
+                              str(dev), not self.compiled, self.command, extra)
 
     def _op_times(self, dev: torch.device) -> dict[str, Any]:
         """Per-op medians into the capture (eager); the header extras that describe them."""
         capture = self.capture
         for op, times in zip(capture.ops, zip(*self.op_times_s)):
             op.duration_s = statistics.median(times)
-        scales = [] if dev.type == "cuda" else deflate_host_times(capture)
+        scales = [] if dev.type == "cuda" else deflate_host_times(capture.ops, capture.stages)
         extra: dict[str, Any] = {
             "op_repeats": len(self.op_times_s), "op_time_sum_s": sum(op.duration_s for op in capture.ops),
             "op_timing": "cuda kernel time per op (torch.profiler/CUPTI)" if dev.type == "cuda"
@@ -283,11 +327,113 @@ class Job:
                                      for v in self.variants]}
 
 
+_ON_RANK: dict[str, Job] = {}  # in a rank's process: the jobs it measures, by their --out
+
+
+def _rank_step(tp: TensorParallel, key: str, step: str, spec: Job | None = None) -> Any:
+    """One step of job `key` on this rank (`LocalRanks.run` calls it on every rank): "build" (from `spec`), "warmup",
+    "timed" (its RankRun), "op" (rank 0: its op times), "collect" (rank 0: the trace header, its ops and stages)."""
+    if step == "build":
+        spec.collectives = TimedCollectives.on(tp)
+        spec.build(torch.device("cpu"), spec.collectives)
+        _ON_RANK[key] = spec
+        return None
+    job = _ON_RANK[key]
+    job.collectives.log.clear()
+    if step == "warmup":
+        job.run()
+    elif step == "timed":
+        clock = RankClock(job.collectives)
+        clock.start()
+        job.run(clock)
+        return clock.stop()
+    elif step == "op":
+        job.op_run(torch.device("cpu"))
+        return job.op_times_s[-1] if tp.rank == 0 else None
+    elif step == "collect" and tp.rank == 0:
+        head = tracing.header(job.model, job.capture, job.decoder, job.prompts, job.tokens, job.oracle(), "cpu",
+                              True, job.command, tp=job.collectives)
+        return head, Captured(job.capture.ops, job.capture.stages)
+    return None
+
+
+@dataclass
+class ParallelJob(Job):
+    """A job of `tp` ranks (module docstring, "Tensor-parallel decoding"): every step runs on every rank of `ranks`;
+    rank 0's measured trace is put together here, from every rank's timed runs and rank 0's per-op runs."""
+
+    ranks: LocalRanks | None = field(default=None, repr=False)
+    runs: list[list[RankRun]] = field(default_factory=list)  # [timed run][rank]
+    captured: tuple[TraceHeader, Captured] | None = None
+
+    def spec(self) -> Job:
+        """The job as a rank builds it (picklable: no pool)."""
+        return Job(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Job)})
+
+    def build(self, dev: torch.device, tp: TensorParallel | None = None) -> None:
+        if dev.type != "cpu":
+            raise ValueError(f"--tp {self.tp}: a tensor-parallel measurement runs gloo ranks on the cpu (NCCL ranks "
+                             "need two or more GPUs; not measured here)")
+        if self.compiled:
+            raise ValueError(f"--tp {self.tp} with --compile: compiled tensor-parallel decoding is not measured")
+        self.cfg = get_preset(self.preset)
+        check_degree(self.cfg, self.tp)
+        self.oracle()  # a bad --flips fails here, not on the ranks
+        self.ranks.run(_rank_step, str(self.out), "build", self.spec())
+
+    def run(self, observer: Any = None) -> None:
+        self.ranks.run(_rank_step, str(self.out), "warmup")
+
+    def timed_run(self, dev: torch.device) -> None:
+        self.runs.append(self.ranks.run(_rank_step, str(self.out), "timed"))
+
+    def op_run(self, dev: torch.device) -> None:
+        self.op_times_s.append(self.ranks.run(_rank_step, str(self.out), "op")[0])
+
+    def collect(self) -> None:
+        self.captured = self.ranks.run(_rank_step, str(self.out), "collect")[0]
+
+    def write(self, dev: torch.device, warmup: int) -> dict[str, Any]:
+        """Rank 0's times (reference.capture.tpclock.compose) into its capture, written as the measured trace."""
+        self.capture = self.captured[1]
+        try:
+            self.times = compose(self.runs)
+        except ValueError as err:
+            raise RuntimeError(f"{self.out}: {err}") from None
+        collectives = [i for i, op in enumerate(self.capture.ops) if op.kind == "collective"]
+        if len(collectives) != len(self.times.collective_s):
+            raise RuntimeError(f"{self.out}: the per-op runs ran {len(collectives)} collectives, the timed runs "
+                               f"{len(self.times.collective_s)}: the measurement is not repeatable")
+        for times in self.op_times_s:  # each collective at its median over the timed runs
+            for i, seconds in zip(collectives, self.times.collective_s):
+                times[i] = seconds
+        self.stage_times_s, self.end_to_end_s = self.times.stage_s, self.times.end_to_end_s
+        return super().write(dev, warmup) | {"collective_s": sum(self.times.collective_s),
+                                             "wall_s": spread([r[0].wall_s for r in self.runs])}
+
+    def _header(self, dev: torch.device, extra: dict[str, Any]) -> TraceHeader:
+        times = self.times
+        extra |= {"clock": TP_CLOCK, "op_timing": "thread cpu time per op (one thread per rank; the capture's host "
+                  "clock); collectives: wall time from the last rank's arrival to rank 0's result, median over the "
+                  "timed runs (no capture)",
+                  "end_to_end_wall_s": spread([ranks[0].wall_s for ranks in self.runs]),
+                  "collectives": {"count": len(times.collective_s), "sum_s": sum(times.collective_s),
+                                  "per_run_s": spread(times.collectives_per_run_s), "skew_s": spread(times.skew_s),
+                                  "transfers_s": [{"collective": kind, "bytes": nbytes, **figures}
+                                                  for (kind, nbytes), figures in sorted(times.transfer_s.items())]},
+                  "rank_work_s": times.rank_work_s}
+        return dataclasses.replace(self.captured[0], extra=extra)
+
+
 def measure_jobs(jobs: list[Job], device: str, warmup: int = 2, repeats: int = 5, op_repeats: int = 3,
-                 progress: bool = True, threads: int | None = None) -> list[dict[str, Any]]:
+                 progress: bool = True, threads: int | None = None, timeout_s: float = tracing.RANK_TIMEOUT_S
+                 ) -> list[dict[str, Any]]:
     """Measure every job and write its measured trace; returns their summaries. Runs are interleaved: each
     round runs every job once, so a slow phase of a shared machine (or a throttled GPU) touches all of them
-    alike instead of one, and the jobs stay comparable. `threads`: torch's intra-op threads for every run."""
+    alike instead of one, and the jobs stay comparable. `threads`: torch's intra-op threads for every run (a
+    tensor-parallel job's ranks: one each). Tensor-parallel jobs (`ParallelJob`) share one pool of local gloo ranks
+    per degree, whose process group fails a collective after `timeout_s`; nothing is written unless every run of
+    every job finished (a RankFailure otherwise)."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here")
@@ -298,27 +444,49 @@ def measure_jobs(jobs: list[Job], device: str, warmup: int = 2, repeats: int = 5
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
+        if threads > 1 and any(job.tp > 1 for job in jobs):
+            raise ValueError(f"--threads {threads} with --tp: every rank runs one torch thread (its work is timed "
+                             "by that thread's CPU time)")
         torch.set_num_threads(threads)
-    for job in jobs:
-        job.build(dev)
-    steps = [Job.run] * warmup + [lambda j: j.timed_run(dev)] * repeats + [lambda j: j.op_run(dev)] * op_repeats
-    names = ", ".join(f"{j.preset} {j.decoder}{' compiled' if j.compiled else ''}" for j in jobs)
-    with tqdm(total=len(steps) * len(jobs), desc=f"{names} on {device}", disable=not progress) as bar:
-        for step in steps:
-            for job in jobs:
-                step(job)
-                bar.update()
+    steps = ([lambda j: j.run()] * warmup + [lambda j: j.timed_run(dev)] * repeats
+             + [lambda j: j.op_run(dev)] * op_repeats + [lambda j: j.collect()])
+    names = ", ".join(f"{j.preset} {j.decoder}{' compiled' if j.compiled else ''}{f' tp{j.tp}' if j.tp > 1 else ''}"
+                      for j in jobs)
+    with ExitStack() as pools:
+        by_degree: dict[int, LocalRanks] = {}
+        for job in jobs:
+            if isinstance(job, ParallelJob):
+                if job.tp not in by_degree and dev.type == "cpu":
+                    by_degree[job.tp] = pools.enter_context(LocalRanks(job.tp, timeout_s))
+                job.ranks = by_degree.get(job.tp)
+        for job in jobs:
+            job.build(dev)
+        with tqdm(total=len(steps) * len(jobs), desc=f"{names} on {device}", disable=not progress) as bar:
+            for step in steps:
+                for job in jobs:
+                    step(job)
+                    bar.update()
     return [job.write(dev, warmup) for job in jobs]
+
+
+def make_job(preset: str, decoder: str, tokens: int, out: Path, dtype: torch.dtype, batch: int = 1,
+             prompt_len: int = 16, source_len: int = tracing.DEFAULT_SOURCE_LEN, flips: str | None = None,
+             seed: int = 0, command: str = "", compiled: bool = False, tp: int = 1) -> Job:
+    """A Job, or a ParallelJob of `tp` > 1 ranks."""
+    return (ParallelJob if tp > 1 else Job)(preset, decoder, tokens, out, dtype, batch, prompt_len, source_len, flips,
+                                            seed, command, compiled, tp)
 
 
 def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtype: torch.dtype, batch: int = 1,
             prompt_len: int = 16, source_len: int = tracing.DEFAULT_SOURCE_LEN, flips: str | None = None,
             seed: int = 0, warmup: int = 2, repeats: int = 5, op_repeats: int = 3, command: str = "",
-            progress: bool = True, compiled: bool = False, threads: int | None = None) -> dict[str, Any]:
+            progress: bool = True, compiled: bool = False, threads: int | None = None, tp: int = 1,
+            timeout_s: float = tracing.RANK_TIMEOUT_S) -> dict[str, Any]:
     """Measure one configuration and write its measured trace to `out`; returns a summary. `compiled`: compiled
-    decoding (module docstring)."""
-    job = Job(preset, decoder, tokens, out, dtype, batch, prompt_len, source_len, flips, seed, command, compiled)
-    return measure_jobs([job], device, warmup, repeats, op_repeats, progress, threads)[0]
+    decoding; `tp` > 1: on that many local gloo ranks (module docstring)."""
+    job = make_job(preset, decoder, tokens, out, dtype, batch, prompt_len, source_len, flips, seed, command, compiled,
+                   tp)
+    return measure_jobs([job], device, warmup, repeats, op_repeats, progress, threads, timeout_s)[0]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -347,6 +515,13 @@ def _parser() -> argparse.ArgumentParser:
                         "makes one capture run, untimed, whatever the number")
     parser.add_argument("--threads", type=integer(1), help="torch intra-op threads for every run (default: torch's, "
                         "usually the cores); 1 keeps a busy shared machine's other work from stalling the runs")
+    parser.add_argument("--tp", type=integer(1), default=1, help="tensor-parallel degree (default 1): N gloo ranks on "
+                        "127.0.0.1 on the cpu, one torch thread each, every rank running every run; rank 0's trace is "
+                        "written once every rank has finished (module docstring: what is timed); for all jobs, or "
+                        "inside one --job")
+    parser.add_argument("--timeout-s", type=number(1.0), default=tracing.RANK_TIMEOUT_S,
+                        help="with --tp N > 1: the process group's timeout, after which a collective waiting on a "
+                        f"failed rank fails (default {tracing.RANK_TIMEOUT_S:g})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -357,6 +532,7 @@ def _jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Job
     tracing.add_workload_arguments(job_parser, required=False, decoder_default=None)
     job_parser.add_argument("--out", type=Path)
     job_parser.add_argument("--compile", action="store_true")
+    job_parser.add_argument("--tp", type=integer(1))
     command = " ".join(["python -m reference.capture.measure", *sys.argv[1:]])
     jobs = []
     for text in args.job or [""]:
@@ -365,8 +541,9 @@ def _jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Job
         missing = [f"--{name}" for name in ("preset", "decoder", "out") if getattr(flags, name) is None]
         if missing:
             parser.error(f"{' and '.join(missing)} required" + (f" in --job {text!r}" if text else ""))
-        jobs.append(Job(flags.preset, flags.decoder, flags.tokens, flags.out, getattr(torch, flags.dtype), flags.batch,
-                        flags.prompt_len, flags.source_len, flags.flips, flags.seed, command, flags.compile))
+        jobs.append(make_job(flags.preset, flags.decoder, flags.tokens, flags.out, getattr(torch, flags.dtype),
+                             flags.batch, flags.prompt_len, flags.source_len, flags.flips, flags.seed, command,
+                             flags.compile, flags.tp))
     return jobs
 
 
@@ -377,9 +554,14 @@ def main(argv: list[str] | None = None) -> int:
     check_outputs(parser, {f"--out (job {i + 1})" if len(jobs) > 1 else "--out": job.out for i, job in enumerate(jobs)})
     try:
         summaries = measure_jobs(jobs, args.device, args.warmup, args.repeats, args.op_repeats,
-                                 progress=not args.quiet, threads=args.threads)
+                                 progress=not args.quiet, threads=args.threads, timeout_s=args.timeout_s)
     except ValueError as err:
         parser.error(str(err))
+    except RankFailure as err:  # a rank died or failed: the others stopped, nothing was written
+        outs = ", ".join(str(job.out) for job in jobs)
+        print(f"{parser.prog}: error: the tensor-parallel measurement stopped, no trace written ({outs}): {err}",
+              file=sys.stderr)
+        return 1
     except RuntimeError as err:  # a measurement that did not repeat, or compiled during a timed run
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 1
@@ -392,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
             line += f"compiled, {len(job.variants)} variants compiled in {summary['compile_s']:.1f} s (excluded)"
         else:
             line += f"sum of op times {summary['op_time_sum_s'] * 1e3:.1f} ms"
+        if job.tp > 1:
+            line += (f"; TP {job.tp}: collectives {summary['collective_s'] * 1e3:.1f} ms of it, rank 0's wall time "
+                     f"{summary['wall_s']['median'] * 1e3:.1f} ms median")
         print(line)
     return 0
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reference.capture.clock import clock_name, host_clock
-from reference.capture.collective_bench import QUICK_SIZES_BYTES, SIZES_BYTES, all_reduce_sweep, backend_facts
+from reference.capture.collective_bench import all_reduce_sweep, backend_facts, default_sizes
 from reference.config import ModelConfig, get_preset
 from sim.command import check_outputs, integer, run_command
 from sim.files import atomic_write
@@ -344,7 +344,7 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
         if quick and world_sizes is None and not cuda:
             world_sizes = (2,)
         out["all_reduce_setup"] = backend_facts(device)
-        out["all_reduce"] = all_reduce_sweep(device, world_sizes, QUICK_SIZES_BYTES if quick else SIZES_BYTES,
+        out["all_reduce"] = all_reduce_sweep(device, world_sizes, default_sizes(device, quick),
                                              trials=3 if quick else 7, progress=progress)
     return out
 
@@ -441,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes >> 10} KiB" if nbytes >= 1024 else f"{nbytes} B"
+
+
 def _summary(out: Any, result: dict[str, Any]) -> str:
     """One line of what was measured."""
     parts = []
@@ -452,7 +456,7 @@ def _summary(out: Any, result: dict[str, Any]) -> str:
                      f"us/kernel, copy peak {copy_peak / 1e9:.0f} GB/s, gemm peak {gemm_peak / 1e12:.1f} TFLOP/s")
     for n in sorted({r["world_size"] for r in result.get("all_reduce", [])}):
         rows = sorted((r for r in result["all_reduce"] if r["world_size"] == n), key=lambda r: r["bytes"])
-        parts.append(f"all-reduce x{n}: " + ", ".join(f"{r['bytes'] >> 10} KiB {r['seconds'] * 1e6:.0f} us"
+        parts.append(f"all-reduce x{n}: " + ", ".join(f"{_size(r['bytes'])} {r['seconds'] * 1e6:.0f} us"
                                                       for r in rows))
     if "all_reduce" in result and not result["all_reduce"]:
         parts.append("all-reduce: no world size to sweep (one GPU)")

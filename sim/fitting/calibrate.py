@@ -195,11 +195,12 @@ def unit_costs(trace: Trace, hw: HwConfig) -> list[tuple[Kernel, KernelCost]]:
 
 def op_samples(traces: list[Trace], hw: HwConfig) -> dict[tuple[str, str], Samples]:
     """Per (kernel class, op kind): (compute_s, memory_s, measured_s) at unit efficiency, from measured traces;
-    a deterministic stride keeps at most MAX_SAMPLES of each."""
+    a deterministic stride keeps at most MAX_SAMPLES of each. Collectives (a tensor-parallel measurement's) are
+    left out: the interconnect section times them, fitted to the all-reduce sweep."""
     out: dict[tuple[str, str], Samples] = {}
     for trace in traces:
         for op, (k, cost) in zip(trace.ops, unit_costs(trace, hw)):
-            if op.duration_s:
+            if op.duration_s and k.collective is None:
                 out.setdefault((k.cls, k.op), []).append((cost.compute_s, cost.memory_s, op.duration_s))
     return {key: samples[:: max(1, len(samples) // MAX_SAMPLES)] for key, samples in out.items()}
 

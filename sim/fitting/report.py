@@ -114,6 +114,58 @@ def cpu_section(loop: Path, lines: list[str]) -> None:
     resources(loop / "cpu-calibrated.microbench.json", every, lines)
     if list((loop / "compiled").glob("*.jsonl.gz")):
         compiled_section(loop, every, held, lines)
+    if list((loop / "tp").glob("*.jsonl.gz")) and (loop / "cpu-tp.yaml").is_file():
+        tp_section(loop, every, lines)
+
+
+def tp_section(loop: Path, single: HwConfig, lines: list[str]) -> None:
+    """The loop's tensor-parallel measurements (`tp/`, reference.capture.measure --tp 2) against `cpu-tp.yaml`
+    (gated) and against the single-process kernel fit (`single`), per stage and end to end."""
+    hw = load_hwconfig(loop / "cpu-tp.yaml")
+    ic = hw.interconnect
+    lines += ["### Tensor parallelism (`reference.capture.measure --tp 2`, gloo on 127.0.0.1)", "",
+              "The same run of the loop: TP 2 decodes on two gloo ranks (one torch thread each, float32), timed by "
+              "reference/capture/tpclock.py: a rank's work by its thread's CPU time, each collective by wall time "
+              "from the last rank's arrival to rank 0's result, a stage the median of its work plus its "
+              "collectives' medians. `cpu-tp.yaml`'s interconnect (gloo's ring over loopback: "
+              f"{ic.link_bandwidth_bytes_per_s / 1e9:.3g} GB/s, {(ic.step_latency_s or 0) * 1e6:.1f} us per "
+              f"message, {ic.collective_latency_s * 1e6:.1f} us per collective) is fitted to the all-reduce rows "
+              "of the microbenchmarks above (each call after a decode's gap of work), never to these decodes; its "
+              "kernels and host cost to the per-op and stage times of the trace marked (fit) alone (host "
+              f"{hw.host.launch_eager_s * 1e6:.2f} us per kernel, against {single.host.launch_eager_s * 1e6:.2f} us "
+              "for one process: a rank's work runs slower per op, as it blocks in every collective and resumes with "
+              "cold caches, and the host cost also takes what the link model misses of the fitted trace's "
+              "collectives), so the SPEED run (G rows per all-reduce, other collectives per stage) is held out. The "
+              "single-process fit (`cpu-calibrated.yaml`, the same interconnect) is shown beside it. CI fails when "
+              "the median end-to-end or stage error against `cpu-tp.yaml` passes 25%.", "",
+              "| TP trace | tokens | measured ms | collectives ms (share) | projected ms | end-to-end error | stage "
+              "median \\|e\\| | collective median \\|e\\| | end-to-end error, single-process fit | stage median "
+              "\\|e\\|, single-process fit |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    every: dict[str, list] = {}
+    for path in sorted((loop / "tp").glob("*.jsonl.gz")):
+        trace = read_trace(path)
+        cells = []
+        for fit in (hw, single):
+            pairs = validate_trace(trace, fit)
+            (p, m), = pairs["end_to_end"]
+            cells.append((p, m, pairs))
+            if fit is hw:
+                for key in ("end_to_end", "stage", "kernel:collective"):
+                    every.setdefault(key, []).extend(pairs[key])
+        (p, m, pairs), (p1, _, pairs1) = cells
+        comm = trace.header.extra["collectives"]["sum_s"]
+        tokens = sum(len(stage.commits) for stage in trace.stages)
+        fit_to = hw.sources.get("host.launch_eager_s", "").removeprefix("fitted: stage wall times of ").split(", ")
+        fitted = f"{trace.header.model.get('name')}/{trace.header.decoder}" in fit_to
+        name = path.name.removesuffix(".jsonl.gz") + (" (fit)" if fitted else "")
+        lines.append(f"| {name} | {tokens} | {m * 1e3:.1f} | {comm * 1e3:.1f} "
+                     f"({comm / m:.0%}) | {p * 1e3:.1f} | {100 * (p / m - 1):+.1f}% | "
+                     f"{metrics(pairs['stage'])['median_abs_pct']:.1f}% | "
+                     f"{metrics(pairs['kernel:collective'])['median_abs_pct']:.1f}% | {100 * (p1 / m - 1):+.1f}% | "
+                     f"{metrics(pairs1['stage'])['median_abs_pct']:.1f}% |")
+    lines += ["", "Over both, against `cpu-tp.yaml`: " + ", ".join(
+        f"{key} median |e| {metrics(values)['median_abs_pct']:.1f}% (n {metrics(values)['n']})"
+        for key, values in every.items()), ""]
 
 
 def compiled_fit_set(hw: HwConfig) -> set[str]:
