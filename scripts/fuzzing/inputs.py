@@ -384,6 +384,8 @@ def share_default_trace() -> None:
     import sim.fusion
     import sim.trace
 
+    if getattr(sim.trace.read_checked, "shared", False):
+        return  # another generator shared it already
     read, fuse = sim.trace.read_checked, sim.fusion.fuse
     trace = read(TRACE)
     fused = fuse(trace)
@@ -393,6 +395,8 @@ def share_default_trace() -> None:
 
     def fuse_shared(t: object) -> object:
         return fused if t is trace else fuse(t)
+
+    read_shared.shared = True  # type: ignore[attr-defined]
 
     for module in list(sys.modules.values()):
         names = getattr(module, "__dict__", {})
