@@ -22,7 +22,7 @@ from sim.defaults import resolve_hwconfig
 from sim.engine import project
 from sim.fusion import fuse
 from sim.hardware import load_hwconfig
-from sim.opkinds import KERNEL_CLASSES
+from sim.opkinds import DTYPE_BYTES, KERNEL_CLASSES
 from sim.trace import (
     TRACE_VERSION,
     OpError,
@@ -183,18 +183,21 @@ def test_extra_defaults_to_empty(tmp_path: Path) -> None:
 # product's output); counts within the reader's bounds (MAX_ELEMENTS, MAX_BYTES, MAX_INDEX)
 shapes = st.lists(st.lists(st.integers(0, 1 << 12), min_size=2, max_size=4), min_size=1, max_size=4)
 names = st.text(max_size=20)
+dtypes = st.sampled_from(sorted(DTYPE_BYTES))
 nat = st.integers(0, 1 << 50)
 seconds = st.just(0.0) | st.floats(1e-12, 1e3)
 opt = st.none() | st.integers(0, 100)
 op_records = st.builds(
     OpRecord, i=st.just(0), stage=st.integers(0, 3), group=opt, depth=opt, layer=opt, seq=opt,
     rows=st.integers(0, 4096), module=names, kind=st.sampled_from(KERNEL_CLASSES), op=names, in_shapes=shapes,
-    in_dtypes=st.lists(names, max_size=4), out_shapes=shapes,
-    out_dtypes=st.lists(names, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
+    in_dtypes=st.lists(dtypes, max_size=4), out_shapes=shapes,
+    out_dtypes=st.lists(dtypes, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
     kv_read_bytes=nat, kv_write_bytes=nat, weights=st.lists(st.sampled_from(sorted(WEIGHTS)), max_size=3),
     kv=st.lists(names, max_size=2), srcs=st.just([]), deps=st.lists(st.integers(1, 4), max_size=3),
     duration_s=st.none() | seconds)
-triples = st.lists(st.lists(st.integers(0, (1 << 31) - 1), min_size=3, max_size=3), max_size=4)
+# [seq, ..., ...]: a sequence of make_header's batch of 2 (its model says no G or vocabulary: the rest is free)
+triples = st.lists(st.tuples(st.integers(0, 1), st.integers(0, (1 << 31) - 1), st.integers(0, (1 << 31) - 1)).map(
+    list), max_size=4)
 kinds = st.sampled_from(["encoder", "prefill", "decode", "speed"])
 stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triples, commits=triples, flushes=triples,
                           wall_s=st.none() | seconds)
@@ -209,7 +212,7 @@ def test_random_records_round_trip(pool: list[OpRecord], stages: list[tuple[list
         ops += [dataclasses.replace(pool[p % len(pool)], i=len(ops) + k, stage=s,
                                     deps=[d for d in pool[p % len(pool)].deps if d <= k]) for k, p in enumerate(picks)]
         records.append(dataclasses.replace(record, stage=s))
-    trace = Trace(make_header(), ops, records)
+    trace = Trace(dataclasses.replace(make_header(), max_new_tokens=64), ops, records)  # 6 stages of 4 commits
     with tempfile.TemporaryDirectory() as d:
         back = read_trace(write(Path(d) / "t.jsonl.gz", trace))
         assert back == trace and back.ops == ops

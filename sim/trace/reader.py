@@ -9,7 +9,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sim.trace.checks import check_op_record
+from sim.trace.checks import StageRules, check_op_record
 from sim.trace.jsonl import check_gzip, parse, read_lines
 from sim.trace.legacy import legacy_sequences, records_v3
 from sim.trace.limits import MAX_EXECUTED, MAX_STAGES, READS_VERSIONS, TOO_MANY_OPS, TOO_MANY_STAGES, TRACE_FORMAT
@@ -23,7 +23,20 @@ from sim.trace.records import (
     body_values,
     gc_paused,
 )
-from sim.trace.schema import END_V4, HEADER, MISSING, OP_V4, STAGE_V4, WEIGHT, check, ints, show, type_error, weight
+from sim.trace.schema import (
+    END_V4,
+    HEADER,
+    MISSING,
+    OP_V4,
+    STAGE_V4,
+    WEIGHT,
+    check,
+    ints,
+    model_size_fault,
+    show,
+    type_error,
+    weight,
+)
 
 
 def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
@@ -38,7 +51,15 @@ def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
         bad = next((k for k, v in weights.items() if not weight(v)), None)
         if bad is not None:
             raise TraceError(path, line, f"weights.{bad}", f"expected {WEIGHT}, got {show(weights[bad])}")
+    model = obj.get("model")
+    size = model_size_fault(model) if type(model) is dict else None
+    if size is not None:  # name the size at fault
+        raise TraceError(path, line, f"model.{size}", f"expected an integer >= {int(size != 'n_encoder_layers')}, "
+                         f"got {show(model[size])}")
     check(obj, HEADER, path, line)
+    if len(obj["prompt_lens"]) != obj["batch"]:
+        raise TraceError(path, line, "prompt_lens", f"expected one prompt length per sequence of the batch "
+                         f"({obj['batch']}), got {len(obj['prompt_lens'])}")
     return TraceHeader(**obj)
 
 
@@ -67,6 +88,7 @@ class _CompactReader:
         self._ids_of: dict[int, tuple[int, ...]] = {}  # stage number -> the ids of its ops
         self._last = -1  # the last stage number read
         self._executed = 0
+        self._rules = StageRules(header)
 
     def stages(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[StageRecord, tuple[int, ...]]]:
         line, ended = 1, False
@@ -108,6 +130,7 @@ class _CompactReader:
                              f"{stage.stage}")
         if len(self._ids_of) >= MAX_STAGES:
             raise TraceError(self.path, line, None, TOO_MANY_STAGES)
+        self._rules.check(stage, (self.path, line))
         ids, slots = self._ids(values[-1], line)
         if self._executed + len(ids) > MAX_EXECUTED:
             raise _ops_error(self.path, line, TOO_MANY_OPS)
