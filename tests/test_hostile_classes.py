@@ -87,8 +87,11 @@ def test_a_trace_request_is_estimated_before_tracing():
                                          r"positions, more than the model's 512"):
         estimate.check_request(tiny, "sequential", 600, 1, 16, 128)
     deep = llama.replace(n_unique_layers=4096, max_seq_len=1 << 20)
-    with pytest.raises(ValueError, match=rf"at least [\d,]+ ops .* more than a trace holds \({MAX_EXECUTED:,}"):
+    with pytest.raises(ValueError, match=rf"at least [\d,]+ ops, more than a trace holds \({MAX_EXECUTED:,}"):
         estimate.check_request(deep, "sequential", 4000, 1, 16, 128)
+    with pytest.raises(ValueError, match=r"--batch 65536 with tiny-4x3: tracing would record at least 12,582,912 "
+                                         r"distinct ops \(each sequence's own prefill stage\), about 3,146 s"):
+        estimate.check_request(tiny, "sequential", 2, 65536, 16, 128)
     wide = get_preset("t5-base-4x3").replace(d_model=1 << 17, n_heads=1024, n_kv_heads=1024, d_ff=1 << 19,
                                              n_encoder_layers=1)
     with pytest.raises(ValueError, match=r"--batch 65536 with .* FLOPs, more than one op of a trace holds"):
@@ -96,13 +99,17 @@ def test_a_trace_request_is_estimated_before_tracing():
     estimate.check_request(llama, "speed", 128, 8, 16, 128)  # a real run passes
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "data" / "traces").glob("*.jsonl.gz")))
-def test_the_estimate_is_a_lower_bound_of_what_a_trace_executes(name):
-    trace = read_trace(ROOT / "data" / "traces" / name)
+TRACES = [*sorted((ROOT / "data" / "traces").glob("*.jsonl.gz")),
+          *sorted((ROOT / "data" / "measured" / "h200").glob("*.b8.*.jsonl.gz"))]  # batches of 8
+
+
+@pytest.mark.parametrize("path", TRACES, ids=lambda p: p.name)
+def test_the_estimate_is_a_lower_bound_of_what_a_trace_executes_and_records(path):
+    trace = read_trace(path)
     model = {k: v for k, v in trace.header.model.items() if k in {f.name for f in dataclasses.fields(ModelConfig)}}
-    cfg = ModelConfig(**model)
-    e = estimate.Estimate.of(cfg, trace.header.decoder, trace.header.max_new_tokens, trace.header.batch, 16, 128)
-    assert e.executed_ops <= trace.executed
+    h = trace.header
+    e = estimate.Estimate.of(ModelConfig(**model), h.decoder, h.max_new_tokens, h.batch, max(h.prompt_lens), 128)
+    assert e.executed_ops <= trace.executed and e.distinct_ops <= len(trace.distinct)
 
 
 def test_host_memory_counts_the_address_space_limit():
