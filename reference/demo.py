@@ -39,7 +39,7 @@ from reference.config import PRESETS, ModelConfig, get_preset
 from reference.model import SharedDecoder
 from reference.parallel import TensorParallel, check_degree, shard
 from reference.pipeline import PipelineStats
-from sim.command import MAX_SEED, integer, number, run_command, seed
+from sim.command import MAX_SEED, integer, number, random_seed, run_command
 from sim.host import check_room
 
 REPEATS = 3  # warm runs timed per decoder with --compile
@@ -65,8 +65,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ModelConfig]:
     parser.add_argument("--tokens", type=integer(1), default=48, help="tokens to generate (default 48)")
     parser.add_argument("--prompt-len", type=integer(1), default=8, help="prompt length in tokens (default 8; "
                         "prompt + tokens - 1 must fit the preset's max_seq_len)")
-    parser.add_argument("--seed", type=seed(), default=0, help=f"seed of the random weights and prompt (default 0; at "
-                        f"most 2**64 - 1 = {MAX_SEED})")
+    parser.add_argument("--seed", type=random_seed(), default=0, help="seed of the random weights and prompt (default "
+                        f"0; at most 2**64 - 1 = {MAX_SEED})")
     parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float64",
                         help="parameter dtype (default float64: rounding differences between the decoders ~1e-14, "
                         "so a near-tie that makes their tokens differ is far rarer than in float32 or bfloat16)")

@@ -11,7 +11,7 @@
   (`sim.files.output_problem`), no two name the same file, none names an input (`sim.files.same_file`: as
   written, through `./`, `..`, a symbolic or a hard link). The outputs themselves are then written within
   `sim.files.staged_writes()`, so that a run that fails replaces nothing.
-- `seed()`: an argparse type for seeds, 0..2**64 - 1 (what torch's and NumPy's generators take).
+- `random_seed()`: an argparse type for seeds, 0..2**64 - 1 (what torch's and NumPy's generators take).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def integer(low: int = 1, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def seed() -> Callable[[str], int]:
+def random_seed() -> Callable[[str], int]:
     """An argparse type: a seed, an integer in 0..MAX_SEED."""
     return integer(0, MAX_SEED)
 

@@ -23,7 +23,7 @@ from reference.capture import estimate, provider
 from reference.config import MAX_PARAMETERS, PRESETS, SIZES, ConfigError, ModelConfig, get_preset
 from reference.hfconfig import HF_FIELDS, from_hf_dict
 from sim import host, run
-from sim.command import MAX_SEED, check_outputs, seed
+from sim.command import MAX_SEED, check_outputs, random_seed
 from sim.files import atomic_write, output_problem, same_file, staged_writes
 from sim.fitting import calibrate, validate
 from sim.fitting.microbench import MicrobenchError, check_microbench, load_microbench
@@ -469,7 +469,7 @@ def test_a_plot_on_an_axis_the_grid_lacks_is_refused_when_the_spec_is_read(tmp_p
 # ------------------------------------------------------------------------------------------------- 8. flags
 
 def test_seeds_are_at_most_64_bits():
-    parse = seed()
+    parse = random_seed()
     assert parse(str(MAX_SEED)) == 2**64 - 1
     for text in (str(2**64), "-1", "9" * 5000):
         with pytest.raises(Exception, match="expected an integer"):
@@ -501,3 +501,11 @@ def test_the_address_space_limit_is_real():
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     assert host.memory_bytes() is None or host.memory_bytes() > 0
     assert soft == resource.RLIM_INFINITY or host._address_space_room() <= soft
+
+
+def test_a_refused_token_says_how_to_join_a_cluster_that_authenticates():
+    import ray
+
+    line = runner._join_error(ray, ray.exceptions.AuthenticationError("token mismatch"))
+    assert "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN" in line
+    assert runner._join_error(ray, ConnectionError("no\n   cluster here")) == "no cluster here"

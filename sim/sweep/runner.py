@@ -88,6 +88,15 @@ def _answers(address: str, host: str, port: int) -> None:
                          "with `ray start --head` (README.md, \"Sweeps on a cluster\")") from None
 
 
+def _join_error(ray: Any, err: Exception) -> str:
+    """Why joining a cluster failed, in one line (a refused token: how to join one that authenticates)."""
+    refused = getattr(ray.exceptions, "AuthenticationError", None)  # Ray 2.52 and later
+    if refused is not None and isinstance(err, refused):
+        return ("the cluster refused this process's token: a cluster with token authentication is joined with "
+                "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (README.md, \"Sweeps on a cluster\")")
+    return " ".join(str(err).split())[:300]
+
+
 def start_ray(address: str | None, workers: int | None) -> int:
     """Connect to the cluster at `address` (checked first: `check_address`, and that it answers), or start a
     small local Ray instance; the number of workers to use (`workers`, or every CPU Ray has). A ValueError naming
@@ -105,12 +114,8 @@ def start_ray(address: str | None, workers: int | None) -> int:
                 _answers(address, *where)
             try:
                 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-            except ray.exceptions.AuthenticationError:
-                raise ValueError(f"--ray-address {address}: the cluster refused this process's token: a cluster "
-                                 "with token authentication is joined with RAY_AUTH_MODE=token and its token in "
-                                 "RAY_AUTH_TOKEN (README.md, \"Sweeps on a cluster\")") from None
             except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as err:  # no cluster there
-                raise ValueError(f"--ray-address {brief(address)}: {' '.join(str(err).split())[:300]}") from None
+                raise ValueError(f"--ray-address {brief(address)}: {_join_error(ray, err)}") from None
         else:
             ray.init(num_cpus=max(workers or 0, cores), include_dashboard=False, logging_level="ERROR",
                      log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
