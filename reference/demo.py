@@ -6,11 +6,17 @@ logits differ by rounding (up to ~5e-14 in float64, ~2.5e-5 in float32 on these 
 logits are closer than that (a near-tie) can resolve differently. Random float64 models have no such tie: the
 outputs agree, and the exit status is 1 if they do not.
 
-    python -m reference.demo [--preset tiny-4x3] [--tokens 48] [--seed 0] [--compile]
+    python -m reference.demo [--preset tiny-4x3] [--tokens 48] [--seed 0] [--compile] [--quant int8]
 
 --compile also decodes with both decoders compiled (torch.compile, static shapes: reference.compiled), reports
 the compile time (the first call of every compiled step variant) apart, and the per-token time of warm compiled
 runs against warm eager runs, and checks that the compiled tokens equal the eager ones.
+
+--quant SCHEME (int8, int4-g32, int4-g64, int4-g128) quantizes the block projections first (reference.quant), once,
+from the float weights, and says what the weights became and which kernels multiply; both decoders then decode the
+quantized model (float32 by default: PyTorch's packed int8/int4 ops take float32 and bfloat16, not float64), and
+the exit status says whether they agree, as above. It composes with --tp (the model is quantized whole, then
+sharded) and --compile.
 
 Tensor parallelism (reference.parallel), N processes launched by torchrun, gloo on the CPU, NCCL with --device cuda:
 
@@ -34,7 +40,7 @@ from typing import IO
 import torch
 import torch.distributed as dist
 
-from reference import decode, ranks
+from reference import decode, quant, ranks
 from reference.config import PRESETS, ModelConfig, get_preset
 from reference.model import SharedDecoder
 from reference.parallel import TensorParallel, check_degree, shard
@@ -67,8 +73,15 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ModelConfig]:
                         "prompt + tokens - 1 must fit the preset's max_seq_len)")
     parser.add_argument("--seed", type=random_seed(), default=0, help="seed of the random weights and prompt (default "
                         f"0; at most 2**64 - 1 = {MAX_SEED})")
-    parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float64",
-                        help="parameter dtype (default float64: rounding differences between the decoders ~1e-14, "
+    parser.add_argument("--quant", metavar="SCHEME",
+                        help="quantize the block projections' weights first (reference.quant), once, from the float "
+                        f"weights: one of {', '.join(quant.SCHEMES)}; both decoders then decode the quantized model")
+    parser.add_argument("--quant-kernel", choices=quant.KERNELS, default="packed",
+                        help="with --quant: packed (default: PyTorch's packed int8/int4 ops where the device and "
+                        "dtype have one) or dequant (dequantize, then matmul)")
+    parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16"),
+                        help="parameter dtype (default float64, with --quant float32: the packed ops take float32 "
+                        "and bfloat16, not float64; float64: rounding differences between the decoders ~1e-14, "
                         "so a near-tie that makes their tokens differ is far rarer than in float32 or bfloat16)")
     parser.add_argument("--compile", action="store_true",
                         help="also decode compiled (torch.compile): compile time apart, per-token times, equal tokens")
@@ -83,16 +96,20 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ModelConfig]:
                         help="with --tp: seconds a collective waits for the other ranks before it fails (default "
                         "120): a rank that dies or hangs stops the others within this")
     args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("float32" if args.quant else "float64")
     try:
         cfg = get_preset(args.preset)
     except ValueError as err:
         parser.error(f"--preset {args.preset}: {err}")
-    if args.tp > 1 or ranks.torchrun_world_size() is not None:
-        try:
+    try:
+        if args.quant is not None:
+            quant.check_quantizable(cfg, args.quant)
+        if args.tp > 1 or ranks.torchrun_world_size() is not None:
             check_degree(cfg, args.tp)
+            quant.check_tp(cfg, args.quant, args.tp)
             ranks.check_world(args.tp)
-        except ValueError as err:
-            parser.error(str(err))
+    except ValueError as err:
+        parser.error(str(err))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     # the encoder-decoder presets decode from the start token, the prompt is their encoder input
@@ -138,6 +155,8 @@ def single_demo(args: argparse.Namespace, cfg: ModelConfig, prompt: list[int],
     """Both decoders in this process: 0 where their outputs agree."""
     model = SharedDecoder(cfg, device=args.device, dtype=getattr(torch, args.dtype), seed=args.seed)
     describe(model, args, prompt, encoder_inputs, print)
+    if args.quant is not None:
+        quantize_report(model, args, print)
 
     results = {}
     for name, fn in (("sequential", decode.sequential), ("speed", decode.speed)):
@@ -164,6 +183,17 @@ def describe(model: SharedDecoder, args: argparse.Namespace, prompt: list[int], 
     say(f"prompt: {prompt}" + (f" (encoder input {encoder_inputs[0]})" if encoder_inputs else ""))
 
 
+def quantize_report(model: SharedDecoder, args: argparse.Namespace, say: Say) -> None:
+    """Quantize `model` in place with --quant and say what its weights became."""
+    before = {"blocks": quant.projection_bytes(model), "model": quant.weight_bytes(model)}
+    quant.quantize(model, args.quant, args.quant_kernel)
+    blocks = quant.projection_bytes(model)
+    say(f"quantized {quant.describe(model)}")
+    say(f"weights: block projections {before['blocks']:,} B -> {blocks:,} B ({before['blocks'] / blocks:.2f}x less; "
+        f"packed weights, scales{'' if args.quant == 'int8' else ', zero points'}); whole model {before['model']:,} B "
+        f"-> {quant.weight_bytes(model):,} B (embedding, LM head, norms and biases stay {args.dtype})")
+
+
 def parallel_demo(args: argparse.Namespace, cfg: ModelConfig, prompt: list[int],
                   encoder_inputs: list[list[int]] | None) -> int:
     """This rank's part of `--tp N` under torchrun: exit status 0 where the sharded outputs agree with
@@ -188,6 +218,8 @@ def sharded_report(args: argparse.Namespace, cfg: ModelConfig, prompt: list[int]
                                   encoder_inputs=encoder_inputs, keep_cache=True, record_logits=True)
     model = ranks.build_model(request)
     describe(model, args, prompt, encoder_inputs, say)
+    if args.quant is not None:
+        quantize_report(model, args, say)
     reference, reference_s = _timed(ranks.decode_model, model, request)
     shard(model, tp)
     attn, vocab = model.blocks[0].attn, model.vocab_shard

@@ -20,6 +20,12 @@ The sharding of rank r of N (reference.model's hooks carry it):
   index among tied maxima, what torch.argmax over the whole logits gives. Full logits (teacher-forced
   `forward`, tests' early exits) are all-gathered.
 
+Quantized models (reference.quant) shard the same way, their packed weights with their scales: a column-parallel
+layer keeps its output rows' int8 scales or int4 scales and zero points, a row-parallel one its input columns (int8:
+every scale, one per output row; int4: whole groups, so the group size must divide d_model / N and d_ff / N,
+`reference.quant.check_tp`). A model is quantized whole, then sharded: a rank's shard is then exactly its slice of
+the single-process quantized model.
+
 Every rank decides the same, with no broadcast: an all-reduce returns the same bits on every rank (gloo and
 NCCL reduce each chunk once, on one rank, and then copy it to the others), so the replicated computations
 (embedding, norms, residual adds) start from identical inputs and compute identical values; and every token
@@ -47,6 +53,7 @@ from torch import Tensor, nn
 
 from reference.config import ModelConfig
 from reference.model import Attention, FeedForward, SharedDecoder
+from reference.quant import QuantizedLinear, Scheme, check_tp, quantize, scheme_of
 
 
 def check_degree(cfg: ModelConfig, world_size: int) -> None:
@@ -127,8 +134,12 @@ class VocabParallelHead:
         return torch.cat(shards).movedim(0, -1)
 
 
-def _keep_rows(linear: nn.Linear, start: int, size: int) -> None:
-    """Column-parallel: keep output rows [start, start + size) of the weight, and of the bias."""
+def _keep_rows(linear: nn.Linear | QuantizedLinear, start: int, size: int) -> None:
+    """Column-parallel: keep output rows [start, start + size) of the weight, and of the bias (of a quantized
+    layer: of its packed weight, scales and bias)."""
+    if isinstance(linear, QuantizedLinear):
+        linear.keep_rows(start, size)
+        return
     linear.weight = nn.Parameter(linear.weight.detach()[start : start + size].clone(),
                                  requires_grad=linear.weight.requires_grad)
     if linear.bias is not None:
@@ -137,8 +148,12 @@ def _keep_rows(linear: nn.Linear, start: int, size: int) -> None:
     linear.out_features = size
 
 
-def _keep_columns(linear: nn.Linear, start: int, size: int) -> None:
-    """Row-parallel: keep input columns [start, start + size) of the weight (the output is a partial sum)."""
+def _keep_columns(linear: nn.Linear | QuantizedLinear, start: int, size: int) -> None:
+    """Row-parallel: keep input columns [start, start + size) of the weight (the output is a partial sum); of a
+    quantized layer, of its packed weight (int4: whole groups, with their scales and zero points)."""
+    if isinstance(linear, QuantizedLinear):
+        linear.keep_columns(start, size)
+        return
     linear.weight = nn.Parameter(linear.weight.detach()[:, start : start + size].clone(),
                                  requires_grad=linear.weight.requires_grad)
     linear.in_features = size
@@ -165,9 +180,12 @@ def _shard_ffn(ffn: FeedForward, tp: TensorParallel) -> None:
 def shard(model: SharedDecoder, tp: TensorParallel) -> SharedDecoder:
     """Make `model` (whole: every rank builds the same, e.g. from the same seed) rank `tp.rank`'s shard, in place,
     and return it. Every attention module (self-, cross-, encoder) and FFN is sharded, the LM head by vocabulary;
-    a ValueError (`check_degree`) where the degree does not divide the model. One rank: the model unchanged."""
+    a ValueError (`check_degree`) where the degree does not divide the model. A quantized model's packed weights
+    shard with their scales; a ValueError (`reference.quant.check_tp`) where a shard would split an int4 group.
+    One rank: the model unchanged."""
     cfg = model.config
     check_degree(cfg, tp.world_size)
+    check_tp(cfg, scheme_of(model), tp.world_size)
     if not 0 <= tp.rank < tp.world_size:
         raise ValueError(f"rank {tp.rank} is not in [0, {tp.world_size})")
     if model.vocab_shard is not None:
@@ -188,11 +206,16 @@ def shard(model: SharedDecoder, tp: TensorParallel) -> SharedDecoder:
 
 
 def build_shard(cfg: ModelConfig, tp: TensorParallel, device: torch.device | str = "meta",
-                dtype: torch.dtype = torch.float32, seed: int | None = 0) -> SharedDecoder:
-    """Rank `tp.rank`'s shard of `cfg` at its local shapes. On the meta device (the default) nothing is allocated
-    at any step, so a 70B-shaped shard costs nothing; on another device the whole seeded model is built first (the
+                dtype: torch.dtype = torch.float32, seed: int | None = 0, quant: str | Scheme | None = None
+                ) -> SharedDecoder:
+    """Rank `tp.rank`'s shard of `cfg` at its local shapes, its block projections quantized with `quant`
+    (reference.quant) where given. On the meta device (the default) nothing is allocated at any step, so a
+    70B-shaped shard costs nothing; on another device the whole seeded model is built (and quantized) first (the
     same on every rank) and its slices kept, so it lives only until sharded."""
-    return shard(SharedDecoder(cfg, device=device, dtype=dtype, seed=seed), tp)
+    check_degree(cfg, tp.world_size)
+    check_tp(cfg, quant, tp.world_size)
+    model = SharedDecoder(cfg, device=device, dtype=dtype, seed=seed)
+    return shard(model if quant is None else quantize(model, quant), tp)
 
 
 def fake_group(world_size: int, rank: int = 0) -> TensorParallel:

@@ -39,6 +39,7 @@ from reference.config import ModelConfig
 from reference.model import SharedDecoder
 from reference.parallel import TensorParallel, shard
 from reference.pipeline import PipelineStats, Row
+from reference.quant import quantize
 
 POLL_S = 0.1  # how often a waiting parent looks at its ranks' processes
 GRACE_S = 5.0  # past the process-group timeout, how long the others of a failed rank get to report and exit
@@ -236,7 +237,8 @@ class LocalRanks:
 @dataclass(frozen=True)
 class DecodeRequest:
     """One decode on every rank: the whole model of `config` with random weights from `seed` (the same on every
-    rank) in `dtype` on `device`, sharded where a TensorParallel is given; the decoders run in order.
+    rank) in `dtype` on `device`, its block projections quantized with `quant` (reference.quant: "int8",
+    "int4-g32", ...) where given, sharded where a TensorParallel is given; the decoders run in order.
     keep_cache: return the KV caches (this rank's heads); record_logits: return the logits of every stage over
     the whole vocabulary (gathered across ranks; the decoders still pick tokens from `head`, eagerly)."""
 
@@ -252,6 +254,7 @@ class DecodeRequest:
     compile: bool = False
     keep_cache: bool = False
     record_logits: bool = False
+    quant: str | None = None
 
 
 @dataclass
@@ -293,9 +296,10 @@ class RankOutput:
 
 
 def build_model(request: DecodeRequest) -> SharedDecoder:
-    """The whole seeded model of `request` (the same on every rank)."""
-    return SharedDecoder(request.config, device=request.device, dtype=getattr(torch, request.dtype),
-                         seed=request.seed)
+    """The whole seeded model of `request` (the same on every rank), quantized where it asks."""
+    model = SharedDecoder(request.config, device=request.device, dtype=getattr(torch, request.dtype),
+                          seed=request.seed)
+    return model if request.quant is None else quantize(model, request.quant)
 
 
 def decode_model(model: SharedDecoder, request: DecodeRequest, tp: TensorParallel | None = None) -> RankOutput:
@@ -368,7 +372,8 @@ def _same_on_every_rank(outputs: Sequence[RankOutput], name: str) -> bool:
                == (first.tokens, first.stats, first.decisions) for o in outputs[1:])
 
 
-def _match(reference: list[list[int]], tokens: list[list[int]]) -> float:
+def token_match(reference: list[list[int]], tokens: list[list[int]]) -> float:
+    """The share of `reference`'s tokens that `tokens` has at the same position of the same sequence."""
     pairs = [(a, b) for ref, out in zip(reference, tokens) for a, b in zip(ref, out)]
     total = max(sum(len(r) for r in reference), 1)
     return sum(a == b for a, b in pairs) / total
@@ -412,7 +417,7 @@ def compare(reference: RankOutput, outputs: Sequence[RankOutput], prompts: list[
     per_rank = {name: [o.decoders[name] for o in outputs] for name in names}
     return Agreement(
         tokens_equal={n: per_rank[n][0].tokens == reference.decoders[n].tokens for n in names},
-        token_match={n: _match(reference.decoders[n].tokens, per_rank[n][0].tokens) for n in names},
+        token_match={n: token_match(reference.decoders[n].tokens, per_rank[n][0].tokens) for n in names},
         decisions_equal={n: (per_rank[n][0].stats, per_rank[n][0].decisions)
                          == (reference.decoders[n].stats, reference.decoders[n].decisions) for n in names},
         ranks_agree=all(_same_on_every_rank(outputs, n) for n in names),

@@ -4,9 +4,11 @@ that serves reused bytes; time in core-clock cycles of the device.
 Each resource is a named object, each actor a plain generator process, as in SimPy's own examples:
 
 - `HostThread` issues the stage's kernels in program order. In eager mode every kernel costs the host
-  `launch_eager_s` (framework dispatch + launch), so a fast device waits for it; in graph mode the stage is
-  one launch (`launch_graph_s`) and the device pays `graph_kernel_gap_s` between kernels instead; compiled mode
-  replays, the same way, the fewer kernels a graph compiler generates for the stage (`sim.fusion`).
+  `launch_eager_s` (framework dispatch + launch; a collective's dispatch and NCCL's launch alike; the wait after
+  it, a stream-wait without a kernel, is not a trace op and costs nothing), so a fast device waits for it; in
+  graph mode the stage is one launch (`launch_graph_s`) and the device pays `graph_kernel_gap_s` between kernels
+  instead (collectives are graph nodes: NCCL kernels can be captured in CUDA graphs); compiled mode replays, the
+  same way, the fewer kernels a graph compiler generates for the stage (`sim.fusion`).
 - `DeviceStream` runs kernels one after another (PyTorch eager uses one stream; the trace's program order is
   the dependency order), each for its cost from `sim.kernels`. On a CPU the host runs its own kernels, so it
   waits for each one (synchronous).
@@ -18,6 +20,12 @@ Each resource is a named object, each actor a plain generator process, as in Sim
   resource slow down in proportion, so concurrent transfers split DRAM bandwidth and the device never does
   more than its peak. Stage time is then bounded below by the stage's critical path (longest chain of
   dependent kernels) and by its aggregate roofline (all its FLOPs and bytes at peak rates).
+- `Link` (sim.interconnect; tensor parallelism): a collective runs on the rank's link to its group, a SimPy
+  resource of capacity 1, for the time the interconnect model gives it (`sim.kernels.collective_cost`); the
+  stream waits for it (the next kernel in program order depends on it), and with `streams` > 1 kernels that do
+  not depend on it overlap it, while collectives take the link one at a time. Ranks are symmetric (one is
+  simulated: every rank runs the same kernels, and each collective ends when all ranks have arrived, at the same
+  time on every rank); where that stops holding, see sim.interconnect.
 - `OnChipCache` (L2, or a CPU's last-level cache) holds weights by id and KV cache slices by sequence and depth
   (the trace's `kv` items), least recently used out first: bytes it holds are served on chip, the rest move
   from device memory.
@@ -42,6 +50,7 @@ import simpy
 
 from sim.fusion import fuse, is_fused
 from sim.hardware import HwConfig
+from sim.interconnect import Link
 from sim.kernels import CLASSES, Kernel, KernelCost, demand, kernel_cost, kernel_of
 from sim.memory import DeviceMemory, check_fits, device_memory, run_name
 from sim.trace import OpRecord, Trace, gc_paused, validate
@@ -152,20 +161,26 @@ class HostThread:
 
 
 class DeviceStream:
-    """Runs issued kernels in order, each for its duration (plus the per-kernel gap of graph replay)."""
+    """Runs issued kernels in order, each for its duration (plus the per-kernel gap of graph replay); a collective
+    (`links[i]`) runs on the link, and the stream waits for it."""
 
     def __init__(self, env: simpy.Environment, gap_cycles: int, n_kernels: int) -> None:
         self.env, self.gap = env, gap_cycles
         self.queue = simpy.Store(env)
         self.finished = [env.event() for _ in range(n_kernels)]
+        self.link = Link(env)  # time in cycles, as the environment counts it
 
-    def run(self, durations: tuple[int, ...], starts: list[int], ends: list[int]) -> Iterator[simpy.Event]:
+    def run(self, durations: tuple[int, ...], starts: list[int], ends: list[int], links: tuple[bool, ...] = ()
+            ) -> Iterator[simpy.Event]:
         for i, duration in enumerate(durations):
             yield self.queue.get()
             if self.gap:
                 yield self.env.timeout(self.gap)
             starts.append(self.env.now)
-            yield self.env.timeout(duration)
+            if links and links[i]:
+                yield self.env.process(self.link.hold(duration))
+            else:
+                yield self.env.timeout(duration)
             ends.append(self.env.now)
             self.finished[i].succeed()
 
@@ -173,12 +188,16 @@ class DeviceStream:
 class SharedDevice:
     """Runs issued kernels concurrently, at most `streams` at a time, each once its predecessors finished;
     kernels in flight share compute units and memory bandwidth (see the module docstring). Under graph replay
-    a kernel starts `gap_cycles` after it became ready, as on a single stream."""
+    a kernel starts `gap_cycles` after it became ready, as on a single stream. Collectives (`links[i]`) hold the
+    link, a resource of capacity 1 (as `sim.interconnect.Link`): a ready collective waits while another runs, and
+    they take it in the order they became ready; they ask nothing of the compute units or memory."""
 
     def __init__(self, env: simpy.Environment, streams: int, gap_cycles: int, durations: tuple[int, ...],
-                 demands: tuple[tuple[float, float], ...], preds: list[list[int]]) -> None:
+                 demands: tuple[tuple[float, float], ...], preds: list[list[int]], links: tuple[bool, ...] = ()
+                 ) -> None:
         self.env, self.streams, self.gap = env, streams, gap_cycles
         self.durations, self.demands = durations, demands
+        self.links = links or (False,) * len(durations)
         self.queue = simpy.Store(env)
         self.waiting_on = [len(p) for p in preds]
         self.succs: list[list[int]] = [[] for _ in durations]
@@ -197,12 +216,20 @@ class SharedDevice:
         env, n = self.env, len(self.durations)
         issued = [False] * n
         ready: list[tuple[float, int]] = []  # min-heap of (when it may start, kernel): ready + the launch gap
+        on_link: list[tuple[float, int]] = []  # min-heap of the ready collectives waiting for the link
+        link: int | None = None  # the collective holding the link
         active: dict[int, float] = {}  # kernel -> cycles of solo work left
         done = 0
         get = self.queue.get()
         while done < n:
             while ready and len(active) < self.streams and ready[0][0] <= env.now:
-                i = heapq.heappop(ready)[1]
+                entry = heapq.heappop(ready)
+                i = entry[1]
+                if self.links[i]:
+                    if link is not None:
+                        heapq.heappush(on_link, entry)
+                        continue
+                    link = i
                 starts[i] = env.now
                 active[i] = float(self.durations[i])
             rates = self._rates(active)
@@ -220,6 +247,10 @@ class SharedDevice:
                     del active[i]
                     ends[i] = env.now
                     done += 1
+                    if i == link:  # the link is free: the first collective waiting for it may start
+                        link = None
+                        if on_link:
+                            heapq.heappush(ready, heapq.heappop(on_link))
                     for j in self.succs[i]:
                         self.waiting_on[j] -= 1
                         if issued[j] and not self.waiting_on[j]:
@@ -254,11 +285,12 @@ def critical_path_cycles(g: nx.DiGraph, durations: tuple[int, ...]) -> int:
 
 def simulate_stage_overlapped(durations: tuple[int, ...], demands: tuple[tuple[float, float], ...],
                               g: nx.DiGraph, launch_cycles: int, graph: bool, gap_cycles: int,
-                              streams: int) -> StageTimeline:
-    """One stage with up to `streams` kernels in flight (`SharedDevice`), on a fresh timeline."""
+                              streams: int, links: tuple[bool, ...] = ()) -> StageTimeline:
+    """One stage with up to `streams` kernels in flight (`SharedDevice`), on a fresh timeline; `links[i]`: kernel i
+    is a collective (on the link)."""
     env = simpy.Environment()
     device = SharedDevice(env, streams, gap_cycles if graph else 0, durations, demands,
-                          [list(g.predecessors(i)) for i in range(len(durations))])
+                          [list(g.predecessors(i)) for i in range(len(durations))], links)
     host = HostThread(env, device, launch_cycles, graph, synchronous=False)
     issues: list[int] = []
     starts = [0.0] * len(durations)
@@ -269,8 +301,9 @@ def simulate_stage_overlapped(durations: tuple[int, ...], demands: tuple[tuple[f
 
 
 def simulate_stage(durations: tuple[int, ...], launch_cycles: int, graph: bool, gap_cycles: int,
-                   synchronous: bool = False) -> StageTimeline:
-    """One stage on a fresh timeline: host and device start idle, the stage ends at the sync."""
+                   synchronous: bool = False, links: tuple[bool, ...] = ()) -> StageTimeline:
+    """One stage on a fresh timeline: host and device start idle, the stage ends at the sync; `links[i]`: kernel i
+    is a collective (on the link)."""
     env = simpy.Environment()
     stream = DeviceStream(env, gap_cycles if graph else 0, len(durations))
     host = HostThread(env, stream, launch_cycles, graph, synchronous)
@@ -278,7 +311,7 @@ def simulate_stage(durations: tuple[int, ...], launch_cycles: int, graph: bool, 
     starts: list[int] = []
     ends: list[int] = []
     env.process(host.run(len(durations), issues))
-    device = env.process(stream.run(durations, starts, ends))
+    device = env.process(stream.run(durations, starts, ends, links))
     env.run(until=device)
     return StageTimeline(env.now, starts, ends, issues)
 
@@ -361,7 +394,8 @@ def kernel_key(op: OpRecord) -> tuple:
     """Every field of an op that its kernel depends on, by value (`kernel_of` reads no other)."""
     return (op.kind, op.op, op.flops, op.weight_bytes, op.act_read_bytes, op.act_write_bytes, op.kv_read_bytes,
             op.kv_write_bytes, tuple(op.weights), tuple(op.kv), tuple(op.in_shapes[0]) if op.in_shapes else None,
-            tuple(op.out_shapes[0]) if op.out_shapes else None, (op.out_dtypes or op.in_dtypes or [None])[0])
+            tuple(op.out_shapes[0]) if op.out_shapes else None, (op.out_dtypes or op.in_dtypes or [None])[0],
+            op.ranks, op.in_dtypes[0] if op.ranks is not None and op.in_dtypes else None)
 
 
 @gc_paused()
@@ -420,6 +454,7 @@ class _StageReplay:
         self.cost_ids: dict[tuple[int, int], int] = {}  # (kernel, DRAM bytes) -> id in `entries`
         self.entries: list[CostEntry] = []
         self.cycles: list[int] = []  # per cost id
+        self.on_link: list[bool] = []  # per cost id: a collective
         self.demands: list[tuple[float, float] | None] = []
         self.stage_costs: dict[tuple[int, ...], tuple[int, ...]] = {}  # interned: stages alike share one tuple
         self.timelines: dict[tuple, StageTimeline] = {}
@@ -443,6 +478,7 @@ class _StageReplay:
         self.entries.append(entry)
         self.cycles.append(entry.cycles)
         self.demands.append(entry.demand)
+        self.on_link.append(k.collective is not None)
         return len(self.entries) - 1
 
     def costs_of(self, op_ids: tuple[int, ...]) -> tuple[int, ...]:
@@ -469,11 +505,13 @@ class _StageReplay:
         """The stage's timeline and (streams > 1) its critical path in cycles, simulated once per distinct
         stage."""
         durations = tuple(map(self.cycles.__getitem__, costs))
+        links = tuple(map(self.on_link.__getitem__, costs))
         if self.streams == 1:
-            timeline = self.timelines.get(durations)
+            timeline = self.timelines.get((durations, links))
             if timeline is None:
-                timeline = self.timelines[durations] = simulate_stage(
-                    durations, self.launch_cycles, self.graph, self.gap_cycles, synchronous=self.hw.kind == "cpu")
+                timeline = self.timelines[durations, links] = simulate_stage(
+                    durations, self.launch_cycles, self.graph, self.gap_cycles, synchronous=self.hw.kind == "cpu",
+                    links=links)
             return timeline, 0
         deps_key = tuple(map(self.deps_of_op.__getitem__, op_ids))
         if deps_key not in self.graphs:
@@ -482,11 +520,11 @@ class _StageReplay:
         if durations not in paths:
             paths[durations] = critical_path_cycles(g, durations)
         demands = tuple(map(self.demands.__getitem__, costs))
-        key = (durations, demands, deps_key)
+        key = (durations, demands, deps_key, links)
         timeline = self.timelines.get(key)
         if timeline is None:
             timeline = self.timelines[key] = simulate_stage_overlapped(
-                durations, demands, g, self.launch_cycles, self.graph, self.gap_cycles, self.streams)
+                durations, demands, g, self.launch_cycles, self.graph, self.gap_cycles, self.streams, links)
         return timeline, paths[durations]
 
 
@@ -506,15 +544,17 @@ def project(trace: Trace, hw: HwConfig, launch: str = "eager", kernels: list[Ker
     """Replay `trace` on `hw`. `kernels` (from `distinct_kernels`, or `kernels_of`) may be passed in to reuse them
     across devices with the same tile shape. `streams` > 1 lets independent kernels overlap (`SharedDevice`).
     Work grows with the distinct kernels and stages, not with their repetitions (`_StageReplay`). A run whose
-    device memory (`memory`, by default `sim.memory.device_memory(trace)`) exceeds the device's is refused
+    device memory (`memory`, by default `sim.memory.device_memory` of the traced run, with the fused kernels'
+    activations under compiled launch; give it for a trace fused already) exceeds the device's is refused
     (`sim.memory.CapacityError`)."""
     _check_request(hw, launch, streams)
-    memory = memory if memory is not None else device_memory(trace)
-    check_fits(memory, hw, run_name(trace))
+    traced = trace
     if launch == "compiled" and not is_fused(trace):
         if kernels is not None:
             raise ValueError("compiled launch: pass the kernels of the fused trace (sim.fusion.fuse), or none")
         trace = fuse(trace).trace
+    memory = memory if memory is not None else device_memory(traced, trace if trace is not traced else None)
+    check_fits(memory, hw, run_name(trace))
     kernels = distinct_kernels(trace, hw) if kernels is None else _per_distinct_op(trace, kernels)
     replay = _StageReplay(trace, hw, launch, streams, kernels)
     p = Projection(hw, launch, streams)
@@ -546,15 +586,17 @@ def _busy_cycles(starts: list[int], ends: list[int]) -> int:
 
 
 def stage_floors_s(p: Projection) -> list[float]:
-    """The roofline floor of each stage: the sum of its kernels' floors on one stream; with overlapping kernels
-    (streams > 1) no kernel's own floor bounds the stage, so all its FLOPs, DRAM bytes and bytes through L2 at
-    peak rates, whichever takes longest (the aggregate floor). Each distinct stage is summed once."""
+    """The roofline floor of each stage: the sum of its kernels' floors on one stream (a collective's: its time at
+    the link's line rate, sim.kernels); with overlapping kernels (streams > 1) no kernel's own floor bounds the
+    stage, so all its FLOPs, DRAM bytes and bytes through L2 at peak rates, or its collectives one after another on
+    the link at line rate, whichever takes longest (the aggregate floor). Each distinct stage is summed once."""
     costs = [e.cost for e in p.entries]
     if p.streams == 1:
         floor = [c.floor_s for c in costs]
         per = lambda ids: sum(map(floor.__getitem__, ids))  # noqa: E731
     else:
-        parts = [[c.floor_compute_s for c in costs], [c.floor_dram_s for c in costs], [c.floor_l2_s for c in costs]]
+        parts = [[c.floor_compute_s for c in costs], [c.floor_dram_s for c in costs], [c.floor_l2_s for c in costs],
+                 [c.floor_link_s for c in costs]]
         per = lambda ids: max(sum(map(part.__getitem__, ids)) for part in parts)  # noqa: E731
     done: dict[int, float] = {}
     return [done[id(ids)] if id(ids) in done else done.setdefault(id(ids), per(ids)) for ids in p.stage_costs]
@@ -572,12 +614,13 @@ def _stage_busy(p: Projection, ids: tuple[int, ...], timeline: StageTimeline) ->
 
 
 def breakdown(p: Projection) -> dict:
-    """Where the time went: shares of the total spent in compute-, memory- and latency-bound kernels and with
-    the device idle waiting for the host (launch); bytes, achieved bandwidth, the roofline floor of the whole
-    run and of its decode stages (`stage_floors_s`). With overlapping kernels (streams > 1) the kernel shares
-    split the time the device is busy in proportion to the kernels' durations, and `critical_path_s` is the
-    dependency bound. Computed over distinct kernels and stages, each weighted by how often it runs."""
-    busy = {"compute": 0, "memory": 0, "latency": 0}
+    """Where the time went: shares of the total spent in compute-, memory- and latency-bound kernels, in
+    collectives (comm; `comm_s`: their seconds) and with the device idle waiting for the host (launch); bytes,
+    achieved bandwidth, the roofline floor of the whole run and of its decode stages (`stage_floors_s`). With
+    overlapping kernels (streams > 1) the kernel shares split the time the device is busy in proportion to the
+    kernels' durations, and `critical_path_s` is the dependency bound. Computed over distinct kernels and stages,
+    each weighted by how often it runs."""
+    busy = {"compute": 0, "memory": 0, "latency": 0, "comm": 0}
     by_class = dict.fromkeys(CLASSES, 0)
     counts: Counter[int] = Counter()
     for ids in p.stage_costs:
@@ -610,7 +653,7 @@ def breakdown(p: Projection) -> dict:
     out = {"shares": shares, "class_s": {c: v / p.clock_hz for c, v in by_class.items() if v},
            "roofline_s": sum(floors),
            "decode_roofline_s": sum(f for f, kind in zip(floors, p.stage_kinds) if kind in ("decode", "speed")),
-           "dram_bytes": int(dram), "onchip_bytes": int(onchip),
+           "comm_s": busy["comm"] / p.clock_hz, "dram_bytes": int(dram), "onchip_bytes": int(onchip),
            "achieved_bandwidth_bytes_per_s": dram / p.total_s if p.total_cycles else 0.0}
     if p.critical_path_cycles is not None:
         out["critical_path_s"] = p.critical_path_cycles / p.clock_hz

@@ -49,7 +49,7 @@ from functools import lru_cache
 import simpy
 
 from sim.hardware import HwConfig, HwConfigError, Interconnect
-from sim.opkinds import DTYPE_BYTES
+from sim.opkinds import DTYPE_BYTES, split_fault
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast")
 GLOO_COLLECTIVES = ("all_reduce", "all_gather")  # what the loopback model follows gloo's code for
@@ -145,10 +145,9 @@ def check_request(kind: str, nbytes: int, world_size: int, dtype: str) -> None:
         raise ValueError(f"collective dtype {dtype!r}: expected one of {', '.join(DTYPE_BYTES)}")
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
         raise ValueError(f"collective bytes {nbytes!r}: expected an integer >= 0")
-    chunk = DTYPE_BYTES[dtype] * (world_size if kind in ("all_gather", "reduce_scatter") else 1)
-    if nbytes % chunk:
-        raise ValueError(f"collective bytes {nbytes}: not a whole number of {dtype} elements"
-                         + (f" for each of {world_size} ranks" if chunk != DTYPE_BYTES[dtype] else ""))
+    fault = split_fault(kind, nbytes, world_size, dtype)
+    if fault is not None:
+        raise ValueError(f"collective bytes {nbytes}: {fault.removeprefix(f'{nbytes} bytes is ')}")
 
 
 def interconnect_of(hw: HwConfig, world_size: int, kind: str = "all_reduce") -> Interconnect:
@@ -324,12 +323,13 @@ class Link:
     """One rank's link to the rest of its tensor-parallel group, a SimPy resource of capacity 1: the collectives of
     one rank's stream run one at a time, in the order they ask for it (NCCL runs a communicator's collectives in
     stream order). Time is counted as the environment counts it: seconds by default, whole cycles (rounded up, as
-    HwConfig.cycles) when `clock_hz` is given. `log` keeps (start, end, cost) of every collective run."""
+    HwConfig.cycles) when `clock_hz` is given. `log` keeps (start, end, cost) of every collective run (cost None
+    for one given by its duration alone)."""
 
     def __init__(self, env: simpy.Environment, clock_hz: float | None = None, name: str = "link") -> None:
         self.env, self.clock_hz, self.name = env, clock_hz, name
         self.resource = simpy.Resource(env, capacity=1)
-        self.log: list[tuple[float, float, CollectiveCost]] = []
+        self.log: list[tuple[float, float, CollectiveCost | None]] = []
 
     def duration(self, cost: CollectiveCost) -> float:
         """The collective's time in the environment's unit."""
@@ -338,8 +338,13 @@ class Link:
     def run(self, cost: CollectiveCost) -> Iterator[simpy.Event]:
         """A process: wait for the link, hold it for the collective's time. The rank's compute waits for it
         (`yield env.process(link.run(cost))`)."""
+        return self.hold(self.duration(cost), cost)
+
+    def hold(self, duration: float, cost: CollectiveCost | None = None) -> Iterator[simpy.Event]:
+        """A process: wait for the link, hold it for `duration` in the environment's unit (a collective whose time
+        is known already: the engine's cycles); `cost` is what the log keeps of it."""
         with self.resource.request() as turn:
             yield turn
             start = self.env.now
-            yield self.env.timeout(self.duration(cost))
+            yield self.env.timeout(duration)
             self.log.append((start, self.env.now, cost))

@@ -17,6 +17,9 @@ decoder's rules:
   reader as PyTorch's allocator frees it once nothing refers to it. Traces without `srcs` (versions 1 and 2)
   give each op's own reads and writes, a lower bound.
 
+A tensor-parallel trace is one rank's: its weights are the rank's shards (the replicated embedding and norms whole),
+its KV cache the rank's KV heads, so the memory is per GPU.
+
 Not counted: the runtime's own reservations (CUDA context, library workspaces, allocator fragmentation), which
 depend on the software stack rather than on the run: "fits" means the run's tensors fit.
 """
@@ -127,10 +130,13 @@ def activation_bytes(trace: Trace) -> int:
                                         read_a, write_a).max()) for group in structures.values()), default=0)
 
 
-def device_memory(trace: Trace) -> DeviceMemory:
-    """What the traced run needs on the device (see the module docstring for how each part is counted)."""
+def device_memory(trace: Trace, fused: Trace | None = None) -> DeviceMemory:
+    """What the traced run needs on the device (see the module docstring for how each part is counted); under
+    compiled launch `fused` is its fused trace (sim.fusion), whose kernels' live tensors are the activations,
+    while weights and KV cache are what the traced run allocated (a fused kernel that covers the cache's
+    allocation is no memset any more). For a tensor-parallel trace: one GPU's (its rank's shard)."""
     weights = sum(int(w["bytes"]) for w in trace.header.weights.values())
-    return DeviceMemory(weights, kv_cache_bytes(trace), activation_bytes(trace))
+    return DeviceMemory(weights, kv_cache_bytes(trace), activation_bytes(trace if fused is None else fused))
 
 
 def check_fits(memory: DeviceMemory, hw: HwConfig, what: str) -> None:
@@ -145,6 +151,7 @@ def check_fits(memory: DeviceMemory, hw: HwConfig, what: str) -> None:
 
 
 def run_name(trace: Trace) -> str:
-    """How a refusal names the run: model, decoder, dtype, batch, tokens."""
+    """How a refusal names the run: model, decoder, dtype, batch, tokens (and, sharded, the rank and degree)."""
     h = trace.header
-    return (f"{h.model.get('name', '?')} ({h.decoder}, {h.dtype}, batch {h.batch}, {h.max_new_tokens} tokens)")
+    shard = f", rank {h.tp_rank} of TP {h.tp}" if h.tp > 1 else ""
+    return f"{h.model.get('name', '?')} ({h.decoder}, {h.dtype}, batch {h.batch}, {h.max_new_tokens} tokens{shard})"

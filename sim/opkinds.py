@@ -6,12 +6,19 @@ Capture (reference.capture.tracing) uses it to count FLOPs and bytes and writes 
 an op runs rather than on the op: a matrix product inside the LM head is `lm_head`, and the small ops inside a
 norm are `norm`. The capture knows where it is (it wraps the model's head and sees its norm modules) and passes
 that `role`.
+
+Collectives (tensor parallelism) are their own class, "collective": the functional collective ops of
+torch.distributed (`_c10d_functional.*`, what eager decoding calls and torch.compile keeps as graph nodes), each
+with the collective it runs (`COLLECTIVE_OPS`). `wait_tensor`, the wait that follows each, launches no kernel: the
+capture records it as no op, its consumers reading the collective's output (they depend on the collective).
 """
 
 from __future__ import annotations
 
-# "fused": a kernel a graph compiler generated for a chain of the other non-matrix classes (sim.fusion)
-KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset", "fused")
+# "fused": a kernel a graph compiler generated for a chain of the other non-matrix classes (sim.fusion);
+# "collective": a collective among the ranks of a tensor-parallel group (sim.interconnect times it)
+KERNEL_CLASSES = ("matmul", "lm_head", "attention", "gather", "norm", "elementwise", "reduction", "memset", "fused",
+                  "collective")
 MATRIX_CLASSES = ("matmul", "lm_head", "attention")  # run on the matrix units, in waves of output tiles
 ROLES = ("head", "norm")  # where an op runs, when that decides its class
 # bytes per element of the dtypes traces name
@@ -36,12 +43,25 @@ COPY_OPS = frozenset({"aten.copy_.default", "aten.cat.default", "aten.stack.defa
 # writes of indexed elements into a tensor (compiled decoding's KV cache writes): only the values move
 SCATTER_OPS = frozenset({"aten.index_put_.default", "aten.index_put.default", "aten._index_put_impl_.default"})
 MOVE_OPS = MEMSET_OPS | COPY_OPS | SCATTER_OPS
+# the functional collectives (torch.distributed._functional_collectives' ops; the in-place forms are what inductor
+# emits on its own buffers) -> the collective each runs (sim.interconnect.COLLECTIVES)
+COLLECTIVE_OPS = {
+    "_c10d_functional.all_reduce.default": "all_reduce", "_c10d_functional.all_reduce_.default": "all_reduce",
+    "_c10d_functional.all_gather_into_tensor.default": "all_gather",
+    "_c10d_functional.all_gather_into_tensor_out.default": "all_gather",
+    "_c10d_functional.reduce_scatter_tensor.default": "reduce_scatter",
+    "_c10d_functional.broadcast.default": "broadcast", "_c10d_functional.broadcast_.default": "broadcast",
+}
+# waits for a collective's result: no kernel of their own (the capture records them as no op)
+WAIT_OPS = frozenset({"_c10d_functional.wait_tensor.default"})
 
 
 def kernel_class(op: str, role: str | None = None) -> str:
     """The kernel class of aten op `op` (e.g. "aten.mm.default") run in `role` (one of ROLES, or None)."""
     if op in MATMUL_OPS:
         return "lm_head" if role == "head" else "matmul"
+    if op in COLLECTIVE_OPS:
+        return "collective"
     if op in ATTENTION_OPS:
         return "attention"
     if op in GATHER_OPS:
@@ -53,3 +73,21 @@ def kernel_class(op: str, role: str | None = None) -> str:
     if op in REDUCTION_OPS:
         return "reduction"
     return "elementwise"
+
+
+def collective_bytes(collective: str, read_bytes: int, write_bytes: int) -> int:
+    """The bytes a collective moves as NCCL counts them (its `nBytes`, what sim.interconnect times), from the bytes
+    the op reads and writes: an all-gather's output (every rank's input), every other collective's input (an
+    all-reduce's or a broadcast's tensor, a reduce-scatter's whole input)."""
+    return write_bytes if collective == "all_gather" else read_bytes
+
+
+def split_fault(collective: str, nbytes: int, ranks: int, dtype: str) -> str | None:
+    """Why `nbytes` (`collective_bytes`) of `dtype` cannot be `collective` among `ranks`: not a whole number of
+    elements, or, where the collective splits its buffer among the ranks (all-gather, reduce-scatter), of elements
+    per rank; None if they can (dtype one of DTYPE_BYTES)."""
+    chunk = DTYPE_BYTES[dtype] * (ranks if collective in ("all_gather", "reduce_scatter") else 1)
+    if nbytes % chunk:
+        return (f"{nbytes} bytes is not a whole number of {dtype} elements"
+                + (f" for each of {ranks} ranks" if chunk != DTYPE_BYTES[dtype] else ""))
+    return None

@@ -17,6 +17,12 @@ KV cache at its longest, largest live activations: sim.memory); a run that does 
 dram_capacity_bytes is refused, naming the hwconfig and the figures. With --streams N > 1 independent
 kernels may overlap (what a multi-stream runtime or graph compiler could do; PyTorch eager runs one stream):
 the floor is then the aggregate one and a column gives the critical path of the dependency graph.
+
+With --tp N (tensor parallelism; several values: one row per configuration and degree) the model is sharded over
+N GPUs Megatron-style: the trace is rank 0's shard with its collectives (traced on demand, no processes start),
+each collective timed by the hwconfig's interconnect model on the link while the rank's compute waits; ranks are
+symmetric, so one is simulated. The table then gives the degree (TP) and the share of time in collectives (comm),
+and memory is per GPU (the shard's weights, the replicated embedding whole, the rank's KV heads).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from sim.files import atomic_write, staged_writes
 from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.host import check_room
+from sim.interconnect import interconnect_of
 from sim.memory import device_memory
 from sim.provider import trace_files
 from sim.trace import Trace, gc_paused, read_checked
@@ -57,6 +64,7 @@ MAX_STREAMS = 1024  # kernels in flight at once: more than any device runs (an H
 # sequential trace of 5.7M ops (a single eager projection, the trace read included)
 PROJECTION_BYTES_PER_OP = 240
 PROJECTION_S_PER_OP = 12e-6
+MAX_TP = 1 << 16  # tensor-parallel degree: the largest interconnect a hwconfig can describe (DEVICES_PER_NODE)
 
 
 @dataclass
@@ -67,6 +75,11 @@ class Run:
     projection: Projection
     summary: dict
     fused: tuple[Trace, FusedTrace] | None = None  # compiled launch: the traced trace, and the fused one
+
+    @property
+    def tp(self) -> int:
+        """The tensor-parallel degree of the traced run."""
+        return self.summary["tp"]
 
     @property
     def covers(self) -> list[list[str]] | None:
@@ -83,8 +96,9 @@ def summarize(p: Projection, trace: Trace) -> dict:
     return {
         "hardware": p.hardware, "hw_path": p.hw_path, "launch": p.launch,
         "model": trace.header.model.get("name"), "decoder": trace.header.decoder, "dtype": trace.header.dtype,
-        "batch": trace.header.batch, "tokens": p.tokens, "total_s": p.total_s, "decode_s": p.decode_s,
-        "s_per_token": p.decode_s / tokens, "bound": b["shares"], "roofline_s": b["roofline_s"],
+        "tp": trace.header.tp, "batch": trace.header.batch, "tokens": p.tokens, "total_s": p.total_s,
+        "decode_s": p.decode_s,
+        "s_per_token": p.decode_s / tokens, "bound": b["shares"], "comm_s": b["comm_s"], "roofline_s": b["roofline_s"],
         "roofline_s_per_token": b["decode_roofline_s"] / tokens, "dram_bytes": b["dram_bytes"],
         "onchip_bytes": b["onchip_bytes"], "achieved_bandwidth_bytes_per_s": b["achieved_bandwidth_bytes_per_s"],
         "class_s": b["class_s"], "kernels": p.stats["kernels"], "stages": p.stats["stages"],
@@ -99,24 +113,31 @@ def short(label: str) -> str:
 
 
 def print_table(runs: list[Run], baselines: list[str]) -> None:
+    """One table of runs on one hwconfig; speedups are over each baseline (a sequential configuration's label) at
+    the same tensor-parallel degree. A table with a run of TP > 1 gains the TP and comm (time in collectives)
+    columns."""
     first = runs[0].summary
     streams = first["streams"]
+    parallel = any(r.tp > 1 for r in runs)
     print(f"\n{first['hardware']} ({first['hw_path']}), {first['launch']} launch"
           + (f", up to {streams} kernels at once" if streams > 1 else ""))
     width = max([16] + [len(short(b)) + 5 for b in baselines])
     speed_cols = "".join(f"{'vs ' + short(b):>{width}}" for b in baselines)
-    print(f"{'configuration':<28}{'ms/token':>9}{'ms/seq':>9}{speed_cols}  {'comp':>5}{'mem':>5}{'lat':>5}{'launch':>7}"
+    print(f"{'configuration':<28}" + (f"{'TP':>3}" if parallel else "") + f"{'ms/token':>9}{'ms/seq':>9}{speed_cols}  "
+          f"{'comp':>5}{'mem':>5}{'lat':>5}" + (f"{'comm':>5}" if parallel else "") + f"{'launch':>7}"
           f"{'DRAM GB/s':>10}{'floor ms/tok':>13}{'mem GB':>8}" + (f"{'path ms/tok':>12}" if streams > 1 else ""))
-    per_token = {r.label: r.summary["s_per_token"] for r in runs if r.summary["s_per_token"] > 0}
+    per_token = {(r.label, r.tp): r.summary["s_per_token"] for r in runs if r.summary["s_per_token"] > 0}
     for r in runs:
         s = r.summary
         decodes = s["s_per_token"] > 0  # a run with no decode stage (an encoder alone) has no per-token figure
-        speedups = "".join(f"{per_token[b] / s['s_per_token']:>{width - 1}.2f}x" if b in per_token and decodes
-                           else f"{'-':>{width}}" for b in baselines)
+        speedups = "".join(f"{per_token[b, r.tp] / s['s_per_token']:>{width - 1}.2f}x"
+                           if (b, r.tp) in per_token and decodes else f"{'-':>{width}}" for b in baselines)
         shares = s["bound"]
-        print(f"{r.label:<28}{_ms(s['s_per_token'], 9, 3, decodes)}{s['total_s'] * 1e3:>9.1f}{speedups}  "
+        print(f"{r.label:<28}" + (f"{r.tp:>3}" if parallel else "") + f"{_ms(s['s_per_token'], 9, 3, decodes)}"
+              f"{s['total_s'] * 1e3:>9.1f}{speedups}  "
               f"{shares['compute'] * 100:>4.0f}%{shares['memory'] * 100:>4.0f}%{shares['latency'] * 100:>4.0f}%"
-              f"{shares['launch'] * 100:>6.0f}%{s['achieved_bandwidth_bytes_per_s'] / 1e9:>10.1f}"
+              + (f"{shares['comm'] * 100:>4.0f}%" if parallel else "")
+              + f"{shares['launch'] * 100:>6.0f}%{s['achieved_bandwidth_bytes_per_s'] / 1e9:>10.1f}"
               f"{_ms(s['roofline_s_per_token'], 13, 4, decodes)}{s['memory']['total_bytes'] / 1e9:>8.2f}"
               + (_ms(s['critical_path_s'] / max(s['tokens'], 1), 12, 4, decodes) if streams > 1 else ""))
 
@@ -156,26 +177,34 @@ def lanes(starts: list[int], ends: list[int]) -> list[int]:
 
 def perfetto_events(runs: list[Run]) -> list[dict]:
     """Chrome trace events (viewable in Perfetto or chrome://tracing): per run a process with a host track
-    (kernel issues) and device tracks (kernels, named by class and module, with their bound; one track unless
-    kernels overlap)."""
+    (kernel issues), device tracks (kernels, named by class and module, with their bound; one track unless
+    kernels overlap) and, for a tensor-parallel run, a link track (its collectives, with NCCL's bytes and group
+    size)."""
     events: list[dict] = []
     for pid, run in enumerate(runs, start=1):
         p, all_covers = run.projection, run.covers
         us = 1e6 / p.clock_hz
+        shard = f", rank 0 of TP {run.tp}" if run.tp > 1 else ""
         events.append({"ph": "M", "name": "process_name", "pid": pid,
-                       "args": {"name": f"{run.label} on {p.hardware} ({p.launch})"}})
-        track = lanes(p.start_cycles, p.end_cycles)
-        names = [(1, "host")] + [(2 + lane, "device" if lane == 0 else f"device {lane}")
-                                 for lane in range(max(track, default=0) + 1)]
-        for tid, name in names:
+                       "args": {"name": f"{run.label} on {p.hardware} ({p.launch}{shard})"}})
+        on_link = [k.collective is not None for k in p.kernels]
+        compute = [i for i, link in enumerate(on_link) if not link]
+        track = dict(zip(compute, lanes([p.start_cycles[i] for i in compute], [p.end_cycles[i] for i in compute])))
+        n_lanes = max(track.values(), default=0) + 1
+        link_tid = 2 + n_lanes
+        names = [(1, "host")] + [(2 + lane, "device" if lane == 0 else f"device {lane}") for lane in range(n_lanes)]
+        for tid, name in names + ([(link_tid, "link")] if any(on_link) else []):
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}})
-        for n, (op, k, cost, dram, issue, start, end, lane) in enumerate(zip(
-                run.trace.ops, p.kernels, p.costs, p.dram_bytes, p.issue_cycles, p.start_cycles, p.end_cycles, track)):
+        for n, (op, k, cost, dram, issue, start, end) in enumerate(zip(
+                run.trace.ops, p.kernels, p.costs, p.dram_bytes, p.issue_cycles, p.start_cycles, p.end_cycles)):
             covers = all_covers[n] if all_covers else None
             args = {"op": op.op, "bound": cost.bound, "floor_us": cost.floor_s * 1e6, "dram_bytes": dram,
                     "stage": op.stage, **({"covers": covers} if covers and len(covers) > 1 else {})}
+            if k.collective is not None:
+                args.update(collective=k.collective[0], bytes=k.collective[1], ranks=k.collective[2])
             name = f"{k.cls} {op.module}" + (f" (+{len(covers) - 1} ops)" if covers and len(covers) > 1 else "")
-            events.append({"ph": "X", "pid": pid, "tid": 2 + lane, "ts": start * us, "dur": (end - start) * us,
+            tid = link_tid if on_link[n] else 2 + track[n]
+            events.append({"ph": "X", "pid": pid, "tid": tid, "ts": start * us, "dur": (end - start) * us,
                            "name": name, "args": args})
             events.append({"ph": "i", "s": "t", "pid": pid, "tid": 1, "ts": issue * us, "name": "issue"})
     return events
@@ -260,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"eager runs; at most {MAX_STREAMS}). N > 1: independent kernels of the trace's "
                         "dependency graph overlap and share compute units and DRAM bandwidth (a what-if; "
                         "accelerators only)")
+    parser.add_argument("--tp", nargs="+", type=integer(1, MAX_TP), default=[1], metavar="N",
+                        help="tensor-parallel degrees (default 1): each configuration sharded Megatron-style over N "
+                        "GPUs, one row per configuration and degree; traced on demand (rank 0's shard with its "
+                        "all-reduces and the vocabulary-parallel head's all-gather, on the meta device), collectives "
+                        "timed by the hwconfig's interconnect section (needed for N > 1, and N at most its "
+                        "devices_per_node); memory per GPU. N must divide the model's heads, KV heads and FFN size")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hwconfig field for what-if studies, e.g. --set "
                         "peak.dram_bandwidth_bytes_per_s=4e12 (repeatable; compute_units scales the peak rates)")
@@ -279,21 +314,35 @@ def load_hws(names: list[str], overrides: dict[str, str], parser: argparse.Argum
         parser.error(str(err))
 
 
+def check_interconnects(hws: list[HwConfig], degrees: list[int], parser: argparse.ArgumentParser) -> None:
+    """`parser.error` naming the hwconfig and its field where one cannot run a tensor-parallel group of a degree
+    asked for (no interconnect section, or a group larger than its node), before any tracing."""
+    for hw in hws:
+        for tp in degrees:
+            if tp > 1:
+                try:
+                    interconnect_of(hw, tp)
+                except HwConfigError as err:
+                    parser.error(f"--tp {tp}: {err}")
+
+
 def trace_jobs(args: argparse.Namespace, launches: list[str]) -> dict[str, list[tuple[str, Path]]]:
-    """Per launch, (label, trace file) of every configuration to project: given traces, a model traced on demand,
-    or the built-in default (its committed traces, or traced on demand at other lengths, batches, dtypes or
-    flips). Compiled launch projects the run compiled decoding makes (given traces as they are). Every trace made
-    on demand comes from one call of the trace provider (sim.provider), none when all are committed or given."""
+    """Per launch, (label, trace file) of every configuration to project at every --tp degree (degree by degree):
+    given traces, a model traced on demand, or the built-in default (its committed traces, or traced on demand at
+    other lengths, batches, dtypes, flips or degrees). Compiled launch projects the run compiled decoding makes
+    (given traces as they are). Every trace made on demand comes from one call of the trace provider
+    (sim.provider), none when all are committed or given."""
     if args.trace:
         return {launch: [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace] for launch in launches}
     if args.model:
         decoders = ("speed", "sequential") if args.decoder == "both" else (args.decoder,)
-        runs = [({"model": args.model, "share": args.share}, decoder) for decoder in decoders]
-    elif (args.tokens, args.batch, args.dtype, args.flips) == (DEFAULT_TOKENS, 1, "bfloat16", None):
+        configurations = [({"model": args.model, "share": args.share}, decoder) for decoder in decoders]
+    elif (args.tokens, args.batch, args.dtype, args.flips, args.tp) == (DEFAULT_TOKENS, 1, "bfloat16", None, [1]):
         return {launch: [(f"{preset} {decoder}", default_trace(preset, decoder, launch == "compiled"))
                          for preset, decoder in DEFAULT_RUNS] for launch in launches}
     else:
-        runs = [({"model": preset}, decoder) for preset, decoder in DEFAULT_RUNS]
+        configurations = [({"model": preset}, decoder) for preset, decoder in DEFAULT_RUNS]
+    runs = [({**model, "tp": tp}, decoder) for tp in args.tp for model, decoder in configurations]
     traced = trace_files([{**model, "decoder": decoder, "tokens": args.tokens, "batch": args.batch,
                            "dtype": args.dtype, "flips": args.flips, "compiled": launch == "compiled"}
                           for launch in launches for model, decoder in runs])
@@ -317,7 +366,8 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
     if executed * PROJECTION_S_PER_OP > 30:
         print(f"note: projecting {executed:,} ops ({launch} launch): about {executed * PROJECTION_S_PER_OP:.0f} s",
               file=sys.stderr)
-    memory = [device_memory(trace) for _, _, trace in traces]  # refused where it exceeds a device's capacity
+    # refused where it exceeds a device's capacity: what the traced run allocates, the fused kernels' activations
+    memory = [device_memory(f[0] if f else trace, f[1].trace if f else None) for (_, _, trace), f in zip(traces, fused)]
     progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
     for hw in hws:
         runs = []
@@ -363,8 +413,10 @@ def _main(argv: list[str] | None) -> int:
     for flag, given in (("--share", args.share), ("--decoder", args.decoder != "both")):
         if given and not args.model:
             parser.error(f"{flag} applies to a --model; give one")
+    args.tp = list(dict.fromkeys(args.tp))
     traced = {"--model": args.model, "--tokens": args.tokens != DEFAULT_TOKENS, "--batch": args.batch != 1,
-              "--dtype": args.dtype != "bfloat16", "--flips": args.flips, "--decoder": args.decoder != "both"}
+              "--dtype": args.dtype != "bfloat16", "--flips": args.flips, "--decoder": args.decoder != "both",
+              "--tp": args.tp != [1]}
     if args.trace and any(traced.values()):
         given = ", ".join(flag for flag, value in traced.items() if value)
         parser.error(f"--trace replays recorded runs as they are; {given} describe a run to trace: give one or the "
@@ -373,6 +425,7 @@ def _main(argv: list[str] | None) -> int:
     check_outputs(parser, {"--json": args.json, "--perfetto": args.perfetto, "--plot": args.plot},
                   inputs={"--hw": map(resolve_hwconfig, args.hw), "--trace": args.trace or [], "--model": model_file})
     hws = load_hws(args.hw, overrides, parser)
+    check_interconnects(hws, args.tp, parser)
     launches = list(dict.fromkeys(args.launch or ["eager", "compiled"]))
     try:
         jobs = trace_jobs(args, launches)
@@ -393,7 +446,7 @@ def _main(argv: list[str] | None) -> int:
         except ValueError as err:  # a TraceError, or a request the engine refuses
             parser.error(str(err))
     for runs in tables:
-        print_table(runs, [r.label for r in runs if r.summary["decoder"] == "sequential"])
+        print_table(runs, list(dict.fromkeys(r.label for r in runs if r.summary["decoder"] == "sequential")))
     with staged_writes():  # all or none: a failing output replaces nothing
         write_outputs(args, tables)
     return 0

@@ -110,20 +110,32 @@ def test_older_traces_are_refused_for_compiled_launch():
 def test_fused_kernel_counts_match_the_compiler_recorded():
     """Item 4's check, pinned: per compiled variant, the fusion model's kernels against inductor's, as
     `python -m reference.capture.inductor` recorded them (data/compiled/inductor-kernels.json, its command
-    inside): library kernels equal, generated kernels within 15% (the target is 20%). The model side is traced here,
-    on meta."""
+    inside; inductor-kernels-tp.json: rank 0's shard at TP 2): library kernels equal, collectives the same in
+    order, generated kernels within 15% (the target is 20%). The model side is traced here, on meta."""
     import json
 
     from reference.capture.inductor import model_kernels
+    from reference.capture.tracing import fake_group_scope
     from reference.config import get_preset
     from reference.model import SharedDecoder
+    from reference.parallel import build_shard
+    from sim.opkinds import COLLECTIVE_OPS
 
     recorded = json.loads(Path("data/compiled/inductor-kernels.json").read_text())["variants"]
     assert {v["preset"] for v in recorded} >= {"tiny-4x3", "tiny-t5-2x3", "t5-base-4x3", "llama-1b-11x2"}
-    for v in recorded:
-        model = SharedDecoder(get_preset(v["preset"]), device="meta", dtype=getattr(torch, v["dtype"]))
-        _, fused, library = model_kernels(model, v["kind"], v["rows"], v["cache_length"])
+    # tensor parallelism: rank 0's shard at TP 2 under a fake group; collectives are graph nodes in both
+    sharded = json.loads(Path("data/compiled/inductor-kernels-tp.json").read_text())["variants"]
+    assert {v["tp"] for v in sharded} == {2} and len(sharded) >= 6
+    for v in recorded + sharded:
+        cfg, dtype = get_preset(v["preset"]), getattr(torch, v["dtype"])
+        with fake_group_scope(v.get("tp", 1)) as tp:
+            model = SharedDecoder(cfg, device="meta", dtype=dtype) if tp is None else build_shard(cfg, tp, dtype=dtype)
+            _, fused, library = model_kernels(model, v["kind"], v["rows"], v["cache_length"])
         assert len(library) == len(v["inductor_library"]), (v["preset"], v["kind"], v["rows"])
+        ours = [COLLECTIVE_OPS[name] for name in library if name in COLLECTIVE_OPS]
+        theirs = [COLLECTIVE_OPS[name.removeprefix("torch.ops.")] for name in v["inductor_library"]
+                  if name.removeprefix("torch.ops.") in COLLECTIVE_OPS]
+        assert ours == theirs and (len(ours) > 0) == (v.get("tp", 1) > 1), (v["preset"], ours, theirs)
         generated = len(v["inductor_generated"])
         assert abs(len(fused) - generated) <= 0.15 * generated, (v["preset"], v["kind"], v["rows"], len(fused),
                                                                 generated)

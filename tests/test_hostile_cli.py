@@ -6,6 +6,7 @@ file."""
 import ast
 import gzip
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -28,6 +29,7 @@ from sim.trace import OpRecord, StageRecord, TraceHeader, TraceWriter, read_trac
 
 ROOT = Path(__file__).resolve().parents[1]
 A100 = (HWCONFIG_DIR / "a100.yaml").read_text()
+A100_BARE = re.sub(r"^classes:\n(?:  .*\n)+", "", A100, flags=re.M)  # without its optional classes section
 TRACE = str(ROOT / "data" / "traces" / "t5-base-4.sequential.bf16.b1.t128.jsonl.gz")
 MEASURED = str(ROOT / "data" / "measured" / "h200" / "t5-base-4.sequential.bf16.b1.t128.jsonl.gz")
 
@@ -58,26 +60,26 @@ HWCONFIG_CASES = {
     "1e999": (A100.replace("l2: 0.7", "l2: 1e999"), "field 'efficiency.l2': expected a finite number, got inf"),
     "bomb under kind": (A100.replace("kind: gpu", f"kind: {bomb()}"),
                         "field 'kind[5]': stands for 597,871 values with its aliases expanded"),
-    "bomb under classes": (A100 + f"classes: {bomb()}\n", "field 'classes[5]': stands for 597,871 values"),
+    "bomb under classes": (A100_BARE + f"classes: {bomb()}\n", "field 'classes[5]': stands for 597,871 values"),
     "latin-1": (A100.replace("NVIDIA A100", "NVIDIA \xe9A100").encode("latin-1"),
                 "not UTF-8 text: byte 0xe9 at offset"),
     "UTF-16": (A100.encode("utf-16"), "UTF-16 text: byte 0xff at offset 0 is not UTF-8"),
     "gzip": (gzip.compress(A100.encode()), "gzip-compressed data"),
     "10**400": (A100.replace("compute_units: 108", "compute_units: 1" + "0" * 400),
                 "field 'peak.compute_units': an integer of 401 digits (at most 30)"),
-    "5000 deep": (A100.replace("m: 128", "m: " + "[" * 5000 + "1" + "]" * 5000),
+    "5000 deep": (A100.replace("m: 256", "m: " + "[" * 5000 + "1" + "]" * 5000),
                   "field 'tile.m': nested deeper than 32 levels"),
     "launch 1e308": (A100.replace("launch_eager_s: 2.0e-5", "launch_eager_s: 1.0e+308"),
                      "field 'host.launch_eager_s': must lie in [0, 1], got 1e+308"),
     "clock 1e-300": (A100.replace("clock_hz: 1.41e+9", "clock_hz: 1.0e-300"),
                      "field 'peak.clock_hz': must lie in [1e+06, 1e+11], got 1e-300"),
-    "fixed_s inf": (A100 + "classes:\n  norm: {efficiency: 0.5, fixed_s: .inf}\n",
+    "fixed_s inf": (A100_BARE + "classes:\n  norm: {efficiency: 0.5, fixed_s: .inf}\n",
                     "field 'classes.norm.fixed_s': expected a finite number, got inf"),
     "generated memory_efficiency": (
         A100 + "compiled:\n  library_fixed_s: 0.0\n  generated: {efficiency: 0.5, fixed_s: 0.0, "
         "memory_efficiency: 2.0}\n", "field 'compiled.generated.memory_efficiency': must lie in [1e-06, 1]"),
-    "duplicate key": (A100.replace("  m: 128\n", "  m: 128\n  m: 64\n"),
-                      "field 'tile.m': given twice (lines 31 and 32); YAML would keep the last one silently"),
+    "duplicate key": (A100.replace("  m: 256\n", "  m: 256\n  m: 64\n"),
+                      "field 'tile.m': given twice (lines 33 and 34); YAML would keep the last one silently"),
     "octal": (A100.replace("compute_units: 108", "compute_units: 0144"),
               "field 'peak.compute_units': '0144': YAML 1.1 reads it in octal (100); write integers in decimal"),
 }
@@ -94,8 +96,8 @@ def test_hwconfig_findings_are_one_line_naming_file_and_field(tmp_path, capsys, 
 
 
 def test_a_harmless_alias_still_reads(tmp_path):
-    (tmp_path / "hw.yaml").write_text(A100.replace("  m: 128", "  m: &side 128").replace("  n: 128", "  n: *side"))
-    assert load_hwconfig(tmp_path / "hw.yaml").tile.n == 128
+    (tmp_path / "hw.yaml").write_text(A100.replace("  m: 256", "  m: &side 256").replace("  n: 128", "  n: *side"))
+    assert load_hwconfig(tmp_path / "hw.yaml").tile.n == 256
 
 
 def test_files_that_are_not_regular_are_refused_unread(tmp_path):
@@ -123,6 +125,15 @@ def test_files_that_are_not_regular_are_refused_unread(tmp_path):
     (["--streams", "0"], "argument --streams: expected an integer in [1, 1024], got '0'"),
     (["--trace", TRACE, "--tokens", "64"], "--trace replays recorded runs as they are; --tokens describe a run"),
     (["--decoder", "speed"], "--decoder applies to a --model; give one"),
+    # issue 20: tensor-parallel degrees the model, the hwconfig or the flag cannot take
+    (["--tp", "0"], "argument --tp: expected an integer in [1, 65536], got '0'"),
+    (["--tp", "-2"], "argument --tp: expected an integer in [1, 65536], got '-2'"),
+    (["--model", "llama2-7b", "--tp", "3"], "--tp 3: n_heads 32 is not divisible by 3 (llama2-7b)"),
+    (["--model", "llama2-7b", "--tp", "2", "16"], "--tp 16: hwconfig {hw}/a100.yaml, field "
+     "'interconnect.devices_per_node': a group of 16 devices spans more than one node of 8"),
+    (["--hw", "a100", "jetson-orin", "--tp", "2"], "--tp 2: hwconfig {hw}/jetson-orin.yaml, field 'interconnect': "
+     "missing: a group of 2 devices needs the hwconfig's interconnect section"),
+    (["--trace", TRACE, "--tp", "2"], "--trace replays recorded runs as they are; --tp describe a run to trace"),
 ])
 def test_bad_run_values_are_refused_before_any_projection(tmp_path, capsys, monkeypatch, argv, message):
     (tmp_path / "file").write_text("x")
@@ -133,7 +144,7 @@ def test_bad_run_values_are_refused_before_any_projection(tmp_path, capsys, monk
     monkeypatch.setenv("SPEED_SIM_CACHE", str(tmp_path / "cache"))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     line = one_error_line(capsys, run.main, argv)
-    assert message.replace("{tmp}", str(tmp_path)) in line, line
+    assert message.replace("{tmp}", str(tmp_path)).replace("{hw}", str(HWCONFIG_DIR)) in line, line
     assert not (tmp_path / "cache").exists(), "traced before refusing"
 
 
@@ -249,6 +260,18 @@ def test_validate_and_calibrate_refuse_a_measured_trace_with_nothing_to_project(
 ])
 def test_demo_values(capsys, argv, message):
     assert message in one_error_line(capsys, demo.main, argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tp", "0"], "argument --tp: expected an integer >= 1, got '0'"),
+    (["--tp", "3"], "--tp 3: n_heads 4 is not divisible by 3 (tiny-4x3)"),
+    (["--tp", "2", "--device", "cuda"], "--tp 2 --device cuda: a tensor-parallel capture runs on the meta device"),
+])
+def test_tracing_refuses_a_degree_it_cannot_capture(tmp_path, capsys, argv, message):
+    out = tmp_path / "t.jsonl.gz"
+    line = one_error_line(capsys, tracing.main, ["--preset", "tiny-4x3", "--tokens", "4", "--out", str(out), *argv])
+    assert message in line, line
+    assert not os.listdir(tmp_path)
 
 
 def test_tracing_without_flips_takes_the_profile_its_help_promises(tmp_path, capsys):

@@ -14,10 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("decoder core", ("reference.config", "reference.model", "reference.pipeline", "reference.decode",
                       "reference.flips", "reference.compiled", "reference.hfconfig", "reference.parallel",
-                      "reference.ranks")),
-    ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.fusion",
-                        "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
-                        "sim.provider", "sim.host")),
+                      "reference.quant", "reference.ranks")),
+    ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.matmul",
+                        "sim.fusion", "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs",
+                        "sim.command", "sim.provider", "sim.host")),
     ("capture", ("reference.capture",)),
     ("experiments", ("reference.experiments",)),
     ("fitting and validation", ("sim.fitting",)),
@@ -115,8 +115,8 @@ def f():
 
 
 @pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels",
-                                  "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs", "sim.command",
-                                  "sim.provider", "sim.host"])
+                                  "sim.matmul", "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs",
+                                  "sim.command", "sim.provider", "sim.host"])
 def test_the_simulator_core_never_imports_torch(core: str) -> None:
     import subprocess
     import sys

@@ -50,6 +50,9 @@ def test_describe_gives_the_model_its_fields_digest_and_flips():
     ({"model": "tiny-4x3", "decoder": "speed", "flips": "0.1"}, "flips",
      "'0.1' gives 1 rates, but tiny-4x3 has G = 3: it needs 2 (or use flip_rate)"),
     ({"model": "tiny-4x3", "decoder": "speed", "flips": "nope"}, "flips", "no profile 'nope'"),
+    ({"model": "tiny-4x3", "tp": 3}, "tp", "--tp 3: n_heads 4 is not divisible by 3 (tiny-4x3)"),
+    ({"model": "tiny-t5-2x3", "tp": 8}, "tp", "--tp 8: n_heads 4 is not divisible by 8 (self-, cross- and encoder "
+     "attention of tiny-t5-2x3)"),
 ])
 def test_describe_answers_what_it_cannot_describe_with_the_field_at_fault(request_, field, message):
     answer = describe(**request_)
@@ -58,8 +61,10 @@ def test_describe_answers_what_it_cannot_describe_with_the_field_at_fault(reques
 
 def test_requests_are_checked_against_the_ops_schema():
     for raw, message in [
-        ([{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "tp": 2}],
-         "trace request 0: unknown key 'tp': this provider cannot serve it (keys: model, share, flag, decoder"),
+        ([{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "quant": "int8"}],
+         "trace request 0: unknown key 'quant': this provider cannot serve it (keys: model, share, flag, decoder"),
+        ([{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "tp": 0}], "'tp' must be an integer >= 1 (the "
+         "tensor-parallel degree), got 0"),
         ([{"model": "tiny-4x3", "decoder": "speed"}], "trace request 0: key 'tokens' is required"),
         ([{"model": "tiny-4x3", "decoder": "fast", "tokens": 4}], "trace request 0: 'decoder' must be speed or "
          "sequential, got 'fast'"),
@@ -189,3 +194,23 @@ def test_a_signal_while_the_provider_traces_ends_with_one_line_and_no_provider_l
     assert not Path(f"/proc/{child}").exists()  # the provider ended (and was waited for) before sim.run did
     assert not any(p.is_file() for p in tmp_path.rglob("*"))  # nothing half-written is left in the cache
 
+
+
+def test_a_tensor_parallel_trace_is_asked_for_checked_and_cached_by_its_degree(tmp_path, monkeypatch, capsys):
+    """`tp` in a trace request: rank 0's shard traced on meta (no processes), cached under a name with its degree
+    and found without torch; a degree the model cannot be sharded over is refused before any tracing."""
+    monkeypatch.setenv("SPEED_SIM_CACHE", str(tmp_path))
+    asked = [{"model": "tiny-4x3", "decoder": "sequential", "tokens": 3, "tp": tp} for tp in (1, 2)]
+    one, two = provider.trace_files(asked)
+    assert ".tp1." in one.path.name and ".tp2." in two.path.name
+    assert "tracing tiny-4x3 (sequential, 3 tokens, batch 1, rank 0 of TP 2) on the meta device" in \
+        capsys.readouterr().err
+    from sim.trace import read_trace
+
+    assert (read_trace(one.path).header.tp, read_trace(two.path).header.tp) == (1, 2)
+    monkeypatch.setenv(provider.TRACER_ENV, NO_TORCH_TRACER)
+    assert provider.trace_files(asked) == [(one.name, one.path, 0.0), (two.name, two.path, 0.0)]
+    monkeypatch.delenv(provider.TRACER_ENV)
+    with pytest.raises(provider.ProviderError, match=r"^--tp 3: n_heads 4 is not divisible by 3 \(tiny-4x3\)$"):
+        provider.trace_files([*asked, {"model": "tiny-4x3", "decoder": "speed", "tokens": 3, "tp": 3}])
+    assert len(list((tmp_path / "traces").iterdir())) == 2  # nothing traced for the batch refused

@@ -1,7 +1,8 @@
 """The simulator reuses distinct work (sim.engine: distinct kernels, costs, cache answers and stage timelines,
 each once; sim.fusion: each stage structure fused once) and gets what the plain loop gets, kernel for kernel:
 every op its own kernel, the cache served kernel by kernel, every stage fused and simulated afresh. Compared on
-the default traces for every launch mode, and with overlapping kernels."""
+the default traces for every launch mode, and with overlapping kernels, on random traces (tensor-parallel ones
+with collectives among them), and on tensor-parallel traces of the reference decoder (tests/test_tp.py)."""
 
 from __future__ import annotations
 
@@ -63,16 +64,17 @@ def plain_projection(trace: Trace, hw, launch: str, streams: int) -> dict:
         drams = [cache.serve(k) for k in kernels]
         costs = [kernel_cost(k, hw, d) for k, d in zip(kernels, drams)]
         durations = tuple(hw.cycles(c.time_s) for c in costs)
+        links = tuple(k.collective is not None for k in kernels)  # collectives: on the link
         if streams == 1:
-            timeline = simulate_stage(durations, launch_cycles, graph, gap, synchronous=hw.kind == "cpu")
+            timeline = simulate_stage(durations, launch_cycles, graph, gap, synchronous=hw.kind == "cpu", links=links)
             floors.append(sum(c.floor_s for c in costs))
         else:
             g = stage_graph(ops)
             timeline = simulate_stage_overlapped(durations, tuple(demand(k, c, hw) for k, c in zip(kernels, costs)),
-                                                 g, launch_cycles, graph, gap, streams)
+                                                 g, launch_cycles, graph, gap, streams, links)
             path += critical_path_cycles(g, durations)
             floors.append(max(sum(c.floor_compute_s for c in costs), sum(c.floor_dram_s for c in costs),
-                              sum(c.floor_l2_s for c in costs)))
+                              sum(c.floor_l2_s for c in costs), sum(c.floor_link_s for c in costs)))
         out["kernels"] += kernels
         out["costs"] += costs
         out["dram_bytes"] += drams
@@ -101,8 +103,9 @@ def compare(trace: Trace, hw, launch: str, streams: int = 1) -> None:
     overlap = 1.0
     if streams > 1:
         overlap = _busy_cycles(plain["start_cycles"], plain["end_cycles"]) / max(busy, 1)
-    shares = {k: ref["busy"][k] * overlap / total for k in ("compute", "memory", "latency")}
+    shares = {k: ref["busy"][k] * overlap / total for k in ("compute", "memory", "latency", "comm")}
     assert b["shares"] == {**shares, "launch": max(0.0, 1.0 - sum(shares.values()))}
+    assert b["comm_s"] == ref["busy"]["comm"] / p.clock_hz
     assert b["class_s"] == {c: v / p.clock_hz for c, v in ref["class"].items() if v}
     assert (b["dram_bytes"], b["onchip_bytes"], b["roofline_s"]) == (ref["dram"], ref["onchip"], ref["roofline_s"])
     if streams > 1:

@@ -98,10 +98,15 @@ def test_wave_quantization_shows():
         n = 128 * n_tiles
         trace = Trace(header({}), [op(0, 0, "aten.linear.default", "blocks.0.ffn.up", flops=2 * 128 * n * 4096,
                                       m=128, n=n)], [StageRecord(0, "prefill", [], [], [])])
-        return project(trace, hw, "graph").costs[0].time_s
+        return project(trace, hw, "graph").costs[0].compute_s
 
-    assert time_of(10) == pytest.approx(time_of(1))  # one wave
-    assert time_of(11) == pytest.approx(2 * time_of(10))  # a second wave for one more tile
+    # grids that fill the 10 units run in whole waves of the largest tile: twice the tiles, twice the time
+    assert time_of(20) == pytest.approx(2 * time_of(10))
+    assert time_of(40) == pytest.approx(4 * time_of(10))
+    # one tile more than a wave costs far more than its share of 1.1 (a second wave, or smaller, slower tiles)
+    assert time_of(11) > 1.4 * time_of(10)
+    # a grid that leaves units idle is split along K (split-K): one tile's work is spread over the units
+    assert time_of(1) < 0.25 * time_of(10)
 
 
 def test_one_group_speed_projects_exactly_as_sequential(tmp_path):

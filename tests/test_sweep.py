@@ -131,6 +131,11 @@ def test_points_that_do_not_fit_are_rows_saying_so(local_ray, tmp_path, capsys):
      "field 'grid.set.peak.clock_hz': expected a finite number, or 'x<factor>'"),
     ("grid: {model: [nope.json]}", "model config nope.json: no such file"),
     ("points: []", "field 'points': expected a non-empty list"),
+    ("grid: {model: [tiny-4x3], tp: [0]}", "field 'grid.tp': expected an integer in [1, 65536], got 0"),
+    ("grid: {model: [tiny-4x3], tp: [3]}",
+     "(a100, tiny-4x3, tp 3)': --tp 3: n_heads 4 is not divisible by 3 (tiny-4x3)"),
+    ("grid: {model: [llama2-7b], tp: [16]}", "field 'interconnect.devices_per_node': a group of 16 devices"),
+    ("grid: {hw: [jetson-orin], model: [tiny-4x3], tp: [2]}", "field 'interconnect': missing"),
     ("grid: {}\npoints: []", "either 'grid'"),
 ])
 def test_bad_specs_are_refused_naming_the_field(tmp_path, capsys, spec, message):
@@ -151,3 +156,30 @@ def test_without_ray_the_sweep_says_how_to_install_it(tmp_path):
         "error: sim.sweep runs on Ray, which is not installed: pip install 'speed-sim[sweep]' "
         "(from a checkout: pip install -e '.[sweep]')"]
     assert shutil.which("true")  # (the line above is the whole output: no traceback)
+
+
+def test_a_tp_axis_gives_rows_per_degree_as_sim_run_projects_them(local_ray, tmp_path):
+    """The tp axis (sim.sweep.spec): rows carry their degree, SPEED's speedup is over sequential decoding at the
+    same degree, and each row is what sim.run --tp projects."""
+    spec = tmp_path / "tp.yaml"
+    spec.write_text("grid: {hw: [a100], model: [tiny-4x3], tokens: [8], flip_rate: [0.1], launch: [compiled], "
+                    "tp: [1, 2]}\n")
+    assert cli.main([str(spec), "--out", str(tmp_path / "o"), "--quiet", "--no-plots"]) == 0
+    got = rows(tmp_path / "o")
+    by = {(r["tp"], r["decoder"]): r for r in got}  # the last axis (tp) varies fastest
+    assert [(r["point"]["tp"], r["tp"], r["decoder"]) for r in got] == [
+        (1, 1, "speed"), (2, 2, "speed"), (1, 1, "sequential"), (2, 2, "sequential")]
+    assert by[1, "speed"]["comm_s"] == 0 < by[2, "speed"]["comm_s"]
+    for tp in (1, 2):
+        assert by[tp, "speed"]["speedup_vs_sequential"] == (by[tp, "sequential"]["s_per_token"]
+                                                            / by[tp, "speed"]["s_per_token"])
+    out = tmp_path / "run.json"
+    assert run.main(["--hw", "a100", "--model", "tiny-4x3", "--tokens", "8", "--flips", "0.1,0.1", "--launch",
+                     "compiled", "--tp", "1", "2", "--json", str(out)]) == 0
+    expected = json.loads(out.read_text())["runs"]  # degree by degree
+    assert [(r["tp"], r["decoder"]) for r in expected] == [(1, "speed"), (1, "sequential"), (2, "speed"),
+                                                           (2, "sequential")]
+    for want in expected:
+        row = by[want["tp"], want["decoder"]]
+        assert {k: row[k] for k in ("s_per_token", "total_s", "comm_s", "memory", "bound")} == {
+            k: want[k] for k in ("s_per_token", "total_s", "comm_s", "memory", "bound")}

@@ -39,9 +39,11 @@ from sim.trace import (
     validate,
     write_trace,
 )
-from sim.trace.schema import END_V4, HEADER, OP, OP_V4, STAGE_V4
+from sim.trace.schema import END_V4, HEADER, OP, OP_V4, OP_V5, STAGE_V4
 
 ROOT = Path(__file__).resolve().parents[1]
+V5_HEADER = ("format", "tp", "tp_rank")  # header fields a version 3 or 4 file does not write (format: first)
+V5_OP = ("ranks",)  # op fields new in version 5
 WEIGHTS = {
     "blocks.0.attn.wq.weight": {"bytes": 2048, "shape": [32, 32], "dtype": "bfloat16"},
     "blocks.0.mlp.w1.weight": {"bytes": 8192, "shape": [128, 32], "dtype": "bfloat16"},
@@ -49,7 +51,7 @@ WEIGHTS = {
 }
 
 
-def make_header(measured: bool = False, version: int = 4) -> TraceHeader:
+def make_header(measured: bool = False, version: int = TRACE_VERSION) -> TraceHeader:
     return TraceHeader(model={"name": "tiny", "d_model": 32, "n_layers": 2, "rope_theta": 10000.0, "bias": False,
                               "eos_id": None},
                        version=version, decoder="speed", dtype="bfloat16", batch=2, prompt_lens=[5, 3],
@@ -68,7 +70,8 @@ def make_op(i: int, stage: int, measured: bool = False, weight: str = "blocks.0.
                     duration_s=1.5e-05 * (i + 1) if measured else None)
 
 
-def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4, version: int = 4) -> Trace:
+def make_trace(measured: bool = False, n_stages: int = 3, ops_per_stage: int = 4, version: int = TRACE_VERSION
+               ) -> Trace:
     """Ops 0-3 of each stage repeat from stage to stage (three distinct ops: the 2nd and 4th are alike) unless
     `measured` (every op its own duration)."""
     ops, stages = [], []
@@ -89,10 +92,11 @@ def write(path: Path, trace: Trace) -> Path:
 def write_v3(path: Path, trace: Trace) -> Path:
     """A version 3 file of `trace` (one op record per executed op), as the writer before version 4 wrote it."""
     head = {"format": "speed-sim-trace", **{f.name: getattr(trace.header, f.name)
-                                            for f in dataclasses.fields(TraceHeader) if f.name != "format"}}
+                                            for f in dataclasses.fields(TraceHeader) if f.name not in V5_HEADER}}
     lines = [{**head, "version": 3}]
     for stage in trace.stages:
-        lines += [{"type": "op", **dataclasses.asdict(op)} for op in trace.ops_of_stage(stage.stage)]
+        lines += [{"type": "op", **{k: v for k, v in dataclasses.asdict(op).items() if k not in V5_OP}}
+                  for op in trace.ops_of_stage(stage.stage)]
         lines.append({"type": "stage", **dataclasses.asdict(stage)})
     lines.append({"type": "end", "ops": trace.executed, "stages": len(trace.stages)})
     return rewrite(path, lines)
@@ -133,7 +137,7 @@ def test_round_trip_and_reproducible(tmp_path: Path, measured: bool) -> None:
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl.gz", "b.jsonl.gz"]
     lines = lines_of(a)
     distinct = 12 if measured else 3
-    assert list(lines[0])[:2] == ["format", "version"] and lines[0]["version"] == 4
+    assert list(lines[0])[:2] == ["format", "version"] and lines[0]["version"] == TRACE_VERSION
     assert lines[-1] == {"type": "end", "ops": distinct, "stages": 3, "executed": 12}
     assert list(lines[1]) == ["type", "id", *[f.name for f in dataclasses.fields(OpRecord)][2:]]
     assert b'"flops":6144,' in gzip.decompress(a.read_bytes())  # compact separators
@@ -179,6 +183,24 @@ def test_extra_defaults_to_empty(tmp_path: Path) -> None:
     assert read_trace(rewrite(path, lines)).header.extra == {}
 
 
+# ------------------------------------------------------------------------------ version 5: tensor parallelism
+
+ALL_REDUCE, ALL_GATHER = "_c10d_functional.all_reduce.default", "_c10d_functional.all_gather_into_tensor.default"
+
+
+def collective(i: int, stage: int, name: str = ALL_REDUCE, ranks: int = 2, rows: int = 3) -> OpRecord:
+    """An all-reduce of [rows, 32] bf16 (the row-parallel product's output) or an all-gather of the argmax's
+    [rows, 2] float64 pairs, as the capture records them."""
+    gather = name == ALL_GATHER
+    shape, dtype, size = ([rows, 2], "float64", 8) if gather else ([rows, 32], "bfloat16", 2)
+    nbytes = shape[0] * shape[1] * size
+    return OpRecord(i=i, stage=stage, group=0, depth=0, layer=0, seq=None, rows=rows, module="blocks.0.attn",
+                    kind="collective", op=name, in_shapes=[shape], in_dtypes=[dtype],
+                    out_shapes=[[shape[0] * ranks, shape[1]] if gather else shape], out_dtypes=[dtype], flops=0,
+                    weight_bytes=0, act_read_bytes=nbytes, act_write_bytes=nbytes * (ranks if gather else 1),
+                    kv_read_bytes=0, kv_write_bytes=0, weights=[], kv=[], srcs=[1], deps=[1], ranks=ranks)
+
+
 # first shapes of two or more dimensions: what the kernel model reads of every kind (attention's queries, a
 # product's output); counts within the reader's bounds (MAX_ELEMENTS, MAX_BYTES, MAX_INDEX)
 shapes = st.lists(st.lists(st.integers(0, 1 << 12), min_size=2, max_size=4), min_size=1, max_size=4)
@@ -187,9 +209,10 @@ dtypes = st.sampled_from(sorted(DTYPE_BYTES))
 nat = st.integers(0, 1 << 50)
 seconds = st.just(0.0) | st.floats(1e-12, 1e3)
 opt = st.none() | st.integers(0, 100)
+NOT_COLLECTIVES = [k for k in KERNEL_CLASSES if k != "collective"]  # a collective's fields: test_collective_*
 op_records = st.builds(
     OpRecord, i=st.just(0), stage=st.integers(0, 3), group=opt, depth=opt, layer=opt, seq=opt,
-    rows=st.integers(0, 4096), module=names, kind=st.sampled_from(KERNEL_CLASSES), op=names, in_shapes=shapes,
+    rows=st.integers(0, 4096), module=names, kind=st.sampled_from(NOT_COLLECTIVES), op=names, in_shapes=shapes,
     in_dtypes=st.lists(dtypes, max_size=4), out_shapes=shapes,
     out_dtypes=st.lists(dtypes, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
     kv_read_bytes=nat, kv_write_bytes=nat, weights=st.lists(st.sampled_from(sorted(WEIGHTS)), max_size=3),
@@ -203,7 +226,9 @@ stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triple
                           wall_s=st.none() | seconds)
 
 
-@given(st.lists(op_records, min_size=1, max_size=6),
+@given(st.lists(op_records | st.builds(lambda *a: dataclasses.replace(collective(0, *a), srcs=[0], deps=[]),
+                                       st.integers(0, 3), st.sampled_from([ALL_REDUCE, ALL_GATHER]),
+                                       st.integers(1, 64), st.integers(0, 100)), min_size=1, max_size=6),
        st.lists(st.tuples(st.lists(st.integers(0, 5), max_size=8), stage_records), min_size=1, max_size=6))
 def test_random_records_round_trip(pool: list[OpRecord], stages: list[tuple[list[int], StageRecord]]) -> None:
     """Stages drawn from a small pool of ops, so that ops and whole stages repeat (runs, like, set)."""
@@ -218,8 +243,9 @@ def test_random_records_round_trip(pool: list[OpRecord], stages: list[tuple[list
         assert back == trace and back.ops == ops
         assert list(iter_records(Path(d) / "t.jsonl.gz"))[1:] == [
             x for s in records for x in [*(op for op in ops if op.stage == s.stage), s]]
-        v3 = read_trace(write_v3(Path(d) / "v3.jsonl.gz", trace))  # the same trace written as version 3
-        assert v3.ops == ops and v3.stages == records
+        if not any(op.kind == "collective" for op in ops):  # version 3 cannot hold a collective
+            v3 = read_trace(write_v3(Path(d) / "v3.jsonl.gz", trace))  # the same trace written as version 3
+            assert v3.ops == ops and v3.stages == records
 
 
 def test_truncated_compressed_data(tmp_path: Path) -> None:
@@ -258,10 +284,10 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
     return rewrite(path, lines)
 
 
-# make_trace(), version 4: line 1 header, 2-4 op records 0-2, 5-7 stages 0-2 (ops 0 1 2 1; the others "like"
+# make_trace(), version 5: line 1 header, 2-4 op records 0-2, 5-7 stages 0-2 (ops 0 1 2 1; the others "like"
 # stage 0), 8 end
 @pytest.mark.parametrize("line, field, change, text", [
-    (1, "version", lambda h: h.update(version=5), "unsupported version 5"),
+    (1, "version", lambda h: h.update(version=6), "unsupported version 6"),
     (1, "format", lambda h: h.update(format="other-trace"), "expected 'speed-sim-trace'"),
     (1, "format", lambda h: h.pop("format"), ""),
     (1, "batch", lambda h: h.update(batch=0), "expected an integer in 1..2**31 - 1, got 0"),
@@ -308,6 +334,82 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
 ])
 def test_damaged_records(tmp_path: Path, line: int, field: str, change, text: str) -> None:
     expect_error(damaged(tmp_path, line, change), line, field, text)
+
+
+def tp_trace(tp: int = 2, rank: int = 1) -> Trace:
+    """make_trace()'s stages with an all-reduce after each product and an all-gather at the end of each stage."""
+    ops, stages = [], []
+    for s, stage in enumerate(make_trace().stages):
+        for k in range(2):  # the first product of a stage reads what came before it
+            product = dataclasses.replace(make_op(len(ops), s), srcs=[1, 0] if k else [0, 0], deps=[1] if k else [])
+            ops += [product, collective(len(ops) + 1, s, ranks=tp)]
+        ops.append(collective(len(ops), s, ALL_GATHER, ranks=tp))
+        stages.append(stage)
+    return Trace(dataclasses.replace(make_header(), tp=tp, tp_rank=rank), ops, stages)
+
+
+def as_version_4(lines: list[dict]) -> list[dict]:
+    """A version 5 trace's records as version 4 wrote them (no tp, tp_rank, ranks)."""
+    return [{k: v for k, v in x.items() if k not in V5_HEADER[1:] + V5_OP} | ({"version": 4} if i == 0 else {})
+            for i, x in enumerate(lines)]
+
+
+def test_a_tensor_parallel_trace_round_trips(tmp_path: Path) -> None:
+    trace = tp_trace()
+    back = read_trace(write(tmp_path / "t.jsonl.gz", trace))
+    assert back == trace and back.ops == trace.ops and (back.header.tp, back.header.tp_rank) == (2, 1)
+    lines = lines_of(tmp_path / "t.jsonl.gz")
+    assert list(lines[0])[:7] == ["format", "version", "model", "decoder", "dtype", "tp", "tp_rank"]
+    ops = [x for x in lines if x.get("type") == "op"]
+    assert [x["ranks"] for x in ops] == [2 if x["kind"] == "collective" else None for x in ops]
+    assert [x["op"] for x in ops[:4]] == ["aten.mm.default", ALL_REDUCE, "aten.mm.default", ALL_GATHER]
+
+
+def test_version_4_reads_as_one_rank_and_refuses_the_fields_it_did_not_have(tmp_path: Path) -> None:
+    trace = make_trace()
+    lines = as_version_4(lines_of(write(tmp_path / "t.jsonl.gz", trace)))
+    old = read_trace(rewrite(tmp_path / "v4.jsonl.gz", lines))
+    assert old.header.version == 4 and (old.header.tp, old.header.tp_rank) == (1, 0)
+    assert old.ops == trace.ops and all(op.ranks is None for op in old.ops)
+    expect_error(rewrite(tmp_path / "v4.jsonl.gz", [{**lines[0], "tp": 2}, *lines[1:]]), 1, "tp", "unknown field")
+    expect_error(rewrite(tmp_path / "v4.jsonl.gz", [lines[0], {**lines[1], "ranks": None}, *lines[2:]]), 2, "ranks",
+                 "unknown field")
+
+
+# tp_trace(): line 1 header, 2 the first product, 3 the all-reduce, 4 the second product, 5 the all-gather
+@pytest.mark.parametrize("line, field, change, text", [
+    (1, "tp", lambda h: h.update(tp=0), "expected an integer in 1..2**31 - 1, got 0"),
+    (1, "tp", lambda h: h.pop("tp"), "missing"),
+    (1, "tp_rank", lambda h: h.update(tp_rank=2), "expected a rank in 0..1 (tp 2), got 2"),
+    (1, "tp_rank", lambda h: h.update(tp_rank=-1), "expected an integer in 0..2**31 - 1"),
+    (2, "ranks", lambda op: op.update(ranks=2), "expected null for a matmul op (only a collective has a group size)"),
+    (2, "ranks", lambda op: op.pop("ranks"), "missing"),
+    (3, "ranks", lambda op: op.update(ranks=None), "expected the collective's group size"),
+    (3, "ranks", lambda op: op.update(ranks=0), "expected an integer in 1..2**31 - 1 or null, got 0"),
+    (3, "ranks", lambda op: op.update(ranks=True), "got true"),
+    (3, "op", lambda op: op.update(op="_c10d_functional.all_to_all_single.default"),
+     "expected one of the collective ops"),
+    (3, "op", lambda op: op.update(op="aten.add.Tensor"), "expected one of the collective ops"),
+    (3, "in_dtypes", lambda op: op.update(in_dtypes=["complex32"]), "expected a list of dtypes, each one of"),
+    (3, "in_dtypes", lambda op: op.update(in_dtypes=[]), "expected a collective's dtype"),
+    (3, "act_read_bytes", lambda op: op.update(act_read_bytes=193), "all_reduce: 193 bytes is not a whole number of "
+     "bfloat16 elements"),
+    (5, "act_write_bytes", lambda op: op.update(act_write_bytes=104), "all_gather: 104 bytes is not a whole number "
+     "of float64 elements for each of 2 ranks"),
+    (5, "ranks", lambda op: op.update(kind="elementwise"), "expected null for a elementwise op"),
+])
+def test_damaged_tensor_parallel_records(tmp_path: Path, line: int, field: str, change, text: str) -> None:
+    """The fields version 5 adds are checked as every other: a degree, a rank within it, and a collective's group
+    size, collective and bytes (what the interconnect model needs), in the reader and, for ops, `check_op`."""
+    path = write(tmp_path / "t.jsonl.gz", tp_trace())
+    lines = lines_of(path)
+    change(lines[line - 1])
+    expect_error(rewrite(path, lines), line, field, text)
+    if line > 1 and field in lines[line - 1]:
+        record = lines[line - 1]
+        op = OpRecord(0, 0, *(record.get(f.name) for f in dataclasses.fields(OpRecord)[2:]))
+        with pytest.raises(OpError, match=f"field '{field}'"):
+            check_op(op)
 
 
 def test_an_op_record_no_stage_uses_and_records_after_the_end(tmp_path: Path) -> None:
@@ -515,7 +617,7 @@ def test_a_trace_read_is_checked_and_one_built_in_code_is_checked_when_simulated
 def test_the_format_document_names_every_field_and_bound() -> None:
     """sim/trace/FORMAT.md is the specification: a field or a bound the code has and it lacks is a test failure."""
     text = (ROOT / "sim" / "trace" / "FORMAT.md").read_text()
-    for schema in (HEADER, OP, OP_V4, STAGE_V4, END_V4):
+    for schema in (HEADER, OP, OP_V4, OP_V5, STAGE_V4, END_V4):
         missing = [name for name in schema.fields if f"`{name}`" not in text]
         assert not missing, f"FORMAT.md does not name {missing}"
     bounds = [name for name in dir(limits) if name.startswith(("MAX_", "MIN_"))]

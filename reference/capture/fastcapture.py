@@ -47,7 +47,7 @@ LEARNING_STAGES = 3
 def _numbers(op: OpRecord) -> tuple[tuple, list[int]]:
     """(what must stay equal, the integers that may move) of an op's fields but i and stage: the shapes, the
     optional placement ints, rows, FLOPs, bytes, srcs and deps; everything else (names, dtypes, weights, KV
-    items, duration, list lengths, which optionals are null) is in the first part."""
+    items, duration, a collective's group size, list lengths, which optionals are null) is in the first part."""
     numbers: list[int] = []
     for shapes in (op.in_shapes, op.out_shapes):
         for shape in shapes:
@@ -57,7 +57,7 @@ def _numbers(op: OpRecord) -> tuple[tuple, list[int]]:
     numbers += [op.rows, op.flops, op.weight_bytes, op.act_read_bytes, op.act_write_bytes, op.kv_read_bytes,
                 op.kv_write_bytes, *op.srcs, *(op.deps or ())]
     fixed = (op.module, op.kind, op.op, tuple(op.in_dtypes), tuple(op.out_dtypes), tuple(op.weights), tuple(op.kv),
-             op.duration_s, tuple(map(len, op.in_shapes)), tuple(map(len, op.out_shapes)),
+             op.duration_s, op.ranks, tuple(map(len, op.in_shapes)), tuple(map(len, op.out_shapes)),
              tuple(v is None for v in optional), len(op.srcs), None if op.deps is None else len(op.deps))
     return fixed, numbers
 
@@ -74,7 +74,7 @@ def _rebuild(like: OpRecord, numbers: list[int]) -> OpRecord:
     deps = None if like.deps is None else take(len(like.deps))
     return OpRecord(like.i, like.stage, group, depth, layer, seq, rows, like.module, like.kind, like.op, in_shapes,
                     list(like.in_dtypes), out_shapes, list(like.out_dtypes), flops, weight, act_read, act_write,
-                    kv_read, kv_write, list(like.weights), list(like.kv), srcs, deps, like.duration_s)
+                    kv_read, kv_write, list(like.weights), list(like.kv), srcs, deps, like.duration_s, like.ranks)
 
 
 class _Rule:
@@ -238,10 +238,13 @@ class FastCapture(OpCapture):
         return args[1], ids  # (the carry, argmax)
 
     def _head(self, inner: Callable[..., Any], h: torch.Tensor) -> torch.Tensor:
-        """The LM head (what `exit_logits` calls); a derived stage's logits are a placeholder."""
+        """The LM head (what `exit_logits` calls); a derived stage's logits are a placeholder (of a tensor-parallel
+        shard: this rank's vocabulary columns, as its head gives)."""
         if self._mode != DERIVE:
             return inner(h)
-        return h.new_empty((*h.shape[:-1], self.model.config.vocab_size))
+        shard = self.model.vocab_shard
+        width = self.model.config.vocab_size if shard is None else shard.stop - shard.start
+        return h.new_empty((*h.shape[:-1], width))
 
     @contextmanager
     def attached(self) -> Iterator[FastCapture]:

@@ -12,6 +12,12 @@ sequential step of R rows, `make_token_step`: what compiled decoding compiles), 
 
     python -m reference.capture.inductor --preset tiny-4x3 --rows 1 2 3
     python -m reference.capture.inductor --preset t5-base-4x3 --rows 3 --kind stage token --json out.json
+    python -m reference.capture.inductor --preset tiny-4x3 --rows 1 3 --tp 2   # rank 0's shard, a fake group
+
+With --tp N both sides run rank 0's shard (reference.parallel) under torch's fake process group (no processes:
+the collectives return their inputs); inductor keeps the functional collectives as graph nodes between its kernels
+(`_c10d_functional.all_reduce_` in place on its buffer, `all_gather_into_tensor`), listed with the library kernels
+as the fusion model lists the trace's collectives; the `wait_tensor` after each is no kernel and is not listed.
 """
 
 from __future__ import annotations
@@ -28,15 +34,18 @@ from pathlib import Path
 import torch
 
 from reference.capture.opcapture import OpCapture
+from reference.capture.tracing import fake_group_scope
 from reference.compiled import CompiledStep
 from reference.config import PRESETS, get_preset
 from reference.model import KVCache, SharedDecoder
+from reference.parallel import build_shard, check_degree
 from sim.command import check_outputs, integer, run_command
 from sim.files import atomic_write
-from sim.fusion import LIBRARY_CLASSES, stage_groups
+from sim.fusion import UNFUSED_CLASSES, stage_groups
 
 # a call in the compiled module's call(): a generated kernel, or a library (extern / fallback) kernel
 _GENERATED = re.compile(r"^\s+((?:cpp_fused|triton_\w+?_fused)\w*?)(?:_\d+)?(?:\.run)?\(")
+_WAIT = "torch.ops._c10d_functional.wait_tensor"  # a collective's wait: no kernel (the trace records none)
 _LIBRARY = re.compile(r"^\s+(?:buf\w+ = )?(extern_kernels\.\w+|torch\.ops\.\w+\.\w+(?:\.\w+)?|aten\.\w+(?:\.\w+)?)\(")
 
 
@@ -48,6 +57,7 @@ class StageKernels:
     preset: str
     kind: str  # "stage": a SPEED stage; "token": a whole sequential step
     rows: int
+    tp: int  # tensor-parallel degree: rank 0's shard
     dtype: str
     cache_length: int
     traced_ops: int
@@ -65,7 +75,7 @@ def inductor_kernels(code: str) -> tuple[list[str], list[str]]:
     for line in body.splitlines():
         if m := _GENERATED.match(line):
             generated.append(m.group(1))
-        elif m := _LIBRARY.match(line):
+        elif (m := _LIBRARY.match(line)) and not m.group(1).startswith(_WAIT):
             library.append(m.group(1))
     return generated, library
 
@@ -100,31 +110,38 @@ def model_kernels(model: SharedDecoder, kind: str, rows: int, length: int) -> tu
     ops = [op for op in capture.ops if op.stage == capture.where.stage]
     fused, library = [], []
     for group in stage_groups(ops):
-        if ops[group[0]].kind in LIBRARY_CLASSES:
+        if ops[group[0]].kind in UNFUSED_CLASSES:  # library kernels and collectives
             library.append(ops[group[0]].op)
         else:
             fused.append("+".join(sorted({ops[j].op.split(".")[1] for j in group})))
     return len(ops), fused, library
 
 
-def compare(preset: str, kind: str, rows: int, dtype: torch.dtype = torch.float32, length: int = 32) -> StageKernels:
+def compare(preset: str, kind: str, rows: int, dtype: torch.dtype = torch.float32, length: int = 32, tp: int = 1
+            ) -> StageKernels:
     """Inductor's kernels and the fusion model's for one variant of `preset` (random weights, cpu; the fusion
-    model's side traced on the meta device, as `sim.run --launch compiled` traces)."""
-    meta = SharedDecoder(get_preset(preset), device="meta", dtype=dtype)
-    traced, fused, library = model_kernels(meta, kind, rows, length)
-    model = SharedDecoder(get_preset(preset), dtype=dtype, seed=0)
+    model's side traced on the meta device, as `sim.run --launch compiled` traces); `tp` > 1: rank 0's shard,
+    both sides under a fake process group of `tp` ranks."""
     from torch._inductor.utils import run_and_get_code
 
-    torch._dynamo.reset()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        _, codes = run_and_get_code(_variant(kind, model, rows, length, backend="inductor"))
+    cfg = get_preset(preset)
+    check_degree(cfg, tp)
+    with fake_group_scope(tp) as group:
+        def build(**kwargs: object) -> SharedDecoder:
+            return SharedDecoder(cfg, **kwargs) if group is None else build_shard(cfg, group, **kwargs)
+
+        traced, fused, library = model_kernels(build(device="meta", dtype=dtype), kind, rows, length)
+        model = build(device="cpu", dtype=dtype, seed=0)
+        torch._dynamo.reset()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            _, codes = run_and_get_code(_variant(kind, model, rows, length, backend="inductor"))
     generated, extern = [], []
     for code in codes:
         g, e = inductor_kernels(code)
         generated += g
         extern += e
-    return StageKernels(preset, kind, rows, str(dtype).removeprefix("torch."), length, traced, generated, extern,
+    return StageKernels(preset, kind, rows, tp, str(dtype).removeprefix("torch."), length, traced, generated, extern,
                         fused, library, time.perf_counter() - t0)
 
 
@@ -139,21 +156,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="variants compared: stage (a SPEED stage of R rows of one sequence), token (a whole "
                         "sequential step of R sequences); default stage")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="default float32")
+    parser.add_argument("--tp", nargs="+", type=integer(1), default=[1], help="tensor-parallel degrees (default 1): "
+                        "rank 0's shard under a fake process group of N ranks, collectives among the library kernels")
     parser.add_argument("--json", type=Path, help="write the kernels of every variant as JSON")
     args = parser.parse_args(argv)
     check_outputs(parser, {"--json": args.json})
     if any(r < 1 for r in args.rows):
         parser.error("--rows must be >= 1")
     try:
-        results = [compare(p, k, r, getattr(torch, args.dtype)) for p in args.preset for k in args.kind
-                   for r in args.rows]
+        results = [compare(p, k, r, getattr(torch, args.dtype), tp=t) for p in args.preset for t in args.tp
+                   for k in args.kind for r in args.rows]
     except ValueError as err:
         parser.error(str(err))
-    print(f"{'preset':<16}{'kind':>6}{'rows':>5}{'traced ops':>11}{'fused: model':>14}{'inductor':>10}"
-          f"{'library: model':>16}{'inductor':>10}{'compile s':>11}")
+    print(f"{'preset':<16}{'TP':>3}{'kind':>6}{'rows':>5}{'traced ops':>11}{'fused: model':>14}{'inductor':>10}"
+          f"{'library: model':>16}{'inductor':>10}{'collectives':>13}{'compile s':>11}")
     for r in results:
-        print(f"{r.preset:<16}{r.kind:>6}{r.rows:>5}{r.traced_ops:>11}{len(r.model_fused):>14}{len(r.inductor_generated):>10}"
-              f"{len(r.model_library):>16}{len(r.inductor_library):>10}{r.compile_s:>11.1f}")
+        collectives = sum("_c10d_functional" in name for name in r.inductor_library)
+        print(f"{r.preset:<16}{r.tp:>3}{r.kind:>6}{r.rows:>5}{r.traced_ops:>11}{len(r.model_fused):>14}"
+              f"{len(r.inductor_generated):>10}{len(r.model_library):>16}{len(r.inductor_library):>10}"
+              f"{collectives:>13}{r.compile_s:>11.1f}")
     if args.json:
         payload = {"command": " ".join(["python -m reference.capture.inductor", *sys.argv[1:]]),
                    "torch": torch.__version__, "variants": [asdict(r) for r in results]}

@@ -10,6 +10,16 @@
 - all_reduce: seconds per all-reduce over message sizes and world sizes, the decoder's tensor-parallel collective
   (reference.capture.collective_bench: one process per rank, gloo over 127.0.0.1 on cpu, NCCL on every GPU present).
 
+The decode sweeps (selected with --only; not run by default, calibration reads neither), at the shapes of whole
+models (`--decode-presets`: their weights, their attention heads) in one dtype (`--decode-dtype`):
+
+- decode_gemm: x @ W^T of R rows (`--decode-rows`: 1 for a sequential step, SPEED's stage rows up to G, a batch)
+  by every distinct weight shape a decode step multiplies by (q/o, k/v, fused q|k|v, FFN in, FFN out, LM head);
+  rows as gemm's (m, n, k, dtype, form "linear", seconds) plus "preset" and "weight" (which projection);
+- decode_attention: one query row over L keys (`--attention-lengths`) per preset's head layout, grouped-query
+  (`enable_gqa`) where it has fewer KV heads, as the decoder calls it; rows as attention's plus "kv_heads" and
+  "preset".
+
 Device timing on cuda uses CUDA graphs of `repeat` back-to-back calls timed by CUDA events, so launch gaps
 do not count (kernel_min and graph_gap separate what remains); on cpu the host clock around `repeat` calls (on
 one thread its CPU time: reference.capture.clock).
@@ -19,9 +29,13 @@ Returns plain data (seconds per call), saved as JSON beside the hwconfig it cali
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -30,6 +44,9 @@ from tqdm import tqdm
 
 from reference.capture.clock import clock_name, host_clock
 from reference.capture.collective_bench import QUICK_SIZES_BYTES, SIZES_BYTES, all_reduce_sweep, backend_facts
+from reference.config import ModelConfig, get_preset
+from sim.command import check_outputs, integer, run_command
+from sim.files import atomic_write
 
 
 class Timer:
@@ -88,8 +105,58 @@ def _repeat_for(seconds_guess: float, budget_s: float = 0.02) -> int:
     return int(max(3, min(200, budget_s / max(seconds_guess, 1e-7))))
 
 
-# (heads, head_dim) of the decode-attention benchmark: a small and a large model
-_ATTENTION_HEADS = ((12, 64), (32, 128))
+# (heads, KV heads, head_dim) of the decode-attention benchmark: a small and a large model
+_ATTENTION_HEADS = ((12, 12, 64), (32, 32, 128))
+
+# Rows of the decode sweep's products: a sequential step's one row, SPEED's stage rows (2 to 4 at G up to 4), and
+# batches of 8 and 16 rows; libraries pick a GEMV kernel for one row and other kernels for a few
+DECODE_ROWS = (1, 2, 3, 4, 8, 16)
+# Key lengths of the decode-attention sweep, 128 to 32k: from caches that fit on chip to ones far past it (a 32k
+# Llama-2-7B layer holds 512 MiB of bf16 keys and values)
+ATTENTION_LENGTHS = tuple(128 << i for i in range(9))
+# Whose shapes the decode sweeps take by default: on a GPU Llama-2-7B (4096 wide, 32 heads of 128), T5-Base (768,
+# 12 heads of 64) and TinyLlama-1.1B (grouped-query: 32 query heads on 4 KV heads); on a cpu the presets this
+# machine decodes: code-wide-4x3 (512 wide, past the L3 in float32) and tiny-4x3 (grouped-query, 4 on 2)
+DECODE_PRESETS = {"cuda": ("llama2-7b", "t5-base-12", "llama-1b"), "cpu": ("code-wide-4x3", "tiny-4x3")}
+SWEEPS = ("resources", "all_reduce", "decode_gemm", "decode_attention")  # what --only selects
+
+
+@dataclass(frozen=True)
+class DecodeSweep:
+    """The decode sweeps to run: `gemm` (decode_gemm) and `attention` (decode_attention) at the shapes of
+    `presets`, products of `rows` rows, attention over `lengths` keys, all in `dtype`."""
+
+    presets: tuple[str, ...]
+    dtype: str
+    rows: tuple[int, ...] = DECODE_ROWS
+    lengths: tuple[int, ...] = ATTENTION_LENGTHS
+    gemm: bool = True
+    attention: bool = True
+
+    def configs(self) -> list[ModelConfig]:
+        """The presets' configs (a ValueError names an unknown one)."""
+        return [get_preset(name) for name in self.presets]
+
+
+def weight_shapes(cfg: ModelConfig) -> list[tuple[str, int, int]]:
+    """(projection, n, k) of each distinct weight W [n, k] that a decode step of `cfg` multiplies rows by (x @ W^T),
+    the first projection of a shape naming it: q and o, k and v (grouped-query: fewer rows), q|k|v fused (as
+    gpt-fast and vLLM store them), the FFN's input and output, the LM head."""
+    d, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
+    named = [("q/o", d, d), ("k/v", kv, d), ("qkv", d + 2 * kv, d), ("ffn in", cfg.d_ff, d), ("ffn out", d, cfg.d_ff),
+             ("lm head", cfg.vocab_size, d)]
+    out: dict[tuple[int, int], str] = {}
+    for name, n, k in named:
+        out.setdefault((n, k), name)
+    return [(name, n, k) for (n, k), name in out.items()]
+
+
+def head_layouts(configs: list[ModelConfig]) -> list[tuple[str, int, int, int]]:
+    """(preset, heads, KV heads, head_dim) of each distinct self-attention layout of `configs`."""
+    out: dict[tuple[int, int, int], str] = {}
+    for cfg in configs:
+        out.setdefault((cfg.n_heads, cfg.n_kv_heads, cfg.head_dim), cfg.name)
+    return [(name, *layout) for layout, name in out.items()]
 
 
 class _Sizes(NamedTuple):
@@ -180,20 +247,51 @@ def _bench_elementwise(b: _Bench, dtype_name: str, sizes: list[int]) -> list[dic
     return results
 
 
-def _bench_attention(b: _Bench, dtype_name: str, lengths: list[int]) -> list[dict[str, Any]]:
-    """Seconds per decode attention (one query row over `length` keys) in `dtype_name`, per head shape and length."""
+def _bench_attention(b: _Bench, dtype_name: str, lengths: list[int] | tuple[int, ...],
+                     layouts: tuple[tuple[int, int, int], ...] = _ATTENTION_HEADS) -> list[dict[str, Any]]:
+    """Seconds per decode attention (one query row over `length` keys) in `dtype_name`, per head layout (heads, KV
+    heads, head_dim) and length; grouped-query (`enable_gqa`) where there are fewer KV heads, as the decoder calls
+    it."""
     dtype = getattr(torch, dtype_name)
     results = []
-    for heads, head_dim in _ATTENTION_HEADS:
+    for heads, kv_heads, head_dim in layouts:
         for length in lengths:
             # 4-D, as the decoder passes them: PyTorch's fused attention kernels take only 4-D inputs
             q = b.rand(1, heads, 1, head_dim, dtype=dtype)
-            k, v = (b.rand(1, heads, length, head_dim, dtype=dtype) for _ in range(2))
-            seconds = b.timer(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), 50)
-            results.append({"heads": heads, "length": length, "head_dim": head_dim,
+            k, v = (b.rand(1, kv_heads, length, head_dim, dtype=dtype) for _ in range(2))
+            gqa = kv_heads != heads
+            seconds = b.timer(lambda q=q, k=k, v=v, gqa=gqa: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa),
+                              50)
+            results.append({"heads": heads, "kv_heads": kv_heads, "length": length, "head_dim": head_dim,
                             "dtype": dtype_name, "query_shape": list(q.shape), "seconds": seconds})
             b.bar.update()
     return results
+
+
+def _bench_decode(b: _Bench, sweep: DecodeSweep) -> dict[str, list[dict[str, Any]]]:
+    """The decode sweeps: products of few rows by every weight shape of the presets, and decode attention over
+    every key length per head layout, each row naming the preset (and the projection) it comes from."""
+    configs, out = sweep.configs(), {}
+    if sweep.gemm:
+        out["decode_gemm"] = []
+        for cfg in configs:
+            for weight, n, k in weight_shapes(cfg):
+                rows = _bench_gemm(b, sweep.dtype, [(m, n, k) for m in sweep.rows])
+                out["decode_gemm"] += [r | {"preset": cfg.name, "weight": weight} for r in rows]
+    if sweep.attention:
+        out["decode_attention"] = []
+        for preset, heads, kv_heads, head_dim in head_layouts(configs):
+            rows = _bench_attention(b, sweep.dtype, sweep.lengths, ((heads, kv_heads, head_dim),))
+            out["decode_attention"] += [r | {"preset": preset} for r in rows]
+    return out
+
+
+def decode_steps(sweep: DecodeSweep) -> int:
+    """Rows the decode sweeps measure (for a progress bar, and the campaign's budget)."""
+    configs = sweep.configs()
+    gemm = sum(len(weight_shapes(cfg)) for cfg in configs) * len(sweep.rows) if sweep.gemm else 0
+    attention = len(head_layouts(configs)) * len(sweep.lengths) if sweep.attention else 0
+    return gemm + attention
 
 
 def _bench_launch(b: _Bench) -> dict[str, float]:
@@ -226,10 +324,12 @@ def _bench_launch(b: _Bench) -> dict[str, float]:
 
 def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "float32"), quick: bool = False,
                         progress: bool = True, resources: bool = True, all_reduce: bool = True,
-                        world_sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
+                        world_sizes: tuple[int, ...] | None = None, decode: DecodeSweep | None = None
+                        ) -> dict[str, Any]:
     """Measure every resource of `device` ("cpu" or "cuda"); `quick` uses fewer and smaller sizes. `resources` False
     skips the per-device resources, `all_reduce` False the all-reduce sweep (over `world_sizes`, default: 2 ranks
-    on a cpu when quick, else reference.capture.collective_bench.default_world_sizes)."""
+    on a cpu when quick, else reference.capture.collective_bench.default_world_sizes); `decode`: the decode sweeps
+    to run too (decode_gemm, decode_attention; none by default)."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     out: dict[str, Any] = {"device": device, "device_name": torch.cuda.get_device_name(dev) if cuda else
@@ -237,6 +337,9 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
                            "threads": torch.get_num_threads(), "clock": clock_name(dev)}
     if resources:
         out.update(_resource_benchmarks(dev, dtypes, quick, progress))
+    if decode is not None:
+        with _bench(dev, quick, decode_steps(decode), progress, "decode sweeps") as b:
+            out.update(_bench_decode(b, decode))
     if all_reduce:
         if quick and world_sizes is None and not cuda:
             world_sizes = (2,)
@@ -246,58 +349,92 @@ def run_microbenchmarks(device: str, dtypes: tuple[str, ...] = ("bfloat16", "flo
     return out
 
 
+@contextmanager
+def _bench(dev: torch.device, quick: bool, steps: int, progress: bool, what: str) -> Iterator[_Bench]:
+    """A _Bench of `dev` (fewer timing trials when `quick`; inputs seeded with 0) whose progress bar counts `steps`."""
+    bar = tqdm(total=steps, desc=f"{what} on {dev}", disable=not progress)
+    try:
+        yield _Bench(dev, Timer(dev, trials=3 if quick else 5), torch.Generator(device=dev).manual_seed(0), bar)
+    finally:
+        bar.close()
+
+
 def _resource_benchmarks(dev: torch.device, dtypes: tuple[str, ...], quick: bool, progress: bool) -> dict[str, Any]:
     """copy, gemm, elementwise, attention, launch, kernel_min and graph_gap of one device."""
-    timer = Timer(dev, trials=3 if quick else 5)
-    gen = torch.Generator(device=dev).manual_seed(0)
     sizes = _sizes(dev.type == "cuda", quick)
     per_dtype = len(sizes.gemm) + len(sizes.elementwise) + len(_ATTENTION_HEADS) * len(sizes.attention)
     steps = len(sizes.copy) + len(dtypes) * per_dtype + 3  # 3: launch, kernel_min and graph_gap
-    bar = tqdm(total=steps, desc=f"microbenchmarks on {dev}", disable=not progress)
-    b = _Bench(dev, timer, gen, bar)
     out: dict[str, Any] = {}
-    # the order of the draws from `gen` (copy, every gemm, then elementwise and attention per dtype) fixes the inputs
-    out["copy"] = _bench_copy(b, sizes.copy)
-    out["gemm"] = [r for dtype_name in dtypes for r in _bench_gemm(b, dtype_name, sizes.gemm)]
-    out["elementwise"], out["attention"] = [], []
-    for dtype_name in dtypes:  # per dtype: calibration uses those of the traces it fits
-        out["elementwise"] += _bench_elementwise(b, dtype_name, sizes.elementwise)
-        out["attention"] += _bench_attention(b, dtype_name, sizes.attention)
-    out.update(_bench_launch(b))
-    b.bar.close()
+    with _bench(dev, quick, steps, progress, "microbenchmarks") as b:
+        # the order of the draws from the generator (copy, every gemm, then elementwise and attention per dtype)
+        # fixes the inputs
+        out["copy"] = _bench_copy(b, sizes.copy)
+        out["gemm"] = [r for dtype_name in dtypes for r in _bench_gemm(b, dtype_name, sizes.gemm)]
+        out["elementwise"], out["attention"] = [], []
+        for dtype_name in dtypes:  # per dtype: calibration uses those of the traces it fits
+            out["elementwise"] += _bench_elementwise(b, dtype_name, sizes.elementwise)
+            out["attention"] += _bench_attention(b, dtype_name, sizes.attention)
+        out.update(_bench_launch(b))
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    from pathlib import Path
-
-    from sim.command import check_outputs, integer
-    from sim.files import atomic_write
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reference.capture.microbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True, help="device to measure")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller sizes (all-reduce: 2 ranks on cpu)")
-    parser.add_argument("--only", choices=("resources", "all_reduce"),
-                        help="run only the per-device resources (copy ... graph_gap) or only the all-reduce sweep "
-                        "(default: both)")
+    parser.add_argument("--only", nargs="+", choices=SWEEPS, default=["resources", "all_reduce"], metavar="SWEEP",
+                        help="what to run, one or more of: resources (copy ... graph_gap), all_reduce (the all-reduce "
+                        "sweep), decode_gemm and decode_attention (the decode sweeps, at the shapes of "
+                        "--decode-presets); default: resources all_reduce, what calibration fits")
     parser.add_argument("--world-sizes", type=integer(2, 64), nargs="+", metavar="N",
                         help="ranks of the all-reduce sweep (default: every power of two up to the GPUs present, or "
                         "on cpu up to the cores, 2 with --quick)")
     parser.add_argument("--threads", type=integer(1), help="torch intra-op threads for the per-device resources "
-                        "(default: torch's; the all-reduce ranks run one thread each)")
+                        "and the decode sweeps (default: torch's; the all-reduce ranks run one thread each)")
+    parser.add_argument("--decode-presets", nargs="+", metavar="PRESET",
+                        help="models whose weight shapes and attention head layouts the decode sweeps take "
+                        f"(default on cuda: {' '.join(DECODE_PRESETS['cuda'])}; on cpu: "
+                        f"{' '.join(DECODE_PRESETS['cpu'])})")
+    parser.add_argument("--decode-rows", type=integer(1, 4096), nargs="+", metavar="R", default=list(DECODE_ROWS),
+                        help=f"rows of the decode_gemm products (default: {' '.join(map(str, DECODE_ROWS))})")
+    parser.add_argument("--attention-lengths", type=integer(1, 1 << 20), nargs="+", metavar="L",
+                        default=list(ATTENTION_LENGTHS),
+                        help=f"key lengths of decode_attention (default: {ATTENTION_LENGTHS[0]} to "
+                        f"{ATTENTION_LENGTHS[-1]}, powers of two)")
+    parser.add_argument("--decode-dtype", choices=("bfloat16", "float16", "float32"),
+                        help="dtype of the decode sweeps (default: bfloat16 on cuda, float32 on cpu)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file of the measurements")
+    return parser
+
+
+def _decode_sweep(parser: argparse.ArgumentParser, args: argparse.Namespace) -> DecodeSweep | None:
+    """The decode sweeps the flags ask for (None: neither selected); an unknown preset is a flag error."""
+    if not {"decode_gemm", "decode_attention"} & set(args.only):
+        return None
+    sweep = DecodeSweep(tuple(args.decode_presets or DECODE_PRESETS[args.device]),
+                        args.decode_dtype or ("bfloat16" if args.device == "cuda" else "float32"),
+                        tuple(args.decode_rows), tuple(args.attention_lengths), "decode_gemm" in args.only,
+                        "decode_attention" in args.only)
+    try:
+        sweep.configs()
+    except ValueError as err:
+        parser.error(f"--decode-presets: {err}")
+    return sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     check_outputs(parser, {"--out": args.out})
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and args.world_sizes and max(args.world_sizes) > torch.cuda.device_count():
         parser.error(f"--world-sizes {max(args.world_sizes)}: only {torch.cuda.device_count()} GPUs here")
-    result = run_microbenchmarks(args.device, quick=args.quick, resources=args.only != "all_reduce",
-                                 all_reduce=args.only != "resources",
-                                 world_sizes=tuple(args.world_sizes) if args.world_sizes else None)
+    result = run_microbenchmarks(args.device, quick=args.quick, resources="resources" in args.only,
+                                 all_reduce="all_reduce" in args.only,
+                                 world_sizes=tuple(args.world_sizes) if args.world_sizes else None,
+                                 decode=_decode_sweep(parser, args))
     text = json.dumps(result, indent=1)
     atomic_write(args.out, lambda tmp: tmp.write_text(text))
     print(_summary(args.out, result))
@@ -319,12 +456,21 @@ def _summary(out: Any, result: dict[str, Any]) -> str:
                                                       for r in rows))
     if "all_reduce" in result and not result["all_reduce"]:
         parts.append("all-reduce: no world size to sweep (one GPU)")
+    if result.get("decode_gemm"):  # the weight read per second, median over the shapes, per number of rows
+        size = {"bfloat16": 2, "float16": 2, "float32": 4}
+        rates: dict[int, list[float]] = {}
+        for g in result["decode_gemm"]:
+            rates.setdefault(g["m"], []).append(g["n"] * g["k"] * size[g["dtype"]] / g["seconds"])
+        parts.append("decode_gemm weights read at " + ", ".join(f"{statistics.median(r) / 1e9:.0f} GB/s ({m} rows)"
+                                                               for m, r in sorted(rates.items())))
+    if result.get("decode_attention"):
+        longest = max(result["decode_attention"], key=lambda a: (a["length"], a["heads"]))
+        parts.append(f"decode_attention {len(result['decode_attention'])} rows, {longest['length']} keys "
+                     f"({longest['heads']} heads on {longest['kv_heads']}): {longest['seconds'] * 1e6:.0f} us")
     return f"{out}: " + "; ".join(parts)
 
 
 if __name__ == "__main__":
     import sys
-
-    from sim.command import run_command
 
     sys.exit(run_command(main, "python -m reference.capture.microbench"))

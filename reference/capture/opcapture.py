@@ -1,6 +1,12 @@
 """The op capture: a `TorchDispatchMode` that records every aten op a decoding run dispatches, on cpu, cuda or
 the meta device, as `sim.trace.OpRecord`s (see `reference.capture.tracing` for what each record holds).
 
+Collectives of a tensor-parallel shard (`reference.parallel`: the functional collectives, under a real gloo or
+NCCL group or torch's fake one on meta) are recorded as ops of kind "collective" with their group size (`ranks`,
+from the process group they name); the `wait_tensor` after each runs (a real wait) but is not recorded, and hands
+on the collective's output itself (what it returns in eager mode), so the ops that read it depend on the
+collective (sim/trace/FORMAT.md, "Collectives").
+
 Three concerns, three helpers: where the run is (`placement.Placement`, kept current by `placement.ModelHooks`),
 which ops an op must follow (`accesses.Accesses`), and, here, what each tensor is (a weight, a KV cache slice or
 an activation: `Origins`) and the FLOPs and bytes of each op.
@@ -13,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -27,6 +34,7 @@ from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
 from sim.opkinds import (
     ATTENTION_OPS,
+    COLLECTIVE_OPS,
     GATHER_OPS,
     MATMUL_OPS,
     MATMULS_WITH_BIAS_FIRST,
@@ -41,6 +49,7 @@ aten = torch.ops.aten
 METADATA = {aten._unsafe_view.default, aten.lift_fresh.default, aten.detach_.default}  # no kernel, no bytes
 OVERWRITES = {aten.copy_.default, aten.fill_.Scalar, aten.zero_.default}  # write their target without reading it
 SDPA = next(iter(ATTENTION_OPS))
+WAIT = torch.ops._c10d_functional.wait_tensor.default  # a collective's wait: no kernel (sim.opkinds.WAIT_OPS)
 IGNORED_NAMESPACES = ("profiler",)
 
 
@@ -60,6 +69,13 @@ def sdpa_flops(q: torch.Tensor, k: torch.Tensor) -> int:
     return 4 * q.numel() * k.shape[-2]
 
 
+def group_size(args: tuple) -> int:
+    """The ranks of the process group a functional collective names (its last string argument, the group's name:
+    `all_reduce(input, op, group_name)`, `all_gather_into_tensor(input, group_size, group_name)`, ...)."""
+    name = next(a for a in reversed(args) if isinstance(a, str))
+    return dist.distributed_c10d._resolve_process_group(name).size()
+
+
 def op_flops(name: str, func: Any, tensors: list[torch.Tensor], outs: list[torch.Tensor]) -> int:
     """FLOPs of one op: multiply-add = 2; one per input element of a reduction, per output element otherwise;
     none for data movement."""
@@ -67,8 +83,8 @@ def op_flops(name: str, func: Any, tensors: list[torch.Tensor], outs: list[torch
         return sdpa_flops(tensors[0], tensors[1])
     if name in MATMUL_OPS:
         return matmul_flops(name, tensors, outs[0])
-    if name in MOVE_OPS or name in GATHER_OPS or func.is_view:  # casts and copies: bytes, no arithmetic
-        return 0
+    if name in MOVE_OPS or name in GATHER_OPS or name in COLLECTIVE_OPS or func.is_view:
+        return 0  # casts and copies: bytes, no arithmetic; a collective's additions are in its time
     if name in REDUCTION_OPS:
         return tensors[0].numel()
     return sum(t.numel() for t in outs)
@@ -245,7 +261,8 @@ class OpCapture(TorchDispatchMode):
             act_write_bytes=writes["act"], kv_read_bytes=reads["kv"], kv_write_bytes=writes["kv"],
             weights=sorted(acc["weights"]), kv=acc["kv"] if reads["kv"] else [],
             srcs=[0 if w is None else index - w for w in writers],
-            deps=sorted(index - j for j in deps), duration_s=duration_s))
+            deps=sorted(index - j for j in deps), duration_s=duration_s,
+            ranks=group_size(args) if name in COLLECTIVE_OPS else None))
 
     def timed(self, call: Callable[[], Any]) -> tuple[Any, float | None]:
         """Run one recorded op, timed by the host clock and/or annotated for a profiler."""
@@ -264,6 +281,9 @@ class OpCapture(TorchDispatchMode):
             return func(*args, **kwargs)
         if func in METADATA:
             return self.origins.alias(args, func(*args, **kwargs))
+        if func is WAIT:  # waits (on a real group), then hands on the collective's output as eager mode does
+            func(*args, **kwargs)
+            return args[0]
         run = self.meta_ops
         out, duration = self.timed(lambda: func(*args, **kwargs) if run is None else run(func, args, kwargs))
         if func.is_view:

@@ -21,23 +21,27 @@ stderr (progress bars, notes) is for the user's terminal. Ctrl-C: one line, exit
 - `describe`: {"model": a preset, a Hugging Face config.json, a model config YAML file or a mapping of
   ModelConfig's fields; "share": "NdxG" or null; "flag": the flag or field the model was given by, named in
   errors (default "--model"); optional "decoder", "flips", "flip_rate": the run's flips resolved as a SPEED
-  trace is made with them} -> {"name", "config": ModelConfig's fields, "digest": a short hash of them, "flips"
-  (with "decoder"): a profile name, rates per exit, or null}. A request that cannot be described is answered
-  {"error": one line, "field": "model" or "flips"} instead: the caller (a sweep) says which of its points it was.
+  trace is made with them; "tp": a tensor-parallel degree the model must shard evenly over (default 1)} ->
+  {"name", "config": ModelConfig's fields, "digest": a short hash of them, "flips" (with "decoder"): a profile
+  name, rates per exit, or null}. A request that cannot be described is answered {"error": one line, "field":
+  "model", "tp" or "flips"} instead: the caller (a sweep) says which of its points it was.
 - `trace`: {the model keys above; "decoder": "speed" or "sequential"; "tokens"; "batch" (default 1); "dtype"
   (default bfloat16); "flips": as `python -m reference.capture.tracing --flips` takes them (null: the model's
-  profile); "flip_rate": one rate for every exit instead; "compiled": the run compiled decoding makes} -> {"path":
-  the trace file, "name": the model's name, "capture_s": the time spent tracing it, 0 when it was cached}. Traced
-  on the meta device and cached under `sim.defaults.trace_cache()` by config digest and code revision; a cached
-  trace is found without importing torch. Every request is checked before the first is traced.
+  profile); "flip_rate": one rate for every exit instead; "compiled": the run compiled decoding makes; "tp": the
+  tensor-parallel degree (default 1: rank 0's shard of the model sharded over that many ranks, its collectives
+  traced, on meta under a fake process group: no processes start)} -> {"path": the trace file, "name": the
+  model's name, "capture_s": the time spent tracing it, 0 when it was cached}. Traced on the meta device and
+  cached under `sim.defaults.trace_cache()` by config digest, degree and code revision; a cached trace is found
+  without importing torch. Every request is checked before the first is traced (a degree the model cannot be
+  sharded over: `--tp 3: n_heads 32 is not divisible by 3 (llama2-7b)`).
 - `microbench`: {"device": "cpu" or "cuda"; "quick"; "threads": torch intra-op threads or null} -> the results of
   `reference.capture.microbench.run_microbenchmarks` (seconds per call per resource).
 - `defaults`: {"out_dir"} -> {"paths"}: the default traces (`python -m reference.capture.tracing --defaults`)
   written into `out_dir`.
 
 Requests are checked against a schema per op (`SCHEMAS`): a key it does not list is refused, so a caller that
-asks for something this provider cannot do (tensor parallelism, quantization, before they are added here) gets
-a clear line rather than a trace of something else.
+asks for something this provider cannot do (quantization, before it is added here) gets a clear line rather than
+a trace of something else.
 """
 
 from __future__ import annotations
@@ -110,16 +114,17 @@ FLIPS_KEYS = {
     "flips": Key(_optional(_is_str), "a flip profile, rates per exit '0.09,0.04', or null"),
     "flip_rate": Key(_optional(_is_rate), "a flip rate in [0, 1), or null"),
 }
-# op -> request key -> Key. Tensor parallelism and quantization, when the reference decoder traces them, become
-# keys of "trace" (and of the cache name) here; until then a request naming them is refused.
+TP_KEY = Key(_is_int(1), "an integer >= 1 (the tensor-parallel degree)", 1)
+# op -> request key -> Key. Quantization, when the reference decoder traces it, becomes keys of "trace" (and of
+# the cache name) here, as tensor parallelism ("tp") did; until then a request naming it is refused.
 SCHEMAS: dict[str, dict[str, Key]] = {
     "describe": {**MODEL_KEYS, "decoder": Key(_optional(lambda v: v in DECODERS), "speed, sequential or null"),
-                 **FLIPS_KEYS},
+                 **FLIPS_KEYS, "tp": TP_KEY},
     "trace": {**MODEL_KEYS, "decoder": Key(lambda v: v in DECODERS, "speed or sequential", REQUIRED),
               "tokens": Key(_is_int(1, MAX_TOKENS), f"an integer in 1..{MAX_TOKENS}", REQUIRED),
               "batch": Key(_is_int(1, MAX_BATCH), f"an integer in 1..{MAX_BATCH}", 1),
               "dtype": Key(lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}", "bfloat16"), **FLIPS_KEYS,
-              "compiled": Key(lambda v: isinstance(v, bool), "true or false", False)},
+              "compiled": Key(lambda v: isinstance(v, bool), "true or false", False), "tp": TP_KEY},
     "microbench": {"device": Key(lambda v: v in ("cpu", "cuda"), "cpu or cuda", REQUIRED),
                    "quick": Key(lambda v: isinstance(v, bool), "true or false", False),
                    "threads": Key(_optional(_is_int(1, MAX_THREADS)), f"an integer in 1..{MAX_THREADS}, or null")},
@@ -268,6 +273,11 @@ def describe(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         except ValueError as err:
             answers.append({"error": str(err), "field": "model"})
             continue
+        try:
+            check_tp(cfg, r["tp"])
+        except ValueError as err:
+            answers.append({"error": str(err), "field": "tp"})
+            continue
         answer: dict[str, Any] = {"name": cfg.name, "config": dataclasses.asdict(cfg), "digest": config_digest(cfg)}
         if r["decoder"] is not None:
             try:
@@ -278,15 +288,24 @@ def describe(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return answers
 
 
+def check_tp(cfg: ModelConfig, tp: int) -> None:
+    """A ValueError naming --tp and the figure where `cfg` cannot be sharded over `tp` ranks
+    (`reference.parallel.check_degree`; imported only for tp > 1, so that one rank needs no torch)."""
+    if tp > 1:
+        from reference.parallel import check_degree
+
+        check_degree(cfg, tp)
+
+
 def cached_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None) -> Path:
-    """Where the trace of request `r` is cached: named by the config's digest and the code revision, so that a
-    trace made before the reference decoder changed is not reused. The parts of the name that come from inputs
-    are bounded: the model's name cut to NAME_CHARS of SAFE_NAME's characters (no "/" nor ".." leaves the cache),
-    the flips hashed (a thousand rates would be a name too long for any file system)."""
+    """Where the trace of request `r` is cached: named by the config's digest, the tensor-parallel degree and the
+    code revision, so that a trace made before the reference decoder changed is not reused. The parts of the name
+    that come from inputs are bounded: the model's name cut to NAME_CHARS of SAFE_NAME's characters (no "/" nor
+    ".." leaves the cache), the flips hashed (a thousand rates would be a name too long for any file system)."""
     name = SAFE_NAME.sub("-", cfg.name)[:NAME_CHARS].strip(".-") or "model"
     flip_part = "profile" if flips is None else "f" + hashlib.sha256(flips.encode()).hexdigest()[:12]
     file = (f"{name}.{config_digest(cfg)}.{r['decoder']}{'.compiled' if r['compiled'] else ''}.{r['dtype']}."
-            f"b{r['batch']}.t{r['tokens']}.{flip_part}.{code_revision()}.jsonl.gz")
+            f"tp{r['tp']}.b{r['batch']}.t{r['tokens']}.{flip_part}.{code_revision()}.jsonl.gz")
     return trace_cache() / file
 
 
@@ -301,7 +320,10 @@ def trace(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         except ValueError as err:
             raise ValueError(f"--flips {brief(r['flips'])}: {err}") from None
         check_request(cfg, r["decoder"], r["tokens"], r["batch"], DEFAULT_PROMPT_LEN, DEFAULT_SOURCE_LEN)
-        runs.append((r, cfg, flips, cached_trace(cfg, r, flips)))
+        path = cached_trace(cfg, r, flips)
+        if not path.exists():  # a cached trace's degree was checked when it was made
+            check_tp(cfg, r["tp"])
+        runs.append((r, cfg, flips, path))
     return [{"path": str(path), "name": cfg.name,
              "capture_s": 0.0 if path.exists() else _make_trace(cfg, r, flips, path)} for r, cfg, flips, path in runs]
 
@@ -316,14 +338,15 @@ def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, path: Pa
     except ImportError as err:
         raise ValueError(f"tracing {cfg.name!r} on demand needs torch and the reference decoder ({err}); "
                          "replay a recorded trace with --trace FILE instead") from None
+    shard = f", rank 0 of TP {r['tp']}" if r["tp"] > 1 else ""
     print(f"tracing {cfg.name} ({r['decoder']}{', compiled' if r['compiled'] else ''}, {r['tokens']} tokens, "
-          f"batch {r['batch']}) on the meta device ...", file=sys.stderr)
+          f"batch {r['batch']}{shard}) on the meta device ...", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         tracing.capture_trace(cfg, r["decoder"], r["tokens"], path, dtype=getattr(torch, r["dtype"]),
                               batch=r["batch"], prompt_len=DEFAULT_PROMPT_LEN, source_len=DEFAULT_SOURCE_LEN,
-                              flips=flips, compiled=r["compiled"],
-                              progress=True, command=f"python -m sim.run --model {cfg.name} (on demand)")
+                              flips=flips, compiled=r["compiled"], progress=True, tp=r["tp"],
+                              command=f"python -m sim.run --model {cfg.name} (on demand)")
     except ValueError as err:  # a bad --flips, or a length the model cannot hold
         raise ValueError(f"tracing {cut(cfg.name)} (--tokens {r['tokens']}, --batch {r['batch']}, --flips "
                          f"{brief(flips or 'default')}): {err}") from None

@@ -13,9 +13,10 @@ from pathlib import Path
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # holds reference/ and sim/: the checkout or site-packages
 # files, or patterns of files (every module of a package), relative to SOURCE_ROOT
 TRACE_SOURCES = ("reference/config.py", "reference/model.py", "reference/decode.py", "reference/pipeline.py",
-                 "reference/compiled.py", "reference/flips.py", "reference/capture/tracing.py",
-                 "reference/capture/opcapture.py", "reference/capture/fastcapture.py", "reference/capture/metaops.py",
-                 "reference/capture/placement.py", "reference/capture/accesses.py", "sim/opkinds.py", "sim/trace/*.py")
+                 "reference/compiled.py", "reference/flips.py", "reference/parallel.py", "reference/quant.py",
+                 "reference/capture/tracing.py", "reference/capture/opcapture.py", "reference/capture/fastcapture.py",
+                 "reference/capture/metaops.py", "reference/capture/placement.py", "reference/capture/accesses.py",
+                 "sim/opkinds.py", "sim/trace/*.py")
 
 
 def code_revision() -> str:

@@ -38,11 +38,16 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from reference import compiled as compiled_steps
@@ -53,11 +58,15 @@ from reference.capture.revision import code_revision
 from reference.config import PRESETS, ModelConfig, get_preset
 from reference.flips import FlipOracle, default_profile
 from reference.model import SharedDecoder
+from reference.parallel import TensorParallel, build_shard, check_degree, fake_group
 from reference.pipeline import Row
-from sim.command import check_outputs, integer, run_command
+from reference.ranks import LocalRanks, RankFailure
+from sim.command import check_outputs, integer, number, run_command
 from sim.defaults import DEFAULT_RUNS, DEFAULT_SOURCE_LEN, DEFAULT_TOKENS, DEFAULT_TRACES, default_trace_name
 from sim.trace import Trace, TraceHeader
 from sim.trace import write_trace as write_trace_file
+
+RANK_TIMEOUT_S = 60.0  # a gloo capture's process-group timeout: a collective waiting longer on a peer fails
 
 
 def workload(cfg: Any, batch: int, prompt_len: int, source_len: int, seed: int = 0
@@ -100,8 +109,8 @@ def flip_oracle(cfg: Any, flips: str | None, seed: int = 0, sequential: bool = F
 
 
 def header(model: SharedDecoder, capture: OpCapture, decoder: str, prompts: list[list[int]], tokens: int,
-           predictor: FlipOracle | None, device: str, measured: bool, command: str, extra: dict | None = None
-           ) -> TraceHeader:
+           predictor: FlipOracle | None, device: str, measured: bool, command: str, extra: dict | None = None,
+           tp: TensorParallel | None = None) -> TraceHeader:
     p = next(model.parameters())
     if device.startswith("cuda"):
         device_name = torch.cuda.get_device_name(p.device)
@@ -115,7 +124,8 @@ def header(model: SharedDecoder, capture: OpCapture, decoder: str, prompts: list
         flips = predictor.describe() if predictor is not None else {"source": "model"}
     return TraceHeader(
         model=dict(vars(model.config)),
-        decoder=decoder, dtype=str(p.dtype)[6:], batch=len(prompts), prompt_lens=[len(x) for x in prompts],
+        decoder=decoder, dtype=str(p.dtype)[6:], tp=1 if tp is None else tp.world_size,
+        tp_rank=0 if tp is None else tp.rank, batch=len(prompts), prompt_lens=[len(x) for x in prompts],
         max_new_tokens=tokens, device=device.split(":")[0], device_name=device_name,
         torch_version=torch.__version__.split("+")[0], code_revision=code_revision(), flips=flips,
         weights=capture.weights, measured=measured, command=command, extra=extra or {})
@@ -150,42 +160,122 @@ class Progress:
         self.bar.update(len(commits))
 
 
+@dataclass(frozen=True)
+class CaptureJob:
+    """One decoding run to trace (what `capture_trace` is asked), as every rank of a tensor-parallel capture gets
+    it (picklable)."""
+
+    cfg: ModelConfig
+    decoder: str
+    tokens: int
+    device: str = "meta"
+    dtype: torch.dtype = torch.bfloat16
+    batch: int = 1
+    prompt_len: int = 16
+    source_len: int = DEFAULT_SOURCE_LEN
+    flips: str | None = None
+    seed: int = 0
+    command: str = ""
+    compiled: bool = False
+    full: bool = False
+    progress: bool = False
+
+
 def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Path, device: str = "meta",
                   dtype: torch.dtype = torch.bfloat16, batch: int = 1, prompt_len: int = 16,
                   source_len: int = DEFAULT_SOURCE_LEN, flips: str | None = None, seed: int = 0,
-                  command: str = "", compiled: bool = False, full: bool = False, progress: bool = False
-                  ) -> tuple[Trace, float]:
+                  command: str = "", compiled: bool = False, full: bool = False, progress: bool = False,
+                  tp: int = 1, timeout_s: float = RANK_TIMEOUT_S) -> tuple[Trace, float]:
     """Trace one decoding run of a preset (or a config) and write it to `out`; `compiled`: the run compiled
     decoding makes (static shapes: the whole padded cache attended under a mask, tensor-indexed cache writes),
     as the compiler is handed it. On the meta device stage repetitions are derived (`FastCapture`) unless
-    `full`; elsewhere every op is recorded. `progress`: a progress bar of the tokens committed. Returns the
-    trace and the capture's time in s."""
+    `full`; elsewhere every op is recorded. `progress`: a progress bar of the tokens committed. `tp` > 1: rank 0's
+    shard of the model sharded over `tp` ranks (reference.parallel), its collectives recorded: on meta under torch's
+    fake process group, in this process (no other process starts); on the cpu, `tp` gloo ranks (LocalRanks, whose
+    group fails a collective after `timeout_s`) each decode and capture their shard, and rank 0's trace is written
+    once every rank has finished (a rank that fails stops the others; nothing is written: `RankFailure`). Returns
+    the trace and the capture's time in s."""
     cfg = preset if isinstance(preset, ModelConfig) else get_preset(preset)
+    check_degree(cfg, tp)
     predictor = flip_oracle(cfg, flips, seed, decoder == "sequential")
     if predictor is None and device == "meta":
         raise ValueError("--flips model needs real values: the meta device has none; give a profile or rates")
-    model = SharedDecoder(cfg, device=device, dtype=dtype, seed=seed)
-    prompts, sources = workload(cfg, batch, prompt_len, source_len, seed)
-    capture = OpCapture(model) if full or device != "meta" else FastCapture(model)
+    job = CaptureJob(cfg, decoder, tokens, device, dtype, batch, prompt_len, source_len, flips, seed, command,
+                     compiled, full, progress)
+    if tp == 1 or device == "meta":
+        with fake_group_scope(tp) as group:
+            trace, elapsed = capture_run(job, group)
+    elif device.split(":")[0] == "cpu":
+        with LocalRanks(tp, timeout_s=timeout_s) as ranks:
+            trace, elapsed = ranks.run(capture_on_rank, job)[0]
+    else:
+        raise ValueError(f"--tp {tp} --device {device}: a tensor-parallel capture runs on the meta device (no "
+                         "processes) or on the cpu (gloo ranks)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_trace_file(out, trace)
+    return trace, elapsed
+
+
+@contextmanager
+def fake_group_scope(tp: int) -> Iterator[TensorParallel | None]:
+    """Rank 0 of a fake process group of `tp` ranks (torch's fake backend: collectives return their shapes, no other
+    process exists) for the length of a `with`, destroyed after it; None for one rank."""
+    if tp == 1:
+        yield None
+        return
+    group = fake_group(tp)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group()
+
+
+def capture_on_rank(tp: TensorParallel, job: CaptureJob) -> tuple[Trace, float] | None:
+    """One rank's part of a tensor-parallel capture (`LocalRanks.run`): its shard decoded and captured; rank 0's
+    trace and time (the others' are not needed: ranks are symmetric but for rank 0's widest vocabulary shard)."""
+    # tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker the ranks share: a
+    # rank killed mid-capture would leave it registered, and the tracker would warn at exit. One process, one lock.
+    tqdm.set_lock(threading.RLock())
+    result = capture_run(replace(job, progress=job.progress and tp.rank == 0), tp)
+    return result if tp.rank == 0 else None
+
+
+def capture_run(job: CaptureJob, tp: TensorParallel | None) -> tuple[Trace, float]:
+    """Capture `job` in this process: the whole model, or this rank's shard of it where `tp` is given (its
+    process group running, real or fake). Returns the trace (not written) and the capture's time in s."""
+    cfg = job.cfg
+    predictor = flip_oracle(cfg, job.flips, job.seed, job.decoder == "sequential")
+    if tp is None:
+        model = SharedDecoder(cfg, device=job.device, dtype=job.dtype, seed=job.seed)
+    else:
+        model = build_shard(cfg, tp, device=job.device, dtype=job.dtype, seed=job.seed)
+    prompts, sources = workload(cfg, job.batch, job.prompt_len, job.source_len, job.seed)
+    capture = OpCapture(model) if job.full or job.device != "meta" else FastCapture(model)
     t0 = time.perf_counter()
-    observer = Progress(capture, tokens * batch, f"tracing {cfg.name} {decoder}", progress)
+    observer = Progress(capture, job.tokens * job.batch, f"tracing {cfg.name} {job.decoder}", job.progress)
     with capture.attached():
-        run_decoder(model, decoder, prompts, tokens, sources, predictor, observer=observer, compiled=compiled)
+        run_decoder(model, job.decoder, prompts, job.tokens, sources, predictor, observer=observer,
+                    compiled=job.compiled)
     observer.bar.close()
     elapsed = time.perf_counter() - t0
-    extra = {"formulation": "compiled"} if compiled else {}
-    trace = write_trace(out, header(model, capture, decoder, prompts, tokens, predictor, device, False, command,
-                                    extra), capture)
-    return trace, elapsed
+    extra = {"formulation": "compiled"} if job.compiled else {}
+    head = header(model, capture, job.decoder, prompts, job.tokens, predictor, job.device, False, job.command, extra,
+                  tp)
+    return captured_trace(head, capture), elapsed
+
+
+def captured_trace(head: TraceHeader, capture: OpCapture) -> Trace:
+    """What `capture` recorded, as a trace with `head`."""
+    try:
+        return capture.trace(head)
+    except ValueError as err:
+        raise RuntimeError(f"ops outside any stage: the decoder's observer hooks were not called ({err})") from None
 
 
 def write_trace(out: Path, head: TraceHeader, capture: OpCapture) -> Trace:
     """Write what `capture` recorded as a trace with `head` to `out`; returns the trace."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        trace = capture.trace(head)
-    except ValueError as err:
-        raise RuntimeError(f"ops outside any stage: the decoder's observer hooks were not called ({err})") from None
+    trace = captured_trace(head, capture)
     write_trace_file(out, trace)
     return trace
 
@@ -239,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-capture", action="store_true", help="on the meta device, record every stage as the "
                         "decoder executes it instead of deriving the repetitions of each stage structure (the same "
                         "trace, slower: for checking the fast capture)")
+    parser.add_argument("--tp", type=integer(1), default=1, help="tensor-parallel degree (default 1): rank 0's shard "
+                        "of the model sharded over N ranks (reference.parallel), its collectives recorded; on the meta "
+                        "device under a fake process group (no processes), on the cpu over N gloo ranks started here "
+                        "(rank 0's trace written once every rank has finished)")
+    parser.add_argument("--timeout-s", type=number(1.0), default=RANK_TIMEOUT_S, help="with --tp N > 1 on the cpu: "
+                        "the process group's timeout, after which a collective waiting on a failed rank fails "
+                        f"(default {RANK_TIMEOUT_S:g})")
     args = parser.parse_args(argv)
     if args.defaults:
         t0 = time.perf_counter()
@@ -249,18 +346,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset is None or args.out is None:
         parser.error("--preset and --out are required (or --defaults)")
     try:
-        get_preset(args.preset)
+        check_degree(get_preset(args.preset), args.tp)
     except ValueError as err:
-        parser.error(f"--preset {args.preset}: {err}")
+        parser.error(f"--preset {args.preset}: {err}" if not str(err).startswith("--tp") else str(err))
     check_outputs(parser, {"--out": args.out})
     try:
         trace, elapsed = capture_trace(args.preset, args.decoder, args.tokens, args.out, args.device,
                                        getattr(torch, args.dtype), args.batch, args.prompt_len, args.source_len,
                                        args.flips, args.seed, compiled=args.compiled, full=args.full_capture,
-                                       progress=True,
+                                       progress=True, tp=args.tp, timeout_s=args.timeout_s,
                                        command=" ".join(["python -m reference.capture.tracing", *sys.argv[1:]]))
     except ValueError as err:
         parser.error(str(err))
+    except RankFailure as err:  # a rank died or failed: the others stopped, nothing was written
+        print(f"{parser.prog}: error: the tensor-parallel capture stopped, no trace written ({args.out}): {err}",
+              file=sys.stderr)
+        return 1
     weight_bytes = sum(trace.distinct[k].weight_bytes * n for k, n in trace.counts().items())
     print(f"{args.out}: {trace.executed} ops ({len(trace.distinct)} distinct) in {len(trace.stages)} stages, "
           f"{trace.total_flops / 1e9:.2f} GFLOP, {weight_bytes / 1e9:.2f} GB of weights read; captured in "

@@ -74,6 +74,7 @@ from reference.experiments.corpus import load_corpus
 from reference.flips import FlipOracle
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
+from reference.quant import scheme_of, weight_bytes
 from sim.command import check_outputs, random_seed, run_command
 from sim.files import atomic_write
 
@@ -542,8 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     figures.update(weights=weights, linear=args.linear, inductor=dict(args.inductor),
                    command=shlex.join(["python", "-m", "reference.experiments.speedup",
                                        *(sys.argv[1:] if argv is None else argv)]))
-    shared = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.startswith("blocks"))
-    print(f"shared weights: {shared / 2**20:.1f} MiB ({next(model.parameters()).dtype}), {weights}")
+    shared = weight_bytes(model.blocks)  # a quantized checkpoint's packed weights and scales too
+    scheme = scheme_of(model)
+    print(f"shared weights: {shared / 2**20:.1f} MiB ({next(model.parameters()).dtype}"
+          f"{'' if scheme is None else ', ' + scheme.name}), {weights}")
     print(report(figures))
     if args.json:
         atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(figures, indent=1) + "\n"))

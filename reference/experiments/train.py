@@ -38,12 +38,14 @@ from tqdm import tqdm
 from reference.config import PRESETS, ModelConfig, get_preset
 from reference.experiments.corpus import EOS_ID, Corpus, Tokenizer, load_corpus
 from reference.model import SharedDecoder
+from reference.quant import check_quantizable, check_state, parse_scheme, quantize, scheme_of
 from sim.command import check_outputs, integer, number, random_seed, run_command
 from sim.files import atomic_write
 
 FAMILY = ("code-2", "code-4", "code-12", "code-2x6", "code-4x3", "code-2x8", "code-4x4")
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: data/trained, out/
 CHECKPOINT_FORMAT = "speed-sim-checkpoint-v1"
+QUANTIZED_FORMAT = "speed-sim-quantized-checkpoint-v1"  # reference.quant: packed weights, scales, the scheme
 STATE_FORMAT = "speed-sim-train-state-v1"
 
 
@@ -182,9 +184,19 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str
 
 def save_checkpoint(model: SharedDecoder, path: Path, meta: dict, dtype: torch.dtype = torch.float16) -> None:
     """The weights in `dtype` and `meta` as JSON strings. float16 rounds 8x finer than bfloat16, and trained weights
-    lie far inside its range."""
-    tensors = {name: p.detach().to(dtype) for name, p in model.state_dict().items()}
-    _write_safetensors(tensors, {"format": CHECKPOINT_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}}, path)
+    lie far inside its range. A quantized model (reference.quant) is written as it holds its state: packed weights
+    as integers, the scales, zero points and every other tensor in its activation dtype (the scheme's scales are
+    in that dtype, so `dtype` does not apply), the scheme and that dtype in the metadata."""
+    scheme = scheme_of(model)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "quant", "dtype")}  # (a loaded checkpoint's)
+    if scheme is None:
+        tensors = {name: p.detach().to(dtype) for name, p in model.state_dict().items()}
+        _write_safetensors(tensors, {"format": CHECKPOINT_FORMAT, **{k: json.dumps(v) for k, v in meta.items()}},
+                           path)
+        return
+    quantized = {**meta, "quant": scheme.name, "dtype": str(model.embed.weight.dtype).removeprefix("torch.")}
+    _write_safetensors({name: t.detach() for name, t in model.state_dict().items()},
+                       {"format": QUANTIZED_FORMAT, **{k: json.dumps(v) for k, v in quantized.items()}}, path)
 
 
 def read_metadata(path: Path) -> dict:
@@ -197,20 +209,47 @@ def read_metadata(path: Path) -> dict:
         raise ValueError(f"checkpoint {path}: not a readable safetensors file with JSON metadata ({err})") from None
 
 
-def load_checkpoint(path: Path, dtype: torch.dtype = torch.float32) -> tuple[SharedDecoder, Tokenizer, dict]:
-    """(model in `dtype`, its tokenizer, the metadata) of a checkpoint written by save_checkpoint."""
+def _quantized_model(path: Path, cfg: ModelConfig, meta: dict, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
+                     kernel: str) -> SharedDecoder:
+    """The model of a quantized checkpoint in `dtype`: its tensors checked against the model its config, scheme
+    and dtype give (one line naming the file and the tensor otherwise), then loaded (floats cast to `dtype`)."""
+    try:
+        scheme = parse_scheme(meta.get("quant"), flag="field 'quant':")
+        saved_dtype = getattr(torch, str(meta.get("dtype")), None)
+        if not isinstance(saved_dtype, torch.dtype) or not saved_dtype.is_floating_point:
+            raise ValueError(f"field 'dtype': {meta.get('dtype')!r} is not a floating-point dtype")
+        check_quantizable(cfg, scheme)
+        check_state(quantize(SharedDecoder(cfg, device="meta", dtype=saved_dtype, seed=None), scheme), tensors)
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path}: {err}") from None
+    model = quantize(SharedDecoder(cfg, dtype=dtype, seed=None), scheme, kernel)
+    model.load_state_dict({k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()})
+    return model
+
+
+def load_checkpoint(path: Path, dtype: torch.dtype = torch.float32,
+                    kernel: str = "packed") -> tuple[SharedDecoder, Tokenizer, dict]:
+    """(model in `dtype`, its tokenizer, the metadata) of a checkpoint written by save_checkpoint; a quantized one
+    comes back quantized (its scales cast to `dtype`; `kernel` as in reference.quant.quantize)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     meta = read_metadata(path)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    if meta.get("format") not in (CHECKPOINT_FORMAT, QUANTIZED_FORMAT):
+        raise ValueError(f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r} or "
+                         f"{QUANTIZED_FORMAT!r}")
     try:
         cfg = ModelConfig(**meta["config"])
     except (KeyError, TypeError) as err:
         raise ValueError(f"checkpoint {path}: its config does not fit this ModelConfig ({err})") from None
-    model = SharedDecoder(cfg, dtype=dtype, seed=None)
-    model.load_state_dict({name: t.to(dtype) for name, t in load_file(path).items()})
+    if not isinstance(meta.get("tokenizer"), str):
+        raise ValueError(f"checkpoint {path}: its metadata holds no tokenizer")
+    tensors = load_file(path)
+    if meta["format"] == QUANTIZED_FORMAT:
+        model = _quantized_model(path, cfg, meta, tensors, dtype, kernel)
+    else:
+        model = SharedDecoder(cfg, dtype=dtype, seed=None)
+        model.load_state_dict({name: t.to(dtype) for name, t in tensors.items()})
     model.eval()
     return model, Tokenizer.from_json(meta["tokenizer"]), meta
 

@@ -14,6 +14,8 @@ A100 = ROOT / "hwconfigs" / "a100.yaml"
 H200_CALIBRATED = ROOT / "hwconfigs" / "h200-calibrated.yaml"
 TRACE = ROOT / "data" / "traces" / "t5-base-4x3.speed.bf16.b1.t128.jsonl.gz"  # what most input cases project
 DEFAULT_TRACES = sorted((ROOT / "data" / "traces").glob("*.jsonl.gz"))
+# a tensor-parallel trace (format 5: header tp and tp_rank, collectives with their group size): tiny-4x3, TP 2
+TP_TRACE = ROOT / "tests" / "data" / "tiny-4x3.speed.tp2.bf16.b1.t16.jsonl.gz"
 MEASURED = ROOT / "data" / "measured" / "h200" / "t5-base-4.sequential.bf16.b1.t128.jsonl.gz"
 
 

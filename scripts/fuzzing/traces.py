@@ -1,4 +1,5 @@
-"""Hostile trace files, mutated from the default traces (data/traces/, format 4; each in turn) through
+"""Hostile trace files, mutated from the default traces (data/traces/, format 5; each in turn) and a tensor-parallel
+trace (tests/data/, format 5 with collectives) through
 `sim.run --hw a100 --trace FILE`, and from the first --measured-stages stages of a measured trace
 (data/measured/h200/, format 1; its end record recounted) through `sim.fitting.validate --hw
 hwconfigs/h200-calibrated.yaml --measured FILE`. Each base runs unchanged first (a control: it must be accepted,
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from scripts.fuzzing.bases import DEFAULT_TRACES, H200_CALIBRATED, MEASURED, Base, first_stages
+from scripts.fuzzing.bases import DEFAULT_TRACES, H200_CALIBRATED, MEASURED, TP_TRACE, Base, first_stages
 from scripts.fuzzing.harness import Case, Generator, Node
 from scripts.fuzzing.mutate import (
     PLACEHOLDER,
@@ -425,7 +426,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def cases(args: argparse.Namespace) -> list[Case]:
     """The controls, the named cases and the drawn ones (one generator, seeded by --seed, for both targets in
     turn: the cases do not depend on which classes --only picks)."""
-    targets = ((RUN, [Base(p) for p in DEFAULT_TRACES], args.trace_cases),
+    targets = ((RUN, [Base(p) for p in [*DEFAULT_TRACES, TP_TRACE]], args.trace_cases),
                (VALIDATE, [first_stages(Base(MEASURED), args.measured_stages)], args.measured_trace_cases))
     rng = random.Random(args.seed)
     out = []

@@ -155,9 +155,9 @@ def loopback_section(mb: dict[str, Any]) -> tuple[dict, dict]:
 def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
     """Each microbenchmark (reference.capture.microbench) as (resource, one-op trace, measured seconds per call): copy
     over sizes, and per dtype matrix products of two or more rows (gemm) and of one row (gemv), elementwise
-    multiply, decode attention (runs without a `query_shape` passed 3-D inputs). Copies and products rotate
-    their buffers past the cache; attention repeats on the same keys, so its trace has two calls and the
-    second is the one measured."""
+    multiply, decode attention (runs without a `query_shape` passed 3-D inputs; grouped-query ones read the keys
+    and values of their `kv_heads`, default all heads). Copies and products rotate their buffers past the cache;
+    attention repeats on the same keys, so its trace has two calls and the second is the one measured."""
     out = []
     for c in mb.get("copy", []):  # float32; bytes read + written
         n = c["bytes"] // 4
@@ -174,11 +174,12 @@ def microbench_traces(mb: dict[str, Any]) -> list[tuple[str, Trace, float]]:
             "aten.mul.Tensor", "micro.mul", [[numel]] * 2, [numel], e["dtype"], numel, 3 * numel * size), e["seconds"]))
     for a in mb.get("attention", []):  # one query row over `length` keys, the same tensors call after call: the second
         h, length, d, size = a["heads"], a["length"], a["head_dim"], DTYPE_BYTES[a["dtype"]]
+        h_kv = a.get("kv_heads", h)
         q = a.get("query_shape", [h, 1, d])
-        kv = [*q[:-2], length, d]
+        kv = [*q[:-3], h_kv, length, d]
         out.append((f"attention {a['dtype']}", one_op_trace(
             "aten.scaled_dot_product_attention", "micro.attn", [q, kv, kv], q, a["dtype"], 4 * h * length * d,
-            2 * h * d * size, kv_read_bytes=2 * h * length * d * size, calls=2), a["seconds"]))
+            2 * h * d * size, kv_read_bytes=2 * h_kv * length * d * size, calls=2), a["seconds"]))
     return out
 
 
@@ -207,19 +208,30 @@ def op_samples(traces: list[Trace], hw: HwConfig) -> dict[tuple[str, str], Sampl
 def microbench_samples(mb: dict[str, Any], hw: HwConfig, dtypes: set[str]) -> dict[tuple[str, str | None], Samples]:
     """(compute_s, memory_s, measured_s) at unit efficiency of the microbenchmarks in `dtypes` (copies move bytes,
     any dtype), which reach the sizes where efficiency, not fixed time, sets the time: per kernel class (key
-    (class, None)) and, for matrix products, per op kind too (a GEMV and a few-row product are different kernels)."""
+    (class, None)) and, for matrix products, per op kind too (a GEMV and a few-row product are different kernels);
+    attention per op kind only (fused FlashAttention and PyTorch's unfused math path are different kernels: a
+    microbenchmark of one path says nothing of the other's efficiency)."""
     out: dict[tuple[str, str | None], Samples] = {}
     for resource, trace, measured_s in microbench_traces(mb):
         if resource == "copy" or trace.ops[-1].out_dtypes[0] in dtypes:
             k, cost = unit_costs(trace, hw)[-1]  # the last call is the measured one
             sample = (cost.compute_s, cost.memory_s, measured_s)
-            out.setdefault((k.cls, None), []).append(sample)
-            if k.cls == "matmul":
+            if k.cls != "attention":
+                out.setdefault((k.cls, None), []).append(sample)
+            if k.cls in ("matmul", "attention"):
                 out.setdefault((k.cls, k.op), []).append(sample)
     return out
 
 
 Efficiencies = tuple[float, float]  # (compute, memory)
+FIXED_S_BOUNDS = (0.0, 1e-2)  # a fitted fixed time per kernel, s
+
+
+def fixed_start(work_c: np.ndarray, work_m: np.ndarray, measured: np.ndarray) -> float:
+    """Where a fit of the fixed time starts: the median of measured minus work at unit efficiency. A start below
+    the shortest kernel would sit where max(work + fixed, kernel_min) does not move with the fixed time, and the
+    fit would not move from it."""
+    return float(np.clip(np.median(measured - np.maximum(work_c, work_m)), 1e-9, FIXED_S_BOUNDS[1]))
 
 
 def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | None = None) -> Efficiencies:
@@ -233,9 +245,11 @@ def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | 
 
     def residuals(x: np.ndarray) -> np.ndarray:
         e_c, e_m, fixed = (compute, *x) if compute is not None else x
-        return (np.maximum(np.maximum(work_c / e_c, work_m / e_m), kernel_min_s) + fixed - measured) / measured
+        return (np.maximum(np.maximum(work_c / e_c, work_m / e_m) + fixed, kernel_min_s) - measured) / measured
 
-    x0, lower, upper, x_scale = [1.0, 1.0, 1e-6], [1e-3, 1e-3, 0.0], [1.0, 1.0, 1e-2], [0.1, 0.1, 1e-6]
+    x0, lower, upper = [1.0, 1.0, fixed_start(work_c, work_m, measured)], [1e-3, 1e-3, FIXED_S_BOUNDS[0]], [
+        1.0, 1.0, FIXED_S_BOUNDS[1]]
+    x_scale = [0.1, 0.1, 1e-6]
     keep = slice(1, 3) if compute is not None else slice(0, 3)
     fit = least_squares(residuals, x0=x0[keep], bounds=(lower[keep], upper[keep]), x_scale=x_scale[keep],
                         loss="soft_l1", f_scale=0.2)
@@ -282,9 +296,10 @@ def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str 
 
 def fit_class(samples: Samples, kernel_min_s: float, relative: bool = False,
               efficiencies: Efficiencies | None = None) -> tuple[float, float, float]:
-    """(compute efficiency, memory efficiency, fixed_s) minimising the error of max(c / e_c, m / e_m, kernel_min)
-    + fixed, in units of the mean measured time: absolute, not log, error, so that the fitted times add up to the
-    measured stage and end-to-end times (a log fit follows the median kernel and misses the sums); a soft-L1 loss,
+    """(compute efficiency, memory efficiency, fixed_s) minimising the error of max(max(c / e_c, m / e_m) + fixed,
+    kernel_min) (sim.kernels.kernel_cost's time), in units of the mean measured time: absolute, not log, error, so
+    that the fitted times add up to the measured stage and end-to-end times (a log fit follows the median kernel and
+    misses the sums); a soft-L1 loss,
     so that the few kernels a busy machine stretched (preempted, page faults) do not pull the fit. `relative`: the
     error relative to each measurement instead, for samples that are judged one by one (single-operator calls).
     `efficiencies` given: only the fixed time is fitted; else one efficiency serves both bounds."""
@@ -295,9 +310,10 @@ def fit_class(samples: Samples, kernel_min_s: float, relative: bool = False,
 
     def residuals(x: np.ndarray) -> np.ndarray:
         (e_c, e_m), fixed = ((x[0], x[0]), x[1]) if efficiencies is None else (efficiencies, x[0])
-        return (np.maximum(np.maximum(work_c / e_c, work_m / e_m), kernel_min_s) + fixed - measured) / scale
+        return (np.maximum(np.maximum(work_c / e_c, work_m / e_m) + fixed, kernel_min_s) - measured) / scale
 
-    x0, lower, upper, x_scale = [1.0, 1e-6], [1e-3, 0.0], [1.0, 1e-2], [0.1, 1e-6]
+    x0, lower, upper = [1.0, fixed_start(work_c, work_m, measured)], [1e-3, FIXED_S_BOUNDS[0]], [1.0, FIXED_S_BOUNDS[1]]
+    x_scale = [0.1, 1e-6]
     if efficiencies is not None:
         x0, lower, upper, x_scale = x0[1:], lower[1:], upper[1:], x_scale[1:]
     fit = least_squares(residuals, x0=x0, bounds=(lower, upper), x_scale=x_scale, loss="soft_l1", f_scale=0.2)
@@ -352,6 +368,7 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
     if eager:
         anchors = microbench_samples(mb, hw, {t.header.dtype for t in eager})
         raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors)
+        raw["sources"]["classes"] = "fitted: the kernel times of " + _names(eager) + " (and the microbenchmarks)"
         hw = parse(raw, base.path)
         host = raw["host"]
         host["launch_eager_s"] = float(f"{fit_launch(eager, hw):.4g}")
@@ -372,9 +389,12 @@ def _calibrate_peaks(raw: dict[str, Any], base: HwConfig, mb: dict[str, Any], mb
     src = f"measurement: {mb_path} ({mb['device_name']}, torch {mb['torch_version']})"
     peak, host, eff, sources = raw["peak"], raw["host"], raw["efficiency"], raw["sources"]
     eff["dram"] = min(1.0, measured["dram_bandwidth_bytes_per_s"] / peak["dram_bandwidth_bytes_per_s"])
+    sources["efficiency.dram"] = f"{src}: the best large copy over the datasheet bandwidth"
     best = measured["matrix_flops_per_s"]
     ratios = [best[d] / peak["matrix_flops_per_s"][d] for d in best if d in peak["matrix_flops_per_s"]]
-    eff["matrix"] = min(1.0, max(ratios)) if ratios else eff["matrix"]
+    if ratios:
+        eff["matrix"] = min(1.0, max(ratios))
+        sources["efficiency.matrix"] = f"{src}: the best GEMM over the datasheet matrix rate"
     if base.kind != "cpu":  # on a cpu these are host time (cpu_base)
         for field in ("kernel_min_s", "graph_kernel_gap_s"):
             host[field] = measured[field]

@@ -10,6 +10,8 @@ The results are a JSON object (read by `sim.inputs.load_json`: strict, bounded) 
 - the resource benchmarks, all or none: `copy`, `gemm`, `elementwise`, `attention` (non-empty lists of rows, each
   row's fields in ROWS: counts integers in 1..2**50, dtypes the simulator knows, seconds per call in
   MEASURED_S) and the host figures `launch_eager_s`, `graph_per_kernel_s`, `kernel_min_s` (seconds);
+- the decode sweeps, `decode_gemm` and `decode_attention` (each optional: gemm's and attention's rows, with the
+  `preset` and the `weight` they come from; a decode_gemm row's `form` any name);
 - the all-reduce sweep, `all_reduce` (its rows checked by `sim.fitting.collectives.all_reduce_rows`) and
   `all_reduce_setup` (an object);
 - what was measured: `device` ("cpu" or "cuda"), `device_name`, `torch_version`, `clock` (strings), `threads`.
@@ -56,7 +58,13 @@ ROWS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
              {"form": (lambda v: v in ("linear", "mm"), "linear or mm")}),
     "elementwise": ({"numel": COUNT, "dtype": DTYPE, "seconds": SECONDS}, {}),
     "attention": ({"heads": COUNT, "length": COUNT, "head_dim": COUNT, "dtype": DTYPE, "seconds": SECONDS},
-                  {"query_shape": SHAPE}),
+                  {"kv_heads": COUNT, "query_shape": SHAPE}),
+}
+# the decode sweeps (microbench --only decode_gemm decode_attention): gemm's and attention's rows naming the preset
+# (and the weight) they come from; a product form is any name (validate lists the forms it cannot model)
+DECODE_ROWS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
+    "decode_gemm": (ROWS["gemm"][0], {"form": TEXT, "preset": TEXT, "weight": TEXT}),
+    "decode_attention": (ROWS["attention"][0], {**ROWS["attention"][1], "preset": TEXT}),
 }
 HOST = {"launch_eager_s": SECONDS, "graph_per_kernel_s": SECONDS, "kernel_min_s": SECONDS}
 RESOURCES = (*ROWS, *HOST)  # written together (reference.capture.microbench: all or none)
@@ -67,7 +75,7 @@ ABOUT: dict[str, Check] = {
     "all_reduce_setup": (lambda v: type(v) is dict, "an object"),
     "all_reduce": (lambda v: type(v) is list, "a list of rows"),
 }
-KNOWN = (*RESOURCES, *ABOUT)
+KNOWN = (*RESOURCES, *DECODE_ROWS, *ABOUT)
 
 
 class MicrobenchError(ValueError):
@@ -85,7 +93,7 @@ def _check_value(where: str, field: str, value: Any, check: Check) -> None:
 
 
 def _check_rows(where: str, key: str, rows: Any) -> None:
-    required, optional = ROWS[key]
+    required, optional = {**ROWS, **DECODE_ROWS}[key]
     if type(rows) is not list or not rows:
         raise MicrobenchError(where, key, f"expected a non-empty list of rows, got {brief(rows)}")
     for i, row in enumerate(rows):
@@ -102,6 +110,9 @@ def _check_rows(where: str, key: str, rows: Any) -> None:
         for name, check in {**required, **optional}.items():
             if name in row:
                 _check_value(where, f"{at}.{name}", row[name], check)
+        if "kv_heads" in row and row["heads"] % row["kv_heads"]:
+            raise MicrobenchError(where, f"{at}.kv_heads", f"{row['kv_heads']} key-value heads do not divide its "
+                                  f"{row['heads']} query heads (grouped-query attention)")
 
 
 def check_microbench(raw: Any, where: str) -> dict[str, Any]:
@@ -125,9 +136,12 @@ def check_microbench(raw: Any, where: str) -> dict[str, Any]:
             _check_rows(where, key, raw[key])
         for key, check in HOST.items():
             _check_value(where, key, raw[key], check)
-    elif not raw.get("all_reduce"):
-        raise MicrobenchError(where, None, f"no results: neither the resource benchmarks ({', '.join(ROWS)}) nor "
-                              "all_reduce rows")
+    for key in DECODE_ROWS:
+        if key in raw:
+            _check_rows(where, key, raw[key])
+    if not present and not raw.get("all_reduce") and not any(k in raw for k in DECODE_ROWS):
+        raise MicrobenchError(where, None, f"no results: neither the resource benchmarks ({', '.join(ROWS)}), "
+                              f"all_reduce rows nor the decode sweeps ({', '.join(DECODE_ROWS)})")
     try:
         all_reduce_rows(raw)
     except ValueError as err:  # names the row and its field

@@ -104,6 +104,7 @@ def fit(base: HwConfig, command: str) -> dict:
         raw["classes"][cls] = {"efficiency": round(e, 4), "fixed_s": float(f"{fixed:.4g}")}
     src = f"fitted: every other LLMCompass A100 single-operator measurement ({command})"
     raw["sources"]["host.launch_eager_s"] = src
+    raw["sources"]["classes"] = src
     raw["sources"].update({f"efficiency.{k}": "1 (the per-class fits carry the efficiencies)"
                            for k in raw["efficiency"]})
     raw["name"] = f"{base.name} (fitted to public single-operator calls)"

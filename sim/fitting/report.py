@@ -15,6 +15,7 @@ from sim.command import check_outputs, run_command
 from sim.defaults import CHECKOUT as ROOT
 from sim.engine import breakdown, project
 from sim.files import atomic_write
+from sim.fitting import public_kernels
 from sim.fitting.microbench import load_microbench
 from sim.fitting.public import pairs as public_pairs
 from sim.fitting.validate import metrics, microbench_pairs, r_text, scatter, validate_compiled, validate_trace
@@ -203,6 +204,35 @@ def compiled_section(loop: Path, every: HwConfig, held: HwConfig, lines: list[st
     lines.append("")
 
 
+def public_kernels_section(lines: list[str]) -> None:
+    """The datasheet GPU hwconfigs against the public per-op measurements (sim.fitting.public_kernels)."""
+    hws = {gpu: load_hwconfig(HWCONFIG_DIR / f"{gpu}.yaml") for gpu in public_kernels.GPUS}
+    lines += ["## GPU kernels against public per-op measurements (`python -m sim.fitting.public_kernels`)", "",
+              "Matrix products (1 to 16384 rows), decode attention and one-kernel norms, rotary and activations of "
+              "A100, H100 and H200 GPUs from public benchmarks (`data/public/README.md`), against the datasheet "
+              "hwconfigs, whose DRAM efficiency and fixed times per class were fitted to the fit set "
+              "(`--fit`); the held-out shapes judge them (the H200's rows are all held out: its figures are the "
+              "H100's).", "",
+              "| hwconfig | kernel class | set | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for gpu, by_key in public_kernels.report(public_kernels.points(), hws).items():
+        for key, m in by_key.items():
+            cls, side = key.rsplit(" ", 1)
+            lines.append(f"| `{gpu}.yaml` | {cls} | {side} | {m['n']} | {m['median_abs_pct']:.1f}% | "
+                         f"{m['p90_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | {r_text(m['pearson_r'], 0)} |")
+    lines += ["", "The independent check, never fitted (`--vidur`): Vidur's profiled Llama-2-7B and -70B projections "
+              "(QKV, O, gate-up, down; 1 to 4096 tokens, tensor-parallel shards of 1 to 8; `data/public/vidur-mlp/`).",
+              "", "| hwconfig | rows | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for gpu, by_key in public_kernels.vidur_report(hws).items():
+        for key in ("vidur all", "vidur all, 1-16 rows", "vidur all, 17-4096 rows"):
+            m = by_key[key]
+            lines.append(f"| `{gpu}.yaml` | {key.removeprefix('vidur all').lstrip(', ') or 'all'} | {m['n']} | "
+                         f"{m['median_abs_pct']:.1f}% | {m['p90_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | "
+                         f"{r_text(m['pearson_r'], 0)} |")
+    lines.append("")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.fitting.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| `{name}` | {'held-out half' if held_out else 'all'} | {kind} | {m['n']} | "
                          f"{m['median_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | {r_text(m['pearson_r'], 0)} |")
     lines.append("")
+    public_kernels_section(lines)
     if args.cpu_loop:
         try:
             cpu_section(args.cpu_loop, lines)

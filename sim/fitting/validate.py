@@ -28,7 +28,12 @@ checks the resource models one by one instead, against the microbenchmarks (refe
 sizes (the cache knee), matrix products of two or more rows and of one row (GEMV) per dtype, an elementwise
 multiply, decode attention, and the all-reduce sweep against the interconnect model (sim.interconnect; rows
 `{"world_size": n, "bytes": b, "dtype": "float16", "seconds": t}`: `all_reduce` over all of them, `all_reduce xN`
-per world size); the same statistics per resource.
+per world size); the same statistics per resource. The decode sweeps (microbench --only decode_gemm
+decode_attention) are checked too, per number of rows (`decode_gemm m=R <dtype>`: products of R rows by a model's
+weights) and per head layout (`decode_attention 32q/4kv x64 <dtype>`: one query row over 128 to 32k keys). A row
+that cannot be modelled (a product form other than x @ W^T, a projection the hwconfig refuses) is listed after the
+table, never dropped unsaid; a list of rows of no known format is refused when the file is read
+(sim.fitting.microbench), never ignored.
 """
 
 from __future__ import annotations
@@ -172,35 +177,84 @@ def validate_trace(trace: Trace, hw: HwConfig, launch: str = "eager") -> dict[st
     return out
 
 
-def microbench_pairs(mb: dict[str, Any], hw: HwConfig) -> dict[str, list[tuple[float, float]]]:
-    """(projected, measured) seconds per call of each microbenchmark (results checked by
-    `sim.fitting.microbench`, measured on the hwconfig's kind of device), per resource. The
-    microbenchmarks time back-to-back calls (cuda: a graph between events; cpu: the host clock, dispatch
-    included), so the projection is the kernel's time, without launch (of the last call, the measured one).
-    All-reduce rows of more ranks than the hwconfig's node holds are left out (sim.fitting.collectives)."""
+# The decode sweeps' lists of rows (reference.capture.microbench), each read as the resource list whose rows it holds
+DECODE_LISTS = {"decode_gemm": "gemm", "decode_attention": "attention"}
+DECODE_GEMM_FORMS = ("linear",)  # products the kernel model takes: x @ W^T (F.linear), as the decoder computes them
+
+
+def _kernel_seconds(trace: Trace, hw: HwConfig) -> float:
+    """The projected time of a microbenchmark trace's last call (the measured one), without launch."""
+    p = project(trace, hw)
+    return (p.end_cycles[-1] - p.start_cycles[-1]) / p.clock_hz
+
+
+def decode_resource(name: str, row: dict[str, Any]) -> str:
+    """The resource a decode-sweep row is reported under: products per number of rows, attention per head layout."""
+    if name == "decode_gemm":
+        return f"decode_gemm m={row['m']} {row['dtype']}"
+    return f"decode_attention {row['heads']}q/{row.get('kv_heads', row['heads'])}kv x{row['head_dim']} {row['dtype']}"
+
+
+def decode_pairs(mb: dict[str, Any], hw: HwConfig, unmodelled: list[str]) -> dict[str, list[tuple[float, float]]]:
+    """(projected, measured) seconds of the decode sweeps' rows, per `decode_resource`; a row that cannot be modelled
+    (its product form, or a projection refused) is said in `unmodelled`, with why."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for name, read_as in DECODE_LISTS.items():
+        rows = mb.get(name, [])
+        if not isinstance(rows, list):
+            raise ValueError(f"'{name}': expected a list of rows, got {brief(rows)}")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ValueError(f"'{name}[{i}]': expected a mapping of a row's fields, got {brief(row)}")
+            if name == "decode_gemm" and row.get("form", "linear") not in DECODE_GEMM_FORMS:
+                unmodelled.append(f"{name}[{i}]: form {row.get('form')!r}: the kernel model takes products x @ W^T "
+                                  f"(form {', '.join(DECODE_GEMM_FORMS)})")
+                continue
+            [(_, trace, measured_s)] = microbench_traces({read_as: [row]})
+            try:
+                projected_s = _kernel_seconds(trace, hw)
+            except ValueError as err:  # a shape or a size the hwconfig cannot run
+                unmodelled.append(f"{name}[{i}]: {err}")
+                continue
+            out.setdefault(decode_resource(name, row), []).append((projected_s, measured_s))
+    return out
+
+
+def microbench_pairs(mb: dict[str, Any], hw: HwConfig, unmodelled: list[str] | None = None
+                     ) -> dict[str, list[tuple[float, float]]]:
+    """(projected, measured) seconds per call of each microbenchmark (results checked by `sim.fitting.microbench`,
+    measured on the hwconfig's kind of device), per resource. The microbenchmarks time back-to-back calls (cuda: a
+    graph between events; cpu: the host clock, dispatch included), so the projection is the kernel's time, without
+    launch (of the last call, the measured one). All-reduce rows of more ranks than the hwconfig's node holds are left
+    out (sim.fitting.collectives). Rows not modelled (`decode_pairs`) are said in `unmodelled`."""
+    if not isinstance(mb, dict):
+        raise ValueError(f"expected a JSON object, got {brief(mb)}")
     device = mb.get("device")
     if device is not None and (device == "cpu") != (hw.kind == "cpu"):
         raise ValueError(f"measured on {device} ({mb.get('device_name', '?')}) but hwconfig {hw.path} describes a "
                          f"{hw.kind}")
+    unmodelled = [] if unmodelled is None else unmodelled
     out: dict[str, list[tuple[float, float]]] = {}
     for resource, trace, measured_s in microbench_traces(mb):
-        p = project(trace, hw)
-        out.setdefault(resource, []).append(((p.end_cycles[-1] - p.start_cycles[-1]) / p.clock_hz, measured_s))
+        out.setdefault(resource, []).append((_kernel_seconds(trace, hw), measured_s))
     rows, beyond = beyond_the_node(all_reduce_rows(mb), hw)  # beyond: groups the hwconfig's node does not hold
     if rows:
         out.update(all_reduce_pairs(rows, hw))
+    out.update(decode_pairs(mb, hw, unmodelled))
     if not out and not beyond:
-        raise ValueError("no microbenchmark results (copy, gemm, elementwise, attention or all_reduce)")
+        raise ValueError("no microbenchmark results (copy, gemm, elementwise, attention, all_reduce, decode_gemm or "
+                         "decode_attention)")
     return out
 
 
 def print_resources(name: str, pairs: dict[str, list[tuple[float, float]]]) -> None:
     print(f"\n{name}")
-    print(f"{'resource':<21}{'n':>4}{'median|e|%':>12}{'mean|e|%':>10}{'bias%':>8}{'r':>7}")
+    width = max([21, *(len(resource) + 1 for resource in pairs)])
+    print(f"{'resource':<{width}}{'n':>4}{'median|e|%':>12}{'mean|e|%':>10}{'bias%':>8}{'r':>7}")
     for resource, values in pairs.items():
         m = metrics(values)
         if m["n"]:
-            print(f"{resource:<21}{m['n']:>4}{m['median_abs_pct']:>12.1f}{m['mean_abs_pct']:>10.1f}"
+            print(f"{resource:<{width}}{m['n']:>4}{m['median_abs_pct']:>12.1f}{m['mean_abs_pct']:>10.1f}"
                   f"{m['bias_pct']:>+8.1f}{r_text(m['pearson_r'])}")
 
 
@@ -306,9 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.microbench:
         where = f"--microbench {args.microbench}"
+        unmodelled: list[str] = []
         try:
             mb = load_microbench(args.microbench, where)
-            pairs = microbench_pairs(mb, hw)
+            pairs = microbench_pairs(mb, hw, unmodelled)
         except HwConfigError as err:  # the hwconfig cannot run what was measured (no interconnect, too few devices)
             parser.error(f"{where}: {err}")
         except ValueError as err:  # not microbenchmark results (MicrobenchError names the field), another device
@@ -318,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         if beyond:
             print(f"all_reduce: {len(beyond)} rows of more ranks than interconnect.devices_per_node "
                   f"({hw.interconnect.devices_per_node}) left out")
+        if unmodelled:
+            print(f"not modelled ({len(unmodelled)}):\n  " + "\n  ".join(unmodelled))
         if not args.measured:
             return 0
     everything: dict[str, list[tuple[float, float]]] = {}

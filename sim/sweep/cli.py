@@ -4,8 +4,9 @@
 
 The spec (YAML; `sim/sweep/spec.py` documents it, README.md has an example) is a grid, or a list, over
 hwconfigs, models (presets, Hugging Face config.json files, model YAML files), shared variants (NdxG), decoders,
-launch modes, batch, tokens, dtypes, flip profiles or rates, streams and hwconfig fields (`set:`, absolute or
-"x0.5" relative to the hwconfig). Each point is projected exactly as `python -m sim.run` projects it.
+launch modes, batch, tokens, dtypes, flip profiles or rates, streams, tensor-parallel degrees (tp) and hwconfig
+fields (`set:`, absolute or "x0.5" relative to the hwconfig). Each point is projected exactly as
+`python -m sim.run` projects it.
 
 DIR gets rows.jsonl (every field of `sim.run --json` per point, plus the point, its device memory, a status
 and, for SPEED, the speedup over the same configuration decoded sequentially), rows.csv (the same, flattened),

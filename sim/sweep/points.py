@@ -23,13 +23,15 @@ from sim.defaults import resolve_hwconfig
 from sim.engine import kernels_of, project
 from sim.fusion import fuse
 from sim.hardware import HwConfig, load_hwconfig, to_dict
+from sim.interconnect import interconnect_of
 from sim.memory import CapacityError, DeviceMemory, check_fits, device_memory, run_name
 from sim.provider import ProviderError, request
 from sim.run import summarize
 from sim.sweep.spec import SCALE, Point, SpecError
 from sim.trace import Trace, read_trace
 
-SIM_SOURCES = ("trace/*", "opkinds", "hardware", "kernels", "fusion", "engine", "memory", "run")  # trace: a package
+SIM_SOURCES = ("trace/*", "opkinds", "hardware", "interconnect", "kernels", "fusion", "engine", "memory",
+               "run")  # trace: a package
 
 
 def sim_revision() -> str:
@@ -56,11 +58,13 @@ class TraceKey:
     dtype: str
     flips: str | None
     compiled: bool
+    tp: int = 1
 
     def request(self) -> dict[str, Any]:
         """The `trace` request of this run."""
         return {"model": json.loads(self.config), "decoder": self.decoder, "tokens": self.tokens,
-                "batch": self.batch, "dtype": self.dtype, "flips": self.flips, "compiled": self.compiled}
+                "batch": self.batch, "dtype": self.dtype, "flips": self.flips, "compiled": self.compiled,
+                "tp": self.tp}
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,13 @@ def digest(obj: Any) -> str:
 
 
 def describe(points: list[Point]) -> dict[tuple, dict[str, Any]]:
-    """The trace provider's description of every distinct (model, share, decoder, flips, flip_rate) of `points`,
-    in one call: the model's name, fields and digest and the flips its trace is made with, or an error."""
-    asked = list(dict.fromkeys((p.model, p.share, p.decoder, p.flips, p.flip_rate) for p in points))
+    """The trace provider's description of every distinct (model, share, decoder, flips, flip_rate, tp) of
+    `points`, in one call: the model's name, fields and digest and the flips its trace is made with, or an error
+    (a degree the model cannot be sharded over among them)."""
+    asked = list(dict.fromkeys((p.model, p.share, p.decoder, p.flips, p.flip_rate, p.tp) for p in points))
     answers = request("describe", [{"model": model, "share": share, "flag": "model", "decoder": decoder,
-                                    "flips": flips, "flip_rate": flip_rate}
-                                   for model, share, decoder, flips, flip_rate in asked])
+                                    "flips": flips, "flip_rate": flip_rate, "tp": tp}
+                                   for model, share, decoder, flips, flip_rate, tp in asked])
     for answer in answers:
         if not ({"error", "field"} <= answer.keys() or {"name", "config", "digest", "flips"} <= answer.keys()):
             raise ProviderError(f"the trace provider answered a describe request with neither a model nor an "
@@ -120,24 +125,27 @@ def resolve(points: list[Point], where: str) -> list[Job]:
     revision = sim_revision()
     jobs = []
     for i, p in enumerate(points):
-        model = models[p.model, p.share, p.decoder, p.flips, p.flip_rate]
+        model = models[p.model, p.share, p.decoder, p.flips, p.flip_rate, p.tp]
         try:
             if p.hw not in hws:
                 hws[p.hw] = load_hwconfig(resolve_hwconfig(p.hw))
             if (p.hw, p.sets) not in hws:
                 hws[p.hw, p.sets] = hws[p.hw].with_overrides(overrides(p, hws[p.hw], where))
-            if model.get("field") == "model":  # an unknown preset, a bad share, a config file that cannot be read
-                raise ValueError(model["error"])
+            if p.tp > 1:  # no interconnect section, or a node smaller than the group: the field named
+                interconnect_of(hws[p.hw, p.sets], p.tp)
+            if model.get("field") in ("model", "tp"):  # an unknown preset, a bad share, a config file that cannot
+                raise ValueError(model["error"])  # be read, a degree the model cannot be sharded over
         except SpecError:
             raise
         except ValueError as err:  # HwConfigError, or the model
-            raise SpecError(where, f"point {i} ({p.hw}, {p.model}{', ' + p.share if p.share else ''})", str(err)) \
-                from None
+            shard = f", tp {p.tp}" if p.tp > 1 else ""
+            raise SpecError(where, f"point {i} ({p.hw}, {p.model}{', ' + p.share if p.share else ''}{shard})",
+                            str(err)) from None
         if "error" in model:  # flips that do not fit the model
             raise SpecError(where, "flips", model["error"])
         hw = hws[p.hw, p.sets]
         trace = TraceKey(model["name"], json.dumps(model["config"], sort_keys=True), model["digest"], p.decoder,
-                         p.tokens, p.batch, p.dtype, model["flips"], p.launch == "compiled")
+                         p.tokens, p.batch, p.dtype, model["flips"], p.launch == "compiled", p.tp)
         key = digest([p.axes(), to_dict(hw), model["config"], trace.flips, revision])
         jobs.append(Job(i, p, key, hw, trace))
     return jobs
@@ -164,11 +172,10 @@ class Projector:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_bytes(data)
-            trace = read_trace(path)
-        if key.compiled:
-            trace = fuse(trace).trace
+            traced = read_trace(path)
+        trace = fuse(traced).trace if key.compiled else traced
         self.traces[key] = (name, trace)
-        self.memory[key] = device_memory(trace)
+        self.memory[key] = device_memory(traced, trace if key.compiled else None)
 
     def row(self, job: Job) -> dict[str, Any]:
         """The row of one job: sim.run's JSON fields (`summarize`), the point, the device memory and a status:
@@ -185,13 +192,14 @@ class Projector:
         except ValueError as err:  # CapacityError: does not fit; else a request the engine refuses (streams on a CPU)
             return {**base, "status": "does not fit" if isinstance(err, CapacityError) else "refused",
                     "message": str(err), "hardware": job.hw.name, "hw_path": job.hw.path,
-                    "model": job.trace.name, "decoder": job.point.decoder, "memory": memory.as_dict()}
+                    "model": job.trace.name, "decoder": job.point.decoder, "tp": job.point.tp,
+                    "memory": memory.as_dict()}
         label = f"{job.trace.name} {job.point.decoder}"
         return {**base, "status": "ok", **summarize(p, trace), "label": label, "trace": name}
 
     def rows(self, configuration: list[Job]) -> list[dict[str, Any]]:
         """The rows of one configuration's jobs; SPEED rows carry their speedup over the same configuration
-        decoded sequentially, where the sweep has it."""
+        (the same tensor-parallel degree among its axes) decoded sequentially, where the sweep has it."""
         rows = [self.row(job) for job in configuration]
         sequential = next((r for r in rows if r["decoder"] == "sequential" and r["status"] == "ok"), None)
         for r in rows:

@@ -9,6 +9,7 @@
       batch: [1, 4]
       tokens: [64]
       flip_rate: [0.02, 0.1]               # one SPEED flip rate for every exit (or flips: a profile or "0.09,0.04")
+      tp: [1, 2, 8]                        # tensor-parallel degree (as sim.run --tp; memory per GPU)
       set:                                 # hwconfig fields, as sim.run --set; "x0.5": times the hwconfig's value
         peak.dram_bandwidth_bytes_per_s: [x0.5, x1, x2]
     plots:
@@ -18,7 +19,7 @@
 
 `points:` (a list of mappings with the same keys) replaces `grid:` for hand-picked points. A scalar is an axis of
 one value. Axes left out take sim.run's defaults (hw a100, model t5-base-4x3, batch 1, tokens 128, dtype
-bfloat16, streams 1, flips: the model's profile). Every problem is a `SpecError` naming the file and the field:
+bfloat16, streams 1, tp 1, flips: the model's profile). Every problem is a `SpecError` naming the file and the field:
 the file is read within `sim.inputs`' bounds (a regular UTF-8 file of at most 1 MiB, no alias expansion bombs or
 deep nesting, no key given twice, integers in decimal), numbers must be finite, counts within MAX_AXIS.
 """
@@ -43,11 +44,11 @@ DTYPES = ("bfloat16", "float16", "float32")
 AXES: dict[str, list[Any]] = {
     "hw": [DEFAULT_HW], "model": ["t5-base-4x3"], "share": [None], "decoder": list(DECODERS), "launch": ["compiled"],
     "batch": [1], "tokens": [DEFAULT_TOKENS], "dtype": ["bfloat16"], "flips": [None], "flip_rate": [None],
-    "streams": [1],
+    "streams": [1], "tp": [1],
 }
 SCALE = re.compile(r"x\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)")  # "x0.5": half the hwconfig's value
 # the largest value of each count axis: far beyond any run worth sweeping (and sim.run's own limit on streams)
-MAX_AXIS = {"batch": MAX_BATCH, "tokens": MAX_TOKENS, "streams": 1024}
+MAX_AXIS = {"batch": MAX_BATCH, "tokens": MAX_TOKENS, "streams": 1024, "tp": 1 << 16}
 # points a spec may hold: a day's sweep on a 100-worker cluster at ~1 point/s per worker (a point takes 0.1 to a
 # few seconds); counted from the axes' lengths before any point is made
 MAX_POINTS = 100_000
@@ -76,6 +77,7 @@ class Point:
     flips: str | None
     flip_rate: float | None
     streams: int
+    tp: int
     sets: tuple[tuple[str, str], ...] = ()
 
     def axes(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Trace files: the contract between the decoder (which writes them) and the simulator (which reads them). The
-format, version 4 (versions 1 to 3 still read), its bounds and its error policy: sim/trace/FORMAT.md.
+format, version 5 (versions 1 to 4 still read), its bounds and its error policy: sim/trace/FORMAT.md.
 
 One concept per module: `limits` (format name, versions, bounds), `records` (the records and the in-memory
 `Trace`), `schema` (every field with its check), `checks` (the rules across an op's fields, and the checks of ops
@@ -7,7 +7,7 @@ built in code), `jsonl` (the file as strict JSON lines), `writer`, `reader` (ver
 `legacy` (versions 1 to 3), `synthetic` (traces built for single-op measurements). Import from `sim.trace`.
 """
 
-from sim.trace.checks import check_op, check_ops, validate
+from sim.trace.checks import check_op, check_ops, op_collective_bytes, validate
 from sim.trace.legacy import legacy_kind
 from sim.trace.limits import (
     DECODERS,
@@ -50,5 +50,5 @@ __all__ = [
     "MAX_NESTING", "MAX_SECONDS", "MAX_STAGES", "MIN_SECONDS", "READS_VERSIONS", "STAGE_KINDS", "TRACE_FORMAT",
     "TRACE_VERSION", "OpError", "OpRecord", "OpTable", "PathLike", "Scalar", "StageRecord", "Trace", "TraceError",
     "TraceHeader", "TraceWriter", "Triple", "body_key", "check_op", "check_ops", "gc_paused", "iter_records",
-    "legacy_kind", "one_op_trace", "read_checked", "read_trace", "validate", "write_trace",
+    "legacy_kind", "one_op_trace", "op_collective_bytes", "read_checked", "read_trace", "validate", "write_trace",
 ]

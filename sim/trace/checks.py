@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 
+from sim.opkinds import COLLECTIVE_OPS, DTYPE_BYTES, collective_bytes, split_fault
 from sim.trace.records import OpError, OpRecord, PathLike, StageRecord, Trace, TraceError, TraceHeader, body_values
 from sim.trace.schema import OP_IN_MEMORY, show
 
@@ -23,10 +24,38 @@ KERNEL_SHAPES = {
 }
 
 
+def collective_fault(op: OpRecord) -> tuple[str, str] | None:
+    """What the interconnect model needs of a collective (kind "collective": a known collective op, its group size
+    `ranks`, a dtype of known size and bytes it splits into whole elements per rank) or that an op of another kind
+    has no group size; None if it keeps these rules."""
+    if op.kind != "collective":
+        return None if op.ranks is None else ("ranks", f"expected null for a {op.kind} op (only a collective has a "
+                                              f"group size), got {show(op.ranks)}")
+    collective = COLLECTIVE_OPS.get(op.op)
+    if collective is None:
+        return "op", f"expected one of the collective ops {', '.join(COLLECTIVE_OPS)}, got {show(op.op)}"
+    if op.ranks is None:
+        return "ranks", "expected the collective's group size (an integer >= 1), got null"
+    if not op.in_dtypes or op.in_dtypes[0] not in DTYPE_BYTES:
+        return "in_dtypes", f"expected a collective's dtype, one of {', '.join(DTYPE_BYTES)}, got {show(op.in_dtypes)}"
+    fault = split_fault(collective, op_collective_bytes(op, collective), op.ranks, op.in_dtypes[0])
+    if fault is not None:
+        return "act_write_bytes" if collective == "all_gather" else "act_read_bytes", f"{collective}: {fault}"
+    return None
+
+
+def op_collective_bytes(op: OpRecord, collective: str) -> int:
+    """The bytes collective op `op` moves (`sim.opkinds.collective_bytes` of what it reads and writes)."""
+    return collective_bytes(collective, op.weight_bytes + op.act_read_bytes + op.kv_read_bytes,
+                            op.act_write_bytes + op.kv_write_bytes)
+
+
 def op_fault(op: OpRecord) -> tuple[str, str] | None:
     """The first rule across an op's fields that it breaks, as (field, problem); None if it keeps them all."""
     if op.srcs and len(op.srcs) != len(op.in_shapes):
         return "srcs", f"expected one distance per input ({len(op.in_shapes)}), got {show(op.srcs)}"
+    if op.kind == "collective" or op.ranks is not None:
+        return collective_fault(op)
     if op.kind in KERNEL_SHAPES:
         name, least, what = KERNEL_SHAPES[op.kind]
         shapes = getattr(op, name)

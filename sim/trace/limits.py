@@ -2,8 +2,10 @@
 (sim/trace/FORMAT.md, "Bounds")."""
 
 TRACE_FORMAT = "speed-sim-trace"
-TRACE_VERSION = 4
-READS_VERSIONS = (1, 2, 3, 4)  # 3: one record per executed op; 2: no seq, kind, kv, srcs; 1: no deps either
+TRACE_VERSION = 5
+# 4: no tensor-parallel fields (reads as one rank); 3: one record per executed op; 2: no seq, kind, kv, srcs; 1: no
+# deps either
+READS_VERSIONS = (1, 2, 3, 4, 5)
 DECODERS = ("sequential", "speed")
 STAGE_KINDS = ("encoder", "prefill", "decode", "speed")
 

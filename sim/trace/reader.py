@@ -26,8 +26,9 @@ from sim.trace.records import (
 from sim.trace.schema import (
     END_V4,
     HEADER,
+    HEADER_V4,
     MISSING,
-    OP_V4,
+    OP_BY_VERSION,
     STAGE_V4,
     WEIGHT,
     check,
@@ -56,11 +57,14 @@ def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
     if size is not None:  # name the size at fault
         raise TraceError(path, line, f"model.{size}", f"expected an integer >= {int(size != 'n_encoder_layers')}, "
                          f"got {show(model[size])}")
-    check(obj, HEADER, path, line)
+    check(obj, HEADER if obj["version"] >= 5 else HEADER_V4, path, line)
+    if obj.get("tp_rank", 0) >= obj.get("tp", 1):
+        raise TraceError(path, line, "tp_rank", f"expected a rank in 0..{obj['tp'] - 1} (tp {obj['tp']}), got "
+                         f"{obj['tp_rank']}")
     if len(obj["prompt_lens"]) != obj["batch"]:
         raise TraceError(path, line, "prompt_lens", f"expected one prompt length per sequence of the batch "
                          f"({obj['batch']}), got {len(obj['prompt_lens'])}")
-    return TraceHeader(**obj)
+    return TraceHeader(**obj)  # versions before 5: tp 1, rank 0 (TraceHeader's defaults)
 
 
 def _first(path: PathLike, lines: Iterator[tuple[int, bytes]]) -> TraceHeader:
@@ -82,6 +86,7 @@ class _CompactReader:
 
     def __init__(self, path: PathLike, header: TraceHeader) -> None:
         self.path, self.header = path, header
+        self.op_schema = OP_BY_VERSION[header.version]
         self.distinct: list[OpRecord] = []
         self._reach: list[int] = []  # per op record: how far back in its stage its srcs and deps reach
         self._lines: list[int] = []  # per op record: its line
@@ -110,13 +115,13 @@ class _CompactReader:
             raise TraceError(self.path, line + 1, None, "truncated: no end record")
 
     def _op(self, obj: dict[str, Any], line: int) -> None:
-        values = check(obj, OP_V4, self.path, line)
+        values = check(obj, self.op_schema, self.path, line)
         if values[0] != len(self.distinct):
             raise TraceError(self.path, line, "id",
                              f"expected {len(self.distinct)} (the number of op records before it), got {values[0]}")
         if values[0] >= MAX_EXECUTED:  # each op record is executed at least once
             raise TraceError(self.path, line, None, TOO_MANY_OPS)
-        op = OpRecord(values[0], -1, *values[1:])
+        op = OpRecord(values[0], -1, *values[1:])  # version 4: ranks None (OpRecord's default)
         check_op_record(op, self.header, (self.path, line))
         self.distinct.append(op)
         self._reach.append(max(max(op.srcs, default=0), max(op.deps or (0,))))

@@ -52,6 +52,8 @@ class TraceHeader:
     model: dict[str, Scalar]
     decoder: str
     dtype: str
+    tp: int = 1  # tensor-parallel degree: the ranks the model is sharded over (version 5; older versions: 1)
+    tp_rank: int = 0  # the rank whose ops the trace holds, in 0..tp - 1
     batch: int
     prompt_lens: list[int]
     max_new_tokens: int
@@ -95,6 +97,7 @@ class OpRecord:
     srcs: list[int]  # per input: distance back to the op of this stage that wrote it; 0: before the stage
     deps: list[int] | None = None  # distances back to the ops of this stage it must follow; None: program order
     duration_s: float | None = None
+    ranks: int | None = None  # a collective's group size (its process group's ranks); None: not a collective
 
 
 @dataclass(slots=True)
@@ -118,10 +121,12 @@ body_values = operator.attrgetter(*BODY_FIELDS)  # an op's BODY_FIELDS, as a tup
 def body_key(op: OpRecord) -> tuple:
     """Every field of an op but `i` and `stage`, hashable: two executions of one distinct op have equal keys."""
     (group, depth, layer, seq, rows, module, kind, name, in_shapes, in_dtypes, out_shapes, out_dtypes, flops,
-     weight_bytes, act_read, act_write, kv_read, kv_write, weights, kv, srcs, deps, duration_s) = body_values(op)
+     weight_bytes, act_read, act_write, kv_read, kv_write, weights, kv, srcs, deps, duration_s,
+     ranks) = body_values(op)
     return (group, depth, layer, seq, rows, module, kind, name, tuple(map(tuple, in_shapes)), tuple(in_dtypes),
             tuple(map(tuple, out_shapes)), tuple(out_dtypes), flops, weight_bytes, act_read, act_write, kv_read,
-            kv_write, tuple(weights), tuple(kv), tuple(srcs), None if deps is None else tuple(deps), duration_s)
+            kv_write, tuple(weights), tuple(kv), tuple(srcs), None if deps is None else tuple(deps), duration_s,
+            ranks)
 
 
 class OpTable:

@@ -155,6 +155,17 @@ class Schema:
     def without(self, *names: str) -> Schema:
         return Schema({k: c for k, c in self.fields.items() if k not in names})
 
+    def with_fields(self, added: dict[str, Field], after: str | None = None) -> Schema:
+        """These fields and `added` (a version's new fields), placed right after field `after` (default: last)."""
+        if after is None:
+            return Schema({**self.fields, **added})
+        out: dict[str, Field] = {}
+        for name, spec in self.fields.items():
+            out[name] = spec
+            if name == after:
+                out.update(added)
+        return Schema(out)
+
     def fault(self, values: tuple[Any, ...]) -> tuple[str, str] | None:
         """The first field whose value fails its check, and what it expected; None if none does."""
         for (name, (ok, desc)), v in zip(self.fields.items(), values):
@@ -163,7 +174,7 @@ class Schema:
         return None
 
 
-HEADER = Schema({
+HEADER_V4 = Schema({
     "format": _STR, "version": _NAT,
     "model": (_model, f"an object of scalars (numbers finite), its sizes ({', '.join(MODEL_SIZES)}) integers >= 1 "
               "where given"),
@@ -177,6 +188,9 @@ HEADER = Schema({
     "weights": (lambda v: type(v) is dict and all(map(weight, v.values())), f"an object of {{id: {WEIGHT}}}"),
     "measured": (lambda v: type(v) is bool, "true or false"), "command": _STR, "extra": _FREE,
 })
+# version 5: the tensor-parallel degree and the rank the trace is of, after the dtype (version 4 reads as one rank;
+# the reader checks tp_rank < tp)
+HEADER = HEADER_V4.with_fields({"tp": _POS, "tp_rank": _INDEX}, after="dtype")
 # an executed op (`OpRecord`, version 3)
 OP = Schema({
     "i": _NAT, "stage": _INDEX, "group": _OPT_INDEX, "depth": _OPT_INDEX, "layer": _OPT_INDEX, "seq": _OPT_INDEX,
@@ -203,8 +217,14 @@ OP_BODY = OP.without("i", "stage")  # an op wherever it runs: the fields of `OpR
 OP_V4 = Schema({"id": _NAT, **OP_BODY.fields})
 STAGE_V4 = Schema({**STAGE.fields, "ops": _OBJECT})
 END_V4 = Schema({**END.fields, "executed": _NAT})
-# an op in memory (`sim.trace.check_op`): as in a file, but deps may be None (program order, as version 1 reads)
-OP_IN_MEMORY = Schema({**OP_BODY.fields, "deps": (lambda v: v is None or _DEPS[0](v), f"null or {_DEPS[1]}")})
+# version 5: a collective's group size, null for every other op (sim.trace.checks: non-null exactly for kind
+# "collective"), after the duration
+OP_BODY_V5 = OP_BODY.with_fields({"ranks": _count(MAX_INDEX, "2**31 - 1", least=1, null=True)})
+OP_V5 = Schema({"id": _NAT, **OP_BODY_V5.fields})
+OP_BY_VERSION = {4: OP_V4, 5: OP_V5}  # version -> the schema of a compact op record
+# an op in memory (`sim.trace.check_op`): every field of `OpRecord` after i and stage, as the newest version has
+# them, but deps may be None (program order, as version 1 reads)
+OP_IN_MEMORY = Schema({**OP_BODY_V5.fields, "deps": (lambda v: v is None or _DEPS[0](v), f"null or {_DEPS[1]}")})
 
 # a record's "type" when it has none
 MISSING = object()
