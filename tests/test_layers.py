@@ -135,3 +135,27 @@ def test_the_simulators_command_lines_never_import_torch() -> None:
                 "sim.fitting.validate")
     code = "import sys; sys.modules['torch'] = None; " + "; ".join(f"import {m}" for m in commands)
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_readme_map_names_every_module() -> None:
+    """The README's map of the code (its Layout block) names every module of reference/ and sim/ in its folder's
+    row, so the map a newcomer reads first matches the tree."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("reference/                  1 decoder core"):]
+    block = block[:block.index("```")]
+    rows: dict[str, str] = {}  # folder -> the text of its row (continuation lines included)
+    for line in block.splitlines():
+        if not line.startswith(" "):
+            rows[line.split()[0].rstrip(",")] = ""
+            key = line.split()[0].rstrip(",")
+        rows[key] += " " + line
+    missing = []
+    for folder in ("reference/", "reference/capture/", "reference/experiments/", "sim/", "sim/fitting/"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            name = path.stem
+            if name in ("__init__", "__main__") or (folder in ("sim/", "reference/") and name in
+                                                    ("run", "bench", "demo")):
+                continue
+            if name not in rows.get(folder, "").replace(",", " ").split():
+                missing.append(folder + path.name)
+    assert not missing, f"README's Layout block does not name: {missing}"
