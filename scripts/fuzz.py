@@ -19,7 +19,9 @@ Classes of input (--only takes classes or groups):
   second output that fails), not-regular (special.py: pipes, sockets, devices, folders as every input),
   model-config (models.py: config.json and model YAML files), trace-fields (tracefields.py: the fields a
   projection does not use), measurements (measurements.py: measured times, microbenchmark results, devices),
-  sweep-ray (sweeps.py: x factors, plots, --ray-address), flags (flags.py: seeds, flips, derived names, counts).
+  sweep-ray (sweeps.py: x factors, plots, --ray-address), flags (flags.py: seeds, flips, derived names, counts);
+- parallel (parallel.py): tensor parallelism and quantization (sim.run --tp, the sweep's tp axis, a hwconfig's
+  interconnect section, reference.demo --tp and --quant, the fields trace format 5 adds).
 
 Outcomes (scripts/fuzzing/harness.py): accepted (exit 0, finite output, for an input that may be used); clear
 error (non-zero exit, one short line last that names the file or flag, and the field where the case knows
@@ -45,6 +47,7 @@ from scripts.fuzzing import (  # noqa: E402 (after the checkout is on the path)
     measurements,
     models,
     outputs,
+    parallel,
     special,
     sweeps,
     tracefields,
@@ -64,10 +67,10 @@ from scripts.fuzzing.harness import (  # noqa: E402
 from sim.command import check_outputs, integer, number, run_command  # noqa: E402
 from sim.files import atomic_write  # noqa: E402
 
-# issue 12's inputs and traces; issue 22's classes, one generator each
+# issue 12's inputs and traces; issue 22's classes, one generator each; tensor parallelism and quantization
 GENERATORS: tuple[Generator, ...] = (inputs.GENERATOR, traces.GENERATOR, work.GENERATOR, outputs.GENERATOR,
                                      special.GENERATOR, models.GENERATOR, tracefields.GENERATOR,
-                                     measurements.GENERATOR, sweeps.GENERATOR, flags.GENERATOR)
+                                     measurements.GENERATOR, sweeps.GENERATOR, flags.GENERATOR, parallel.GENERATOR)
 PROG = "python scripts/fuzz.py"
 
 

@@ -412,6 +412,19 @@ def test_damaged_tensor_parallel_records(tmp_path: Path, line: int, field: str, 
             check_op(op)
 
 
+@pytest.mark.parametrize("tp, ranks", [(1, 2), (3, 2), (16, 2), (2, 3), (2, 16)])
+def test_a_collective_is_of_the_headers_tensor_parallel_group(tmp_path: Path, tp: int, ranks: int) -> None:
+    """A collective's group size is the header's degree: a header of another degree than its collectives (or a
+    collective of another group) is refused at the first collective, naming its ranks and the header's tp."""
+    path = write(tmp_path / "t.jsonl.gz", tp_trace())
+    lines = lines_of(path)
+    lines[0]["tp"], lines[0]["tp_rank"] = tp, 0
+    for record in lines[1:]:
+        if record.get("ranks") is not None:
+            record["ranks"] = ranks
+    expect_error(rewrite(path, lines), 3, "ranks", f"expected the header's tensor-parallel degree (tp {tp})")
+
+
 def test_an_op_record_no_stage_uses_and_records_after_the_end(tmp_path: Path) -> None:
     path = write(tmp_path / "t.jsonl.gz", make_trace())
     lines = lines_of(path)

@@ -306,8 +306,10 @@ def test_values_no_run_has(tmp_path: Path, name: str, where: str, path: tuple, r
     ("all_reduce", ("ranks",), "null", "ranks", "expected the collective's group size"),
     ("all_reduce", ("ranks",), "0", "ranks", "expected an integer in 1..2**31 - 1 or null"),
     ("all_reduce", ("ranks",), str(2**31), "ranks", "expected an integer in 1..2**31 - 1 or null"),
-    ("all_reduce", ("in_dtypes",), '["str"]', "in_dtypes", "expected a collective's dtype"),
-    ("all_gather", ("ranks",), "3", "act_write_bytes", "for each of 3 ranks"),
+    ("all_reduce", ("in_dtypes",), '["str"]', "in_dtypes", "expected a list of dtypes, each one of"),
+    ("all_reduce", ("in_dtypes",), '[]', "in_dtypes", "expected a collective's dtype"),
+    ("all_gather", ("ranks",), "3", "ranks", "expected the header's tensor-parallel degree (tp 2)"),
+    ("all_gather", ("act_write_bytes",), "104", "act_write_bytes", "for each of 2 ranks"),
     ("all_gather", ("op",), '"_c10d_functional.all_to_all_single.default"', "op", "expected one of the collective"),
     ("matmul", ("ranks",), "2", "ranks", "expected null for a matmul op"),
 ])
@@ -327,6 +329,7 @@ def test_a_tensor_parallel_trace_with_a_group_beyond_the_node_is_refused_naming_
     naming the hwconfig and its interconnect.devices_per_node (not a traceback, not a NaN)."""
     lines = list(base("v5-tp"))
     records = [json.loads(x) for x in lines]
+    records[0]["tp"] = 16  # the header's degree: its collectives' group size
     for r in records:
         if r.get("kind") == "collective":
             r["ranks"] = 16

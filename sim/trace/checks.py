@@ -71,6 +71,9 @@ def check_op_record(op: OpRecord, header: TraceHeader, where: tuple[PathLike, in
             raise TraceError(*where, "weights", f"unknown weight id {w!r} (not in the header's weights)")
     if op.duration_s is None and header.measured:
         raise TraceError(*where, "duration_s", "expected a number >= 0 in a measured trace, got null")
+    if op.ranks is not None and op.ranks != header.tp:  # a trace's collectives are its tensor-parallel group's
+        raise TraceError(*where, "ranks", f"expected the header's tensor-parallel degree (tp {header.tp}) as a "
+                         f"collective's group size, got {show(op.ranks)}")
     fault = op_fault(op)
     if fault is not None:
         raise TraceError(*where, *fault)
