@@ -26,6 +26,7 @@ from reference.capture.microbench import DecodeSweep, head_layouts, run_microben
 from reference.config import get_preset
 from sim.fitting import validate
 from sim.fitting.calibrate import microbench_traces
+from sim.fitting.microbench import check_microbench
 from sim.hardware import load_hwconfig
 from sim.trace import read_checked
 
@@ -239,6 +240,7 @@ def test_decode_sweeps_rows_and_schema() -> None:
     assert "copy" not in result and "all_reduce" not in result  # only what was asked
     plain = run_microbenchmarks("cpu", progress=False, resources=False, all_reduce=False)
     assert not {"decode_gemm", "decode_attention"} & set(plain)  # not run unless selected
+    assert check_microbench(json.loads(json.dumps(result)), "decode sweeps") == result  # of the one format read back
 
 
 def test_validate_reads_decode_rows_and_says_what_it_cannot_model(tmp_path: Path,

@@ -51,7 +51,7 @@ def sweep_cases() -> list[Case]:
     """The sweep's `tp` axis, refused when the spec is read (`sim.sweep --list`)."""
     axes = {"[0]": ("reject", "tp"), "[-1]": ("reject", "tp"), "[2.5]": ("reject", "tp"), "['2']": ("reject", "tp"),
             "[true]": ("reject", "tp"), "[.nan]": ("reject", "tp"), "[1e999]": ("reject", "tp"),
-            f"[{MAX_TP + 1}]": ("reject", "tp"), "[" + "9" * 400 + "]": ("reject", "tp"), "2": ("reject", "tp"),
+            f"[{MAX_TP + 1}]": ("reject", "tp"), "[" + "9" * 400 + "]": ("reject", "tp"), "2": ("accept", ""),
             "[]": ("reject", "tp"), "[null]": ("reject", "tp"), "{a: 1}": ("reject", "tp"),
             "[1, 1]": ("reject", "tp"), "[4]": ("reject", "n_kv_heads"), "[16]": ("reject", "devices_per_node"),
             "[1, 2]": ("accept", "")}
@@ -60,6 +60,8 @@ def sweep_cases() -> list[Case]:
     no_link = GOOD_SPEC.replace("[a100]", "[a100, jetson-orin]") + "  tp: [2]\n"
     cases.append(spec_case("tp: [2] on a chip with no interconnect", no_link, ("--list",), "reject",
                            ("interconnect",)))
+    for case in cases:  # spec_case makes a case of the sweep class
+        case.kind = KIND
     return cases
 
 

@@ -151,14 +151,26 @@ def _axes(path: Path, raw: Any, where: str) -> dict[str, list[Any]]:
                 raise SpecError(path, f"{where}.set", "expected a mapping of hwconfig field to values")
             for key, v in values.items():
                 field = f"{where}.set.{key}"
-                axes[f"set.{key}"] = [_check(path, f"set.{key}", x, field) for x in _values(path, field, v)]
+                axes[f"set.{key}"] = _distinct(path, field, [_check(path, f"set.{key}", x, field)
+                                                             for x in _values(path, field, v)])
         elif name in AXES:
-            axes[name] = [_check(path, name, x, f"{where}.{name}") for x in _values(path, f"{where}.{name}", values)]
+            field = f"{where}.{name}"
+            axes[name] = _distinct(path, field, [_check(path, name, x, field) for x in _values(path, field, values)])
         else:
             raise SpecError(path, f"{where}.{name}", f"unknown axis; axes: {', '.join(AXES)}, set")
     if axes["flips"] != [None] and axes["flip_rate"] != [None]:
         raise SpecError(path, f"{where}.flip_rate", "give flips or flip_rate, not both")
     return axes
+
+
+def _distinct(path: Path, where: str, values: list[Any]) -> list[Any]:
+    """`values` (checked: scalars) if no value is given twice; else a SpecError naming the axis and the value."""
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise SpecError(path, where, f"{brief(value)} given twice: each value of an axis makes its own points")
+        seen.add(value)
+    return values
 
 
 def _count_points(path: Path, field: str, listed: list[dict[str, list[Any]]]) -> None:
