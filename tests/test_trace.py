@@ -228,16 +228,19 @@ stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triple
 
 @given(st.lists(op_records | st.builds(lambda *a: dataclasses.replace(collective(0, *a), srcs=[0], deps=[]),
                                        st.integers(0, 3), st.sampled_from([ALL_REDUCE, ALL_GATHER]),
-                                       st.integers(1, 64), st.integers(0, 100)), min_size=1, max_size=6),
+                                       st.shared(st.integers(1, 64), key="tp"), st.integers(0, 100)),
+                min_size=1, max_size=6),
        st.lists(st.tuples(st.lists(st.integers(0, 5), max_size=8), stage_records), min_size=1, max_size=6))
 def test_random_records_round_trip(pool: list[OpRecord], stages: list[tuple[list[int], StageRecord]]) -> None:
-    """Stages drawn from a small pool of ops, so that ops and whole stages repeat (runs, like, set)."""
+    """Stages drawn from a small pool of ops, so that ops and whole stages repeat (runs, like, set); the
+    collectives of one group size, the header's degree."""
     ops, records = [], []
     for s, (picks, record) in enumerate(stages):
         ops += [dataclasses.replace(pool[p % len(pool)], i=len(ops) + k, stage=s,
                                     deps=[d for d in pool[p % len(pool)].deps if d <= k]) for k, p in enumerate(picks)]
         records.append(dataclasses.replace(record, stage=s))
-    trace = Trace(dataclasses.replace(make_header(), max_new_tokens=64), ops, records)  # 6 stages of 4 commits
+    tp = next((op.ranks for op in pool if op.ranks is not None), 1)  # one group: the header's degree
+    trace = Trace(dataclasses.replace(make_header(), max_new_tokens=64, tp=tp), ops, records)  # 6 stages of 4 commits
     with tempfile.TemporaryDirectory() as d:
         back = read_trace(write(Path(d) / "t.jsonl.gz", trace))
         assert back == trace and back.ops == ops
