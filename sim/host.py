@@ -37,12 +37,7 @@ def _read(path: Path) -> str | None:
 def _available() -> int | None:
     """MemAvailable, else the physical memory."""
     kb = _meminfo_kb(_read(MEMINFO) or "", "MemAvailable")
-    if kb is not None:
-        return kb * 1024
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
+    return kb * 1024 if kb is not None else physical_bytes()
 
 
 def _cgroup_room() -> int | None:
@@ -53,7 +48,15 @@ def _cgroup_room() -> int | None:
     return max(0, int(limit) - int(used))
 
 
-def _address_space_room() -> int | None:
+def physical_bytes() -> int | None:
+    """This host's physical memory (None where os.sysconf cannot say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def address_space_room() -> int | None:
     """RLIMIT_AS less the address space already mapped (None: unlimited)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
@@ -64,7 +67,7 @@ def _address_space_room() -> int | None:
 
 def memory_bytes() -> int | None:
     """The bytes this process may still allocate (the module docstring), or None where nothing says."""
-    known = [b for b in (_available(), _cgroup_room(), _address_space_room()) if b is not None]
+    known = [b for b in (_available(), _cgroup_room(), address_space_room()) if b is not None]
     return min(known) if known else None
 
 

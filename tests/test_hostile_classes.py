@@ -500,7 +500,18 @@ def test_many_flip_rates_are_one_short_line(capsys):
 def test_the_address_space_limit_is_real():
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     assert host.memory_bytes() is None or host.memory_bytes() > 0
-    assert soft == resource.RLIM_INFINITY or host._address_space_room() <= soft
+    assert soft == resource.RLIM_INFINITY or host.address_space_room() <= soft
+
+
+def test_ray_is_not_joined_where_the_address_space_cannot_map_its_object_store(monkeypatch):
+    """Under a `ulimit -v` below a Ray node's default object store Ray aborts in C++ (shared_memory.cc: mmap
+    failed) on joining; the sweep refuses first, in one line naming the flag and the limit."""
+    monkeypatch.setattr(runner, "address_space_room", lambda: 4 << 30)
+    monkeypatch.setattr(runner, "physical_bytes", lambda: 64 << 30)
+    with pytest.raises(ValueError, match=r"--ray-address auto: this process may map only 4.29 GB more \(ulimit -v\)"):
+        runner.check_address_space("--ray-address auto")
+    monkeypatch.setattr(runner, "address_space_room", lambda: None)  # unlimited
+    runner.check_address_space("--ray-address auto")
 
 
 def test_a_refused_token_says_how_to_join_a_cluster_that_authenticates():

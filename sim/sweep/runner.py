@@ -29,6 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sim.host import address_space_room, gigabytes, physical_bytes
 from sim.inputs import brief
 from sim.provider import trace_files
 from sim.sweep.journal import Journal
@@ -97,6 +98,21 @@ def _join_error(ray: Any, err: Exception) -> str:
     return " ".join(str(err).split())[:300]
 
 
+# A Ray node's object store, by default 30% of its memory (ray._private.ray_constants
+# DEFAULT_OBJECT_STORE_MEMORY_PROPORTION), is shared memory that every process joining the node maps whole
+RAY_OBJECT_STORE_SHARE = 0.3
+
+
+def check_address_space(flag: str) -> None:
+    """A ValueError naming `flag` where this process's address-space limit (`ulimit -v`) cannot map a Ray node's
+    default object store: Ray would abort in C++ (`shared_memory.cc: mmap failed`), not raise."""
+    room, host = address_space_room(), physical_bytes()
+    if room is not None and host is not None and room < RAY_OBJECT_STORE_SHARE * host:
+        raise ValueError(f"{flag}: this process may map only {gigabytes(room)} more (ulimit -v), less than a Ray "
+                         f"node's object store ({RAY_OBJECT_STORE_SHARE:.0%} of this host's {gigabytes(host)}), which "
+                         "joining Ray maps: raise the limit (ulimit -v unlimited)")
+
+
 def start_ray(address: str | None, workers: int | None) -> int:
     """Connect to the cluster at `address` (checked first: `check_address`, and that it answers), or start a
     small local Ray instance; the number of workers to use (`workers`, or every CPU Ray has). A ValueError naming
@@ -112,11 +128,13 @@ def start_ray(address: str | None, workers: int | None) -> int:
             where = check_address(address)
             if where is not None:
                 _answers(address, *where)
+            check_address_space(f"--ray-address {brief(address)}")
             try:
                 ray.init(address=address, logging_level="ERROR", log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as err:  # no cluster there
                 raise ValueError(f"--ray-address {brief(address)}: {_join_error(ray, err)}") from None
         else:
+            check_address_space("sim.sweep (a local Ray instance)")
             ray.init(num_cpus=max(workers or 0, cores), include_dashboard=False, logging_level="ERROR",
                      log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
