@@ -11,9 +11,34 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import reprlib
 from dataclasses import dataclass
 
 FFN_KINDS = ("gated-gelu", "swiglu")
+# Each size's bounds and why: far beyond any published decoder (the largest dense models have d_model 18,432 and
+# d_ff 73,728 (PaLM 540B), 126 layers (Llama 3.1 405B), 128 heads, vocabularies of 262,144 (Gemma 3) and
+# context windows of 128k positions), and small enough that no tensor's size, no FLOP or byte count a trace
+# holds overflows (sim.trace.limits), and that building the model's modules on the meta device takes seconds.
+SIZES = {
+    "vocab_size": (1, 1 << 22, "4M tokens"), "d_model": (1, 1 << 17, "131,072 wide"),
+    "n_heads": (1, 1 << 12, "4,096 heads"), "n_kv_heads": (1, 1 << 12, "4,096 heads"),
+    "d_ff": (1, 1 << 19, "524,288 wide"), "n_unique_layers": (1, 1 << 12, "4,096 blocks"),
+    "n_groups": (1, 1 << 12, "4,096 applications"), "n_encoder_layers": (0, 1 << 12, "4,096 blocks"),
+    "max_seq_len": (1, 1 << 22, "4M positions: the rotary tables alone are 2 GB"),
+}
+# the norm's epsilon and the RoPE base: published models use 1e-12..1e-5 and 1e4..1e7
+NUMBERS = {"norm_eps": (1e-12, 1e-2, "an RMSNorm epsilon"), "rope_theta": (1.0, 1e10, "a RoPE base")}
+MAX_DEPTH = 1 << 12  # layers a token passes through, Nd x G: 4,096 (the deepest published decoder has 126)
+MAX_PARAMETERS = 1 << 41  # 2.2e12: four times the largest dense model (PaLM, 540B)
+
+
+class ConfigError(ValueError):
+    """A ModelConfig field that cannot be: `field` names it (a ModelConfig field, or "parameters" for the size
+    of the whole), `problem` says why (values cut short: an error never prints a long one)."""
+
+    def __init__(self, name: object, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"ModelConfig {reprlib.repr(name)}, field {field!r}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -37,35 +62,48 @@ class ModelConfig:
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "d_model", "n_heads", "n_kv_heads", "d_ff", "n_unique_layers", "n_groups",
-                    "max_seq_len")
-        for field in positive:
+        for field, (least, most, reason) in SIZES.items():
             value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ModelConfig {self.name!r}: {field} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.n_encoder_layers, int) or self.n_encoder_layers < 0:
-            raise ValueError(f"ModelConfig {self.name!r}: n_encoder_layers must be an integer >= 0, "
-                             f"got {self.n_encoder_layers!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"ModelConfig {self.name!r}: d_model ({self.d_model}) must be divisible by n_heads "
-                             f"({self.n_heads}); allowed n_heads: divisors of d_model")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"ModelConfig {self.name!r}: n_heads ({self.n_heads}) must be divisible by "
-                             f"n_kv_heads ({self.n_kv_heads})")
-        if self.head_dim % 2:
-            raise ValueError(f"ModelConfig {self.name!r}: head_dim = d_model / n_heads = {self.head_dim} must be "
-                             "even for rotary position embeddings")
+            if type(value) is not int or not least <= value <= most:
+                raise ConfigError(self.name, field, f"expected an integer in {least}..{most:,} ({reason}), got "
+                                  f"{reprlib.repr(value)}")
+        self._check_shapes()
+        for field, (least, most, reason) in NUMBERS.items():
+            value = getattr(self, field)
+            if type(value) not in (int, float) or not least <= value <= most:  # NaN fails both comparisons
+                raise ConfigError(self.name, field, f"expected a number in [{least:g}, {most:g}] ({reason}), got "
+                                  f"{reprlib.repr(value)}")
+        if not isinstance(self.name, str) or not self.name.strip() or not self.name.isprintable():
+            raise ConfigError(self.name, "name", "expected a name: a string of printable characters")
         if self.ffn not in FFN_KINDS:
-            raise ValueError(f"ModelConfig {self.name!r}: ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+            raise ConfigError(self.name, "ffn", f"expected one of {FFN_KINDS}, got {reprlib.repr(self.ffn)}")
         for field in ("tie_embeddings", "qkv_bias"):
             if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"ModelConfig {self.name!r}: {field} must be true or false, got "
-                                 f"{getattr(self, field)!r}")
+                raise ConfigError(self.name, field, f"expected true or false, got {reprlib.repr(getattr(self, field))}")
         for field in ("eos_id", "decoder_start_id"):
             value = getattr(self, field)
-            if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(f"ModelConfig {self.name!r}: {field} must be in [0, {self.vocab_size}), "
-                                 f"got {value!r}")
+            if value is not None and (type(value) is not int or not 0 <= value < self.vocab_size):
+                raise ConfigError(self.name, field, f"expected a token id in [0, {self.vocab_size}), got "
+                                  f"{reprlib.repr(value)}")
+        if self.parameters > MAX_PARAMETERS:
+            raise ConfigError(self.name, "parameters", f"{self.parameters:.3g} parameters (d_model {self.d_model}, "
+                              f"d_ff {self.d_ff}, {self.n_unique_layers} unique layers, vocabulary {self.vocab_size})"
+                              f": more than {MAX_PARAMETERS:.3g}, beyond any dense model")
+
+    def _check_shapes(self) -> None:
+        """The sizes that must divide one another."""
+        if self.d_model % self.n_heads:
+            raise ConfigError(self.name, "n_heads", f"d_model ({self.d_model}) must be divisible by n_heads "
+                              f"({self.n_heads}); allowed n_heads: divisors of d_model")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(self.name, "n_kv_heads", f"n_heads ({self.n_heads}) must be divisible by n_kv_heads "
+                              f"({self.n_kv_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(self.name, "n_heads", f"head_dim = d_model / n_heads = {self.head_dim} must be even "
+                              "for rotary position embeddings")
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(self.name, "n_groups", f"depth Nd x G = {self.n_unique_layers} x {self.n_groups} = "
+                              f"{self.depth:,} layers: more than {MAX_DEPTH:,}")
 
     @property
     def depth(self) -> int:
@@ -75,6 +113,18 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def parameters(self) -> int:
+        """The model's parameters (`SharedDecoder`'s, whole): embedding, the unique decoder blocks (and encoder
+        blocks) with their norms, the final norm(s), an untied LM head."""
+        d, kv = self.d_model, self.n_kv_heads * self.head_dim
+        attention = d * d * 2 + 2 * d * kv + (d + 2 * kv if self.qkv_bias else 0)
+        block = attention + 3 * d * self.d_ff + 2 * d  # q, k, v, o; gate, up, down; two norms
+        cross = (4 * d * d + d) if self.is_encoder_decoder else 0  # cross-attention (all heads) and its norm
+        encoder = self.n_encoder_layers * block + (d if self.is_encoder_decoder else 0)
+        return (self.vocab_size * d * (1 if self.tie_embeddings else 2) + self.n_unique_layers * (block + cross)
+                + encoder + d)
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -156,14 +206,15 @@ def get_preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; allowed presets: {', '.join(PRESETS)}") from None
+        raise ValueError(f"unknown model preset {reprlib.repr(name)}; allowed presets: {', '.join(PRESETS)}") from None
 
 
 def parse_share(text: str) -> tuple[int, int]:
     """"NdxG" (e.g. "8x4") -> (Nd, G); a ValueError says what is expected."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or int(match[1]) < 1 or int(match[2]) < 1:
-        raise ValueError(f"expected NdxG with integers >= 1 (e.g. 8x4: 8 unique blocks applied 4 times), got {text!r}")
+        raise ValueError(f"expected NdxG with integers >= 1 (e.g. 8x4: 8 unique blocks applied 4 times), got "
+                         f"{reprlib.repr(text)}")
     return int(match[1]), int(match[2])
 
 

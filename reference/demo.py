@@ -45,9 +45,11 @@ from reference.config import PRESETS, ModelConfig, get_preset
 from reference.model import SharedDecoder
 from reference.parallel import TensorParallel, check_degree, shard
 from reference.pipeline import PipelineStats
-from sim.command import integer, number, run_command
+from sim.command import MAX_SEED, integer, number, random_seed, run_command
+from sim.host import check_room
 
 REPEATS = 3  # warm runs timed per decoder with --compile
+HOST_SHARE = 0.5  # of the host memory a process may hold (sim.host): the rest is torch's, the decoders' and the OS's
 Say = Callable[[str], None]
 
 
@@ -69,7 +71,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ModelConfig]:
     parser.add_argument("--tokens", type=integer(1), default=48, help="tokens to generate (default 48)")
     parser.add_argument("--prompt-len", type=integer(1), default=8, help="prompt length in tokens (default 8; "
                         "prompt + tokens - 1 must fit the preset's max_seq_len)")
-    parser.add_argument("--seed", type=integer(0), default=0, help="seed of the random weights and prompt (default 0)")
+    parser.add_argument("--seed", type=random_seed(), default=0, help="seed of the random weights and prompt (default "
+                        f"0; at most 2**64 - 1 = {MAX_SEED})")
     parser.add_argument("--quant", metavar="SCHEME",
                         help="quantize the block projections' weights first (reference.quant), once, from the float "
                         f"weights: one of {', '.join(quant.SCHEMES)}; both decoders then decode the quantized model")
@@ -87,6 +90,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ModelConfig]:
                         "reference.demo --tp N; it must divide the preset's heads, KV heads and d_ff")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to decode (default cpu); with --tp: gloo on cpu, NCCL on cuda (GPU LOCAL_RANK)")
+    parser.add_argument("--force", action="store_true", help="decode even where the run's estimated host memory "
+                        f"passes {HOST_SHARE:.0%} of what this process may hold (it may then be killed out of memory)")
     parser.add_argument("--timeout-s", type=number(1), default=120.0,
                         help="with --tp: seconds a collective waits for the other ranks before it fails (default "
                         "120): a rank that dies or hangs stops the others within this")
@@ -112,7 +117,24 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, ModelConfig]:
     if needed > cfg.max_seq_len or args.prompt_len > cfg.max_seq_len:
         parser.error(f"--prompt-len {args.prompt_len} and --tokens {args.tokens}: {cfg.name} holds "
                      f"{cfg.max_seq_len} positions (max_seq_len); a decoder-only run needs prompt + tokens - 1")
+    if not args.force:
+        try:
+            check_room(f"{cfg.name} in {args.dtype} ({cfg.parameters:,} parameters" + (
+                f", a whole copy in each of {args.tp} ranks" if args.tp > 1 else "") + ")",
+                host_bytes(cfg, args), HOST_SHARE)
+        except ValueError as err:
+            parser.error(f"--preset {args.preset}: {err}; give --force to try anyway")
     return args, cfg
+
+
+def host_bytes(cfg: ModelConfig, args: argparse.Namespace) -> int:
+    """The host memory a demo run holds, estimated before building the model: its weights (every rank builds the
+    whole model before sharding it), the KV cache of the longest run, and the rotary tables (built in float64)."""
+    size = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    positions = args.prompt_len + args.tokens
+    cache = 2 * cfg.depth * cfg.n_kv_heads * positions * cfg.head_dim * size
+    rope = cfg.max_seq_len * cfg.head_dim // 2 * (2 * size + 3 * 8)
+    return args.tp * (cfg.parameters * size + cache + rope)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import reprlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,7 +63,8 @@ class FlipOracle:
         profiles = load_profiles(path)
         if name not in profiles:
             where = path if path is not None else f"{PROFILES_DIR}/*.yaml"
-            raise ValueError(f"flip profile file {where}: no profile {name!r}; profiles: {', '.join(profiles)}")
+            raise ValueError(f"flip profile file {where}: no profile {reprlib.repr(name)}; profiles: "
+                             f"{', '.join(profiles)}")
         file, rates, source = profiles[name]
         return cls(rates, vocab_size, seed, avoid, source=f"{file.name}:{name} ({source})")
 
@@ -93,9 +95,11 @@ def default_profile(name: str, groups: int) -> str:
     for other, (file, rates, _) in profiles.items():
         if file == PAPER_PROFILES and len(rates) == groups - 1 and not other.startswith("task-"):
             return other
-    raise ValueError(f"no flip profile for {name} (G = {groups}) in {PROFILES_DIR}, and none of the paper's has "
-                     f"G - 1 = {groups - 1} rates: give the flips as {groups - 1} rates per exit (e.g. "
-                     f"{','.join(['0.05'] * (groups - 1))}) or a profile name")
+    example = ",".join(["0.05"] * min(groups - 1, 4)) + (",..." if groups > 5 else "")
+    shown = name if len(name) <= 60 else reprlib.repr(name)
+    raise ValueError(f"no flip profile for {shown} (G = {groups}) in {PROFILES_DIR}, and none of the "
+                     f"paper's has G - 1 = {groups - 1} rates: give the flips as {groups - 1} rates per exit (e.g. "
+                     f"{example}) or a profile name")
 
 
 class FlipReplay:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 from pathlib import Path
 from typing import Any
 
-from reference.config import ModelConfig, parse_share, shared_variant
+from reference.config import ConfigError, ModelConfig, parse_share, shared_variant
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 REQUIRED = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
@@ -33,6 +34,12 @@ REQUIRED = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidd
 MAX_POSITIONS_DEFAULT = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768}
 RMS_NORM_EPS_DEFAULT = 1e-6
 ROPE_THETA_DEFAULT = 10000.0
+# ModelConfig's field -> the config.json field it is read from: an error names the user's field
+HF_FIELDS = {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_heads": "num_attention_heads",
+             "n_kv_heads": "num_key_value_heads", "d_ff": "intermediate_size", "n_unique_layers": "num_hidden_layers",
+             "max_seq_len": "max_position_embeddings", "norm_eps": "rms_norm_eps", "rope_theta": "rope_theta",
+             "eos_id": "eos_token_id", "tie_embeddings": "tie_word_embeddings", "name": "_name_or_path",
+             "parameters": "hidden_size, intermediate_size, num_hidden_layers, vocab_size (parameters)"}
 
 
 class HfConfigError(ValueError):
@@ -47,16 +54,16 @@ def _model_type(path: Path, raw: dict[str, Any]) -> str:
     kind = raw.get("model_type")
     archs = raw.get("architectures")
     if archs is not None and (not isinstance(archs, list) or len(archs) != 1):
-        raise HfConfigError(path, "architectures", f"expected one architecture, got {archs!r}")
+        raise HfConfigError(path, "architectures", f"expected one architecture, got {reprlib.repr(archs)}")
     if kind is None and archs:
         kind = next((k for k, a in ARCHITECTURES.items() if a == archs[0]), archs[0])
     if kind is None:
         raise HfConfigError(path, "model_type", "missing (and no 'architectures' to tell it)")
     if kind not in ARCHITECTURES:
-        raise HfConfigError(path, "model_type", f"architecture {kind!r} is not represented; supported: "
+        raise HfConfigError(path, "model_type", f"architecture {reprlib.repr(kind)} is not represented; supported: "
                             f"{', '.join(ARCHITECTURES)} (the Llama family)")
     if archs and archs[0] != ARCHITECTURES[kind]:
-        raise HfConfigError(path, "architectures", f"{archs[0]!r} does not match model_type {kind!r} "
+        raise HfConfigError(path, "architectures", f"{reprlib.repr(archs[0])} does not match model_type {kind!r} "
                             f"({ARCHITECTURES[kind]} expected)")
     return kind
 
@@ -66,21 +73,21 @@ def _integer(path: Path, raw: dict[str, Any], field: str, default: int | None = 
     if value is None:
         raise HfConfigError(path, field, "missing")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HfConfigError(path, field, f"expected an integer >= 1, got {value!r}")
+        raise HfConfigError(path, field, f"expected an integer >= 1, got {reprlib.repr(value)}")
     return value
 
 
 def _number(path: Path, raw: dict[str, Any], field: str, default: float) -> float:
     value = raw.get(field, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise HfConfigError(path, field, f"expected a finite number > 0, got {value!r}")
+        raise HfConfigError(path, field, f"expected a finite number > 0, got {reprlib.repr(value)}")
     return float(value)
 
 
 def _flag(path: Path, raw: dict[str, Any], field: str, default: bool) -> bool:
     value = raw.get(field, default)
     if not isinstance(value, bool):
-        raise HfConfigError(path, field, f"expected true or false, got {value!r}")
+        raise HfConfigError(path, field, f"expected true or false, got {reprlib.repr(value)}")
     return value
 
 
@@ -88,14 +95,15 @@ def _refuse_unrepresented(path: Path, raw: dict[str, Any], kind: str, d_model: i
     """Fields whose values change what the model computes in ways the reference decoder does not."""
     act = raw.get("hidden_act", "silu")
     if act != "silu":
-        raise HfConfigError(path, "hidden_act", f"{act!r} is not represented: the reference FFN is SwiGLU (silu)")
+        raise HfConfigError(path, "hidden_act", f"{reprlib.repr(act)} is not represented: the reference FFN is "
+                            "SwiGLU (silu)")
     if raw.get("rope_scaling") is not None:
-        raise HfConfigError(path, "rope_scaling", f"{raw['rope_scaling']!r} is not represented: the reference "
-                            "decoder's rotary embedding is unscaled")
+        raise HfConfigError(path, "rope_scaling", f"{reprlib.repr(raw['rope_scaling'])} is not represented: the "
+                            "reference decoder's rotary embedding is unscaled")
     head_dim = raw.get("head_dim")
     if head_dim is not None and head_dim != d_model // heads:
-        raise HfConfigError(path, "head_dim", f"{head_dim!r} differs from hidden_size / num_attention_heads = "
-                            f"{d_model // heads}: not represented")
+        raise HfConfigError(path, "head_dim", f"{reprlib.repr(head_dim)} differs from hidden_size / "
+                            f"num_attention_heads = {d_model // heads}: not represented")
     for field in ("attention_bias", "mlp_bias"):
         if kind != "qwen2" and _flag(path, raw, field, False):
             raise HfConfigError(path, field, "biases are not represented outside Qwen2's query/key/value projections")
@@ -115,7 +123,8 @@ def _eos(path: Path, raw: dict[str, Any], vocab: int) -> int | None:
     if isinstance(eos, list):
         eos = eos[0] if eos else None
     if eos is not None and (isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < vocab):
-        raise HfConfigError(path, "eos_token_id", f"expected a token id in [0, {vocab}), got {raw['eos_token_id']!r}")
+        raise HfConfigError(path, "eos_token_id", f"expected a token id in [0, {vocab}), got "
+                            f"{reprlib.repr(raw['eos_token_id'])}")
     return eos
 
 
@@ -151,8 +160,8 @@ def from_hf_dict(raw: Any, path: str | os.PathLike[str] = "<config>", name: str 
         return ModelConfig(name=name or model_name(path, raw), vocab_size=vocab, d_model=d_model, n_heads=heads,
                            n_kv_heads=kv_heads, d_ff=d_ff, n_unique_layers=layers, n_groups=1, ffn="swiglu",
                            qkv_bias=kind == "qwen2", **fields)
-    except ValueError as err:  # anything ModelConfig itself refuses
-        raise HfConfigError(path, None, str(err)) from None
+    except ConfigError as err:  # anything ModelConfig itself refuses: named by the config.json field
+        raise HfConfigError(path, HF_FIELDS.get(err.field, err.field), err.problem) from None
 
 
 def _no_constant(name: str) -> None:

@@ -2,9 +2,10 @@
 the command's `main(argv)` in a forked child (a time limit and an address-space limit: a hang or a memory bomb
 costs one case), and its outcome is classified and tabulated per class of input.
 
-    python scripts/fuzz.py                                  # every class, ~1,300 cases (a few minutes on 2 cores)
+    python scripts/fuzz.py                                  # every class, ~2,100 cases
     python scripts/fuzz.py --only inputs --show unclear traceback   # one group, and the cases behind two columns
     python scripts/fuzz.py --only trace --trace-cases 1000 --seed 3 --json out/fuzz.json
+    python scripts/fuzz.py --only work outputs --match fifo "given twice"   # cases whose names hold either
 
 Classes of input (--only takes classes or groups):
 
@@ -12,7 +13,15 @@ Classes of input (--only takes classes or groups):
   `sim.run --hw`), cli (flag values, model configs and sweep specs through every command line that takes them),
   measured-header (a measured trace's header through `sim.fitting.validate`);
 - traces (scripts/fuzzing/traces.py): trace (default traces mutated, through `sim.run --trace`), measured-trace
-  (a measured trace mutated, through `sim.fitting.validate --measured`); drawn cases seeded by --seed.
+  (a measured trace mutated, through `sim.fitting.validate --measured`); drawn cases seeded by --seed;
+- issue 22's classes, a generator each (a group of one class): work (work.py: sizes, counts, grids and models
+  beyond any real run), outputs (outputs.py: the same file twice, an output over an input, unwritable places, a
+  second output that fails), not-regular (special.py: pipes, sockets, devices, folders as every input),
+  model-config (models.py: config.json and model YAML files), trace-fields (tracefields.py: the fields a
+  projection does not use), measurements (measurements.py: measured times, microbenchmark results, devices),
+  sweep-ray (sweeps.py: x factors, plots, --ray-address), flags (flags.py: seeds, flips, derived names, counts);
+- parallel (parallel.py): tensor parallelism and quantization (sim.run --tp, the sweep's tp axis, a hwconfig's
+  interconnect section, reference.demo --tp and --quant, the fields trace format 5 adds).
 
 Outcomes (scripts/fuzzing/harness.py): accepted (exit 0, finite output, for an input that may be used); clear
 error (non-zero exit, one short line last that names the file or flag, and the field where the case knows
@@ -32,7 +41,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from scripts.fuzzing import inputs, traces  # noqa: E402 (after the checkout is on the path)
+from scripts.fuzzing import (  # noqa: E402 (after the checkout is on the path)
+    flags,
+    inputs,
+    measurements,
+    models,
+    outputs,
+    parallel,
+    special,
+    sweeps,
+    tracefields,
+    traces,
+    work,
+)
 from scripts.fuzzing.harness import (  # noqa: E402
     FAILURES,
     SHORT,
@@ -46,7 +67,10 @@ from scripts.fuzzing.harness import (  # noqa: E402
 from sim.command import check_outputs, integer, number, run_command  # noqa: E402
 from sim.files import atomic_write  # noqa: E402
 
-GENERATORS: tuple[Generator, ...] = (inputs.GENERATOR, traces.GENERATOR)
+# issue 12's inputs and traces; issue 22's classes, one generator each; tensor parallelism and quantization
+GENERATORS: tuple[Generator, ...] = (inputs.GENERATOR, traces.GENERATOR, work.GENERATOR, outputs.GENERATOR,
+                                     special.GENERATOR, models.GENERATOR, tracefields.GENERATOR,
+                                     measurements.GENERATOR, sweeps.GENERATOR, flags.GENERATOR, parallel.GENERATOR)
 PROG = "python scripts/fuzz.py"
 
 
@@ -56,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     choices = [g.group for g in GENERATORS] + [kind for g in GENERATORS for kind in g.classes]
     parser.add_argument("--only", nargs="+", choices=choices, metavar="CLASS",
                         help=f"the classes of input, or groups of them, to try (of {', '.join(choices)}; default all)")
-    parser.add_argument("--match", help="only the cases whose name contains this text")
+    parser.add_argument("--match", nargs="+", metavar="TEXT",
+                        help="only the cases whose name contains one of these texts")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of the drawn cases (default 0)")
     parser.add_argument("--jobs", type=integer(1), default=2, help="cases run at once (default 2)")
     parser.add_argument("--timeout", type=number(0.1, 86400), default=60.0,
@@ -76,7 +101,7 @@ def selected_cases(args: argparse.Namespace) -> tuple[list[Case], list[Case], di
     used = [g for g in GENERATORS if g.group in only or only & g.classes.keys()]
     labels = {k: label for g in used for k, label in g.classes.items() if g.group in only or k in only}
     made = [c for g in used for c in g.cases(args) if c.kind in labels]
-    cases = [c for c in made if not c.control and (args.match is None or args.match in c.name)]
+    cases = [c for c in made if not c.control and (args.match is None or any(m in c.name for m in args.match))]
     tried = {c.kind for c in cases}
     controls = [c for c in made if c.control and c.kind in tried]
     for generator in used:

@@ -37,6 +37,10 @@ def trace_cache() -> Path:
 # The built-in default, the paper's setting: T5-Base width, bf16, batch 1, 128-token encoder input, 128 new
 # tokens. (preset, decoder) of the default table: the first is the subject, the others its baselines.
 DEFAULT_TOKENS, DEFAULT_SOURCE_LEN = 128, 128
+DEFAULT_PROMPT_LEN = 16  # a decoder-only model's prompt in a trace made on demand
+# the largest batch and token count a run may ask for: far beyond any run worth projecting (a batch of 65,536
+# sequences; a million tokens), and small enough that no count a trace holds overflows (sim.trace.limits)
+MAX_BATCH, MAX_TOKENS = 1 << 16, 1 << 20
 DEFAULT_RUNS = (("t5-base-4x3", "speed"), ("t5-base-4x3", "sequential"), ("t5-base-12", "sequential"),
                 ("t5-base-4", "sequential"))
 DEFAULT_HW = "a100"

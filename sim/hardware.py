@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.defaults import HWCONFIG_DIR
-from sim.inputs import InputError, brief, load_yaml, load_yaml_file
+from sim.inputs import InputError, brief, cut, load_yaml, load_yaml_file
 from sim.opkinds import KERNEL_CLASSES, MATRIX_CLASSES
 
 KINDS = ("gpu", "edge", "cpu")
@@ -27,6 +27,7 @@ KINDS = ("gpu", "edge", "cpu")
 # host over TCP loopback (gloo on a CPU)
 LINK_KINDS = ("nvswitch", "nvlink", "pcie", "loopback")
 GPU_LINK_KINDS = ("nvswitch", "nvlink", "pcie")  # the kinds NCCL's model times
+SHOWN_SETS = 3  # --set values an error line repeats (of any number given)
 GENERATED_CLASS = "fused"  # the kernel class of the kernels a graph compiler generates (sim.fusion)
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -64,7 +65,7 @@ class HwConfigError(ValueError):
 
     def __init__(self, path: str | os.PathLike[str], field: str | None, problem: str) -> None:
         self.path, self.field = os.fspath(path), field
-        shown = field if field is None or field.isprintable() else brief(field)
+        shown = field if field is None or (field.isprintable() and len(field) <= 80) else brief(field)
         super().__init__(f"hwconfig {self.path}" + (f", field '{shown}'" if field else "") + f": {problem}")
 
 
@@ -198,7 +199,9 @@ class HwConfig:
         """A copy with dotted fields replaced ("peak.dram_bandwidth_bytes_per_s" -> "4e12", each value read as YAML
         within `sim.inputs`' bounds), validated again; errors name the file, the --set values and the field."""
         raw = to_dict(self)
-        where = f"{self.path} with --set {' '.join(f'{k}={_cut(v)}' for k, v in overrides.items())}"
+        shown = [f"{cut(k)}={cut(v)}" for k, v in list(overrides.items())[:SHOWN_SETS]]
+        more = f" (and {len(overrides) - SHOWN_SETS:,} more)" if len(overrides) > SHOWN_SETS else ""
+        where = f"{self.path} with --set {' '.join(shown)}{more}"
         for key, text in overrides.items():
             node, parts = raw, key.split(".")
             for depth, part in enumerate(parts[:-1]):
@@ -225,11 +228,6 @@ def _no_such_field(node: dict, within: list[str]) -> str:
     prefix = ".".join(within) + "." if within else ""
     names = [f"{prefix}{k}" + (".*" if isinstance(v, dict) else "") for k, v in node.items() if k != "sources"]
     return f"no such figure; {'in ' + prefix[:-1] if prefix else 'at the top'}: {', '.join(names)}"
-
-
-def _cut(text: str, limit: int = 40) -> str:
-    """A --set value as an error line shows it: as typed if short and printable, else quoted and cut."""
-    return text if len(text) <= limit and text.isprintable() else brief(text, limit)
 
 
 def _leaves(d: dict, prefix: str = "") -> list[str]:

@@ -16,17 +16,23 @@ YAML (`load_yaml`), as PyYAML's safe loader reads it, within these bounds and ru
   refused: a leading zero (`0144`, octal 100 in YAML 1.1, 144 in YAML 1.2), `0x`, `0o`, `0b` and base 60
   (`1:30`, which YAML 1.1 reads as 90).
 
+JSON (`load_json`: model configs, microbenchmark results), strictly: one value of at most MAX_JSON_BYTES, a key
+at most once per object, numbers JSON has (not NaN or Infinity, none that overflows a double: 1e999), integers of
+at most MAX_INT_DIGITS digits, nested at most MAX_DEPTH levels.
+
 Every problem is an `InputError` (a ValueError) with the dotted `field` where it lies (None: the whole input)
 and the 1-based `line` where known; callers wrap it in their own error, which names the file or the flag.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -34,6 +40,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 # 1 MiB: a hwconfig is about 6 KB and a sweep spec or model config under 10 KB; anything a thousand times larger
 # is not one, and reading it whole should not be what tells
 MAX_YAML_BYTES = 1 << 20
+# 4 MiB: a model config.json is about 1 KB, microbenchmark results about 10 KB
+MAX_JSON_BYTES = 1 << 22
 # levels of nesting: a hwconfig has four (ops.CLASS.KIND.field), a sweep spec five
 MAX_DEPTH = 32
 # values with aliases expanded: a hwconfig has about 100, a large sweep spec a few thousand
@@ -65,27 +73,48 @@ def brief(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_file(path: str | os.PathLike[str], max_bytes: int = MAX_YAML_BYTES) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`. A missing file raises FileNotFoundError (callers say
-    what exists instead); anything else that cannot be read is an InputError."""
+def cut(text: Any, limit: int = 40) -> str:
+    """A name for an error line (a key, a flag's value): as it is if a short printable string, else `brief`."""
+    return text if isinstance(text, str) and len(text) <= limit and text.isprintable() else brief(text, limit)
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """`path` opened for reading in binary, if it is a regular file: a folder, a named pipe, a socket or a device
+    (/dev/zero, /dev/stdin) is refused without being read (reading one could block or never end). Opened without
+    blocking (a named pipe nobody writes would block the open itself), then checked on the open descriptor (so a
+    link swapped between a check and the open cannot slip one through). A missing file raises
+    FileNotFoundError (callers say what exists instead); anything else that cannot be read is an InputError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: opening a named pipe must not wait
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
-    except OSError as err:
-        raise InputError(None, f"cannot be read: {err.strerror or err}") from None
+    except OSError as err:  # a socket cannot be opened at all (ENXIO): say what it is
+        try:
+            special = not stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:
+            special = False
+        raise InputError(None, "not a regular file (a pipe, a socket or a device): refused unread" if special else
+                         f"cannot be read: {err.strerror or err}") from None
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise InputError(None, "a folder, not a file")
         if not stat.S_ISREG(mode):
             raise InputError(None, "not a regular file (a pipe, a socket or a device): refused unread")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)
-    except OSError as err:
-        raise InputError(None, f"cannot be read: {err.strerror or err}") from None
-    finally:
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_file(path: str | os.PathLike[str], max_bytes: int = MAX_YAML_BYTES) -> bytes:
+    """The bytes of a regular file (`open_regular`) of at most `max_bytes`."""
+    with open_regular(path) as f:
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as err:
+            raise InputError(None, f"cannot be read: {err.strerror or err}") from None
     if len(data) > max_bytes:
         raise InputError(None, f"larger than {max_bytes:,} bytes: not an input of this kind")
     return data
@@ -249,3 +278,103 @@ def load_yaml(text: str) -> Any:
 def load_yaml_file(path: str | os.PathLike[str], max_bytes: int = MAX_YAML_BYTES) -> Any:
     """`load_yaml` of a file read with `read_file` and `decode_utf8`."""
     return load_yaml(decode_utf8(read_file(Path(path), max_bytes)))
+
+
+class _Twice(dict):
+    """A JSON object that names a key more than once (`twice`: the first such key)."""
+
+    twice = ""
+
+
+class _NotJsonNumber:
+    """NaN, Infinity or -Infinity where JSON has no such number (Python's parser takes them)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _LongInteger:
+    """An integer of more than MAX_INT_DIGITS digits, never converted (Python refuses past 4,300 digits)."""
+
+    def __init__(self, text: str) -> None:
+        self.digits = len(text.lstrip("-"))
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    twice = _Twice(obj)
+    twice.twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return twice
+
+
+def _integer(text: str) -> int | _LongInteger:
+    return _LongInteger(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+_JSON = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_NotJsonNumber, parse_int=_integer)
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def _json_fault(value: Any) -> InputError | None:
+    """The first value (depth first) that breaks load_json's rules, as an InputError naming where, or None."""
+    stack: list[tuple[Any, list[str]]] = [(value, [])]
+    while stack:
+        v, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return InputError(_dotted(path[:2]), f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(v, _Twice):
+            return InputError(_dotted([*path, v.twice]), "given twice; a JSON reader would keep the last silently")
+        if isinstance(v, _NotJsonNumber):
+            return InputError(_dotted(path), f"{v.name} is not a JSON number")
+        if isinstance(v, _LongInteger):
+            return InputError(_dotted(path), f"an integer of {v.digits} digits (at most {MAX_INT_DIGITS})")
+        if type(v) is float and not math.isfinite(v):
+            return InputError(_dotted(path), "a number beyond a double's range (it reads as infinity)")
+        if type(v) is dict:
+            stack += [(x, [*path, k]) for k, x in reversed(v.items())]
+        elif type(v) is list:
+            stack += [(x, [*path, f"[{i}]"]) for i, x in reversed(list(enumerate(v)))]
+    return None
+
+
+def _too_deep(text: str) -> InputError:
+    """A document nested past the parser's recursion limit, refused naming its top-level key (found by a scan
+    of its brackets and keys, outside strings)."""
+    depth, top, last = 0, None, ""
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            last = token
+        elif token == ":" and depth == 1:
+            top = json.loads(last)
+        elif token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                break
+        elif token in "]}":
+            depth -= 1
+    return InputError(top if isinstance(top, str) else None, f"nested deeper than {MAX_DEPTH} levels")
+
+
+def load_json(text: str) -> Any:
+    """One JSON value, read by the rules of the module docstring; InputError otherwise."""
+    if len(text) > MAX_JSON_BYTES:
+        raise InputError(None, f"larger than {MAX_JSON_BYTES:,} characters: not an input of this kind")
+    try:
+        value = _JSON.decode(text)
+    except RecursionError:
+        raise _too_deep(text) from None
+    except json.JSONDecodeError as err:
+        raise InputError(None, f"not valid JSON: {err.msg} at column {err.colno}", err.lineno) from None
+    fault = _json_fault(value)
+    if fault is not None:
+        raise fault
+    return value
+
+
+def load_json_file(path: str | os.PathLike[str], max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """`load_json` of a file read with `read_file` and `decode_utf8`."""
+    return load_json(decode_utf8(read_file(Path(path), max_bytes)))

@@ -42,20 +42,28 @@ from sim.defaults import (
     DEFAULT_HW,
     DEFAULT_RUNS,
     DEFAULT_TOKENS,
+    MAX_BATCH,
+    MAX_TOKENS,
     default_trace,
     hwconfig_names,
     resolve_hwconfig,
 )
 from sim.engine import LAUNCH_MODES, Projection, breakdown, distinct_kernels, project
-from sim.files import atomic_write
+from sim.files import atomic_write, staged_writes
 from sim.fusion import FusedTrace, fuse
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
+from sim.host import check_room
 from sim.interconnect import interconnect_of
 from sim.memory import device_memory
 from sim.provider import trace_files
 from sim.trace import Trace, gc_paused, read_checked
 
 MAX_STREAMS = 1024  # kernels in flight at once: more than any device runs (an H100 holds 128 hardware queues)
+# host memory and time a projection takes per op executed, kept to the end (the kernels' times for the table,
+# the timeline): measured on this project's 2-core machine, 1.37 GB peak and 66 s for llama2-7b's 4,000-token
+# sequential trace of 5.7M ops (a single eager projection, the trace read included)
+PROJECTION_BYTES_PER_OP = 240
+PROJECTION_S_PER_OP = 12e-6
 MAX_TP = 1 << 16  # tensor-parallel degree: the largest interconnect a hwconfig can describe (DEVICES_PER_NODE)
 
 
@@ -259,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "applied G times (e.g. 8x4 for 32 layers; refused unless Nd x G is the layer count)")
     parser.add_argument("--decoder", choices=("speed", "sequential", "both"), default="both",
                         help="with --model: which decoders to project (default both)")
-    parser.add_argument("--tokens", type=integer(1), default=DEFAULT_TOKENS,
-                        help=f"tokens to generate (default {DEFAULT_TOKENS}; other values trace on demand)")
-    parser.add_argument("--batch", type=integer(1), default=1, help="sequences decoded together (default 1; others "
-                        "trace on demand)")
+    parser.add_argument("--tokens", type=integer(1, MAX_TOKENS), default=DEFAULT_TOKENS,
+                        help=f"tokens to generate (default {DEFAULT_TOKENS}; other values trace on demand; at most "
+                        f"{MAX_TOKENS:,}, and what the model's positions hold)")
+    parser.add_argument("--batch", type=integer(1, MAX_BATCH), default=1, help="sequences decoded together (default "
+                        f"1; others trace on demand; at most {MAX_BATCH:,})")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                         help="model dtype (default bfloat16; others trace on demand)")
     parser.add_argument("--flips", help="SPEED flips for traces made on demand: a profile of data/flips/*.yaml "
@@ -351,6 +360,12 @@ def project_all(hws: list[HwConfig], traces: list[tuple[str, Path, Trace]], laun
     if launch == "compiled":  # fused once per trace, whatever the hwconfigs
         fused = [(trace, fuse(trace)) for _, _, trace in traces]
         traces = [(label, path, f[1].trace) for (label, path, _), f in zip(traces, fused)]
+    executed = len(hws) * sum(trace.executed for _, _, trace in traces)
+    check_room(f"projecting {executed:,} ops ({len(traces)} traces on {len(hws)} hwconfigs, {launch} launch)",
+               executed * PROJECTION_BYTES_PER_OP)
+    if executed * PROJECTION_S_PER_OP > 30:
+        print(f"note: projecting {executed:,} ops ({launch} launch): about {executed * PROJECTION_S_PER_OP:.0f} s",
+              file=sys.stderr)
     # refused where it exceeds a device's capacity: what the traced run allocates, the fused kernels' activations
     memory = [device_memory(f[0] if f else trace, f[1].trace if f else None) for (_, _, trace), f in zip(traces, fused)]
     progress = tqdm(total=len(hws) * len(traces), desc="projecting", leave=False, disable=None)
@@ -406,7 +421,9 @@ def _main(argv: list[str] | None) -> int:
         given = ", ".join(flag for flag, value in traced.items() if value)
         parser.error(f"--trace replays recorded runs as they are; {given} describe a run to trace: give one or the "
                      "other")
-    check_outputs(parser, {"--json": args.json, "--perfetto": args.perfetto, "--plot": args.plot})
+    model_file = [args.model] if args.model and Path(args.model).is_file() else []
+    check_outputs(parser, {"--json": args.json, "--perfetto": args.perfetto, "--plot": args.plot},
+                  inputs={"--hw": map(resolve_hwconfig, args.hw), "--trace": args.trace or [], "--model": model_file})
     hws = load_hws(args.hw, overrides, parser)
     check_interconnects(hws, args.tp, parser)
     launches = list(dict.fromkeys(args.launch or ["eager", "compiled"]))
@@ -430,7 +447,8 @@ def _main(argv: list[str] | None) -> int:
             parser.error(str(err))
     for runs in tables:
         print_table(runs, list(dict.fromkeys(r.label for r in runs if r.summary["decoder"] == "sequential")))
-    write_outputs(args, tables)
+    with staged_writes():  # all or none: a failing output replaces nothing
+        write_outputs(args, tables)
     return 0
 
 

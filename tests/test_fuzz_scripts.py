@@ -164,9 +164,22 @@ def test_the_table_counts_outcomes_and_times_to_refusal() -> None:
     assert lines[3] == "| class b | 1 | 1 | 0 | 0 | 0 | 0 | 0 | - |"
 
 
+# issue 22's classes: a few fast cases of each (the full run's table is the README's)
+ISSUE_22 = ["--only", "work", "outputs", "not-regular", "model-config", "trace-fields", "measurements", "sweep-ray",
+            "flags", "--match", "vocab_size 1e+09", "--perfetto X", "sim.run trace", "given twice",
+            "header device 'tpu'", "unknown", "--ray-address 'ray:", "flips ("]
+
+
+# tensor parallelism and quantization: a few fast cases of each of its parts
+PARALLEL = ["--only", "parallel", "--match", "sim.run --tp 0x2", "tp: [0]", "tp: [4]", "interconnect.efficiency: .nan",
+            "hwconfig a list", "reference.demo --quant bogus", "--tp 3", "trace header tp 3", "collective ranks 16"]
+
+
 @pytest.mark.parametrize("argv", [
     ["--only", "inputs", "--match", "duplicate"],
     ["--only", "traces", "--trace-cases", "24", "--measured-trace-cases", "8"],
+    ISSUE_22,
+    PARALLEL,
 ])
 def test_a_sample_runs_clean(tmp_path: Path, argv: list[str]) -> None:
     out = tmp_path / "cases.json"
@@ -177,6 +190,11 @@ def test_a_sample_runs_clean(tmp_path: Path, argv: list[str]) -> None:
     cases = json.loads(out.read_text())
     assert len(cases) >= 3
     assert {c["outcome"] for c in cases} <= {"accepted", "clear error"}, cases
+    if argv is ISSUE_22:  # every class of the issue sampled
+        assert {c["class"] for c in cases} == set(ISSUE_22[1:ISSUE_22.index("--match")]), cases
+    if argv is PARALLEL:  # the flag, the sweep axis, the hwconfig section, the demo and the trace fields
+        assert {c["name"].split(" ")[0] for c in cases} >= {"sim.run", "sim.sweep", "hwconfig", "reference.demo",
+                                                           "trace"}, cases
 
 
 def test_an_unwritable_output_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -121,7 +121,7 @@ def test_files_that_are_not_regular_are_refused_unread(tmp_path):
     (["--json", "{tmp}/file/out.json"], "--json {tmp}/file/out.json: {tmp}/file is a file, not a folder"),
     (["--perfetto", "{tmp}/fifo"], "--perfetto {tmp}/fifo: exists and is not a regular file"),
     (["--plot", "/dev/null"], "--plot /dev/null: exists and is not a regular file"),
-    (["--tokens", "-1"], "argument --tokens: expected an integer >= 1, got '-1'"),
+    (["--tokens", "-1"], "argument --tokens: expected an integer in [1, 1048576], got '-1'"),
     (["--streams", "0"], "argument --streams: expected an integer in [1, 1024], got '0'"),
     (["--trace", TRACE, "--tokens", "64"], "--trace replays recorded runs as they are; --tokens describe a run"),
     (["--decoder", "speed"], "--decoder applies to a --model; give one"),

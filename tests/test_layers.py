@@ -17,7 +17,7 @@ LAYERS = [
                       "reference.quant", "reference.ranks")),
     ("simulator core", ("sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels", "sim.matmul",
                         "sim.fusion", "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs",
-                        "sim.command", "sim.provider")),
+                        "sim.command", "sim.provider", "sim.host")),
     ("capture", ("reference.capture",)),
     ("experiments", ("reference.experiments",)),
     ("fitting and validation", ("sim.fitting",)),
@@ -116,7 +116,7 @@ def f():
 
 @pytest.mark.parametrize("core", ["sim.trace", "sim.opkinds", "sim.hardware", "sim.interconnect", "sim.kernels",
                                   "sim.matmul", "sim.engine", "sim.defaults", "sim.files", "sim.memory", "sim.inputs",
-                                  "sim.command", "sim.provider"])
+                                  "sim.command", "sim.provider", "sim.host"])
 def test_the_simulator_core_never_imports_torch(core: str) -> None:
     import subprocess
     import sys

@@ -52,7 +52,7 @@ def test_set_and_launch(capsys):
     (["--trace", "README.md"], "not a gzip file"),
     (["--set", "peak.clock_hz"], "--set expects key=value"),
     (["--set", "peak.nothing=1"], "field 'peak.nothing': no such figure; in peak: peak.clock_hz, "),
-    (["--tokens", "0"], "argument --tokens: expected an integer >= 1, got '0'"),
+    (["--tokens", "0"], "argument --tokens: expected an integer in [1, 1048576], got '0'"),
     (["--streams", "0"], "argument --streams: expected an integer in [1, 1024], got '0'"),
     (["--hw", "hwconfigs/cpu-xeon-8480.yaml", "--streams", "2"], "describes a CPU, whose host runs its own kernels"),
 ])

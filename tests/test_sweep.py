@@ -136,6 +136,9 @@ def test_points_that_do_not_fit_are_rows_saying_so(local_ray, tmp_path, capsys):
      "(a100, tiny-4x3, tp 3)': --tp 3: n_heads 4 is not divisible by 3 (tiny-4x3)"),
     ("grid: {model: [llama2-7b], tp: [16]}", "field 'interconnect.devices_per_node': a group of 16 devices"),
     ("grid: {hw: [jetson-orin], model: [tiny-4x3], tp: [2]}", "field 'interconnect': missing"),
+    ("grid: {model: [tiny-4x3], tp: [1, 2, 1]}", "field 'grid.tp': 1 given twice"),
+    ("points: [{set: {efficiency.dram: [0.5, 0.5]}}]",
+     "field 'points[0].set.efficiency.dram': '0.5' given twice"),
     ("grid: {}\npoints: []", "either 'grid'"),
 ])
 def test_bad_specs_are_refused_naming_the_field(tmp_path, capsys, spec, message):

@@ -22,7 +22,7 @@ from sim.defaults import resolve_hwconfig
 from sim.engine import project
 from sim.fusion import fuse
 from sim.hardware import load_hwconfig
-from sim.opkinds import KERNEL_CLASSES
+from sim.opkinds import DTYPE_BYTES, KERNEL_CLASSES
 from sim.trace import (
     TRACE_VERSION,
     OpError,
@@ -205,6 +205,7 @@ def collective(i: int, stage: int, name: str = ALL_REDUCE, ranks: int = 2, rows:
 # product's output); counts within the reader's bounds (MAX_ELEMENTS, MAX_BYTES, MAX_INDEX)
 shapes = st.lists(st.lists(st.integers(0, 1 << 12), min_size=2, max_size=4), min_size=1, max_size=4)
 names = st.text(max_size=20)
+dtypes = st.sampled_from(sorted(DTYPE_BYTES))
 nat = st.integers(0, 1 << 50)
 seconds = st.just(0.0) | st.floats(1e-12, 1e3)
 opt = st.none() | st.integers(0, 100)
@@ -212,12 +213,14 @@ NOT_COLLECTIVES = [k for k in KERNEL_CLASSES if k != "collective"]  # a collecti
 op_records = st.builds(
     OpRecord, i=st.just(0), stage=st.integers(0, 3), group=opt, depth=opt, layer=opt, seq=opt,
     rows=st.integers(0, 4096), module=names, kind=st.sampled_from(NOT_COLLECTIVES), op=names, in_shapes=shapes,
-    in_dtypes=st.lists(names, max_size=4), out_shapes=shapes,
-    out_dtypes=st.lists(names, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
+    in_dtypes=st.lists(dtypes, max_size=4), out_shapes=shapes,
+    out_dtypes=st.lists(dtypes, max_size=4), flops=nat, weight_bytes=nat, act_read_bytes=nat, act_write_bytes=nat,
     kv_read_bytes=nat, kv_write_bytes=nat, weights=st.lists(st.sampled_from(sorted(WEIGHTS)), max_size=3),
     kv=st.lists(names, max_size=2), srcs=st.just([]), deps=st.lists(st.integers(1, 4), max_size=3),
     duration_s=st.none() | seconds)
-triples = st.lists(st.lists(st.integers(0, (1 << 31) - 1), min_size=3, max_size=3), max_size=4)
+# [seq, ..., ...]: a sequence of make_header's batch of 2 (its model says no G or vocabulary: the rest is free)
+triples = st.lists(st.tuples(st.integers(0, 1), st.integers(0, (1 << 31) - 1), st.integers(0, (1 << 31) - 1)).map(
+    list), max_size=4)
 kinds = st.sampled_from(["encoder", "prefill", "decode", "speed"])
 stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triples, commits=triples, flushes=triples,
                           wall_s=st.none() | seconds)
@@ -225,16 +228,19 @@ stage_records = st.builds(StageRecord, stage=st.just(0), kind=kinds, rows=triple
 
 @given(st.lists(op_records | st.builds(lambda *a: dataclasses.replace(collective(0, *a), srcs=[0], deps=[]),
                                        st.integers(0, 3), st.sampled_from([ALL_REDUCE, ALL_GATHER]),
-                                       st.integers(1, 64), st.integers(0, 100)), min_size=1, max_size=6),
+                                       st.shared(st.integers(1, 64), key="tp"), st.integers(0, 100)),
+                min_size=1, max_size=6),
        st.lists(st.tuples(st.lists(st.integers(0, 5), max_size=8), stage_records), min_size=1, max_size=6))
 def test_random_records_round_trip(pool: list[OpRecord], stages: list[tuple[list[int], StageRecord]]) -> None:
-    """Stages drawn from a small pool of ops, so that ops and whole stages repeat (runs, like, set)."""
+    """Stages drawn from a small pool of ops, so that ops and whole stages repeat (runs, like, set); the
+    collectives of one group size, the header's degree."""
     ops, records = [], []
     for s, (picks, record) in enumerate(stages):
         ops += [dataclasses.replace(pool[p % len(pool)], i=len(ops) + k, stage=s,
                                     deps=[d for d in pool[p % len(pool)].deps if d <= k]) for k, p in enumerate(picks)]
         records.append(dataclasses.replace(record, stage=s))
-    trace = Trace(make_header(), ops, records)
+    tp = next((op.ranks for op in pool if op.ranks is not None), 1)  # one group: the header's degree
+    trace = Trace(dataclasses.replace(make_header(), max_new_tokens=64, tp=tp), ops, records)  # 6 stages of 4 commits
     with tempfile.TemporaryDirectory() as d:
         back = read_trace(write(Path(d) / "t.jsonl.gz", trace))
         assert back == trace and back.ops == ops
@@ -387,7 +393,8 @@ def test_version_4_reads_as_one_rank_and_refuses_the_fields_it_did_not_have(tmp_
     (3, "op", lambda op: op.update(op="_c10d_functional.all_to_all_single.default"),
      "expected one of the collective ops"),
     (3, "op", lambda op: op.update(op="aten.add.Tensor"), "expected one of the collective ops"),
-    (3, "in_dtypes", lambda op: op.update(in_dtypes=["complex32"]), "expected a collective's dtype"),
+    (3, "in_dtypes", lambda op: op.update(in_dtypes=["complex32"]), "expected a list of dtypes, each one of"),
+    (3, "in_dtypes", lambda op: op.update(in_dtypes=[]), "expected a collective's dtype"),
     (3, "act_read_bytes", lambda op: op.update(act_read_bytes=193), "all_reduce: 193 bytes is not a whole number of "
      "bfloat16 elements"),
     (5, "act_write_bytes", lambda op: op.update(act_write_bytes=104), "all_gather: 104 bytes is not a whole number "
@@ -406,6 +413,19 @@ def test_damaged_tensor_parallel_records(tmp_path: Path, line: int, field: str, 
         op = OpRecord(0, 0, *(record.get(f.name) for f in dataclasses.fields(OpRecord)[2:]))
         with pytest.raises(OpError, match=f"field '{field}'"):
             check_op(op)
+
+
+@pytest.mark.parametrize("tp, ranks", [(1, 2), (3, 2), (16, 2), (2, 3), (2, 16)])
+def test_a_collective_is_of_the_headers_tensor_parallel_group(tmp_path: Path, tp: int, ranks: int) -> None:
+    """A collective's group size is the header's degree: a header of another degree than its collectives (or a
+    collective of another group) is refused at the first collective, naming its ranks and the header's tp."""
+    path = write(tmp_path / "t.jsonl.gz", tp_trace())
+    lines = lines_of(path)
+    lines[0]["tp"], lines[0]["tp_rank"] = tp, 0
+    for record in lines[1:]:
+        if record.get("ranks") is not None:
+            record["ranks"] = ranks
+    expect_error(rewrite(path, lines), 3, "ranks", f"expected the header's tensor-parallel degree (tp {tp})")
 
 
 def test_an_op_record_no_stage_uses_and_records_after_the_end(tmp_path: Path) -> None:

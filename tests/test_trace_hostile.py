@@ -306,8 +306,10 @@ def test_values_no_run_has(tmp_path: Path, name: str, where: str, path: tuple, r
     ("all_reduce", ("ranks",), "null", "ranks", "expected the collective's group size"),
     ("all_reduce", ("ranks",), "0", "ranks", "expected an integer in 1..2**31 - 1 or null"),
     ("all_reduce", ("ranks",), str(2**31), "ranks", "expected an integer in 1..2**31 - 1 or null"),
-    ("all_reduce", ("in_dtypes",), '["str"]', "in_dtypes", "expected a collective's dtype"),
-    ("all_gather", ("ranks",), "3", "act_write_bytes", "for each of 3 ranks"),
+    ("all_reduce", ("in_dtypes",), '["str"]', "in_dtypes", "expected a list of dtypes, each one of"),
+    ("all_reduce", ("in_dtypes",), '[]', "in_dtypes", "expected a collective's dtype"),
+    ("all_gather", ("ranks",), "3", "ranks", "expected the header's tensor-parallel degree (tp 2)"),
+    ("all_gather", ("act_write_bytes",), "104", "act_write_bytes", "for each of 2 ranks"),
     ("all_gather", ("op",), '"_c10d_functional.all_to_all_single.default"', "op", "expected one of the collective"),
     ("matmul", ("ranks",), "2", "ranks", "expected null for a matmul op"),
 ])
@@ -327,6 +329,7 @@ def test_a_tensor_parallel_trace_with_a_group_beyond_the_node_is_refused_naming_
     naming the hwconfig and its interconnect.devices_per_node (not a traceback, not a NaN)."""
     lines = list(base("v5-tp"))
     records = [json.loads(x) for x in lines]
+    records[0]["tp"] = 16  # the header's degree: its collectives' group size
     for r in records:
         if r.get("kind") == "collective":
             r["ranks"] = 16
@@ -426,3 +429,50 @@ def test_bounds_on_lines_ops_and_stages(tmp_path: Path, monkeypatch: pytest.Monk
     expect(tmp_path, bomb, len(lines) + 3, None, "stage records")
     monkeypatch.setattr(sim.trace.jsonl, "MAX_LINE_BYTES", 1000)
     expect(tmp_path, gz(lines), 1, None, "a line longer than")
+
+
+# issue 22, class 5: every field checked, those the projection does not use too
+@pytest.mark.parametrize("name", sorted(BASES))
+@pytest.mark.parametrize("where, path, raw, field, text", [
+    ("header", ("dtype",), '"float7"', "dtype", "expected one of bfloat16, bool, float16"),
+    ("header", ("device",), '"tpu"', "device", "expected one of ('cpu', 'cuda', 'meta')"),
+    ("header", ("model", "d_model"), "0", "model.d_model", "expected an integer >= 1, got 0"),
+    ("header", ("model", "n_groups"), "-1", "model.n_groups", "expected an integer >= 1, got -1"),
+    ("header", ("model", "vocab_size"), '"64"', "model.vocab_size", 'got "64"'),
+    ("header", ("prompt_lens",), "[]", "prompt_lens", "a non-empty list"),
+    ("header", ("prompt_lens",), "[0]", "prompt_lens", "integers in 1..2**31 - 1"),
+    ("header", ("prompt_lens",), "[16, 16]", "prompt_lens", "one prompt length per sequence of the batch (1), got 2"),
+    ("op", ("in_dtypes", 0), '"float7"', "in_dtypes", "a list of dtypes"),
+    ("op", ("out_dtypes", 0), '"q4"', "out_dtypes", "a list of dtypes"),
+    ("stage", ("commits",), "[[3, 17, 5]]", "commits", "sequence 3 of a batch of 1"),
+    ("stage", ("commits",), "[[0, 17, 40000]]", "commits", "token 40000 beyond the model's vocabulary"),
+    ("stage", ("rows", 0, 0), "1", "rows", "sequence 1 of a batch of 1"),
+    ("stage", ("rows", 0, 2), "0", "rows", "exit 0, but the model's exits are 1.."),
+    ("stage", ("rows", 0, 2), "9", "rows", "exit 9, but the model's exits are 1.."),
+])
+def test_fields_the_projection_does_not_use_are_checked_too(tmp_path: Path, name: str, where: str, path: tuple,
+                                                             raw: str, field: str, text: str) -> None:
+    tests = {"header": lambda r: False, "op": lambda r: r["type"] == "op" and r["in_dtypes"] and r["out_dtypes"],
+             "stage": lambda r: r["type"] == "stage" and bool(r["rows"] or path[0] != "rows")}
+    line = 1 if where == "header" else line_of(name, tests[where])
+    expect(tmp_path, changed(name, line, path, raw), line, field, text)
+
+
+@pytest.mark.parametrize("trace", [BASES["v4"][0], ROOT / "data" / "measured" / "h200" /
+                                   "t5-base-4.sequential.bf16.b1.t128.jsonl.gz"])
+def test_no_sequence_commits_more_tokens_than_the_run_generates(tmp_path: Path, trace: Path) -> None:
+    lines = gzip.decompress(trace.read_bytes()).splitlines()  # a whole trace: format 4, format 1
+    committed = sum(len(json.loads(x).get("commits", [])) for x in lines[1:])
+    last = max(i + 1 for i, x in enumerate(lines) if i and json.loads(x).get("commits"))
+    header = json.loads(lines[0])
+    fewer = [json.dumps({**header, "max_new_tokens": committed - 1}).encode(), *lines[1:]]
+    err = expect(tmp_path, gz(fewer), last, "commits", f"sequence 0 has committed {committed} tokens by this stage")
+    assert f"max_new_tokens {committed - 1}" in str(err) and header["batch"] == 1
+    path = tmp_path / "more.jsonl.gz"  # fewer commits than max_new_tokens: a run that ended early (EOS) reads
+    path.write_bytes(gz([json.dumps({**header, "max_new_tokens": committed + 10}).encode(), *lines[1:]]))
+    read_trace(path)
+
+
+def test_an_op_that_depends_on_itself_is_refused(tmp_path: Path) -> None:
+    line = line_of("v4", lambda r: r["type"] == "op" and r["deps"])
+    expect(tmp_path, changed("v4", line, ("deps",), "[0]"), line, "deps", "a list of integers >= 1")

@@ -96,7 +96,8 @@ def test_validate_checks_each_resource_against_the_microbenchmarks(tmp_path, cap
     bad.write_text('{"copy": [{"bytes": 1}]}')
     with pytest.raises(SystemExit):
         validate.main(["--hw", "hwconfigs/h200.yaml", "--microbench", str(bad)])
-    assert f"--microbench {bad}: not microbenchmark results" in capsys.readouterr().err
+    assert f"--microbench {bad}, field 'gemm': missing: the resource benchmarks come together" in \
+        capsys.readouterr().err  # sim.fitting.microbench: one format
 
 
 def synthetic_microbench(hw) -> dict:

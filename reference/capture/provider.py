@@ -59,15 +59,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reference.capture.estimate import check_request
 from reference.capture.revision import code_revision
 from reference.config import ModelConfig, get_preset, parse_share, shared_variant
-from reference.hfconfig import load_hf_config
+from reference.hfconfig import HfConfigError, from_hf_dict
 from sim.command import run_command
-from sim.defaults import DEFAULT_SOURCE_LEN, trace_cache
-from sim.inputs import InputError, brief, load_yaml_file
+from sim.defaults import DEFAULT_PROMPT_LEN, DEFAULT_SOURCE_LEN, MAX_BATCH, MAX_TOKENS, trace_cache
+from sim.inputs import InputError, brief, cut, load_json_file, load_yaml_file
 
 PROG = "python -m reference.capture.provider"
+MAX_THREADS = 1 << 16  # torch intra-op threads: beyond any machine's cores
 RATES = re.compile(r"[0-9.eE+-]+(,[0-9.eE+-]+)*")  # flips given as rates per exit (else a profile name)
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")  # what a cache file's name keeps of a model's name
+NAME_CHARS = 48  # of a model's name in a cache file's name (the config's digest tells models apart)
 DECODERS = ("speed", "sequential")
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -84,8 +88,8 @@ class Key:
 REQUIRED = object()
 
 
-def _is_int(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+def _is_int(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -117,12 +121,13 @@ SCHEMAS: dict[str, dict[str, Key]] = {
     "describe": {**MODEL_KEYS, "decoder": Key(_optional(lambda v: v in DECODERS), "speed, sequential or null"),
                  **FLIPS_KEYS, "tp": TP_KEY},
     "trace": {**MODEL_KEYS, "decoder": Key(lambda v: v in DECODERS, "speed or sequential", REQUIRED),
-              "tokens": Key(_is_int(1), "an integer >= 1", REQUIRED), "batch": Key(_is_int(1), "an integer >= 1", 1),
+              "tokens": Key(_is_int(1, MAX_TOKENS), f"an integer in 1..{MAX_TOKENS}", REQUIRED),
+              "batch": Key(_is_int(1, MAX_BATCH), f"an integer in 1..{MAX_BATCH}", 1),
               "dtype": Key(lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}", "bfloat16"), **FLIPS_KEYS,
               "compiled": Key(lambda v: isinstance(v, bool), "true or false", False), "tp": TP_KEY},
     "microbench": {"device": Key(lambda v: v in ("cpu", "cuda"), "cpu or cuda", REQUIRED),
                    "quick": Key(lambda v: isinstance(v, bool), "true or false", False),
-                   "threads": Key(_optional(_is_int(1)), "an integer >= 1, or null")},
+                   "threads": Key(_optional(_is_int(1, MAX_THREADS)), f"an integer in 1..{MAX_THREADS}, or null")},
     "defaults": {"out_dir": Key(_is_str, "a folder", REQUIRED)},
 }
 
@@ -137,7 +142,7 @@ def checked_requests(op: str, raw: Any) -> list[dict[str, Any]]:
     for i, request in enumerate(raw):
         unknown = [k for k in request if k not in schema]
         if unknown:
-            raise ValueError(f"{op} request {i}: unknown key {unknown[0]!r}: this provider cannot serve it "
+            raise ValueError(f"{op} request {i}: unknown key {brief(unknown[0])}: this provider cannot serve it "
                              f"(keys: {', '.join(schema)})")
         for key, spec in schema.items():
             if key not in request:
@@ -158,29 +163,41 @@ def model_config(model: str | dict[str, Any], share: str | None = None, flag: st
         cfg = _model_fields(model) if isinstance(model, dict) else _model_named(model)
     except ValueError as err:
         shown = model.get("name", "(fields)") if isinstance(model, dict) else model
-        raise ValueError(f"{flag} {shown}: {err}") from None
+        raise ValueError(f"{flag} {cut(shown, 200)}: {err}") from None
     if share is None:
         return cfg
     try:
         return shared_variant(cfg, *parse_share(share))
     except ValueError as err:
-        raise ValueError(f"--share {share}: {err}") from None
+        raise ValueError(f"--share {cut(share)}: {err}") from None
 
 
 def _model_named(model: str) -> ModelConfig:
-    """A preset, or the model of a config.json or a model config YAML file."""
+    """A preset, or the model of a config.json or a model config YAML file (each read as `sim.inputs` reads a
+    file: a regular file, within bounds)."""
     path = Path(model)
     if path.is_dir():
         hint = " (its config.json?)" if (path / "config.json").is_file() else ""
         raise ValueError(f"a folder, not a preset or a config file{hint}")
     if path.suffix == ".json":
-        return load_hf_config(path)
-    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        return _model_json(path)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
         return _model_yaml(path)
     try:
         return get_preset(model)
     except ValueError as err:
         raise ValueError(f"{err}; or give a config.json or a model config YAML file") from None
+
+
+def _model_json(path: Path) -> ModelConfig:
+    """A Hugging Face config.json (reference.hfconfig), read as strict JSON (`sim.inputs.load_json`)."""
+    try:
+        raw = load_json_file(path)
+    except FileNotFoundError:
+        raise HfConfigError(path, None, "no such file") from None
+    except InputError as err:
+        raise HfConfigError(path, err.field, err.problem + (f" (line {err.line})" if err.line else "")) from None
+    return from_hf_dict(raw, path)
 
 
 def _model_yaml(path: Path) -> ModelConfig:
@@ -196,10 +213,22 @@ def _model_yaml(path: Path) -> ModelConfig:
     return _model_fields(raw)
 
 
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
+
+
 def _model_fields(raw: dict[str, Any]) -> ModelConfig:
+    """A ModelConfig of its fields (each checked by ModelConfig; one not among them refused)."""
+    unknown = next((k for k in raw if k not in MODEL_FIELDS), None)
+    if unknown is not None:
+        raise ValueError(f"model config, field '{cut(unknown)}': unknown; ModelConfig's fields: "
+                         f"{', '.join(MODEL_FIELDS)}")
+    missing = next((k for k in MODEL_FIELDS if k not in raw and ModelConfig.__dataclass_fields__[k].default is
+                    dataclasses.MISSING), None)
+    if missing is not None:
+        raise ValueError(f"model config, field '{missing}': missing")
     try:
         return ModelConfig(**raw)
-    except (TypeError, ValueError) as err:
+    except ValueError as err:  # ConfigError: names the field
         raise ValueError(f"model config: {err}") from None
 
 
@@ -229,8 +258,9 @@ def resolve_flips(cfg: ModelConfig, decoder: str, flips: str | None, flip_rate: 
     else:
         rates = flips.split(",")
     if len(rates) != cfg.n_groups - 1:
-        raise ValueError(f"{flips or 'the profile ' + cfg.name!r} gives {len(rates)} rates, but {cfg.name} has "
-                         f"G = {cfg.n_groups}: it needs {cfg.n_groups - 1} (or use flip_rate)")
+        given = brief(flips) if flips else f"the profile of {cut(cfg.name)}"
+        raise ValueError(f"{given} gives {len(rates)} rates, but {cut(cfg.name)} has G = {cfg.n_groups}: it needs "
+                         f"{cfg.n_groups - 1} (or use flip_rate)")
     return flips
 
 
@@ -269,11 +299,14 @@ def check_tp(cfg: ModelConfig, tp: int) -> None:
 
 def cached_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None) -> Path:
     """Where the trace of request `r` is cached: named by the config's digest, the tensor-parallel degree and the
-    code revision, so that a trace made before the reference decoder changed is not reused."""
-    name = (f"{cfg.name}.{config_digest(cfg)}.{r['decoder']}{'.compiled' if r['compiled'] else ''}.{r['dtype']}."
-            f"tp{r['tp']}.b{r['batch']}.t{r['tokens']}.{(flips or 'profile').replace(',', '_')}.{code_revision()}"
-            ".jsonl.gz")
-    return trace_cache() / name
+    code revision, so that a trace made before the reference decoder changed is not reused. The parts of the name
+    that come from inputs are bounded: the model's name cut to NAME_CHARS of SAFE_NAME's characters (no "/" nor
+    ".." leaves the cache), the flips hashed (a thousand rates would be a name too long for any file system)."""
+    name = SAFE_NAME.sub("-", cfg.name)[:NAME_CHARS].strip(".-") or "model"
+    flip_part = "profile" if flips is None else "f" + hashlib.sha256(flips.encode()).hexdigest()[:12]
+    file = (f"{name}.{config_digest(cfg)}.{r['decoder']}{'.compiled' if r['compiled'] else ''}.{r['dtype']}."
+            f"tp{r['tp']}.b{r['batch']}.t{r['tokens']}.{flip_part}.{code_revision()}.jsonl.gz")
+    return trace_cache() / file
 
 
 def trace(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -282,7 +315,11 @@ def trace(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     runs = []
     for r in requests:
         cfg = model_config(r["model"], r["share"], r["flag"])
-        flips = r["flips"] if r["flip_rate"] is None else resolve_flips(cfg, r["decoder"], r["flips"], r["flip_rate"])
+        try:
+            flips = resolve_flips(cfg, r["decoder"], r["flips"], r["flip_rate"])
+        except ValueError as err:
+            raise ValueError(f"--flips {brief(r['flips'])}: {err}") from None
+        check_request(cfg, r["decoder"], r["tokens"], r["batch"], DEFAULT_PROMPT_LEN, DEFAULT_SOURCE_LEN)
         path = cached_trace(cfg, r, flips)
         if not path.exists():  # a cached trace's degree was checked when it was made
             check_tp(cfg, r["tp"])
@@ -307,11 +344,12 @@ def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, path: Pa
     t0 = time.perf_counter()
     try:
         tracing.capture_trace(cfg, r["decoder"], r["tokens"], path, dtype=getattr(torch, r["dtype"]),
-                              batch=r["batch"], source_len=DEFAULT_SOURCE_LEN, flips=flips, compiled=r["compiled"],
-                              progress=True, tp=r["tp"], command=f"python -m sim.run --model {cfg.name} (on demand)")
+                              batch=r["batch"], prompt_len=DEFAULT_PROMPT_LEN, source_len=DEFAULT_SOURCE_LEN,
+                              flips=flips, compiled=r["compiled"], progress=True, tp=r["tp"],
+                              command=f"python -m sim.run --model {cfg.name} (on demand)")
     except ValueError as err:  # a bad --flips, or a length the model cannot hold
-        raise ValueError(f"tracing {cfg.name} (--tokens {r['tokens']}, --batch {r['batch']}, --flips "
-                         f"{flips or 'default'}): {err}") from None
+        raise ValueError(f"tracing {cut(cfg.name)} (--tokens {r['tokens']}, --batch {r['batch']}, --flips "
+                         f"{brief(flips or 'default')}): {err}") from None
     return time.perf_counter() - t0
 
 
@@ -323,6 +361,9 @@ def microbench(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from reference.capture.microbench import run_microbenchmarks
     except ImportError as err:
         raise ValueError(f"running the microbenchmarks needs torch ({err}); give --microbench FILE") from None
+    if any(r["device"] == "cuda" for r in requests) and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda: torch {torch.__version__} sees no CUDA device here; run on the GPU's "
+                         "machine, or give --microbench FILE measured there")
     answers = []
     for r in requests:
         if r["threads"] is not None:

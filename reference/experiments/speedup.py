@@ -75,7 +75,7 @@ from reference.flips import FlipOracle
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
 from reference.quant import scheme_of, weight_bytes
-from sim.command import check_outputs, integer, run_command
+from sim.command import check_outputs, random_seed, run_command
 from sim.files import atomic_write
 
 NO_EOS = -1  # an id no token has: every run decodes its full length
@@ -442,7 +442,7 @@ def _parser() -> argparse.ArgumentParser:
                          "e.g. out/trained-wide/code-wide-4x3.safetensors (default: random weights of --preset)")
     weights.add_argument("--preset", help=f"without --checkpoint: the preset whose random weights are timed "
                          f"(default {DEFAULT_PRESET})")
-    parser.add_argument("--seed", type=integer(0), default=0,
+    parser.add_argument("--seed", type=random_seed(), default=0,
                         help="seed of the random weights, random prompts and flip draws (default 0)")
     parser.add_argument("--flips", metavar="SPEC", help="where SPEED's flips come from: 'model' (the model's own "
                         "exits), a profile of data/flips/*.yaml, or G - 1 comma-separated rates (default: 'model' "

@@ -39,7 +39,7 @@ from reference.config import PRESETS, ModelConfig, get_preset
 from reference.experiments.corpus import EOS_ID, Corpus, Tokenizer, load_corpus
 from reference.model import SharedDecoder
 from reference.quant import check_quantizable, check_state, parse_scheme, quantize, scheme_of
-from sim.command import check_outputs, integer, number, run_command
+from sim.command import check_outputs, integer, number, random_seed, run_command
 from sim.files import atomic_write
 
 FAMILY = ("code-2", "code-4", "code-12", "code-2x6", "code-4x3", "code-2x8", "code-4x4")
@@ -433,7 +433,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"warm-up steps (default {defaults.warmup_steps})")
     parser.add_argument("--weight-decay", type=number(0), default=defaults.weight_decay,
                         help=f"AdamW weight decay of matrices and the embedding (default {defaults.weight_decay})")
-    parser.add_argument("--seed", type=integer(0), default=defaults.seed,
+    parser.add_argument("--seed", type=random_seed(), default=defaults.seed,
                         help=f"seed of the initial weights and of the data order (default {defaults.seed})")
     parser.add_argument("--eval-every", type=integer(1), default=defaults.eval_every,
                         help=f"steps between held-out evaluations, logged (default {defaults.eval_every})")

@@ -34,6 +34,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import stat
 import statistics
 import sys
@@ -60,17 +61,20 @@ LONGEST_READ_BYTES = 16 << 20  # of a child's stdout or stderr: what a flood of 
 EXCEPTION_EXIT = 70  # the child's exit status when an exception escaped (EX_SOFTWARE)
 POLL_S = 0.005  # how often the runner looks for ended children
 TRACEBACK_MARK = "Traceback (most recent call last)"
+CACHE_ENV = "SPEED_SIM_CACHE"  # sim.defaults.trace_cache: where traces made on demand are cached
 NONFINITE = re.compile(r"(?i)(?<![a-z_])(nan|-?inf(inity)?)(?![a-z_])")  # a number as Python or JSON prints it
 
 
 @dataclass(frozen=True)
 class Node:
-    """A file-system entry of a case that is not just bytes: a folder, a named pipe, or a file with a mode
-    (applied after every entry is made, so a read-only folder can hold files)."""
+    """A file-system entry of a case that is not just bytes: a folder, a named pipe, a Unix socket, a symbolic
+    or hard link, or a file with a mode (applied after every entry is made, so a read-only folder can hold
+    files)."""
 
-    kind: str = "file"  # "file" | "folder" | "fifo"
+    kind: str = "file"  # "file" | "folder" | "fifo" | "socket" | "symlink" | "hardlink"
     data: bytes | Callable[[], bytes] = b""  # a file's contents (a callable: made in the child)
     mode: int | None = None  # e.g. 0o500: a read-only folder; 0: an unreadable file
+    target: str = ""  # a link's target ({tmp}: the case's folder), made earlier in the case's files
 
 
 FileSpec = bytes | Callable[[], bytes] | Node  # a callable makes the bytes in the child (heavy inputs in parallel)
@@ -141,6 +145,14 @@ def materialize(files: dict[str, FileSpec], tmp: Path) -> None:
             path.mkdir(exist_ok=True)
         elif node.kind == "fifo":
             os.mkfifo(path)
+        elif node.kind == "socket":
+            bound = socket.socket(socket.AF_UNIX)  # bound, never listening: the file stays after it is closed
+            bound.bind(str(path))
+            bound.close()
+        elif node.kind == "symlink":
+            path.symlink_to(fill(node.target, tmp))
+        elif node.kind == "hardlink":
+            os.link(fill(node.target, tmp), path)
         else:
             path.write_bytes(node.data() if callable(node.data) else node.data)
         if node.mode is not None:
@@ -181,6 +193,9 @@ def child(case: Case, folder: Path, tmp: Path) -> NoReturn:
         # new streams on those descriptors: the parent's may write elsewhere (a test runner's capture)
         sys.stdout, sys.stderr = (open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
                                   for fd in (1, 2))
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # a command that reads stdin reads nothing, never a terminal
+        # traces made on demand go to the run's own cache: hostile models never reach the user's
+        os.environ[CACHE_ENV] = str(folder.parent / "cache")
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
         os.chdir(tmp)  # a relative output lands in the case's folder

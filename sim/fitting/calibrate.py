@@ -50,6 +50,7 @@ from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
 from sim.fitting.collectives import all_reduce_rows, calibrate_interconnect
 from sim.fitting.compiled import fit_compiled, is_compiled_measurement
+from sim.fitting.microbench import MAX_THREADS, check_microbench, load_microbench
 from sim.hardware import HwConfig, load_hwconfig, parse, to_dict
 from sim.kernels import Kernel, KernelCost, kernel_cost
 from sim.opkinds import DTYPE_BYTES
@@ -423,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
                         "measurements among them (reference.capture.measure --compile) fit the compiled figures: "
                         "host.launch_graph_s and the compiled section, on their decode stage times")
     parser.add_argument("--quick", action="store_true", help="fewer microbenchmark sizes")
-    parser.add_argument("--threads", type=integer(1),
+    parser.add_argument("--threads", type=integer(1, MAX_THREADS),
                         help="torch intra-op threads for the microbenchmarks run here (default: "
                         "torch's); give the measured traces' count (the cpu hwconfig's compute units follow it)")
     return parser
@@ -433,12 +434,18 @@ def _microbench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     """The microbenchmark results, loaded from --microbench or run here (and saved beside --out), and their path."""
     if args.microbench:
         try:
-            return json.loads(args.microbench.read_text()), args.microbench
-        except (OSError, ValueError) as err:
-            parser.error(f"--microbench {args.microbench}: {err}")
+            mb = load_microbench(args.microbench, f"--microbench {args.microbench}")
+        except ValueError as err:  # MicrobenchError: names the field
+            parser.error(str(err))
+        if mb.get("device", args.device) != args.device:
+            parser.error(f"--device {args.device}: --microbench {args.microbench} was measured on {mb['device']} "
+                         f"({mb.get('device_name', '?')}); calibrate --device {mb['device']}, or give results of "
+                         f"{args.device}")
+        return mb, args.microbench
     try:  # run by the trace provider (sim.provider): torch never loads here
         [mb] = request("microbench", [{"device": args.device, "quick": args.quick, "threads": args.threads}])
-    except ValueError as err:  # the provider's error line (torch missing: give --microbench FILE), or no provider
+        check_microbench(mb, f"the trace provider's microbenchmarks of --device {args.device}")
+    except ValueError as err:  # the provider's error line (no GPU, torch missing: give --microbench FILE)
         parser.error(str(err))
     mb_path = args.out.with_suffix(".microbench.json")
     atomic_write(mb_path, lambda tmp: tmp.write_text(json.dumps(mb, indent=1)))
@@ -485,7 +492,9 @@ def _print_report(out: Path, report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    check_outputs(parser, {"--out": args.out})
+    saved = None if args.microbench else args.out.with_suffix(".microbench.json")  # the measurements made here
+    check_outputs(parser, {"--out": args.out, "--out (the microbenchmarks run here, beside it)": saved},
+                  inputs={"--base": [args.base], "--microbench": [args.microbench], "--measured": args.measured})
     if args.base is None and args.device != "cpu":
         parser.error("--base is required for cuda: the hwconfig with the GPU's datasheet figures")
     if args.threads is not None and args.threads < 1:

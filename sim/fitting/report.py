@@ -8,7 +8,6 @@ its device, with scatter plots; and, when given, the CPU loop's results from thi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from sim.defaults import CHECKOUT as ROOT
 from sim.engine import breakdown, project
 from sim.files import atomic_write
 from sim.fitting import public_kernels
+from sim.fitting.microbench import load_microbench
 from sim.fitting.public import pairs as public_pairs
 from sim.fitting.validate import metrics, microbench_pairs, r_text, scatter, validate_compiled, validate_trace
 from sim.fusion import LIBRARY_CLASSES
@@ -73,7 +73,7 @@ def resources(path: Path, hw: HwConfig, lines: list[str]) -> None:
     where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
     lines += [f"Microbenchmarks, one resource at a time (`{where}`, `python -m sim.fitting.validate --microbench`):",
               "", "| resource | n | median \\|e\\| | bias | r |", "| --- | --- | --- | --- | --- |"]
-    for resource, values in microbench_pairs(json.loads(path.read_text()), hw).items():
+    for resource, values in microbench_pairs(load_microbench(path), hw).items():
         m = metrics(values)
         lines.append(f"| {resource} | {m['n']} | {m['median_abs_pct']:.1f}% | {m['bias_pct']:+.1f}% | "
                      f"{r_text(m['pearson_r'], 0)} |")

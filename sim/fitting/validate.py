@@ -31,8 +31,9 @@ multiply, decode attention, and the all-reduce sweep against the interconnect mo
 per world size); the same statistics per resource. The decode sweeps (microbench --only decode_gemm
 decode_attention) are checked too, per number of rows (`decode_gemm m=R <dtype>`: products of R rows by a model's
 weights) and per head layout (`decode_attention 32q/4kv x64 <dtype>`: one query row over 128 to 32k keys). A row
-that cannot be modelled (a product form other than x @ W^T, a projection the hwconfig refuses) and a list of rows
-no model reads yet are listed after the table, never dropped unsaid.
+that cannot be modelled (a product form other than x @ W^T, a projection the hwconfig refuses) is listed after the
+table, never dropped unsaid; a list of rows of no known format is refused when the file is read
+(sim.fitting.microbench), never ignored.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ from typing import Any
 
 from sim.command import check_outputs, number, run_command
 from sim.engine import project
-from sim.files import atomic_write
+from sim.files import atomic_write, staged_writes
 from sim.fitting.calibrate import microbench_traces
 from sim.fitting.collectives import all_reduce_pairs, all_reduce_rows, beyond_the_node
 from sim.fitting.compiled import DECODE_STAGES, compiled_stage_seconds, is_compiled_measurement
+from sim.fitting.microbench import MicrobenchError, load_microbench
 from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.inputs import brief
 from sim.trace import Trace, read_checked
@@ -61,6 +63,10 @@ from sim.trace import Trace, read_checked
 # timed. A measured end-to-end time outside it is refused; an op or stage time outside it is left out of the
 # statistics, as zeros (ops too short for the profiler to see) always were.
 MEASURED_S = (1e-9, 1e7)
+# ops of an eager measurement that may go untimed (0 s: too short for the profiler to see) before it is no
+# measurement of the run: the committed H200 measurements have 2 of 42,595; a trace of zeros would compare the
+# projection with nothing
+MAX_UNTIMED_SHARE = 0.1
 
 
 def _measured(seconds: object) -> bool:
@@ -115,6 +121,7 @@ def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool, laun
     if not trace.ops:
         raise ValueError(f"{path}: empty trace (no op records)")
     measured_end_to_end(trace, path)
+    check_measured_times(trace, path, compiled)
     measured_cpu = trace.header.device == "cpu"
     if measured_cpu != (hw.kind == "cpu"):
         raise ValueError(f"{path}: measured on {trace.header.device} ({trace.header.device_name}) but hwconfig "
@@ -123,6 +130,22 @@ def check_pairing(trace: Trace, hw: HwConfig, path: Path, any_device: bool, laun
     if not any_device and models and not any(m in hw.name for m in models):
         raise ValueError(f"{path}: measured on {trace.header.device_name} but hwconfig {hw.path} is {hw.name!r}; "
                          "pass --any-device to compare anyway")
+
+
+def check_measured_times(trace: Trace, path: Path, compiled: bool) -> None:
+    """Refuse a measurement whose times are not one: a stage (of a compiled measurement: a decode stage) whose
+    wall time is not a time in MEASURED_S (missing, 0), or an eager measurement with more than
+    MAX_UNTIMED_SHARE of its ops untimed (0 s)."""
+    stage = next((s for s in trace.stages if (not compiled or s.kind in DECODE_STAGES) and not _measured(s.wall_s)),
+                 None)
+    if stage is not None:
+        raise ValueError(f"{path}, stage {stage.stage}, field 'wall_s': expected a measured wall time in "
+                         f"[{MEASURED_S[0]:g}, {MEASURED_S[1]:g}] s, got {stage.wall_s}: not a measurement")
+    if not compiled:
+        untimed = sum(not op.duration_s for op in trace.ops)
+        if untimed > MAX_UNTIMED_SHARE * len(trace.ops):
+            raise ValueError(f"{path}, field 'duration_s': {untimed:,} of {len(trace.ops):,} ops have no measured "
+                             f"duration (0 s), more than {MAX_UNTIMED_SHARE:.0%}: not a measurement of the run")
 
 
 def validate_compiled(trace: Trace, hw: HwConfig) -> dict[str, list[tuple[float, float]]]:
@@ -154,9 +177,7 @@ def validate_trace(trace: Trace, hw: HwConfig, launch: str = "eager") -> dict[st
     return out
 
 
-# The lists of rows a microbenchmark file holds that this validation reads (reference.capture.microbench); the decode
-# sweeps' rows are gemm's and attention's, read as those are
-RESOURCE_LISTS = ("copy", "gemm", "elementwise", "attention", "all_reduce")
+# The decode sweeps' lists of rows (reference.capture.microbench), each read as the resource list whose rows it holds
 DECODE_LISTS = {"decode_gemm": "gemm", "decode_attention": "attention"}
 DECODE_GEMM_FORMS = ("linear",)  # products the kernel model takes: x @ W^T (F.linear), as the decoder computes them
 
@@ -201,13 +222,17 @@ def decode_pairs(mb: dict[str, Any], hw: HwConfig, unmodelled: list[str]) -> dic
 
 def microbench_pairs(mb: dict[str, Any], hw: HwConfig, unmodelled: list[str] | None = None
                      ) -> dict[str, list[tuple[float, float]]]:
-    """(projected, measured) seconds per call of each microbenchmark (reference.capture.microbench), per resource. The
-    microbenchmarks time back-to-back calls (cuda: a graph between events; cpu: the host clock, dispatch
-    included), so the projection is the kernel's time, without launch (of the last call, the measured one).
-    All-reduce rows of more ranks than the hwconfig's node holds are left out (sim.fitting.collectives). Rows not
-    modelled (`decode_pairs`) and lists of rows no model reads are said in `unmodelled`."""
+    """(projected, measured) seconds per call of each microbenchmark (results checked by `sim.fitting.microbench`,
+    measured on the hwconfig's kind of device), per resource. The microbenchmarks time back-to-back calls (cuda: a
+    graph between events; cpu: the host clock, dispatch included), so the projection is the kernel's time, without
+    launch (of the last call, the measured one). All-reduce rows of more ranks than the hwconfig's node holds are left
+    out (sim.fitting.collectives). Rows not modelled (`decode_pairs`) are said in `unmodelled`."""
     if not isinstance(mb, dict):
         raise ValueError(f"expected a JSON object, got {brief(mb)}")
+    device = mb.get("device")
+    if device is not None and (device == "cpu") != (hw.kind == "cpu"):
+        raise ValueError(f"measured on {device} ({mb.get('device_name', '?')}) but hwconfig {hw.path} describes a "
+                         f"{hw.kind}")
     unmodelled = [] if unmodelled is None else unmodelled
     out: dict[str, list[tuple[float, float]]] = {}
     for resource, trace, measured_s in microbench_traces(mb):
@@ -216,8 +241,6 @@ def microbench_pairs(mb: dict[str, Any], hw: HwConfig, unmodelled: list[str] | N
     if rows:
         out.update(all_reduce_pairs(rows, hw))
     out.update(decode_pairs(mb, hw, unmodelled))
-    unmodelled += [f"'{key}': {len(rows)} rows that no model reads yet" for key, rows in mb.items()
-                   if isinstance(rows, list) and rows and key not in (*RESOURCE_LISTS, *DECODE_LISTS)]
     if not out and not beyond:
         raise ValueError("no microbenchmark results (copy, gemm, elementwise, attention, all_reduce, decode_gemm or "
                          "decode_attention)")
@@ -329,20 +352,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.measured and not args.microbench:
         parser.error("give --measured traces, --microbench results, or both")
-    check_outputs(parser, {"--json": args.json, "--plot": args.plot})
+    check_outputs(parser, {"--json": args.json, "--plot": args.plot},
+                  inputs={"--hw": [args.hw], "--measured": args.measured, "--microbench": [args.microbench]})
     try:
         hw = load_hwconfig(args.hw)
     except HwConfigError as err:
         parser.error(str(err))
     if args.microbench:
+        where = f"--microbench {args.microbench}"
         unmodelled: list[str] = []
         try:
-            mb = json.loads(args.microbench.read_text())
+            mb = load_microbench(args.microbench, where)
             pairs = microbench_pairs(mb, hw, unmodelled)
         except HwConfigError as err:  # the hwconfig cannot run what was measured (no interconnect, too few devices)
-            parser.error(f"--microbench {args.microbench}: {err}")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            parser.error(f"--microbench {args.microbench}: not microbenchmark results ({type(err).__name__}: {err})")
+            parser.error(f"{where}: {err}")
+        except ValueError as err:  # not microbenchmark results (MicrobenchError names the field), another device
+            parser.error(str(err) if isinstance(err, MicrobenchError) else f"{where}: {err}")
         print_resources(f"microbenchmarks {args.microbench} on {hw.name} ({args.hw})", pairs)
         beyond = beyond_the_node(all_reduce_rows(mb), hw)[1]
         if beyond:
@@ -368,11 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             everything.setdefault(metric, []).extend(values)
     overall = {metric: metrics(values) for metric, values in everything.items()}
     print_report(f"all {len(args.measured)} traces on {hw.name} ({args.hw})", overall)
-    if args.json:
-        text = json.dumps(json_safe({"overall": overall, "traces": per_trace}), indent=1, allow_nan=False)
-        atomic_write(args.json, lambda tmp: tmp.write_text(text))
-    if args.plot:
-        scatter(everything, args.plot, f"{hw.name}: {len(args.measured)} measured traces")
+    with staged_writes():  # all or none: a failing output replaces nothing
+        if args.json:
+            text = json.dumps(json_safe({"overall": overall, "traces": per_trace}), indent=1, allow_nan=False)
+            atomic_write(args.json, lambda tmp: tmp.write_text(text))
+        if args.plot:
+            scatter(everything, args.plot, f"{hw.name}: {len(args.measured)} measured traces")
     return 1 if _failed(overall, args.max_error, args.max_stage_error) else 0
 
 

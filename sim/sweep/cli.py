@@ -28,13 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from sim.command import check_outputs, integer
+from sim.files import staged_writes
 from sim.provider import ProviderError
 from sim.run import parse_sets
-from sim.sweep.journal import Journal, write_rows
-from sim.sweep.plots import plot_all
+from sim.sweep.journal import JOURNAL, ROWS_CSV, ROWS_JSONL, Journal, write_rows
+from sim.sweep.plots import PLOT_FILES, plot_all
 from sim.sweep.points import Job, resolve
-from sim.sweep.runner import SweepError, Timing, import_ray, run_jobs, start_ray
+from sim.sweep.runner import (
+    ADDRESS_FORMS,
+    LOCAL_WORKERS_PER_CPU,
+    MAX_WORKERS,
+    SweepError,
+    Timing,
+    check_address,
+    import_ray,
+    run_jobs,
+    start_ray,
+)
 from sim.sweep.spec import Point, Spec, SpecError, load_spec
+
+OUTPUT_FILES = (JOURNAL, ROWS_JSONL, ROWS_CSV, *PLOT_FILES)  # what a sweep writes into --out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,19 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("spec", type=Path, help="the sweep spec (YAML): a grid or a list of points")
     parser.add_argument("--out", type=Path, help="output folder (rows, journal, plots); rerunning with the same "
                         "folder resumes, skipping the points already there. Required unless --list or --bench")
-    parser.add_argument("--workers", type=integer(1), help="worker processes projecting points (default: every CPU of "
-                        "the local machine or of the cluster)")
-    parser.add_argument("--ray-address", help="a running Ray cluster to use (e.g. ray://head:10001 or auto); "
-                        "default: start Ray on this machine. The cluster's nodes need speed-sim installed")
+    parser.add_argument("--workers", type=integer(1, MAX_WORKERS), help="worker processes projecting points "
+                        f"(default: every CPU of the local machine or of the cluster; at most {LOCAL_WORKERS_PER_CPU} "
+                        "per core of this machine, or the cluster's CPUs)")
+    parser.add_argument("--ray-address", help=f"a running Ray cluster to use: {ADDRESS_FORMS}; default: start Ray "
+                        "on this machine. The cluster's nodes need speed-sim installed (README: Sweeps on a cluster)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hwconfig "
                         "field at every point, as sim.run --set (repeatable; a spec axis of the same field wins)")
     parser.add_argument("--list", action="store_true", help="print the points and exit (nothing is run)")
     parser.add_argument("--no-plots", action="store_true", help="write the rows only")
-    parser.add_argument("--bench", type=integer(1), nargs="+", metavar="WORKERS", help="measure points per second with "
-                        "each of these worker counts (e.g. --bench 1 2): every point projected afresh per count, "
-                        "traces built once, nothing written to --out")
+    parser.add_argument("--bench", type=integer(1, MAX_WORKERS), nargs="+", metavar="WORKERS",
+                        help="measure points per second with each of these worker counts (e.g. --bench 1 2): every "
+                        "point projected afresh per count, traces built once, nothing written to --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def spec_files(spec: Spec) -> dict[str, list[Path]]:
+    """The files a spec names (its hwconfigs and models that are files), by the axis that names them."""
+    return {f"the spec's {axis}": [Path(v) for v in dict.fromkeys(getattr(p, axis) for p in spec.points)
+                                   if Path(v).is_file()] for axis in ("hw", "model")}
 
 
 def with_cli_sets(spec: Spec, sets: dict[str, str]) -> Spec:
@@ -123,17 +143,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.out is None and not (args.list or args.bench):
         parser.error("--out DIR is required (the folder the rows, journal and plots go to)")
-    check_outputs(parser, {"--out": None if args.list or args.bench else args.out}, folders=("--out",))
+    try:
+        if args.ray_address is not None:
+            check_address(args.ray_address)
+    except ValueError as err:
+        parser.error(str(err))
+    outputs = {"--out": None if args.list or args.bench else args.out}
+    check_outputs(parser, outputs, folders={"--out": OUTPUT_FILES}, inputs={"the spec": [args.spec]})
     ray = None if args.list else import_ray()  # first: without Ray, say how to install it before anything else
     try:
         spec = with_cli_sets(load_spec(args.spec), parse_sets(args.set, parser))
+        check_outputs(parser, outputs, folders={"--out": OUTPUT_FILES}, inputs=spec_files(spec))
         jobs = resolve(spec.points, str(args.spec))
     except (SpecError, ProviderError) as err:  # ProviderError: no trace provider to describe the models
         parser.error(str(err))
     if args.list:
         print_points(jobs)
         return 0
-    workers = start_ray(args.ray_address, args.workers)
+    try:
+        workers = start_ray(args.ray_address, max([args.workers or 0, *(args.bench or [])]) or None)
+    except ValueError as err:  # an address that cannot be joined, more workers than can run
+        parser.error(str(err))
     progress = not args.quiet
     try:
         if args.bench:
@@ -148,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err} (finished points are kept in {args.out}; rerun to resume)", file=sys.stderr)
         return 1
     rows = finished_rows(jobs, journal, spec)
-    write_rows(args.out, rows)
+    with staged_writes():  # rows and plots all or none (the journal keeps every finished point regardless)
+        write_rows(args.out, rows)
+        plotted = [] if args.no_plots else plot_all(rows, spec, args.out)
     print(report(timing, rows))
-    if not args.no_plots:
-        for line in plot_all(rows, spec, args.out):
-            print(line)
+    for line in plotted:
+        print(line)
     return 0

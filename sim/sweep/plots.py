@@ -11,6 +11,7 @@ from sim.files import atomic_write
 from sim.sweep.spec import Spec
 
 MAX_PANELS = 12  # heatmap panels (one per value of the other swept axes) before a `where` must narrow them
+SPEEDUP_PNG, COST_PNG, ACCURACY_PNG = PLOT_FILES = ("speedup.png", "latency-cost.png", "latency-accuracy.png")
 
 
 def _pyplot() -> Any:
@@ -116,10 +117,9 @@ def latency_against(rows: list[dict[str, Any]], column: str, label: str, out: Pa
 
 def plot_all(rows: list[dict[str, Any]], spec: Spec, folder: Path) -> list[str]:
     """Every plot the spec allows; lines saying what was written (or why a heatmap was not)."""
-    written = [speedup_heatmap(rows, spec, folder / "speedup.png")]
+    written = [speedup_heatmap(rows, spec, folder / SPEEDUP_PNG)]
     if spec.cost:
-        written.append(latency_against(rows, "cost_per_million_tokens", "$ per million tokens",
-                                       folder / "latency-cost.png"))
+        written.append(latency_against(rows, "cost_per_million_tokens", "$ per million tokens", folder / COST_PNG))
     if spec.accuracy:
-        written.append(latency_against(rows, "accuracy", "accuracy", folder / "latency-accuracy.png"))
+        written.append(latency_against(rows, "accuracy", "accuracy", folder / ACCURACY_PNG))
     return written

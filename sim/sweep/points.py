@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,8 @@ def overrides(point: Point, hw: HwConfig, where: str) -> dict[str, str]:
             if not isinstance(node, (int, float)) or isinstance(node, bool):
                 raise SpecError(where, f"set.{name}", f"{hw.path} has no number there to scale")
             scaled = node * float(scale[1])
+            if not math.isfinite(scaled):
+                raise SpecError(where, f"set.{name}", f"{value} times {hw.path}'s {node:g} is beyond a finite number")
             value = repr(round(scaled) if isinstance(node, int) else scaled)
         out[name] = value
     return out
@@ -132,6 +135,8 @@ def resolve(points: list[Point], where: str) -> list[Job]:
                 interconnect_of(hws[p.hw, p.sets], p.tp)
             if model.get("field") in ("model", "tp"):  # an unknown preset, a bad share, a config file that cannot
                 raise ValueError(model["error"])  # be read, a degree the model cannot be sharded over
+        except SpecError:
+            raise
         except ValueError as err:  # HwConfigError, or the model
             shard = f", tp {p.tp}" if p.tp > 1 else ""
             raise SpecError(where, f"point {i} ({p.hw}, {p.model}{', ' + p.share if p.share else ''}{shard})",

@@ -17,7 +17,10 @@ pool of worker actors, rows journaled as they come back.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +29,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sim.host import address_space_room, gigabytes, physical_bytes
+from sim.inputs import brief
 from sim.provider import trace_files
 from sim.sweep.journal import Journal
 from sim.sweep.points import Job, Projector, TraceKey, configurations
@@ -33,6 +38,15 @@ from sim.sweep.points import Job, Projector, TraceKey, configurations
 INSTALL_HINT = ("sim.sweep runs on Ray, which is not installed: pip install 'speed-sim[sweep]' "
                 "(from a checkout: pip install -e '.[sweep]')")
 IN_FLIGHT_PER_WORKER = 2  # one call running, one queued: a worker never waits for the driver
+MAX_WORKERS = 1 << 16  # --workers, --bench: Ray actors (a Python process each) beyond any cluster's cores
+# worker processes per core on this machine: more only wait for a core (and each holds ~150 MB of memory)
+LOCAL_WORKERS_PER_CPU = 4
+CONNECT_TIMEOUT_S = 5.0  # to find a cluster's GCS port answering before Ray is asked to join it
+# HOST:PORT: a host name, an IPv4 address or a bracketed IPv6 address, and a port
+HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?)"
+                       r":(?P<port>[0-9]{1,5})")
+ADDRESS_FORMS = ("auto (the cluster started on this machine), HOST:PORT (the head's GCS address, as `ray start "
+                 "--head` prints it; port 6379 by default) or ray://HOST:PORT (Ray Client, port 10001)")
 
 
 class SweepError(RuntimeError):
@@ -47,17 +61,87 @@ def import_ray() -> Any:
     return ray
 
 
+def check_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a cluster address (None for `auto`), or a ValueError naming the flag and the forms it
+    takes: ADDRESS_FORMS; the ray:// form only where the Ray Client is installed (`ray[client]`: grpcio)."""
+    if address == "auto":
+        return None
+    hostport = address.removeprefix("ray://")
+    match = HOST_PORT.fullmatch(hostport)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"--ray-address {brief(address)}: expected {ADDRESS_FORMS}")
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise ValueError(f"--ray-address {address}: the ray:// form connects through the Ray Client, which is not "
+                         "installed: pip install 'ray[client]' (grpcio), or give the head's HOST:PORT from a node of "
+                         "the cluster")
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def _answers(address: str, host: str, port: int) -> None:
+    """A ValueError unless something accepts a connection at host:port within CONNECT_TIMEOUT_S (Ray itself would
+    wait minutes for a cluster that is not there)."""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else err.strerror or str(err)
+        raise ValueError(f"--ray-address {address}: no Ray cluster answers at {host}:{port} ({why}); start one "
+                         "with `ray start --head` (README.md, \"Sweeps on a cluster\")") from None
+
+
+def _join_error(ray: Any, err: Exception) -> str:
+    """Why joining a cluster failed, in one line (a refused token: how to join one that authenticates)."""
+    refused = getattr(ray.exceptions, "AuthenticationError", None)  # Ray 2.52 and later
+    if refused is not None and isinstance(err, refused):
+        return ("the cluster refused this process's token: a cluster with token authentication is joined with "
+                "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (README.md, \"Sweeps on a cluster\")")
+    return " ".join(str(err).split())[:300]
+
+
+# A Ray node's object store, by default 30% of its memory (ray._private.ray_constants
+# DEFAULT_OBJECT_STORE_MEMORY_PROPORTION), is shared memory that every process joining the node maps whole
+RAY_OBJECT_STORE_SHARE = 0.3
+
+
+def check_address_space(flag: str) -> None:
+    """A ValueError naming `flag` where this process's address-space limit (`ulimit -v`) cannot map a Ray node's
+    default object store: Ray would abort in C++ (`shared_memory.cc: mmap failed`), not raise."""
+    room, host = address_space_room(), physical_bytes()
+    if room is not None and host is not None and room < RAY_OBJECT_STORE_SHARE * host:
+        raise ValueError(f"{flag}: this process may map only {gigabytes(room)} more (ulimit -v), less than a Ray "
+                         f"node's object store ({RAY_OBJECT_STORE_SHARE:.0%} of this host's {gigabytes(host)}), which "
+                         "joining Ray maps: raise the limit (ulimit -v unlimited)")
+
+
 def start_ray(address: str | None, workers: int | None) -> int:
-    """Connect to the cluster at `address`, or start a small local Ray instance; the number of workers to use
-    (`workers`, or every CPU Ray has)."""
+    """Connect to the cluster at `address` (checked first: `check_address`, and that it answers), or start a
+    small local Ray instance; the number of workers to use (`workers`, or every CPU Ray has). A ValueError naming
+    the flag where the address cannot be joined or the workers cannot all run (local: more than
+    LOCAL_WORKERS_PER_CPU per core; a cluster: more than its CPUs, each worker taking one)."""
     ray = import_ray()
+    cores = os.cpu_count() or 1
+    if not address and workers and workers > LOCAL_WORKERS_PER_CPU * cores:
+        raise ValueError(f"--workers {workers}: more than {LOCAL_WORKERS_PER_CPU} per core of this machine's {cores} "
+                         "(each a Python process; more only wait for a core): give fewer, or --ray-address a cluster")
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            where = check_address(address)
+            if where is not None:
+                _answers(address, *where)
+            check_address_space(f"--ray-address {brief(address)}")
+            try:
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as err:  # no cluster there
+                raise ValueError(f"--ray-address {brief(address)}: {_join_error(ray, err)}") from None
         else:
-            ray.init(num_cpus=max(workers or 0, os.cpu_count() or 1), include_dashboard=False, logging_level="ERROR",
+            check_address_space("sim.sweep (a local Ray instance)")
+            ray.init(num_cpus=max(workers or 0, cores), include_dashboard=False, logging_level="ERROR",
                      log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    return workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if workers and address and workers > cpus:
+        raise ValueError(f"--workers {workers}: the cluster at {address} has {cpus} CPUs, one per worker (more would "
+                         "never be scheduled)")
+    return workers or cpus
 
 
 def _build_trace(key: TraceKey) -> tuple[dict[str, Any], bytes]:
@@ -115,8 +199,9 @@ def project_jobs(jobs: list[Job], traces: dict[TraceKey, tuple[str, Any]], worke
     """Phase 2: every configuration of `jobs` projected by `workers` actors; `record` gets each call's (key, row)
     pairs as it returns. Returns the seconds it took."""
     ray = import_ray()
-    pool = [ray.remote(num_cpus=1)(_Worker).remote() for _ in range(workers)]
     pending = configurations(jobs)[::-1]  # popped from the end: spec order
+    workers = min(workers, len(pending))  # no worker without a configuration to project
+    pool = [ray.remote(num_cpus=1)(_Worker).remote() for _ in range(workers)]
     in_flight: dict[Any, tuple[int, list[Job]]] = {}
     bar = tqdm(total=len(jobs), desc="sweep", unit="point", disable=not progress or None)
     t0 = time.perf_counter()

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim.defaults import DEFAULT_HW, DEFAULT_TOKENS
+from sim.defaults import DEFAULT_HW, DEFAULT_TOKENS, MAX_BATCH, MAX_TOKENS
 from sim.engine import LAUNCH_MODES
-from sim.inputs import InputError, brief, load_yaml_file
+from sim.inputs import InputError, brief, cut, load_yaml_file
 
 DECODERS = ("speed", "sequential")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -46,9 +46,13 @@ AXES: dict[str, list[Any]] = {
     "batch": [1], "tokens": [DEFAULT_TOKENS], "dtype": ["bfloat16"], "flips": [None], "flip_rate": [None],
     "streams": [1], "tp": [1],
 }
-SCALE = re.compile(r"x\s*([0-9.]+(?:[eE][-+]?[0-9]+)?)")  # "x0.5": half the hwconfig's value
+SCALE = re.compile(r"x\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)")  # "x0.5": half the hwconfig's value
 # the largest value of each count axis: far beyond any run worth sweeping (and sim.run's own limit on streams)
-MAX_AXIS = {"batch": 1 << 16, "tokens": 1 << 20, "streams": 1024, "tp": 1 << 16}
+MAX_AXIS = {"batch": MAX_BATCH, "tokens": MAX_TOKENS, "streams": 1024, "tp": 1 << 16}
+# points a spec may hold: a day's sweep on a 100-worker cluster at ~1 point/s per worker (a point takes 0.1 to a
+# few seconds); counted from the axes' lengths before any point is made
+MAX_POINTS = 100_000
+PLOTS = ("heatmap",)
 
 
 class SpecError(ValueError):
@@ -147,14 +151,37 @@ def _axes(path: Path, raw: Any, where: str) -> dict[str, list[Any]]:
                 raise SpecError(path, f"{where}.set", "expected a mapping of hwconfig field to values")
             for key, v in values.items():
                 field = f"{where}.set.{key}"
-                axes[f"set.{key}"] = [_check(path, f"set.{key}", x, field) for x in _values(path, field, v)]
+                axes[f"set.{key}"] = _distinct(path, field, [_check(path, f"set.{key}", x, field)
+                                                             for x in _values(path, field, v)])
         elif name in AXES:
-            axes[name] = [_check(path, name, x, f"{where}.{name}") for x in _values(path, f"{where}.{name}", values)]
+            field = f"{where}.{name}"
+            axes[name] = _distinct(path, field, [_check(path, name, x, field) for x in _values(path, field, values)])
         else:
             raise SpecError(path, f"{where}.{name}", f"unknown axis; axes: {', '.join(AXES)}, set")
     if axes["flips"] != [None] and axes["flip_rate"] != [None]:
         raise SpecError(path, f"{where}.flip_rate", "give flips or flip_rate, not both")
     return axes
+
+
+def _distinct(path: Path, where: str, values: list[Any]) -> list[Any]:
+    """`values` (checked: scalars) if no value is given twice; else a SpecError naming the axis and the value."""
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise SpecError(path, where, f"{brief(value)} given twice: each value of an axis makes its own points")
+        seen.add(value)
+    return values
+
+
+def _count_points(path: Path, field: str, listed: list[dict[str, list[Any]]]) -> None:
+    """Refuse a spec whose grid (or listed points, each a grid of its own) holds more than MAX_POINTS points,
+    from its axes' lengths, before any point is made."""
+    sizes = [math.prod(len(v) for v in axes.values()) for axes in listed]
+    if sum(sizes) > MAX_POINTS:
+        widest = max(listed, key=lambda axes: math.prod(len(v) for v in axes.values()))
+        lengths = " x ".join(f"{len(v):,} {k}" for k, v in widest.items() if len(v) > 1)
+        raise SpecError(path, field, f"{sum(sizes):,} points ({lengths}{' in the largest' if len(listed) > 1 else ''}"
+                        f"), more than {MAX_POINTS:,}: split the sweep, or sweep fewer values")
 
 
 def _point(axes: dict[str, Any]) -> Point:
@@ -167,6 +194,41 @@ def _mapping(path: Path, raw: dict, name: str, value_check: Any) -> dict:
     if not isinstance(value, dict) or not all(value_check(v) for v in value.values()):
         raise SpecError(path, name, f"expected a mapping of name to a finite number >= 0, got {brief(value)}")
     return {str(k): float(v) for k, v in value.items()}
+
+
+def _heatmap(path: Path, plots: Any, points: list[Point], swept: list[str]) -> dict[str, Any]:
+    """The heatmap of `plots`, checked against the points when the spec is read (never after they ran): x and y
+    two distinct axes the spec sweeps (not the decoder: the map is SPEED's speedup over sequential decoding),
+    `where` fixing other swept axes to values they take."""
+    plots = {} if plots is None else plots
+    if not isinstance(plots, dict) or not set(plots) <= set(PLOTS):
+        unknown = sorted(set(plots) - set(PLOTS), key=str)[0] if isinstance(plots, dict) else None
+        raise SpecError(path, f"plots.{cut(unknown)}" if unknown else "plots", f"expected a mapping of plots; "
+                        f"plots: {', '.join(PLOTS)}")
+    heatmap = plots.get("heatmap") or {}
+    if not isinstance(heatmap, dict) or not set(heatmap) <= {"x", "y", "where"} or ("x" in heatmap) != (
+            "y" in heatmap):
+        raise SpecError(path, "plots.heatmap", f"expected {{x: AXIS, y: AXIS, where: {{AXIS: VALUE}}}}, got "
+                        f"{brief(heatmap)}")
+    plotted = [heatmap[k] for k in ("x", "y") if k in heatmap]
+    where = heatmap.get("where") or {}
+    if not isinstance(where, dict):
+        raise SpecError(path, "plots.heatmap.where", f"expected a mapping of axis to value, got {brief(where)}")
+    choices = [a for a in swept if a != "decoder"]
+    for axis in [*plotted, *where]:
+        if not isinstance(axis, str) or axis not in choices:
+            raise SpecError(path, f"plots.heatmap {cut(axis)}", "not an axis the spec sweeps; swept axes: "
+                            f"{', '.join(choices) or 'none'}")
+        if axis in where and axis in plotted:
+            raise SpecError(path, f"plots.heatmap {axis}", "plotted, so it cannot be fixed by where too")
+    if len(set(plotted)) != len(plotted):
+        raise SpecError(path, f"plots.heatmap {plotted[0]}", "x and y are the same axis")
+    for axis, value in where.items():
+        taken = {str(p.axes().get(axis)) for p in points}
+        if str(value) not in taken:
+            raise SpecError(path, f"plots.heatmap.where.{axis}", f"{brief(value)} is not a value the axis takes "
+                            f"({', '.join(sorted(taken))[:200]})")
+    return heatmap
 
 
 def load_spec(path: str | os.PathLike[str]) -> Spec:
@@ -185,21 +247,20 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
         raise SpecError(path, sorted(unknown)[0], "unknown field; fields: grid or points, plots, cost, accuracy")
     if "grid" in raw:
         axes = _axes(path, raw["grid"], "grid")
+        _count_points(path, "grid", [axes])
         points = [_point(dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
         swept = [k for k, v in axes.items() if len(v) > 1]
     else:
         if not isinstance(raw["points"], list) or not raw["points"]:
             raise SpecError(path, "points", "expected a non-empty list of mappings")
         listed = [_axes(path, p, f"points[{i}]") for i, p in enumerate(raw["points"])]
+        _count_points(path, "points", listed)
         points = [_point(dict(zip(axes, combo))) for axes in listed for combo in itertools.product(*axes.values())]
         names = list(dict.fromkeys(k for axes in listed for k in axes))
         swept = [k for k in names if len({p.axes().get(k) for p in points}) > 1]
     if len(set(points)) != len(points):
         raise SpecError(path, "grid" if "grid" in raw else "points", "the same point appears twice")
-    plots = raw.get("plots") or {}
-    heatmap = plots.get("heatmap") or {} if isinstance(plots, dict) else None
-    if not isinstance(heatmap, dict) or not set(heatmap) <= {"x", "y", "where"}:
-        raise SpecError(path, "plots.heatmap", "expected {x: AXIS, y: AXIS, where: {AXIS: VALUE}}")
+    heatmap = _heatmap(path, raw.get("plots"), points, swept)
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf  # noqa: E731
     return Spec(path, points, swept, heatmap, _mapping(path, raw, "cost", number),
                 _mapping(path, raw, "accuracy", number))

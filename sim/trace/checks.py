@@ -2,14 +2,17 @@
 kernel model reads; with the header: its weights known, its duration measured in a measured trace. The reader
 applies them to every op record it reads (`check_op_record`); `check_op`, `check_ops` and `validate` apply the
 same schema and rules to ops built in code, so that the simulator takes no op a file could not hold
-(sim/trace/FORMAT.md, "Bounds" and "Error policy")."""
+(sim/trace/FORMAT.md, "Bounds" and "Error policy"). A stage record keeps the header's run (`StageRules`): its
+rows, commits and flushes are of sequences of the batch, at exits of the model, of tokens of its vocabulary,
+and no sequence commits more tokens than the run generates."""
 
 from __future__ import annotations
 
 import operator
+from collections import Counter
 
 from sim.opkinds import COLLECTIVE_OPS, DTYPE_BYTES, collective_bytes, split_fault
-from sim.trace.records import OpError, OpRecord, PathLike, Trace, TraceError, TraceHeader, body_values
+from sim.trace.records import OpError, OpRecord, PathLike, StageRecord, Trace, TraceError, TraceHeader, body_values
 from sim.trace.schema import OP_IN_MEMORY, show
 
 # What the kernel model reads of an op's shapes (sim.kernels.kernel_of), by kind: (field, least dimensions of its
@@ -68,6 +71,9 @@ def check_op_record(op: OpRecord, header: TraceHeader, where: tuple[PathLike, in
             raise TraceError(*where, "weights", f"unknown weight id {w!r} (not in the header's weights)")
     if op.duration_s is None and header.measured:
         raise TraceError(*where, "duration_s", "expected a number >= 0 in a measured trace, got null")
+    if op.ranks is not None and op.ranks != header.tp:  # a trace's collectives are its tensor-parallel group's
+        raise TraceError(*where, "ranks", f"expected the header's tensor-parallel degree (tp {header.tp}) as a "
+                         f"collective's group size, got {show(op.ranks)}")
     fault = op_fault(op)
     if fault is not None:
         raise TraceError(*where, *fault)
@@ -96,3 +102,41 @@ def validate(trace: Trace) -> None:
     ops)."""
     if not trace.checked:
         check_ops(trace.distinct)
+
+
+class StageRules:
+    """The checks of a trace's stage records, in file order, against its header (the reader applies them to
+    every stage record it reads): each row's, commit's and flush's sequence is one of the batch; each row's and
+    flush's exit one of the model's G groups; each committed token one of its vocabulary; no sequence commits
+    more than max_new_tokens tokens over the trace. (Where the header's model does not say G or the vocabulary,
+    those two go unchecked.)"""
+
+    def __init__(self, header: TraceHeader) -> None:
+        self.batch, self.max_new = header.batch, header.max_new_tokens
+        groups, vocab = header.model.get("n_groups"), header.model.get("vocab_size")
+        self.groups = groups if type(groups) is int else None
+        self.vocab = vocab if type(vocab) is int else None
+        self.committed: Counter[int] = Counter()  # sequence -> tokens committed so far
+
+    def check(self, stage: StageRecord, where: tuple[PathLike, int]) -> None:
+        for name, entries, exit_at in (("rows", stage.rows, 2), ("flushes", stage.flushes, 1), ("commits",
+                                                                                               stage.commits, None)):
+            for entry in entries:
+                problem = self._entry_fault(entry, exit_at)
+                if problem:
+                    raise TraceError(*where, name, f"{show(entry)}: {problem}")
+        self.committed.update(seq for seq, _, _ in stage.commits)
+        over = next((seq for seq, _, _ in stage.commits if self.committed[seq] > self.max_new), None)
+        if over is not None:
+            raise TraceError(*where, "commits", f"sequence {over} has committed {self.committed[over]} tokens by this "
+                             f"stage, more than the run generates (max_new_tokens {self.max_new})")
+
+    def _entry_fault(self, entry: list[int], exit_at: int | None) -> str | None:
+        """Why a row, flush (`exit_at`: the index of its exit) or commit (None) does not fit the header."""
+        if entry[0] >= self.batch:
+            return f"sequence {entry[0]} of a batch of {self.batch}"
+        if exit_at is not None and self.groups is not None and not 1 <= entry[exit_at] <= self.groups:
+            return f"exit {entry[exit_at]}, but the model's exits are 1..{self.groups} (n_groups)"
+        if exit_at is None and self.vocab is not None and entry[2] >= self.vocab:
+            return f"token {entry[2]} beyond the model's vocabulary of {self.vocab}"
+        return None

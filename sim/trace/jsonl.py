@@ -9,20 +9,30 @@ import json
 import math
 import zlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
+from sim.inputs import InputError, open_regular
 from sim.trace.limits import MAX_LINE_BYTES
 from sim.trace.records import PathLike, TraceError
 from sim.trace.schema import show
 
 
-def check_gzip(path: PathLike) -> None:
-    """Raise TraceError if `path` cannot be opened or is not gzip."""
+def _open(path: PathLike) -> BinaryIO:
+    """The trace file, opened if it is a regular file (`sim.inputs.open_regular`: a pipe, a socket or a device is
+    refused unread); TraceError otherwise."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(2)
+        return open_regular(path)
     except FileNotFoundError:
         raise TraceError(path, None, None, "no such file") from None
+    except InputError as e:
+        raise TraceError(path, None, None, e.problem) from None
+
+
+def check_gzip(path: PathLike) -> None:
+    """Raise TraceError if `path` cannot be opened, is not a regular file or is not gzip."""
+    try:
+        with _open(path) as f:
+            magic = f.read(2)
     except OSError as e:
         raise TraceError(path, None, None, f"cannot open: {e.strerror or e}") from None
     if magic != b"\x1f\x8b":
@@ -104,7 +114,7 @@ def parse(path: PathLike, line: int, data: bytes) -> dict[str, Any]:
 
 def read_lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
     """Yield (line number, raw line) for each line; a damaged compressed stream is a TraceError."""
-    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+    with _open(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
         line = 0
         while True:
             try:

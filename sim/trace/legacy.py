@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sim.opkinds import kernel_class
-from sim.trace.checks import check_op_record
+from sim.trace.checks import StageRules, check_op_record
 from sim.trace.jsonl import loads, parse
 from sim.trace.limits import MAX_EXECUTED, MAX_INDEX, MAX_STAGES, TOO_MANY_OPS, TOO_MANY_STAGES
 from sim.trace.records import OpRecord, PathLike, StageRecord, TraceError, TraceHeader
@@ -148,6 +148,7 @@ def records_v3(path: PathLike, lines: Iterator[tuple[int, bytes]], header: Trace
     version = header.version
     line, ended = 1, False
     memo: dict[bytes, tuple[Any, ...]] = {}
+    rules = StageRules(header)
     for line, data in lines:
         if ended:
             raise TraceError(path, line, None, "record after the end record")
@@ -173,6 +174,7 @@ def records_v3(path: PathLike, lines: Iterator[tuple[int, bytes]], header: Trace
                 raise TraceError(path, line, "stage", f"expected {bound}, got {st.stage}")
             if n_stages >= MAX_STAGES:
                 raise TraceError(path, line, None, TOO_MANY_STAGES)
+            rules.check(st, (path, line))
             last, pending, since_stage = st.stage, -1, 0
             n_stages += 1
             yield st

@@ -9,7 +9,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sim.trace.checks import check_op_record
+from sim.trace.checks import StageRules, check_op_record
 from sim.trace.jsonl import check_gzip, parse, read_lines
 from sim.trace.legacy import legacy_sequences, records_v3
 from sim.trace.limits import MAX_EXECUTED, MAX_STAGES, READS_VERSIONS, TOO_MANY_OPS, TOO_MANY_STAGES, TRACE_FORMAT
@@ -33,6 +33,7 @@ from sim.trace.schema import (
     WEIGHT,
     check,
     ints,
+    model_size_fault,
     show,
     type_error,
     weight,
@@ -51,10 +52,18 @@ def _header(path: PathLike, line: int, obj: dict[str, Any]) -> TraceHeader:
         bad = next((k for k, v in weights.items() if not weight(v)), None)
         if bad is not None:
             raise TraceError(path, line, f"weights.{bad}", f"expected {WEIGHT}, got {show(weights[bad])}")
+    model = obj.get("model")
+    size = model_size_fault(model) if type(model) is dict else None
+    if size is not None:  # name the size at fault
+        raise TraceError(path, line, f"model.{size}", f"expected an integer >= {int(size != 'n_encoder_layers')}, "
+                         f"got {show(model[size])}")
     check(obj, HEADER if obj["version"] >= 5 else HEADER_V4, path, line)
     if obj.get("tp_rank", 0) >= obj.get("tp", 1):
         raise TraceError(path, line, "tp_rank", f"expected a rank in 0..{obj['tp'] - 1} (tp {obj['tp']}), got "
                          f"{obj['tp_rank']}")
+    if len(obj["prompt_lens"]) != obj["batch"]:
+        raise TraceError(path, line, "prompt_lens", f"expected one prompt length per sequence of the batch "
+                         f"({obj['batch']}), got {len(obj['prompt_lens'])}")
     return TraceHeader(**obj)  # versions before 5: tp 1, rank 0 (TraceHeader's defaults)
 
 
@@ -84,6 +93,7 @@ class _CompactReader:
         self._ids_of: dict[int, tuple[int, ...]] = {}  # stage number -> the ids of its ops
         self._last = -1  # the last stage number read
         self._executed = 0
+        self._rules = StageRules(header)
 
     def stages(self, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[StageRecord, tuple[int, ...]]]:
         line, ended = 1, False
@@ -125,6 +135,7 @@ class _CompactReader:
                              f"{stage.stage}")
         if len(self._ids_of) >= MAX_STAGES:
             raise TraceError(self.path, line, None, TOO_MANY_STAGES)
+        self._rules.check(stage, (self.path, line))
         ids, slots = self._ids(values[-1], line)
         if self._executed + len(ids) > MAX_EXECUTED:
             raise _ops_error(self.path, line, TOO_MANY_OPS)

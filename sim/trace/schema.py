@@ -11,7 +11,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from sim.opkinds import KERNEL_CLASSES
+from sim.opkinds import DTYPE_BYTES, KERNEL_CLASSES
 from sim.trace.limits import (
     DECODERS,
     MAX_BYTES,
@@ -55,12 +55,37 @@ def _shapes(v: Any) -> bool:
     return math.prod(filter(None, dims)) <= MAX_ELEMENTS or all(math.prod(filter(None, s)) <= MAX_ELEMENTS for s in v)
 
 
-WEIGHT = "{bytes: an integer in 0..2**50, shape: a shape, dtype: a string}"
+DTYPES = frozenset(DTYPE_BYTES)  # the dtypes a trace may name: those whose size the simulator knows
+DEVICES = ("cpu", "cuda", "meta")  # where a trace was captured or measured
+# the model's sizes a header's model names (reference.config.ModelConfig's): integers >= 1 where given
+MODEL_SIZES = ("vocab_size", "d_model", "n_heads", "n_kv_heads", "d_ff", "n_unique_layers", "n_groups", "max_seq_len")
+_DTYPE_NAMES = ", ".join(sorted(DTYPES))
+WEIGHT = f"{{bytes: an integer in 0..2**50, shape: a shape, dtype: one of {_DTYPE_NAMES}}}"
+
+
+def _dtypes(v: Any) -> bool:
+    """A list of dtype names the simulator knows."""
+    return type(v) is list and {*map(type, v)} <= _STR_TYPE and {*v} <= DTYPES
 
 
 def weight(v: Any) -> bool:
     return (type(v) is dict and v.keys() == {"bytes", "shape", "dtype"} and type(v["bytes"]) is int
-            and 0 <= v["bytes"] <= MAX_BYTES and _shape(v["shape"]) and type(v["dtype"]) is str)
+            and 0 <= v["bytes"] <= MAX_BYTES and _shape(v["shape"]) and type(v["dtype"]) is str
+            and v["dtype"] in DTYPES)
+
+
+def model_size_fault(model: dict[str, Any]) -> str | None:
+    """The first of a header model's sizes that is not an integer >= 1 (the encoder's layers: >= 0), or None."""
+    for k in (*MODEL_SIZES, "n_encoder_layers"):
+        v = model.get(k)
+        if v is not None and not (type(v) is int and v >= (0 if k == "n_encoder_layers" else 1)):
+            return k
+    return None
+
+
+def _model(v: Any) -> bool:
+    """The header's model: scalars (numbers finite), its sizes integers >= 1 (the encoder's layers >= 0)."""
+    return type(v) is dict and all(map(_scalar, v.values())) and model_size_fault(v) is None
 
 
 def _scalar(v: Any) -> bool:
@@ -107,6 +132,7 @@ _OPT_INDEX = _count(MAX_INDEX, "2**31 - 1", null=True)
 _BYTES = _count(MAX_BYTES, "2**50")
 _STR = (lambda v: type(v) is str, "a string")
 _STRS = (lambda v: type(v) is list and {*map(type, v)} <= _STR_TYPE, "a list of strings")
+_DTYPE_LIST = (_dtypes, f"a list of dtypes, each one of {_DTYPE_NAMES}")
 _SHAPES = (_shapes, "a list of shapes (lists of integers >= 0 whose nonzero ones multiply to at most 2**50)")
 _TRIPLES = (lambda v: type(v) is list and all(ints(t) and len(t) == 3 for t in v),
             "a list of [int, int, int] (integers in 0..2**31 - 1)")
@@ -150,9 +176,12 @@ class Schema:
 
 HEADER_V4 = Schema({
     "format": _STR, "version": _NAT,
-    "model": (lambda v: type(v) is dict and all(map(_scalar, v.values())), "an object of scalars (numbers finite)"),
-    "decoder": (lambda v: v in DECODERS, f"one of {DECODERS}"), "dtype": _STR, "batch": _POS,
-    "prompt_lens": (ints, "a list of integers in 0..2**31 - 1"), "max_new_tokens": _POS, "device": _STR,
+    "model": (_model, f"an object of scalars (numbers finite), its sizes ({', '.join(MODEL_SIZES)}) integers >= 1 "
+              "where given"),
+    "decoder": (lambda v: v in DECODERS, f"one of {DECODERS}"),
+    "dtype": (lambda v: type(v) is str and v in DTYPES, f"one of {_DTYPE_NAMES}"), "batch": _POS,
+    "prompt_lens": (lambda v: ints(v, 1) and bool(v), "a non-empty list of integers in 1..2**31 - 1"),
+    "max_new_tokens": _POS, "device": (lambda v: v in DEVICES, f"one of {DEVICES}"),
     "device_name": _STR, "torch_version": _STR, "code_revision": _STR,
     "flips": (lambda v: _FREE[0](v) and type(v.get("source")) is str,
               f"an object with a string 'source', nested at most {MAX_NESTING} deep, its numbers finite"),
@@ -166,7 +195,7 @@ HEADER = HEADER_V4.with_fields({"tp": _POS, "tp_rank": _INDEX}, after="dtype")
 OP = Schema({
     "i": _NAT, "stage": _INDEX, "group": _OPT_INDEX, "depth": _OPT_INDEX, "layer": _OPT_INDEX, "seq": _OPT_INDEX,
     "rows": _INDEX, "module": _STR, "kind": _KIND, "op": _STR,
-    "in_shapes": _SHAPES, "in_dtypes": _STRS, "out_shapes": _SHAPES, "out_dtypes": _STRS,
+    "in_shapes": _SHAPES, "in_dtypes": _DTYPE_LIST, "out_shapes": _SHAPES, "out_dtypes": _DTYPE_LIST,
     "flops": _count(MAX_FLOPS, "2**60"), "weight_bytes": _BYTES, "act_read_bytes": _BYTES, "act_write_bytes": _BYTES,
     "kv_read_bytes": _BYTES, "kv_write_bytes": _BYTES, "weights": _STRS, "kv": _STRS,
     # distances back in the stage: bounded by the ops of the stage before the op (checked with the stage)
