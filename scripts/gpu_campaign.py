@@ -75,6 +75,9 @@ from sim.files import atomic_write, output_problem  # noqa: E402
 DEFAULT_BUDGET_S = {"cuda": 480.0, "cpu": 900.0}  # cuda: a device-tool call of <= 10 min, its start included
 DEVICE_TOOL_FILE_BYTES = 16 << 20  # the largest file the device tool brings back from $OUT (its README)
 RESERVE_S = 5.0  # kept back from the budget for the last manifest and archive
+# the env phase always runs (its facts name the output folder): it gets at least this long, past the budget if need
+# be, since importing torch on a busy machine takes tens of seconds
+ENV_MIN_TIMEOUT_S = 60.0
 GRACE_S = 20.0  # a stopped command's time to remove its partial files (it gets SIGTERM) before it is killed
 PHASES = ("env", "microbench", "compiled-default", "compiled-llama", "eager-default", "eager-llama")
 # Op records per layer a token passes, eager: ~36 for a decoder-only block (the H200 traces); a T5 block's third
@@ -527,7 +530,7 @@ class Campaign:
         t0 = time.monotonic()
         try:
             done = subprocess.run([sys.executable, *level.argv], cwd=ROOT, capture_output=True, text=True,
-                                  env=child_env(), timeout=max(10.0, self.remaining_s()))
+                                  env=child_env(), timeout=max(ENV_MIN_TIMEOUT_S, self.remaining_s()))
         except subprocess.TimeoutExpired:
             raise CampaignError(f"{shown(level.argv)} did not answer within the budget") from None
         phase.seconds, phase.exit_code = time.monotonic() - t0, done.returncode
