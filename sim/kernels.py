@@ -140,7 +140,8 @@ def kernel_of(op: OpRecord, tile_m: int, tile_n: int, checked: bool = False) -> 
         kind = COLLECTIVE_OPS[op.op]
         collective, dtype = (kind, op_collective_bytes(op, kind), op.ranks), op.in_dtypes[0]
     return Kernel(cls, op_kind(op), dtype, op.flops, op.weight_bytes, op.act_read_bytes + op.act_write_bytes,
-                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops, padding, shape, collective)
+                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops, padding, shape=shape,
+                  collective=collective)
 
 
 def attention_shape(in_shapes: list[list[int]]) -> tuple[int, ...]:
