@@ -1,0 +1,166 @@
+"""Weight-only quantization in the simulator (issue 21, parts 3 to 5): the quantized products' trace fields as the
+capture records them, the kernel model of a weight-only GEMV/GEMM (packed bytes from memory, dequantization on the
+vector/ALU units per block of rows, the product on the units the real kernel uses), the hwconfig figures it needs,
+and the command lines (sim.run --quant, a Hugging Face quantization_config, the sweep's quant axis)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from sim.hardware import HWCONFIG_DIR, HwConfigError, load_hwconfig, parse, to_dict
+from sim.kernels import dequant_s, kernel_cost, kernel_of
+from sim.opkinds import DEQUANT_OPS, QUANT_MATMUL_OPS
+from sim.trace import OpRecord, check_op
+
+A100 = load_hwconfig(HWCONFIG_DIR / "a100.yaml")
+H100 = load_hwconfig(HWCONFIG_DIR / "h100.yaml")
+CPU = load_hwconfig(HWCONFIG_DIR / "cpu-xeon-8480.yaml")
+INT4_CPU = "aten._weight_int4pack_mm_for_cpu.default"
+
+
+def product(m: int, n: int = 4096, k: int = 4096, fmt: str | None = None, group: int = 128) -> OpRecord:
+    """A [m, k] x [k, n] product with bf16 weights, or packed int8 (per output row) or int4 (groups along K) ones,
+    as the capture records PyTorch's packed ops (reference.capture.opcapture.quantized_product)."""
+    fields: dict = {}
+    if fmt is None:
+        name, weight_bytes, shapes = "aten.mm.default", 2 * n * k, [[m, k], [k, n]]
+    elif fmt == "int8":
+        name, weight_bytes, shapes = "aten._weight_int8pack_mm.default", n * k + 2 * n, [[m, k], [n, k], [n]]
+        fields = dict(weight_dtype="int8", scale_bytes=2 * n, dequant_ops=DEQUANT_OPS["int8"])
+    else:
+        half = k // group * n * 2  # scales_and_zeros [K / group, N, 2] bf16: half scales, half zeros
+        name, weight_bytes, shapes = INT4_CPU, n * k // 2 + 2 * half, [[m, k], [n, k // 2], [k // group, n, 2]]
+        fields = dict(weight_dtype="int4", group_size=group, scale_bytes=half, zero_bytes=half,
+                      dequant_ops=DEQUANT_OPS["int4"])
+    return OpRecord(0, 0, 0, 0, 0, None, m, "blocks.0.attn.wq", "matmul", name, shapes, ["bfloat16"] * len(shapes),
+                    [[m, n]], ["bfloat16"], 2 * m * n * k, weight_bytes, 2 * m * k, 2 * m * n, 0, 0, [], [], [],
+                    None, None, None, **fields)
+
+
+def cost(hw, m: int, fmt: str | None = None, **kw):
+    kernel = kernel_of(product(m, fmt=fmt, **kw), hw.tile.m, hw.tile.n)
+    return kernel, kernel_cost(kernel, hw, kernel.bytes)
+
+
+def test_the_ops_of_each_format_are_valid_trace_ops() -> None:
+    for fmt in (None, "int8", "int4"):
+        check_op(product(3, fmt=fmt))
+    assert set(QUANT_MATMUL_OPS.values()) == set(DEQUANT_OPS)
+
+
+def test_an_int4_product_reads_about_a_quarter_of_the_bf16_weight_bytes() -> None:
+    """int4 g128 stores 4 bits a weight and a bf16 scale and zero point per 128: 4.25 / 16 of bf16's bytes; int8
+    half of them and a scale per row. The memory time of a decode GEMV shrinks with them."""
+    bf16, bf16_cost = cost(A100, 1)
+    int4, int4_cost = cost(A100, 1, "int4")
+    int8, int8_cost = cost(A100, 1, "int8")
+    assert int4.weight_bytes / bf16.weight_bytes == pytest.approx(4.25 / 16)
+    assert int8.weight_bytes / bf16.weight_bytes == pytest.approx(0.5, rel=1e-3)
+    assert int4_cost.memory_s / bf16_cost.memory_s == pytest.approx(4.25 / 16, rel=0.02)
+    assert int4_cost.time_s < int8_cost.time_s < bf16_cost.time_s
+
+
+@pytest.mark.parametrize("hw", [A100, H100, CPU], ids=["a100", "h100", "cpu"])
+def test_dequantization_work_grows_with_the_rows_by_the_kernels_row_tile(hw) -> None:
+    """Each weight is dequantized once per block of rows_per_pass rows (tinygemm's 16-row M tile on a GPU, ATen's
+    BLOCK_M = 4 on a CPU): constant within a block, proportional to the blocks beyond it."""
+    tile = hw.dequant.rows_per_pass
+    fit = hw.fit("matmul", "x")
+    one = dequant_s(cost(hw, 1, "int4")[0], hw, fit)
+    assert dequant_s(cost(hw, tile, "int4")[0], hw, fit) == one
+    assert dequant_s(cost(hw, tile + 1, "int4")[0], hw, fit) == pytest.approx(2 * one)
+    assert dequant_s(cost(hw, 8 * tile, "int4")[0], hw, fit) == pytest.approx(8 * one)
+    # int4 does twice int8's operations per weight
+    assert dequant_s(cost(hw, 1, "int4")[0], hw, fit) == pytest.approx(2 * dequant_s(cost(hw, 1, "int8")[0], hw, fit))
+
+
+@pytest.mark.parametrize("hw", [A100, H100, CPU], ids=["a100", "h100", "cpu"])
+def test_a_quantized_stage_turns_compute_bound_at_some_rows(hw) -> None:
+    """A decode GEMV of int8 weights is bound by its bytes (or its fixed time); as a SPEED stage's rows grow, the
+    dequantization (and on a CPU the product, on the vector units) grows with them until it bounds the kernel,
+    while the bf16 product of as many rows is still bound by its weights."""
+    bounds = {m: cost(hw, m, "int8")[1].bound for m in (1, 2, 4, 8, 16, 32, 64, 128)}
+    assert bounds[1] in ("memory", "latency")
+    assert bounds[128] == "compute"
+    turn = min(m for m, b in bounds.items() if b == "compute")
+    assert all(b == "compute" for m, b in bounds.items() if m >= turn)
+    assert cost(hw, turn, None)[1].bound != "compute"
+
+
+def test_on_a_cpu_the_quantized_product_runs_on_the_vector_units() -> None:
+    """ATen's packed kernels multiply with AVX-512 FMAs (not AMX) and dequantize on the same ports: their compute
+    time is the product's at the vector rate plus the dequantization."""
+    kernel, c = cost(CPU, 64, "int4")
+    m, n, k = kernel.shape
+    vector_s = 2 * m * n * k / (CPU.vector_flops("bfloat16") * CPU.efficiency.vector)
+    work_s = dequant_s(kernel, CPU, CPU.fit("matmul", kernel.op))
+    assert c.compute_s >= vector_s + work_s - 1e-12
+    assert c.compute_s > cost(CPU, 64)[1].compute_s  # the bf16 product runs on AMX
+
+
+def test_a_hwconfig_without_dequant_figures_refuses_a_quantized_product() -> None:
+    raw = to_dict(A100)
+    del raw["dequant"]
+    bare = parse(raw, "bare.yaml")
+    kernel = kernel_of(product(1, fmt="int8"), bare.tile.m, bare.tile.n)
+    with pytest.raises(HwConfigError, match=r"hwconfig bare\.yaml, field 'dequant': missing: a weight-only int8"):
+        kernel_cost(kernel, bare, kernel.bytes)
+    kernel_cost(*(lambda k: (k, bare, k.bytes))(kernel_of(product(1), 256, 128)))  # bf16 needs none
+
+
+@pytest.mark.parametrize("change, field, text", [
+    (lambda raw: raw["dequant"].update(ops_per_s=0), "dequant.ops_per_s", "must lie in"),
+    (lambda raw: raw["dequant"].update(rows_per_pass=2.5), "dequant.rows_per_pass", "expected an integer"),
+    (lambda raw: raw["dequant"].update(extra=1), "dequant.extra", "unknown field"),
+    (lambda raw: raw["dequant"].pop("rows_per_pass"), "dequant.rows_per_pass", "missing"),
+    (lambda raw: raw["sources"].pop("dequant.ops_per_s"), "sources.dequant.ops_per_s", "needs a source"),
+])
+def test_malformed_dequant_figures_are_refused_naming_the_field(change, field, text) -> None:
+    raw = json.loads(json.dumps(to_dict(A100)))
+    change(raw)
+    with pytest.raises(HwConfigError) as info:
+        parse(raw, "x.yaml")
+    assert info.value.field == field and text in str(info.value)
+
+
+def test_every_shipped_hwconfig_has_sourced_dequant_figures() -> None:
+    for path in sorted(HWCONFIG_DIR.glob("*.yaml")):
+        hw = load_hwconfig(path)
+        assert hw.dequant is not None, path
+        assert all(hw.sources.get(f"dequant.{f.name}") for f in dataclasses.fields(hw.dequant)), path
+
+
+def test_a_captured_quantized_trace_holds_one_op_per_projection(tmp_path: Path) -> None:
+    """The capture (meta device) of a quantized tiny model: every block projection is one packed op with its weight
+    format, bytes of the packed weight and its scales (zero points for int4) as the header lists them; the fast
+    capture derives the same trace as the full one; the float model's bytes shrink."""
+    torch = pytest.importorskip("torch")  # noqa: F841 (the capture needs it)
+    from reference.capture.tracing import capture_trace
+
+    traces = {}
+    for quant in (None, "int8", "int4-g32"):
+        traces[quant], _ = capture_trace("tiny-4x3", "speed", 3, tmp_path / f"{quant}.jsonl.gz", quant=quant)
+    full, _ = capture_trace("tiny-4x3", "speed", 3, tmp_path / "full.jsonl.gz", quant="int4-g32", full=True)
+    assert full == traces["int4-g32"]
+    cfg = traces[None].header.model
+    for quant, trace in traces.items():
+        packed = [op for op in trace.distinct if op.weight_dtype is not None]
+        if quant is None:
+            assert not packed
+            continue
+        assert {op.op for op in packed} == {"aten._weight_int8pack_mm.default" if quant == "int8" else INT4_CPU}
+        assert trace.header.extra["quant"] == quant
+        weights = trace.header.weights
+        for op in packed:
+            assert op.weight_bytes == sum(weights[w]["bytes"] for w in op.weights)
+            assert op.scale_bytes + op.zero_bytes < op.weight_bytes
+            assert (op.group_size, bool(op.zero_bytes)) == ((None, False) if quant == "int8" else (32, True))
+        # wq, wk, wv, wo, gate, up, down of each unique block are quantized; the LM head is not
+        assert len({op.module for op in packed}) == 7 * cfg["n_unique_layers"]
+        assert all(op.kind == "matmul" for op in packed)
+    total = {q: sum(w["bytes"] for w in t.header.weights.values()) for q, t in traces.items()}
+    assert total["int8"] < total[None] and total["int4-g32"] < total["int8"]
