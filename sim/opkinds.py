@@ -30,6 +30,9 @@ DTYPE_BYTES = {"float64": 8, "float32": 4, "int64": 8, "int32": 4, "bfloat16": 2
 QUANT_MATMUL_OPS = {"aten._weight_int8pack_mm.default": "int8", "aten._weight_int4pack_mm.default": "int4",
                     "aten._weight_int4pack_mm_for_cpu.default": "int4"}
 QUANT_DTYPES = ("int8", "int4")
+# the weight-only schemes a model can be traced with (reference.quant.SCHEMES: int8 per output channel, int4 in
+# groups of 32, 64 or 128 input features), as the simulator's command lines name them
+QUANT_SCHEMES = ("int8", "int4-g32", "int4-g64", "int4-g128")
 # ALU operations that dequantize one weight for one row, per stored format (what the packed kernels do per weight
 # before its multiply-add): int8, widen and convert to float (ATen's cpu int8 kernel: _mm512_cvtepi8_epi32 then
 # _mm512_cvtepi32_ps per 16 weights; the per-channel scale multiplies the output, not each weight); int4, shift and
