@@ -164,3 +164,116 @@ def test_a_captured_quantized_trace_holds_one_op_per_projection(tmp_path: Path) 
         assert all(op.kind == "matmul" for op in packed)
     total = {q: sum(w["bytes"] for w in t.header.weights.values()) for q, t in traces.items()}
     assert total["int8"] < total[None] and total["int4-g32"] < total["int8"]
+
+
+# -- command lines
+def small_llama(tmp_path: Path, quantization: dict | None = None, name: str = "config.json") -> str:
+    """A small Llama-family config.json (64 wide, 2 layers), with a quantization_config where given."""
+    raw = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 256,
+           "max_position_embeddings": 512, "eos_token_id": 1, "hidden_act": "silu"}
+    if quantization is not None:
+        raw["quantization_config"] = quantization
+    path = tmp_path / name
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+def run_json(tmp_path: Path, *argv: str) -> list[dict]:
+    from sim import run
+
+    out = tmp_path / "r.json"
+    assert run.main(["--hw", "a100", *argv, "--json", str(out)]) == 0
+    return json.loads(out.read_text())["runs"]
+
+
+def refused(capsys, *argv: str) -> str:
+    """The one error line sim.run exits 2 with."""
+    from sim import run
+
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--hw", "a100", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_sim_run_quant_with_share_and_tp(tmp_path, capsys, monkeypatch) -> None:
+    """--quant none int4-g32 with --share and --tp 1 2: a row per configuration, scheme and degree, the table naming
+    the weight format; speedups compare rows of one format and degree; --json carries quant; memory counts the
+    packed bytes (per GPU at TP 2)."""
+    monkeypatch.setenv("SPEED_SIM_CACHE", str(tmp_path / "cache"))
+    runs = run_json(tmp_path, "--model", "tiny-6", "--share", "2x3", "--tokens", "4", "--flips", "0.2,0.1", "--quant",
+                    "none", "int4-g32", "--tp", "1", "2", "--launch", "eager")
+    lines = capsys.readouterr().out.splitlines()
+    head = next(line for line in lines if line.startswith("configuration"))
+    assert head.split()[:3] == ["configuration", "weights", "TP"]
+    rows = [line.split() for line in lines if line.startswith("tiny-6-2x3")]
+    assert [(r[2], r[3]) for r in rows] == [("bfloat16", "1"), ("bfloat16", "1"), ("int4-g32", "1"), ("int4-g32", "1"),
+                                            ("bfloat16", "2"), ("bfloat16", "2"), ("int4-g32", "2"), ("int4-g32", "2")]
+    assert all(r[6] == "1.00x" for r in rows if r[1] == "sequential")
+    assert [r["quant"] for r in runs] == [None, None, "int4-g32", "int4-g32"] * 2
+    weights = {(r["quant"], r["tp"]): r["memory"]["weights_bytes"] for r in runs}
+    for tp in (1, 2):
+        assert weights["int4-g32", tp] < weights[None, tp]
+    assert weights["int4-g32", 2] < weights["int4-g32", 1]
+    assert all(r["s_per_token"] > 0 for r in runs)
+
+
+def test_a_config_json_with_a_quantization_config_selects_its_scheme(tmp_path, capsys, monkeypatch) -> None:
+    """GPTQ (bits, group_size, sym) and AWQ (bits, group_size, zero_point) configs trace their scheme without
+    --quant; a --quant that agrees is taken, one that contradicts is refused."""
+    monkeypatch.setenv("SPEED_SIM_CACHE", str(tmp_path / "cache"))
+    gptq = small_llama(tmp_path, {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True,
+                                  "desc_act": False})
+    awq = small_llama(tmp_path, {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True,
+                                 "version": "GEMM"}, "awq.json")
+    int8 = small_llama(tmp_path, {"bits": 8, "group_size": -1, "sym": True}, "int8.json")
+    for model, scheme in ((gptq, "int4-g32"), (awq, "int4-g64"), (int8, "int8")):
+        runs = run_json(tmp_path, "--model", model, "--decoder", "sequential", "--tokens", "3", "--launch", "eager")
+        assert runs[0]["quant"] == scheme
+    assert run_json(tmp_path, "--model", gptq, "--decoder", "sequential", "--tokens", "3", "--launch", "eager",
+                    "--quant", "int4-g32")[0]["quant"] == "int4-g32"
+    line = refused(capsys, "--model", gptq, "--tokens", "3", "--quant", "int8")
+    assert f"--quant int8: {gptq} is a int4-g32 checkpoint (its quantization_config)" in line
+
+
+@pytest.mark.parametrize("config, field, text", [
+    ({"bits": 3, "group_size": 128}, "quantization_config.bits", "3: the schemes have 8 or 4 bits"),
+    ({"bits": 4, "group_size": 256}, "quantization_config.group_size", "256 with 4 bits: int4 groups are 32, 64, 128"),
+    ({"bits": 8, "group_size": 128}, "quantization_config.group_size", "int8 has one scale per output channel"),
+    ({"bits": 8, "group_size": -1, "sym": False}, "quantization_config.sym", "int8 is symmetric"),
+    ({"bits": 4, "group_size": 32, "desc_act": True}, "quantization_config.desc_act", "activation-order groups"),
+    ({"bits": 4, "group_size": 32, "lm_head": True}, "quantization_config.lm_head", "never the LM head"),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "quantization_config.quant_method", "'bitsandbytes'"),
+    ({"quant_method": "gptq", "bits": 4}, "quantization_config.group_size", "missing"),
+    ("4bit", "quantization_config", "expected an object"),
+])
+def test_a_quantization_config_no_scheme_represents_is_refused_naming_the_field(tmp_path, capsys, monkeypatch, config,
+                                                                               field, text) -> None:
+    monkeypatch.setenv("SPEED_SIM_CACHE", str(tmp_path / "cache"))
+    model = small_llama(tmp_path, config)
+    line = refused(capsys, "--model", model, "--tokens", "3")
+    assert f"model config {model}, field '{field}'" in line and text in line
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--model", "tiny-6", "--quant", "int4-g64", "--tp", "2"], "--quant int4-g64 with --tp 2: d_model 64 / 2 = 32 is "
+     "not a multiple of the group size 64"),
+    (["--model", "tiny-6", "--quant", "int4-g128"], "--quant int4-g128: d_model 64 (the input features of wq, wk, wv, "
+     "wo, gate and up) is not a multiple of the group size 128"),
+    (["--model", "tiny-6", "--quant", "int4-g256"], "argument --quant: invalid choice: 'int4-g256'"),
+    (["--model", "tiny-6", "--quant", "int3"], "argument --quant: invalid choice: 'int3'"),
+    (["--trace", "x.jsonl.gz", "--quant", "int8"], "--quant describe a run to trace: give one or the other"),
+])
+def test_bad_quant_flags_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, text) -> None:
+    monkeypatch.setenv("SPEED_SIM_CACHE", str(tmp_path / "cache"))
+    assert text in refused(capsys, *argv, "--tokens", "3")
+
+
+def test_the_simulators_schemes_are_the_reference_decoders() -> None:
+    quant = pytest.importorskip("reference.quant")
+    from sim.opkinds import QUANT_SCHEMES
+
+    assert tuple(quant.SCHEMES) == QUANT_SCHEMES
+    assert {s.bits for s in quant.SCHEMES.values()} == {8, 4}
