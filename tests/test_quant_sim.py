@@ -14,7 +14,9 @@ import pytest
 from sim.hardware import HWCONFIG_DIR, HwConfigError, load_hwconfig, parse, to_dict
 from sim.kernels import dequant_s, kernel_cost, kernel_of
 from sim.opkinds import DEQUANT_OPS, QUANT_MATMUL_OPS
-from sim.trace import OpRecord, check_op
+from sim.quantrows import main as quantrows_main
+from sim.quantrows import product
+from sim.trace import check_op
 
 A100 = load_hwconfig(HWCONFIG_DIR / "a100.yaml")
 H100 = load_hwconfig(HWCONFIG_DIR / "h100.yaml")
@@ -22,33 +24,15 @@ CPU = load_hwconfig(HWCONFIG_DIR / "cpu-xeon-8480.yaml")
 INT4_CPU = "aten._weight_int4pack_mm_for_cpu.default"
 
 
-def product(m: int, n: int = 4096, k: int = 4096, fmt: str | None = None, group: int = 128) -> OpRecord:
-    """A [m, k] x [k, n] product with bf16 weights, or packed int8 (per output row) or int4 (groups along K) ones,
-    as the capture records PyTorch's packed ops (reference.capture.opcapture.quantized_product)."""
-    fields: dict = {}
-    if fmt is None:
-        name, weight_bytes, shapes = "aten.mm.default", 2 * n * k, [[m, k], [k, n]]
-    elif fmt == "int8":
-        name, weight_bytes, shapes = "aten._weight_int8pack_mm.default", n * k + 2 * n, [[m, k], [n, k], [n]]
-        fields = dict(weight_dtype="int8", scale_bytes=2 * n, dequant_ops=DEQUANT_OPS["int8"])
-    else:
-        half = k // group * n * 2  # scales_and_zeros [K / group, N, 2] bf16: half scales, half zeros
-        name, weight_bytes, shapes = INT4_CPU, n * k // 2 + 2 * half, [[m, k], [n, k // 2], [k // group, n, 2]]
-        fields = dict(weight_dtype="int4", group_size=group, scale_bytes=half, zero_bytes=half,
-                      dequant_ops=DEQUANT_OPS["int4"])
-    return OpRecord(0, 0, 0, 0, 0, None, m, "blocks.0.attn.wq", "matmul", name, shapes, ["bfloat16"] * len(shapes),
-                    [[m, n]], ["bfloat16"], 2 * m * n * k, weight_bytes, 2 * m * k, 2 * m * n, 0, 0, [], [], [],
-                    None, None, None, **fields)
-
-
-def cost(hw, m: int, fmt: str | None = None, **kw):
-    kernel = kernel_of(product(m, fmt=fmt, **kw), hw.tile.m, hw.tile.n)
+def cost(hw, m: int, fmt: str = "bf16", n: int = 4096, k: int = 4096):
+    """The kernel of a [m, k] x [k, n] product of weight format `fmt` (sim.quantrows.product), and its cost."""
+    kernel = kernel_of(product(m, n, k, fmt), hw.tile.m, hw.tile.n)
     return kernel, kernel_cost(kernel, hw, kernel.bytes)
 
 
 def test_the_ops_of_each_format_are_valid_trace_ops() -> None:
-    for fmt in (None, "int8", "int4"):
-        check_op(product(3, fmt=fmt))
+    for fmt in ("bf16", "int8", "int4-g32", "int4-g128"):
+        check_op(product(3, 256, 256, fmt))
     assert set(QUANT_MATMUL_OPS.values()) == set(DEQUANT_OPS)
 
 
@@ -56,7 +40,7 @@ def test_an_int4_product_reads_about_a_quarter_of_the_bf16_weight_bytes() -> Non
     """int4 g128 stores 4 bits a weight and a bf16 scale and zero point per 128: 4.25 / 16 of bf16's bytes; int8
     half of them and a scale per row. The memory time of a decode GEMV shrinks with them."""
     bf16, bf16_cost = cost(A100, 1)
-    int4, int4_cost = cost(A100, 1, "int4")
+    int4, int4_cost = cost(A100, 1, "int4-g128")
     int8, int8_cost = cost(A100, 1, "int8")
     assert int4.weight_bytes / bf16.weight_bytes == pytest.approx(4.25 / 16)
     assert int8.weight_bytes / bf16.weight_bytes == pytest.approx(0.5, rel=1e-3)
@@ -70,12 +54,13 @@ def test_dequantization_work_grows_with_the_rows_by_the_kernels_row_tile(hw) -> 
     BLOCK_M = 4 on a CPU): constant within a block, proportional to the blocks beyond it."""
     tile = hw.dequant.rows_per_pass
     fit = hw.fit("matmul", "x")
-    one = dequant_s(cost(hw, 1, "int4")[0], hw, fit)
-    assert dequant_s(cost(hw, tile, "int4")[0], hw, fit) == one
-    assert dequant_s(cost(hw, tile + 1, "int4")[0], hw, fit) == pytest.approx(2 * one)
-    assert dequant_s(cost(hw, 8 * tile, "int4")[0], hw, fit) == pytest.approx(8 * one)
+    one = dequant_s(cost(hw, 1, "int4-g128")[0], hw, fit)
+    assert dequant_s(cost(hw, tile, "int4-g128")[0], hw, fit) == one
+    assert dequant_s(cost(hw, tile + 1, "int4-g128")[0], hw, fit) == pytest.approx(2 * one)
+    assert dequant_s(cost(hw, 8 * tile, "int4-g128")[0], hw, fit) == pytest.approx(8 * one)
     # int4 does twice int8's operations per weight
-    assert dequant_s(cost(hw, 1, "int4")[0], hw, fit) == pytest.approx(2 * dequant_s(cost(hw, 1, "int8")[0], hw, fit))
+    int8 = dequant_s(cost(hw, 1, "int8")[0], hw, fit)
+    assert dequant_s(cost(hw, 1, "int4-g128")[0], hw, fit) == pytest.approx(2 * int8)
 
 
 @pytest.mark.parametrize("hw", [A100, H100, CPU], ids=["a100", "h100", "cpu"])
@@ -88,13 +73,13 @@ def test_a_quantized_stage_turns_compute_bound_at_some_rows(hw) -> None:
     assert bounds[128] == "compute"
     turn = min(m for m, b in bounds.items() if b == "compute")
     assert all(b == "compute" for m, b in bounds.items() if m >= turn)
-    assert cost(hw, turn, None)[1].bound != "compute"
+    assert cost(hw, turn)[1].bound != "compute"
 
 
 def test_on_a_cpu_the_quantized_product_runs_on_the_vector_units() -> None:
     """ATen's packed kernels multiply with AVX-512 FMAs (not AMX) and dequantize on the same ports: their compute
     time is the product's at the vector rate plus the dequantization."""
-    kernel, c = cost(CPU, 64, "int4")
+    kernel, c = cost(CPU, 64, "int4-g128")
     m, n, k = kernel.shape
     vector_s = 2 * m * n * k / (CPU.vector_flops("bfloat16") * CPU.efficiency.vector)
     work_s = dequant_s(kernel, CPU, CPU.fit("matmul", kernel.op))
@@ -102,14 +87,22 @@ def test_on_a_cpu_the_quantized_product_runs_on_the_vector_units() -> None:
     assert c.compute_s > cost(CPU, 64)[1].compute_s  # the bf16 product runs on AMX
 
 
+def test_quantrows_prints_the_turn_to_compute_bound_per_chip_and_format(capsys) -> None:
+    assert quantrows_main(["--hw", "a100", "cpu-xeon-8480", "--shape", "4096x4096"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[-6] for r in rows] == ["bf16", "int8", "int4-g128"] * 2
+    turns = {(r[0], r[-6]): int(r[-4]) for r in rows}
+    assert turns["Intel", "int8"] < turns["NVIDIA", "int8"] < turns["NVIDIA", "bf16"]  # a CPU dequantizes per 4 rows
+
+
 def test_a_hwconfig_without_dequant_figures_refuses_a_quantized_product() -> None:
     raw = to_dict(A100)
     del raw["dequant"]
     bare = parse(raw, "bare.yaml")
-    kernel = kernel_of(product(1, fmt="int8"), bare.tile.m, bare.tile.n)
+    kernel = kernel_of(product(1, 4096, 4096, "int8"), bare.tile.m, bare.tile.n)
     with pytest.raises(HwConfigError, match=r"hwconfig bare\.yaml, field 'dequant': missing: a weight-only int8"):
         kernel_cost(kernel, bare, kernel.bytes)
-    kernel_cost(*(lambda k: (k, bare, k.bytes))(kernel_of(product(1), 256, 128)))  # bf16 needs none
+    kernel_cost(*(lambda k: (k, bare, k.bytes))(kernel_of(product(1, 4096, 4096), 256, 128)))  # bf16 needs none
 
 
 @pytest.mark.parametrize("change, field, text", [
