@@ -39,7 +39,7 @@ from sim.trace import (
     validate,
     write_trace,
 )
-from sim.trace.schema import END_V4, HEADER, OP, OP_V4, OP_V5, QUANT_FIELDS, STAGE_V4
+from sim.trace.schema import END_V4, HEADER, OP, OP_V4, OP_V5, OP_V6, QUANT_FIELDS, STAGE_V4
 
 ROOT = Path(__file__).resolve().parents[1]
 V5_HEADER = ("format", "tp", "tp_rank")  # header fields a version 3 or 4 file does not write (format: first)
@@ -285,7 +285,7 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
 # make_trace(), version 5: line 1 header, 2-4 op records 0-2, 5-7 stages 0-2 (ops 0 1 2 1; the others "like"
 # stage 0), 8 end
 @pytest.mark.parametrize("line, field, change, text", [
-    (1, "version", lambda h: h.update(version=6), "unsupported version 6"),
+    (1, "version", lambda h: h.update(version=7), "unsupported version 7"),
     (1, "format", lambda h: h.update(format="other-trace"), "expected 'speed-sim-trace'"),
     (1, "format", lambda h: h.pop("format"), ""),
     (1, "batch", lambda h: h.update(batch=0), "expected an integer in 1..2**31 - 1, got 0"),
@@ -614,11 +614,11 @@ def test_a_trace_read_is_checked_and_one_built_in_code_is_checked_when_simulated
 def test_the_format_document_names_every_field_and_bound() -> None:
     """sim/trace/FORMAT.md is the specification: a field or a bound the code has and it lacks is a test failure."""
     text = (ROOT / "sim" / "trace" / "FORMAT.md").read_text()
-    for schema in (HEADER, OP, OP_V4, OP_V5, STAGE_V4, END_V4):
+    for schema in (HEADER, OP, OP_V4, OP_V5, OP_V6, STAGE_V4, END_V4):
         missing = [name for name in schema.fields if f"`{name}`" not in text]
         assert not missing, f"FORMAT.md does not name {missing}"
     bounds = [name for name in dir(limits) if name.startswith(("MAX_", "MIN_"))]
-    assert len(bounds) == 10 and not [name for name in bounds if f"`{name}`" not in text]
+    assert len(bounds) == 11 and not [name for name in bounds if f"`{name}`" not in text]
     assert f"version {TRACE_VERSION}" in text and all(kind in text for kind in KERNEL_CLASSES)
 
 
