@@ -14,6 +14,11 @@ width, a `head_dim` other than hidden_size / num_attention_heads), an activation
 biases beyond Qwen2's. A sliding attention window (Mistral-7B-v0.1: 4096) is represented exactly by capping the
 sequence length at the window: up to it, sliding-window attention is full causal attention.
 
+A `quantization_config` (GPTQ / AWQ style: a weight-only quantized checkpoint) is read by `quantization_fields`:
+its bits, group size (-1: a whole row) and symmetry, which `reference.quant.scheme_from_fields` maps to a scheme of
+the reference decoder; what no scheme of it represents (another method, activation order, a quantized LM head) is
+refused naming the field.
+
 Pure Python, no torch: the simulator's command lines read configs without it.
 """
 
@@ -164,6 +169,56 @@ def from_hf_dict(raw: Any, path: str | os.PathLike[str] = "<config>", name: str 
         raise HfConfigError(path, HF_FIELDS.get(err.field, err.field), err.problem) from None
 
 
+# GPTQ and AWQ checkpoints as transformers and AutoAWQ write them: the quant_method, and the keys that hold the
+# bits, group size and symmetry (AWQ states its zero points instead: zero_point true = asymmetric)
+QUANT_METHODS = ("gptq", "awq")
+QUANT_KEYS = {"gptq": ("bits", "group_size", "sym"), "awq": ("bits", "group_size", "zero_point")}
+
+
+def quantization_fields(path: str | os.PathLike[str]) -> tuple[object, object, object] | None:
+    """(bits, group_size, sym) of the `quantization_config` of config.json `path`, None if it has none; an
+    `HfConfigError` naming `quantization_config.FIELD` where no weight-only scheme of the reference decoder can
+    represent it: another quant_method, GPTQ's activation order (desc_act: groups follow a permutation, g_idx, that
+    the packed kernels do not take), a quantized LM head. The values themselves are checked by
+    `reference.quant.scheme_from_fields`."""
+    path = Path(path)
+    raw = _read_json(path)
+    config = raw.get("quantization_config") if isinstance(raw, dict) else None
+    if config is None:
+        return None
+    field = "quantization_config"
+    if not isinstance(config, dict):
+        raise HfConfigError(path, field, f"expected an object, got {config!r}")
+    method = config.get("quant_method", "gptq")
+    if method not in QUANT_METHODS:
+        raise HfConfigError(path, f"{field}.quant_method", f"{method!r} is not represented: weight-only "
+                            f"{' and '.join(QUANT_METHODS)} checkpoints are (int8 per channel, int4 in groups)")
+    if config.get("desc_act", False) is not False:
+        raise HfConfigError(path, f"{field}.desc_act", f"{config['desc_act']!r} is not represented: activation-order "
+                            "groups (g_idx) are not contiguous along K, as the packed kernels' groups are")
+    if config.get("lm_head", False) is not False:
+        raise HfConfigError(path, f"{field}.lm_head", f"{config['lm_head']!r} is not represented: the reference "
+                            "decoder quantizes the block projections, never the LM head")
+    bits, group, symmetry = QUANT_KEYS[method]
+    for key in (bits, group):
+        if key not in config:
+            raise HfConfigError(path, f"{field}.{key}", "missing")
+    stated = config.get(symmetry, True)  # GPTQ's sym and AWQ's zero_point both default to true
+    return config[bits], config[group], (not stated if method == "awq" and isinstance(stated, bool) else stated)
+
+
+def _read_json(path: Path) -> Any:
+    """config.json `path` as JSON, or an `HfConfigError` naming it."""
+    try:
+        return json.loads(path.read_text(), parse_constant=_no_constant)
+    except FileNotFoundError:
+        raise HfConfigError(path, None, "no such file") from None
+    except OSError as err:
+        raise HfConfigError(path, None, err.strerror or str(err)) from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise HfConfigError(path, None, f"not valid JSON: {err}") from None
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON has (Python's json reads NaN and Infinity; transformers never "
                      "writes them)")
@@ -173,15 +228,7 @@ def load_hf_config(path: str | os.PathLike[str], share: str | None = None, name:
     """Read a Hugging Face `config.json` of the Llama family; `share` "NdxG": its cyclically shared variant, `Nd`
     unique blocks applied `G` times (refused unless Nd x G equals num_hidden_layers)."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(), parse_constant=_no_constant)
-    except FileNotFoundError:
-        raise HfConfigError(path, None, "no such file") from None
-    except OSError as err:
-        raise HfConfigError(path, None, err.strerror or str(err)) from None
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise HfConfigError(path, None, f"not valid JSON: {err}") from None
-    cfg = from_hf_dict(raw, path, name)
+    cfg = from_hf_dict(_read_json(path), path, name)
     if share is None:
         return cfg
     try:

@@ -49,6 +49,9 @@ DEVICES_PER_NODE = (1, 1 << 16)
 # The GPU's compute capability as NCCL writes it (major * 10 + minor: 80 A100, 86 A5000, 89 L4, 90 H100): NCCL's
 # tuning tables start at Pascal (60); 199 leaves room for generations to come
 COMPUTE_CAPABILITY = (60, 199)
+# Rows one dequantization of a weight serves in a weight-only kernel: from one row (a kernel that dequantizes per
+# row) to far beyond any kernel's row tile
+DEQUANT_ROWS = (1, 1 << 16)
 MAX_NAME_CHARS = 200  # a device's name heads every table
 RANGES = {"peak.clock_hz": CLOCK_HZ, "peak.compute_units": COMPUTE_UNITS, "peak.matrix_flops_per_s": FLOPS_PER_S,
           "peak.vector_flops_per_s": FLOPS_PER_S, "peak.dram_bandwidth_bytes_per_s": BANDWIDTH_BYTES_PER_S,
@@ -57,7 +60,8 @@ RANGES = {"peak.clock_hz": CLOCK_HZ, "peak.compute_units": COMPUTE_UNITS, "peak.
           "interconnect.devices_per_node": DEVICES_PER_NODE,
           "interconnect.link_bandwidth_bytes_per_s": BANDWIDTH_BYTES_PER_S,
           "interconnect.collective_latency_s": SECONDS, "interconnect.step_latency_s": SECONDS,
-          "interconnect.efficiency": EFFICIENCY, "interconnect.compute_capability": COMPUTE_CAPABILITY}
+          "interconnect.efficiency": EFFICIENCY, "interconnect.compute_capability": COMPUTE_CAPABILITY,
+          "dequant.ops_per_s": FLOPS_PER_S, "dequant.rows_per_pass": DEQUANT_ROWS}
 
 
 class HwConfigError(ValueError):
@@ -150,6 +154,16 @@ class Interconnect:
 
 
 @dataclass(frozen=True)
+class Dequant:
+    """How the device's weight-only kernels dequantize packed int8/int4 weights (sim.kernels.dequant_s): the
+    arithmetic runs on the vector/ALU units (a GPU's CUDA cores beside the tensor cores; a CPU's vector units,
+    which its products share), and each weight is dequantized once per block of `rows_per_pass` rows."""
+
+    ops_per_s: float  # element operations per second of dequantizing arithmetic (shift, mask, convert, fma), chip
+    rows_per_pass: int  # rows one dequantization of a weight serves (the kernel's row tile)
+
+
+@dataclass(frozen=True)
 class Tile:
     m: int  # matmul output tile one compute unit computes per wave
     n: int
@@ -171,6 +185,7 @@ class HwConfig:
     ops: dict[str, dict[str, KernelFit]] = dataclasses.field(default_factory=dict)
     compiled: CompiledFits | None = None  # under compiled launch, where it differs from eager
     interconnect: Interconnect | None = None  # None: a single device, no tensor parallelism
+    dequant: Dequant | None = None  # None: no figures for weight-only quantized products (sim.kernels refuses them)
 
     def fit(self, cls: str, op: str, compiled: bool = False) -> KernelFit:
         """The fit of op kind `op` of kernel class `cls`: the op kind's own, else its class's, else none; under
@@ -247,6 +262,8 @@ def to_dict(hw: HwConfig) -> dict[str, Any]:
         del raw["compiled"]
     else:
         fits.append(raw["compiled"]["generated"])
+    if raw["dequant"] is None:
+        del raw["dequant"]
     if raw["interconnect"] is None:
         del raw["interconnect"]
     else:
@@ -321,7 +338,7 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     path = os.fspath(path)
     if not isinstance(raw, dict):
         raise HwConfigError(path, None, "expected a YAML mapping at the top level")
-    # classes, ops, compiled, interconnect: optional
+    # classes, ops, compiled, interconnect, dequant: optional
     allowed = [f.name for f in dataclasses.fields(HwConfig) if f.name != "path"]
     for key in raw:
         if key not in allowed:
@@ -361,8 +378,20 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
         compiled = _section(path, raw["compiled"], "compiled", CompiledFits, lambda f, v: _fit(path, f, v)
                             if f.endswith("generated") else _seconds(path, f, v))
     interconnect = None if raw.get("interconnect") is None else _interconnect(path, raw["interconnect"], sources)
+    dequant = None if raw.get("dequant") is None else _dequant(path, raw["dequant"], sources)
     return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes, ops,
-                    compiled, interconnect)
+                    compiled, interconnect, dequant)
+
+
+def _dequant(path: str, raw: Any, sources: dict) -> Dequant:
+    """The optional `dequant` section: both figures, each within its range and with a source."""
+    section = _section(path, raw, "dequant", Dequant, lambda f, v: _number(
+        path, f, v, RANGES[f], integer=f.endswith("rows_per_pass")))
+    for field in ("ops_per_s", "rows_per_pass"):
+        key = f"dequant.{field}"
+        if not isinstance(sources.get(key), str) or not sources[key].strip():
+            raise HwConfigError(path, f"sources.{key}", "missing: every dequant figure needs a source")
+    return Dequant(float(section.ops_per_s), int(section.rows_per_pass))
 
 
 def _interconnect_field(path: str, field: str, value: Any) -> Any:

@@ -32,6 +32,15 @@ link bandwidth, which no collective beats (the model is monotone in bandwidth).
 Kernels that overlap (`sim.engine`, streams > 1) share the device: a kernel's demand is the share of the
 compute units and of the memory system it keeps busy while it runs alone (`demand`).
 
+A weight-only quantized product (the trace's `weight_dtype` int8 or int4: PyTorch's packed ops) reads its packed
+weights with their scales and zero points (its `weight_bytes`: a quarter of bf16's for int4, half for int8) and
+dequantizes them on the vector/ALU units (`dequant_s`): `dequant_ops` operations per weight, once per block of the
+hwconfig's `dequant.rows_per_pass` rows (the kernel's row tile: tinygemm's 16 on a GPU, ATen's 4 on a CPU), at
+`dequant.ops_per_s` times the vector efficiency, so the work grows with the rows of a SPEED stage and can bound it.
+The product itself runs where the real kernel runs it: on a GPU on the tensor cores (the library model above, the
+dequantization overlapping it on the CUDA cores: compute_s = max of the two), on a CPU on the vector units (ATen's
+AVX-512 kernels, which dequantize on the same ports: compute_s = the sum).
+
 On a CPU (kind cpu) a matmul's output is cut into the hwconfig's tiles (tile.m x tile.n, the m side shrunk to the
 rows there are), one tile per core per wave, and attention into blocks of query rows, as before the GPU library
 models: the CPU's BLAS is not cuBLAS.
@@ -42,7 +51,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from sim.hardware import HwConfig, KernelFit
+from sim.hardware import HwConfig, HwConfigError, KernelFit
 from sim.interconnect import collective_time
 from sim.matmul import MATRIX_ROW_BLOCK, plan, row_blocks, stream_bandwidth
 from sim.opkinds import COLLECTIVE_OPS, KERNEL_CLASSES, MATRIX_CLASSES
@@ -87,6 +96,8 @@ class Kernel:
     # the problem: a matrix product's (M, N, K); attention's (batch, query heads, key-value heads, query length,
     # key length, head dim); () for the other classes
     shape: tuple[int, ...] = ()
+    weight_dtype: str | None = None  # a weight-only quantized product's weight format (int8, int4); None: float
+    dequant_ops: int = 0  # its operations dequantizing one weight for one row (the trace's dequant_ops)
 
     @property
     def bytes(self) -> int:
@@ -140,8 +151,8 @@ def kernel_of(op: OpRecord, tile_m: int, tile_n: int, checked: bool = False) -> 
         kind = COLLECTIVE_OPS[op.op]
         collective, dtype = (kind, op_collective_bytes(op, kind), op.ranks), op.in_dtypes[0]
     return Kernel(cls, op_kind(op), dtype, op.flops, op.weight_bytes, op.act_read_bytes + op.act_write_bytes,
-                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops, padding,
-                  collective=collective, shape=shape)
+                  op.kv_read_bytes, op.kv_write_bytes, tuple(reads), tiles, tile_flops, padding, shape=shape,
+                  collective=collective, weight_dtype=op.weight_dtype, dequant_ops=op.dequant_ops)
 
 
 def attention_shape(in_shapes: list[list[int]]) -> tuple[int, ...]:
@@ -237,16 +248,30 @@ def tiled_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) -> tup
     peak, eff = hw.peak, hw.efficiency
     units = 1.0
     if k.cls in MATRIX_CLASSES:
-        rate = hw.matrix_flops(k.dtype)
+        # a CPU's weight-only quantized kernels multiply on the vector units (ATen's int8/int4 kernels: AVX-512 FMA)
+        rate = hw.vector_flops(k.dtype) if k.weight_dtype else hw.matrix_flops(k.dtype)
         waves = -(-k.tiles // peak.compute_units)
         # only matrix units (a dtype faster there than on the vector units) compute the padded rows
         tile_flops = k.tile_flops if rate > hw.vector_flops(k.dtype) else k.tile_flops / k.padding
-        compute_s = waves * tile_flops / (rate / peak.compute_units * eff.matrix)
+        compute_s = waves * tile_flops / (rate / peak.compute_units * (eff.vector if k.weight_dtype else eff.matrix))
         units = min(k.tiles, peak.compute_units) / peak.compute_units
     else:
         compute_s = k.flops / (hw.vector_flops(k.dtype) * eff.vector)
     memory_s = dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram)
     return compute_s / fit.efficiency, memory_s / fit.bandwidth_share, units
+
+
+def dequant_s(k: Kernel, hw: HwConfig, fit: KernelFit) -> float:
+    """Seconds of a weight-only quantized product's dequantizing arithmetic on `hw`: each of its N x K weights
+    dequantized once per block of `hw.dequant.rows_per_pass` rows (the kernel's row tile: more rows, more passes),
+    `k.dequant_ops` operations each, at the dequant rate times the vector efficiency and the kernel's fit. A
+    HwConfigError where `hw` has no dequant figures."""
+    if hw.dequant is None:
+        raise HwConfigError(hw.path, "dequant", f"missing: a weight-only {k.weight_dtype} product ({k.op}) needs the "
+                            "dequantization figures (dequant.ops_per_s, dequant.rows_per_pass)")
+    m, n, inner = k.shape
+    passes = -(-m // hw.dequant.rows_per_pass)
+    return k.dequant_ops * n * inner * passes / (hw.dequant.ops_per_s * hw.efficiency.vector * fit.efficiency)
 
 
 def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int, compiled: bool = False) -> KernelCost:
@@ -262,6 +287,11 @@ def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int, compiled: bool = False
         compute_s, memory_s, units = attention_times(k, hw, dram_bytes, fit)
     else:
         compute_s, memory_s, units = tiled_times(k, hw, dram_bytes, fit)
+    if k.weight_dtype is not None:
+        # a GPU dequantizes on its CUDA cores while its tensor cores multiply (two pipelines, which tinygemm's and
+        # Marlin's warps keep busy at once); a CPU's vector ports do the one, then the other
+        work_s = dequant_s(k, hw, fit)
+        compute_s = max(compute_s, work_s) if library_kernels(hw) else compute_s + work_s
     # every byte passes the L2
     memory_s = max(memory_s, k.bytes / (peak.l2_bandwidth_bytes_per_s * hw.efficiency.l2 * fit.bandwidth_share))
     rate = hw.matrix_flops(k.dtype) if k.cls in MATRIX_CLASSES else hw.vector_flops(k.dtype)

@@ -6,7 +6,7 @@ encoders and their cross-attention caches, the padded cache of compiled decoding
 decoder's rules:
 
 - weights: the bytes of every parameter tensor of the traced model (the header's `weights`, as allocated, in the
-  run's dtype); exact.
+  run's dtype; a weight-only quantized model's packed weights, scales and zero points as it holds them); exact.
 - KV cache at the longest length: the decoders allocate their caches once, for the longest sequence of the run
   (self-attention keys and values of every depth, and an encoder-decoder's cross-attention ones; compiled
   decoding's padded to its bucket), and the trace records that allocation as memset ops writing the KV cache;

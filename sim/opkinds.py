@@ -25,8 +25,23 @@ ROLES = ("head", "norm")  # where an op runs, when that decides its class
 DTYPE_BYTES = {"float64": 8, "float32": 4, "int64": 8, "int32": 4, "bfloat16": 2, "float16": 2, "bool": 1, "int8": 1,
                "uint8": 1}
 
+# weight-only quantized products: PyTorch's packed ops (x [M, K] in a float dtype times a packed weight [N, K] with
+# its scales: reference.quant), each one kernel -> the weights' stored format
+QUANT_MATMUL_OPS = {"aten._weight_int8pack_mm.default": "int8", "aten._weight_int4pack_mm.default": "int4",
+                    "aten._weight_int4pack_mm_for_cpu.default": "int4"}
+QUANT_DTYPES = ("int8", "int4")
+# the weight-only schemes a model can be traced with (reference.quant.SCHEMES: int8 per output channel, int4 in
+# groups of 32, 64 or 128 input features), as the simulator's command lines name them
+QUANT_SCHEMES = ("int8", "int4-g32", "int4-g64", "int4-g128")
+# ALU operations that dequantize one weight for one row, per stored format (what the packed kernels do per weight
+# before its multiply-add): int8, widen and convert to float (ATen's cpu int8 kernel: _mm512_cvtepi8_epi32 then
+# _mm512_cvtepi32_ps per 16 weights; the per-channel scale multiplies the output, not each weight); int4, shift and
+# mask out the nibble, convert, one fused multiply-add with scale and zero point (tinygemm, aten/src/ATen/native/
+# cuda/int4mm.cu: a lop3 magic-number convert, a bias fma and an __hfma2 with scale and zero per bf16x2, ~1.9
+# instructions per weight at two weights each = ~4 element operations)
+DEQUANT_OPS = {"int8": 2, "int4": 4}
 MATMUL_OPS = frozenset({"aten.linear.default", "aten.mm.default", "aten.addmm.default", "aten.bmm.default",
-                        "aten.baddbmm.default", "aten.matmul.default"})
+                        "aten.baddbmm.default", "aten.matmul.default", *QUANT_MATMUL_OPS})
 MATMULS_WITH_BIAS_FIRST = frozenset({"aten.addmm.default", "aten.baddbmm.default"})
 # one op whatever kernels it lowers to (a fused kernel on cpu and cuda, a dozen math ops on meta)
 ATTENTION_OPS = frozenset({"aten.scaled_dot_product_attention"})

@@ -23,6 +23,13 @@ N GPUs Megatron-style: the trace is rank 0's shard with its collectives (traced 
 each collective timed by the hwconfig's interconnect model on the link while the rank's compute waits; ranks are
 symmetric, so one is simulated. The table then gives the degree (TP) and the share of time in collectives (comm),
 and memory is per GPU (the shard's weights, the replicated embedding whole, the rank's KV heads).
+
+With --quant SCHEME (several: one row per configuration and scheme; "none" for the float weights) the block
+projections' weights are quantized weight-only before tracing: int8 per output channel, int4 in groups of 32, 64
+or 128 input features (reference.quant). Each quantized projection is one packed product in the trace, costed by
+the kernel model with its packed bytes and its dequantization (sim.kernels), and memory counts the packed bytes.
+A Hugging Face config.json with a GPTQ / AWQ `quantization_config` selects its scheme by itself. The table then
+names each row's weight format (weights); speedups compare rows of the same format.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from sim.hardware import HwConfig, HwConfigError, load_hwconfig
 from sim.host import check_room
 from sim.interconnect import interconnect_of
 from sim.memory import device_memory
+from sim.opkinds import QUANT_SCHEMES
 from sim.provider import trace_files
 from sim.trace import Trace, gc_paused, read_checked
 
@@ -65,6 +73,7 @@ MAX_STREAMS = 1024  # kernels in flight at once: more than any device runs (an H
 PROJECTION_BYTES_PER_OP = 240
 PROJECTION_S_PER_OP = 12e-6
 MAX_TP = 1 << 16  # tensor-parallel degree: the largest interconnect a hwconfig can describe (DEVICES_PER_NODE)
+FLOAT_WEIGHTS = "none"  # --quant's name for the float weights (the model's dtype)
 
 
 @dataclass
@@ -82,6 +91,11 @@ class Run:
         return self.summary["tp"]
 
     @property
+    def weights(self) -> str:
+        """The weight format of the traced run: its quantization scheme, or the dtype of float weights."""
+        return self.summary["quant"] or self.summary["dtype"]
+
+    @property
     def covers(self) -> list[list[str]] | None:
         """Compiled launch: per kernel, the traced ops it covers ("module op")."""
         if self.fused is None:
@@ -96,7 +110,8 @@ def summarize(p: Projection, trace: Trace) -> dict:
     return {
         "hardware": p.hardware, "hw_path": p.hw_path, "launch": p.launch,
         "model": trace.header.model.get("name"), "decoder": trace.header.decoder, "dtype": trace.header.dtype,
-        "tp": trace.header.tp, "batch": trace.header.batch, "tokens": p.tokens, "total_s": p.total_s,
+        "tp": trace.header.tp, "quant": weight_format(trace), "batch": trace.header.batch, "tokens": p.tokens,
+        "total_s": p.total_s,
         "decode_s": p.decode_s,
         "s_per_token": p.decode_s / tokens, "bound": b["shares"], "comm_s": b["comm_s"], "roofline_s": b["roofline_s"],
         "roofline_s_per_token": b["decode_roofline_s"] / tokens, "dram_bytes": b["dram_bytes"],
@@ -108,32 +123,43 @@ def summarize(p: Projection, trace: Trace) -> dict:
     }
 
 
+def weight_format(trace: Trace) -> str | None:
+    """The weight-only scheme of a trace's quantized products, from their fields ("int8", "int4-g128"; formats
+    that differ joined by "+"); None where it has none (float weights)."""
+    formats = {op.weight_dtype if op.group_size is None else f"{op.weight_dtype}-g{op.group_size}"
+               for op in trace.distinct if op.weight_dtype is not None}
+    return "+".join(sorted(formats)) or None
+
+
 def short(label: str) -> str:
     return label.replace(" sequential", " seq").removeprefix("t5-base-")
 
 
 def print_table(runs: list[Run], baselines: list[str]) -> None:
     """One table of runs on one hwconfig; speedups are over each baseline (a sequential configuration's label) at
-    the same tensor-parallel degree. A table with a run of TP > 1 gains the TP and comm (time in collectives)
-    columns."""
+    the same tensor-parallel degree and weight format. A table with a run of TP > 1 gains the TP and comm (time in
+    collectives) columns, one with a quantized run the weights column (each row's weight format)."""
     first = runs[0].summary
     streams = first["streams"]
     parallel = any(r.tp > 1 for r in runs)
+    quantized = any(r.summary["quant"] for r in runs)
     print(f"\n{first['hardware']} ({first['hw_path']}), {first['launch']} launch"
           + (f", up to {streams} kernels at once" if streams > 1 else ""))
     width = max([16] + [len(short(b)) + 5 for b in baselines])
     speed_cols = "".join(f"{'vs ' + short(b):>{width}}" for b in baselines)
-    print(f"{'configuration':<28}" + (f"{'TP':>3}" if parallel else "") + f"{'ms/token':>9}{'ms/seq':>9}{speed_cols}  "
+    print(f"{'configuration':<28}" + (f"{'weights':>10}" if quantized else "") + (f"{'TP':>3}" if parallel else "")
+          + f"{'ms/token':>9}{'ms/seq':>9}{speed_cols}  "
           f"{'comp':>5}{'mem':>5}{'lat':>5}" + (f"{'comm':>5}" if parallel else "") + f"{'launch':>7}"
           f"{'DRAM GB/s':>10}{'floor ms/tok':>13}{'mem GB':>8}" + (f"{'path ms/tok':>12}" if streams > 1 else ""))
-    per_token = {(r.label, r.tp): r.summary["s_per_token"] for r in runs if r.summary["s_per_token"] > 0}
+    per_token = {(r.label, r.tp, r.weights): r.summary["s_per_token"] for r in runs if r.summary["s_per_token"] > 0}
     for r in runs:
         s = r.summary
         decodes = s["s_per_token"] > 0  # a run with no decode stage (an encoder alone) has no per-token figure
-        speedups = "".join(f"{per_token[b, r.tp] / s['s_per_token']:>{width - 1}.2f}x"
-                           if (b, r.tp) in per_token and decodes else f"{'-':>{width}}" for b in baselines)
+        speedups = "".join(f"{per_token[b, r.tp, r.weights] / s['s_per_token']:>{width - 1}.2f}x"
+                           if (b, r.tp, r.weights) in per_token and decodes else f"{'-':>{width}}" for b in baselines)
         shares = s["bound"]
-        print(f"{r.label:<28}" + (f"{r.tp:>3}" if parallel else "") + f"{_ms(s['s_per_token'], 9, 3, decodes)}"
+        print(f"{r.label:<28}" + (f"{r.weights:>10}" if quantized else "") + (f"{r.tp:>3}" if parallel else "")
+              + f"{_ms(s['s_per_token'], 9, 3, decodes)}"
               f"{s['total_s'] * 1e3:>9.1f}{speedups}  "
               f"{shares['compute'] * 100:>4.0f}%{shares['memory'] * 100:>4.0f}%{shares['latency'] * 100:>4.0f}%"
               + (f"{shares['comm'] * 100:>4.0f}%" if parallel else "")
@@ -295,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "all-reduces and the vocabulary-parallel head's all-gather, on the meta device), collectives "
                         "timed by the hwconfig's interconnect section (needed for N > 1, and N at most its "
                         "devices_per_node); memory per GPU. N must divide the model's heads, KV heads and FFN size")
+    parser.add_argument("--quant", nargs="+", choices=(FLOAT_WEIGHTS, *QUANT_SCHEMES), metavar="SCHEME",
+                        help="weight-only quantization of the block projections, traced on demand (needs torch): "
+                        f"{', '.join(QUANT_SCHEMES)} (int8 per output channel; int4 in groups of 32, 64 or 128 input "
+                        f"features, with scales and zero points), or {FLOAT_WEIGHTS} (the float weights); several: one "
+                        "row per configuration and scheme. The group size must divide each layer's input features "
+                        "(and, with --tp, each shard's). A config.json with a quantization_config (GPTQ/AWQ) selects "
+                        "its scheme by itself")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hwconfig field for what-if studies, e.g. --set "
                         "peak.dram_bandwidth_bytes_per_s=4e12 (repeatable; compute_units scales the peak rates)")
@@ -327,22 +360,25 @@ def check_interconnects(hws: list[HwConfig], degrees: list[int], parser: argpars
 
 
 def trace_jobs(args: argparse.Namespace, launches: list[str]) -> dict[str, list[tuple[str, Path]]]:
-    """Per launch, (label, trace file) of every configuration to project at every --tp degree (degree by degree):
-    given traces, a model traced on demand, or the built-in default (its committed traces, or traced on demand at
-    other lengths, batches, dtypes, flips or degrees). Compiled launch projects the run compiled decoding makes
-    (given traces as they are). Every trace made on demand comes from one call of the trace provider
-    (sim.provider), none when all are committed or given."""
+    """Per launch, (label, trace file) of every configuration to project at every --tp degree and --quant scheme
+    (degree by degree): given traces, a model traced on demand, or the built-in default (its committed traces, or
+    traced on demand at other lengths, batches, dtypes, flips, degrees or weight schemes). Compiled launch projects
+    the run compiled decoding makes (given traces as they are). Every trace made on demand comes from one call of
+    the trace provider (sim.provider), none when all are committed or given."""
     if args.trace:
         return {launch: [(path.name.removesuffix(".jsonl.gz"), path) for path in args.trace] for launch in launches}
     if args.model:
         decoders = ("speed", "sequential") if args.decoder == "both" else (args.decoder,)
         configurations = [({"model": args.model, "share": args.share}, decoder) for decoder in decoders]
-    elif (args.tokens, args.batch, args.dtype, args.flips, args.tp) == (DEFAULT_TOKENS, 1, "bfloat16", None, [1]):
+    elif (args.tokens, args.batch, args.dtype, args.flips, args.tp, args.quant) == (
+            DEFAULT_TOKENS, 1, "bfloat16", None, [1], None):
         return {launch: [(f"{preset} {decoder}", default_trace(preset, decoder, launch == "compiled"))
                          for preset, decoder in DEFAULT_RUNS] for launch in launches}
     else:
         configurations = [({"model": preset}, decoder) for preset, decoder in DEFAULT_RUNS]
-    runs = [({**model, "tp": tp}, decoder) for tp in args.tp for model, decoder in configurations]
+    quants = [None if q == FLOAT_WEIGHTS else q for q in dict.fromkeys(args.quant or [FLOAT_WEIGHTS])]
+    runs = [({**model, "tp": tp, "quant": quant}, decoder) for tp in args.tp for quant in quants
+            for model, decoder in configurations]
     traced = trace_files([{**model, "decoder": decoder, "tokens": args.tokens, "batch": args.batch,
                            "dtype": args.dtype, "flips": args.flips, "compiled": launch == "compiled"}
                           for launch in launches for model, decoder in runs])
@@ -416,7 +452,7 @@ def _main(argv: list[str] | None) -> int:
     args.tp = list(dict.fromkeys(args.tp))
     traced = {"--model": args.model, "--tokens": args.tokens != DEFAULT_TOKENS, "--batch": args.batch != 1,
               "--dtype": args.dtype != "bfloat16", "--flips": args.flips, "--decoder": args.decoder != "both",
-              "--tp": args.tp != [1]}
+              "--tp": args.tp != [1], "--quant": args.quant}
     if args.trace and any(traced.values()):
         given = ", ".join(flag for flag, value in traced.items() if value)
         parser.error(f"--trace replays recorded runs as they are; {given} describe a run to trace: give one or the "

@@ -21,7 +21,7 @@ LAYERS = [
     ("capture", ("reference.capture",)),
     ("experiments", ("reference.experiments",)),
     ("fitting and validation", ("sim.fitting",)),
-    ("command lines", ("sim.run", "sim.bench", "sim.sweep", "reference.demo")),
+    ("command lines", ("sim.run", "sim.bench", "sim.sweep", "sim.quantrows", "reference.demo")),
 ]
 CORES = ("decoder core", "simulator core")
 
@@ -131,7 +131,7 @@ def test_the_simulators_command_lines_never_import_torch() -> None:
     import subprocess
     import sys
 
-    commands = ("sim.run", "sim.bench", "sim.sweep.cli", "sim.sweep.runner", "sim.fitting.calibrate",
+    commands = ("sim.run", "sim.bench", "sim.quantrows", "sim.sweep.cli", "sim.sweep.runner", "sim.fitting.calibrate",
                 "sim.fitting.validate")
     code = "import sys; sys.modules['torch'] = None; " + "; ".join(f"import {m}" for m in commands)
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -37,7 +37,8 @@ def test_describe_gives_the_model_its_fields_digest_and_flips():
     cfg = get_preset("tiny-4x3")
     answer = describe(model="tiny-4x3", decoder="speed", flip_rate=0.1)
     assert answer == {"name": "tiny-4x3", "config": dataclasses.asdict(cfg),
-                      "digest": reference_provider.config_digest(cfg), "flips": "0.1,0.1"}
+                      "digest": reference_provider.config_digest(cfg), "quant": None, "flips": "0.1,0.1"}
+    assert describe(model="tiny-4x3", quant="int4-g32")["quant"] == "int4-g32"
     assert describe(model="tiny-4x3", decoder="sequential", flips="0.1")["flips"] is None  # reads no exit
     assert describe(model="tiny-4x3", decoder="speed")["flips"] is None  # the model's profile
     assert describe(model=dataclasses.asdict(cfg))["config"] == dataclasses.asdict(cfg)  # fields, as answered
@@ -51,6 +52,10 @@ def test_describe_gives_the_model_its_fields_digest_and_flips():
      "'0.1' gives 1 rates, but tiny-4x3 has G = 3: it needs 2 (or use flip_rate)"),
     ({"model": "tiny-4x3", "decoder": "speed", "flips": "nope"}, "flips", "no profile 'nope'"),
     ({"model": "tiny-4x3", "tp": 3}, "tp", "--tp 3: n_heads 4 is not divisible by 3 (tiny-4x3)"),
+    ({"model": "tiny-4x3", "quant": "int4-g128"}, "quant", "--quant int4-g128: d_model 64 (the input features of "
+     "wq, wk, wv, wo, gate and up) is not a multiple of the group size 128 (tiny-4x3)"),
+    ({"model": "tiny-4x3", "quant": "int4-g64", "tp": 2}, "quant", "--quant int4-g64 with --tp 2: d_model 64 / 2 = "
+     "32 is not a multiple of the group size 64"),
     ({"model": "tiny-t5-2x3", "tp": 8}, "tp", "--tp 8: n_heads 4 is not divisible by 8 (self-, cross- and encoder "
      "attention of tiny-t5-2x3)"),
 ])
@@ -61,8 +66,10 @@ def test_describe_answers_what_it_cannot_describe_with_the_field_at_fault(reques
 
 def test_requests_are_checked_against_the_ops_schema():
     for raw, message in [
-        ([{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "quant": "int8"}],
-         "trace request 0: unknown key 'quant': this provider cannot serve it (keys: model, share, flag, decoder"),
+        ([{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "sparsity": "2:4"}],
+         "trace request 0: unknown key 'sparsity': this provider cannot serve it (keys: model, share, flag, decoder"),
+        ([{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "quant": "int3"}], "'quant' must be one of int8, "
+         "int4-g32, int4-g64, int4-g128, or null, got 'int3'"),
         ([{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "tp": 0}], "'tp' must be an integer >= 1 (the "
          "tensor-parallel degree), got 0"),
         ([{"model": "tiny-4x3", "decoder": "speed"}], "trace request 0: key 'tokens' is required"),
@@ -78,8 +85,8 @@ def test_requests_are_checked_against_the_ops_schema():
 
 def test_an_error_line_crosses_as_the_callers_own_and_is_not_shown_twice(capsys):
     with pytest.raises(provider.ProviderError) as error:
-        provider.request("trace", [{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "quant": "int8"}])
-    assert str(error.value).startswith("trace request 0: unknown key 'quant'")
+        provider.request("trace", [{"model": "tiny-4x3", "decoder": "speed", "tokens": 4, "sparsity": "2:4"}])
+    assert str(error.value).startswith("trace request 0: unknown key 'sparsity'")
     assert capsys.readouterr().err == ""  # held back: the caller reports it
     [answer] = provider.request("describe", [{"model": "tiny-4x3"}])
     assert answer["name"] == "tiny-4x3" and answer["config"] == dataclasses.asdict(get_preset("tiny-4x3"))

@@ -186,3 +186,36 @@ def test_a_tp_axis_gives_rows_per_degree_as_sim_run_projects_them(local_ray, tmp
         row = by[want["tp"], want["decoder"]]
         assert {k: row[k] for k in ("s_per_token", "total_s", "comm_s", "memory", "bound")} == {
             k: want[k] for k in ("s_per_token", "total_s", "comm_s", "memory", "bound")}
+
+
+def test_a_quant_axis_gives_rows_per_scheme_as_sim_run_projects_them(local_ray, tmp_path):
+    """The quant axis: rows carry their weight scheme (null: float weights), SPEED's speedup is over sequential
+    decoding with the same weights, and each row is what sim.run --quant projects."""
+    spec = tmp_path / "quant.yaml"
+    spec.write_text("grid: {hw: [a100], model: [tiny-4x3], tokens: [6], flip_rate: [0.1], launch: [eager], "
+                    "quant: [null, int4-g32]}\n")
+    assert cli.main([str(spec), "--out", str(tmp_path / "o"), "--quiet", "--no-plots"]) == 0
+    got = rows(tmp_path / "o")
+    by = {(r["point"]["quant"], r["decoder"]): r for r in got}
+    assert sorted((r["point"]["quant"] or "", r["quant"] or "") for r in got) == [
+        ("", ""), ("", ""), ("int4-g32", "int4-g32"), ("int4-g32", "int4-g32")]
+    for quant in (None, "int4-g32"):
+        assert by[quant, "speed"]["speedup_vs_sequential"] == (by[quant, "sequential"]["s_per_token"]
+                                                               / by[quant, "speed"]["s_per_token"])
+    out = tmp_path / "run.json"
+    assert run.main(["--hw", "a100", "--model", "tiny-4x3", "--tokens", "6", "--flips", "0.1,0.1", "--launch",
+                     "eager", "--quant", "none", "int4-g32", "--json", str(out)]) == 0
+    for want in json.loads(out.read_text())["runs"]:
+        row = by[want["quant"], want["decoder"]]
+        assert {k: row[k] for k in ("s_per_token", "total_s", "memory", "bound")} == {
+            k: want[k] for k in ("s_per_token", "total_s", "memory", "bound")}
+
+
+def test_a_quant_axis_value_no_scheme_names_is_refused(tmp_path):
+    from sim.sweep.spec import SpecError, load_spec
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("grid: {model: [tiny-4x3], quant: [int8, int4-g256]}\n")
+    with pytest.raises(SpecError, match=r"field 'grid\.quant': expected one of int8, int4-g32, int4-g64, int4-g128, "
+                       r"or null \(float weights\), got 'int4-g256'"):
+        load_spec(spec)

@@ -39,11 +39,12 @@ from sim.trace import (
     validate,
     write_trace,
 )
-from sim.trace.schema import END_V4, HEADER, OP, OP_V4, OP_V5, STAGE_V4
+from sim.trace.schema import END_V4, HEADER, OP, OP_V4, OP_V5, OP_V6, QUANT_FIELDS, STAGE_V4
 
 ROOT = Path(__file__).resolve().parents[1]
 V5_HEADER = ("format", "tp", "tp_rank")  # header fields a version 3 or 4 file does not write (format: first)
-V5_OP = ("ranks",)  # op fields new in version 5
+V6_OP = tuple(QUANT_FIELDS)  # op fields new in version 6
+V5_OP = ("ranks", *V6_OP)  # op fields new in versions 5 and 6
 WEIGHTS = {
     "blocks.0.attn.wq.weight": {"bytes": 2048, "shape": [32, 32], "dtype": "bfloat16"},
     "blocks.0.mlp.w1.weight": {"bytes": 8192, "shape": [128, 32], "dtype": "bfloat16"},
@@ -290,7 +291,7 @@ def damaged(tmp_path: Path, line: int, change, measured: bool = False) -> Path:
 # make_trace(), version 5: line 1 header, 2-4 op records 0-2, 5-7 stages 0-2 (ops 0 1 2 1; the others "like"
 # stage 0), 8 end
 @pytest.mark.parametrize("line, field, change, text", [
-    (1, "version", lambda h: h.update(version=6), "unsupported version 6"),
+    (1, "version", lambda h: h.update(version=7), "unsupported version 7"),
     (1, "format", lambda h: h.update(format="other-trace"), "expected 'speed-sim-trace'"),
     (1, "format", lambda h: h.pop("format"), ""),
     (1, "batch", lambda h: h.update(batch=0), "expected an integer in 1..2**31 - 1, got 0"),
@@ -633,9 +634,102 @@ def test_a_trace_read_is_checked_and_one_built_in_code_is_checked_when_simulated
 def test_the_format_document_names_every_field_and_bound() -> None:
     """sim/trace/FORMAT.md is the specification: a field or a bound the code has and it lacks is a test failure."""
     text = (ROOT / "sim" / "trace" / "FORMAT.md").read_text()
-    for schema in (HEADER, OP, OP_V4, OP_V5, STAGE_V4, END_V4):
+    for schema in (HEADER, OP, OP_V4, OP_V5, OP_V6, STAGE_V4, END_V4):
         missing = [name for name in schema.fields if f"`{name}`" not in text]
         assert not missing, f"FORMAT.md does not name {missing}"
     bounds = [name for name in dir(limits) if name.startswith(("MAX_", "MIN_"))]
-    assert len(bounds) == 10 and not [name for name in bounds if f"`{name}`" not in text]
+    assert len(bounds) == 11 and not [name for name in bounds if f"`{name}`" not in text]
     assert f"version {TRACE_VERSION}" in text and all(kind in text for kind in KERNEL_CLASSES)
+
+
+QUANT_WEIGHTS = {
+    "blocks.0.attn.wq.weight": {"bytes": 512, "shape": [32, 16], "dtype": "uint8"},
+    "blocks.0.attn.wq.scales_and_zeros": {"bytes": 256, "shape": [2, 32, 2], "dtype": "bfloat16"},
+    "blocks.0.mlp.w1.weight": {"bytes": 4096, "shape": [128, 32], "dtype": "int8"},
+    "blocks.0.mlp.w1.scales": {"bytes": 256, "shape": [128], "dtype": "bfloat16"},
+}
+
+
+def quantized_op(i: int, stage: int, dtype: str = "int4") -> OpRecord:
+    """A packed int4 (groups of 16) or int8 product of 3 rows: [3, 32] times a [32 or 128, 32] weight."""
+    if dtype == "int4":
+        name, n, layer, fields = "aten._weight_int4pack_mm_for_cpu.default", 32, "blocks.0.attn.wq", dict(
+            weight_dtype="int4", group_size=16, scale_bytes=128, zero_bytes=128, dequant_ops=4)
+        shapes, dtypes, weights = [[3, 32], [32, 16], [2, 32, 2]], ["bfloat16", "uint8", "bfloat16"], 512 + 256
+        ids = [f"{layer}.scales_and_zeros", f"{layer}.weight"]
+    else:
+        name, n, layer, fields = "aten._weight_int8pack_mm.default", 128, "blocks.0.mlp.w1", dict(
+            weight_dtype="int8", group_size=None, scale_bytes=256, zero_bytes=0, dequant_ops=2)
+        shapes, dtypes, weights = [[3, 32], [128, 32], [128]], ["bfloat16", "int8", "bfloat16"], 4096 + 256
+        ids = [f"{layer}.scales", f"{layer}.weight"]
+    return OpRecord(i=i, stage=stage, group=0, depth=0, layer=0, seq=None, rows=3, module=layer, kind="matmul",
+                    op=name, in_shapes=shapes, in_dtypes=dtypes, out_shapes=[[3, n]], out_dtypes=["bfloat16"],
+                    flops=2 * 3 * n * 32, weight_bytes=weights, act_read_bytes=192, act_write_bytes=6 * n,
+                    kv_read_bytes=0, kv_write_bytes=0, weights=ids, kv=[], srcs=[0, 0, 0], deps=[], **fields)
+
+
+def quant_trace() -> Trace:
+    """Two stages, each an int4 product, an int8 product and a bf16 product (make_op)."""
+    ops, stages = [], make_trace(n_stages=2).stages
+    for s in range(2):
+        ops += [quantized_op(len(ops), s), quantized_op(len(ops) + 1, s, "int8"),
+                dataclasses.replace(make_op(len(ops) + 2, s), srcs=[0, 0], deps=[])]
+    weights = {**WEIGHTS, **QUANT_WEIGHTS}
+    return Trace(dataclasses.replace(make_header(), weights=weights), ops, stages)
+
+
+def test_a_quantized_trace_round_trips(tmp_path: Path) -> None:
+    """Version 6's fields are written after `ranks`, read back as written; a float product has them all null or 0."""
+    trace = quant_trace()
+    back = read_trace(write(tmp_path / "q.jsonl.gz", trace))
+    assert back == trace and back.ops == trace.ops and back.header.version == 6
+    ops = [x for x in lines_of(tmp_path / "q.jsonl.gz") if x.get("type") == "op"]
+    assert list(ops[0])[-6:] == ["ranks", *V6_OP]
+    assert [(x["weight_dtype"], x["group_size"], x["dequant_ops"]) for x in ops[:3]] == [
+        ("int4", 16, 4), ("int8", None, 2), (None, None, 0)]
+    assert [x["weight_bytes"] - x["scale_bytes"] - x["zero_bytes"] for x in ops[:3]] == [512, 4096, 2048]
+
+
+def test_version_5_reads_as_float_weights_and_refuses_the_fields_it_did_not_have(tmp_path: Path) -> None:
+    """A version 5 file (no quantized-product fields) reads with weight_dtype null and 0 dequantizing work: what
+    every trace before quantization held."""
+    trace = make_trace()
+    lines = lines_of(write(tmp_path / "t.jsonl.gz", trace))
+    v5 = [{k: v for k, v in x.items() if k not in V6_OP} | ({"version": 5} if i == 0 else {})
+          for i, x in enumerate(lines)]
+    old = read_trace(rewrite(tmp_path / "v5.jsonl.gz", v5))
+    assert old.header.version == 5 and old.ops == trace.ops
+    assert all((op.weight_dtype, op.group_size, op.scale_bytes, op.zero_bytes, op.dequant_ops)
+               == (None, None, 0, 0, 0) for op in old.ops)
+    expect_error(rewrite(tmp_path / "v5.jsonl.gz", [v5[0], {**v5[1], "weight_dtype": None}, *v5[2:]]), 2,
+                 "weight_dtype", "unknown field")
+
+
+# quant_trace(): line 1 header, 2 the int4 product, 3 the int8 product, 4 the float product
+@pytest.mark.parametrize("line, field, change, text", [
+    (2, "weight_dtype", lambda op: op.update(weight_dtype="int3"), "expected null or one of ('int8', 'int4')"),
+    (2, "weight_dtype", lambda op: op.update(weight_dtype=None), "expected 'int4' for aten._weight_int4pack_mm"),
+    (2, "op", lambda op: op.update(weight_dtype="int8", group_size=None, zero_bytes=0), "expected a packed int8"),
+    (2, "group_size", lambda op: op.update(group_size=None), "expected the int4 group size, got null"),
+    (2, "group_size", lambda op: op.update(group_size=0), "expected an integer in 1..2**31 - 1 or null, got 0"),
+    (2, "dequant_ops", lambda op: op.update(dequant_ops=0), "expected an integer >= 1 for a quantized product"),
+    (2, "dequant_ops", lambda op: op.update(dequant_ops=65), "expected an integer in 0..64, got 65"),
+    (2, "scale_bytes", lambda op: op.update(scale_bytes=700), "exceed weight_bytes 768"),
+    (2, "kind", lambda op: op.update(kind="elementwise"), "expected matmul or lm_head"),
+    (2, "zero_bytes", lambda op: op.pop("zero_bytes"), "missing"),
+    (3, "group_size", lambda op: op.update(group_size=32), "expected null for int8"),
+    (3, "zero_bytes", lambda op: op.update(zero_bytes=2), "expected 0 for int8"),
+    (4, "group_size", lambda op: op.update(group_size=32), "expected null for an op that is not a quantized"),
+    (4, "dequant_ops", lambda op: op.update(dequant_ops=2), "expected 0 for an op that is not a quantized"),
+    (4, "scale_bytes", lambda op: op.update(scale_bytes=-1), "expected an integer in 0..2**50"),
+])
+def test_damaged_quantized_records(tmp_path: Path, line: int, field: str, change, text: str) -> None:
+    """The fields version 6 adds are checked as every other, in the reader and, for ops built in code, check_op."""
+    lines = lines_of(write(tmp_path / "q.jsonl.gz", quant_trace()))
+    change(lines[line - 1])
+    expect_error(rewrite(tmp_path / "bad.jsonl.gz", lines), line, field, text)
+    if line > 1 and field in lines[line - 1]:
+        values = {k: v for k, v in lines[line - 1].items() if k not in ("type", "id")}
+        with pytest.raises(OpError) as info:
+            check_op(OpRecord(0, 0, **values))
+        assert info.value.field == field and text in str(info.value)

@@ -26,17 +26,18 @@ from sim.hardware import load_hwconfig
 from sim.interconnect import InterconnectError
 from sim.kernels import kernel_of
 from sim.memory import CapacityError
-from sim.trace import MAX_EXECUTED, MAX_SECONDS, OpError, TraceError, legacy_kind, read_trace
+from sim.trace import MAX_EXECUTED, MAX_SECONDS, QUANT_FIELD_NAMES, OpError, TraceError, legacy_kind, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
-BASES = {  # format 5 (a default trace, and a tensor-parallel one), format 4 (the default trace as version 4 wrote
-    # it: `base`) and format 1 (the committed measurements)
+BASES = {  # format 6 (a default trace), format 5 (a tensor-parallel one), format 4 (the default trace as version 4
+    # wrote it: `base`) and format 1 (the committed measurements)
     "v5": (ROOT / "data" / "traces" / "t5-base-4x3.speed.bf16.b1.t128.jsonl.gz", 3),
     "v5-tp": (ROOT / "tests" / "data" / "tiny-4x3.speed.tp2.bf16.b1.t16.jsonl.gz", 3),
     "v4": (ROOT / "data" / "traces" / "t5-base-4x3.speed.bf16.b1.t128.jsonl.gz", 3),
     "v1": (ROOT / "data" / "measured" / "h200" / "llama2-7b-8x4.speed.bf16.b1.t32.jsonl.gz", 2),
 }
-V5_FIELDS = ("tp", "tp_rank", "ranks")  # what version 5 added (sim/trace/FORMAT.md, "Versions")
+# what versions 5 and 6 added (sim/trace/FORMAT.md, "Versions"): a version 4 file has none of them
+V5_FIELDS = ("tp", "tp_rank", "ranks", *QUANT_FIELD_NAMES)
 # problems of a line as a whole, or of the file: the error names no field
 WHOLE_LINE = re.compile(r"not valid JSON|expected a JSON object|truncated|after the end record|not a gzip file|"
                         r"more than [\d,]+ (ops|stage)|longer than|have no stage record")

@@ -36,7 +36,7 @@ from reference import compiled
 from reference.capture.opcapture import OpCapture
 from reference.model import SharedDecoder
 from reference.pipeline import Row
-from sim.trace import OpRecord, OpTable, Trace, TraceHeader, body_key
+from sim.trace import OpRecord, OpTable, Trace, TraceHeader, body_key, quant_fields
 
 # how a stage is handled once its structure is known
 RECORD, DERIVE = "record", "derive"
@@ -47,7 +47,8 @@ LEARNING_STAGES = 3
 def _numbers(op: OpRecord) -> tuple[tuple, list[int]]:
     """(what must stay equal, the integers that may move) of an op's fields but i and stage: the shapes, the
     optional placement ints, rows, FLOPs, bytes, srcs and deps; everything else (names, dtypes, weights, KV
-    items, duration, a collective's group size, list lengths, which optionals are null) is in the first part."""
+    items, duration, a collective's group size, a quantized product's weight format, list lengths, which
+    optionals are null) is in the first part."""
     numbers: list[int] = []
     for shapes in (op.in_shapes, op.out_shapes):
         for shape in shapes:
@@ -57,7 +58,7 @@ def _numbers(op: OpRecord) -> tuple[tuple, list[int]]:
     numbers += [op.rows, op.flops, op.weight_bytes, op.act_read_bytes, op.act_write_bytes, op.kv_read_bytes,
                 op.kv_write_bytes, *op.srcs, *(op.deps or ())]
     fixed = (op.module, op.kind, op.op, tuple(op.in_dtypes), tuple(op.out_dtypes), tuple(op.weights), tuple(op.kv),
-             op.duration_s, op.ranks, tuple(map(len, op.in_shapes)), tuple(map(len, op.out_shapes)),
+             op.duration_s, op.ranks, quant_fields(op), tuple(map(len, op.in_shapes)), tuple(map(len, op.out_shapes)),
              tuple(v is None for v in optional), len(op.srcs), None if op.deps is None else len(op.deps))
     return fixed, numbers
 
@@ -74,7 +75,8 @@ def _rebuild(like: OpRecord, numbers: list[int]) -> OpRecord:
     deps = None if like.deps is None else take(len(like.deps))
     return OpRecord(like.i, like.stage, group, depth, layer, seq, rows, like.module, like.kind, like.op, in_shapes,
                     list(like.in_dtypes), out_shapes, list(like.out_dtypes), flops, weight, act_read, act_write,
-                    kv_read, kv_write, list(like.weights), list(like.kv), srcs, deps, like.duration_s, like.ranks)
+                    kv_read, kv_write, list(like.weights), list(like.kv), srcs, deps, like.duration_s, like.ranks,
+                    *quant_fields(like))
 
 
 class _Rule:

@@ -13,11 +13,17 @@ sequential step of R rows, `make_token_step`: what compiled decoding compiles), 
     python -m reference.capture.inductor --preset tiny-4x3 --rows 1 2 3
     python -m reference.capture.inductor --preset t5-base-4x3 --rows 3 --kind stage token --json out.json
     python -m reference.capture.inductor --preset tiny-4x3 --rows 1 3 --tp 2   # rank 0's shard, a fake group
+    python -m reference.capture.inductor --preset tiny-4x3 --rows 1 3 --quant int8 int4-g32 --dtype bfloat16
 
 With --tp N both sides run rank 0's shard (reference.parallel) under torch's fake process group (no processes:
 the collectives return their inputs); inductor keeps the functional collectives as graph nodes between its kernels
 (`_c10d_functional.all_reduce_` in place on its buffer, `all_gather_into_tensor`), listed with the library kernels
 as the fusion model lists the trace's collectives; the `wait_tensor` after each is no kernel and is not listed.
+
+With --quant SCHEME both sides run the model with its block projections quantized (reference.quant, the packed
+ops): inductor calls the packed products as library kernels (`extern_kernels._weight_int8pack_mm`,
+`torch.ops.quantized.int4mm_packed_weight_cpu`), which the fusion model keeps unfused as it keeps every matrix
+product.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from reference.compiled import CompiledStep
 from reference.config import PRESETS, get_preset
 from reference.model import KVCache, SharedDecoder
 from reference.parallel import build_shard, check_degree
+from reference.quant import SCHEMES, check_quantizable, quantize
 from sim.command import check_outputs, integer, run_command
 from sim.files import atomic_write
 from sim.fusion import UNFUSED_CLASSES, stage_groups
@@ -66,6 +73,7 @@ class StageKernels:
     model_fused: list[str] = field(default_factory=list)
     model_library: list[str] = field(default_factory=list)
     compile_s: float = 0.0
+    quant: str | None = None  # the weight-only scheme of the block projections; None: float weights
 
 
 def inductor_kernels(code: str) -> tuple[list[str], list[str]]:
@@ -117,18 +125,21 @@ def model_kernels(model: SharedDecoder, kind: str, rows: int, length: int) -> tu
     return len(ops), fused, library
 
 
-def compare(preset: str, kind: str, rows: int, dtype: torch.dtype = torch.float32, length: int = 32, tp: int = 1
-            ) -> StageKernels:
+def compare(preset: str, kind: str, rows: int, dtype: torch.dtype = torch.float32, length: int = 32, tp: int = 1,
+            quant: str | None = None) -> StageKernels:
     """Inductor's kernels and the fusion model's for one variant of `preset` (random weights, cpu; the fusion
     model's side traced on the meta device, as `sim.run --launch compiled` traces); `tp` > 1: rank 0's shard,
-    both sides under a fake process group of `tp` ranks."""
+    both sides under a fake process group of `tp` ranks; `quant`: the block projections quantized (both sides)."""
     from torch._inductor.utils import run_and_get_code
 
     cfg = get_preset(preset)
     check_degree(cfg, tp)
     with fake_group_scope(tp) as group:
         def build(**kwargs: object) -> SharedDecoder:
-            return SharedDecoder(cfg, **kwargs) if group is None else build_shard(cfg, group, **kwargs)
+            if group is not None:
+                return build_shard(cfg, group, quant=quant, **kwargs)
+            model = SharedDecoder(cfg, **kwargs)
+            return model if quant is None else quantize(model, quant)
 
         traced, fused, library = model_kernels(build(device="meta", dtype=dtype), kind, rows, length)
         model = build(device="cpu", dtype=dtype, seed=0)
@@ -142,7 +153,7 @@ def compare(preset: str, kind: str, rows: int, dtype: torch.dtype = torch.float3
         generated += g
         extern += e
     return StageKernels(preset, kind, rows, tp, str(dtype).removeprefix("torch."), length, traced, generated, extern,
-                        fused, library, time.perf_counter() - t0)
+                        fused, library, time.perf_counter() - t0, quant)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,22 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="default float32")
     parser.add_argument("--tp", nargs="+", type=integer(1), default=[1], help="tensor-parallel degrees (default 1): "
                         "rank 0's shard under a fake process group of N ranks, collectives among the library kernels")
+    parser.add_argument("--quant", nargs="+", choices=SCHEMES, help="weight-only schemes: each variant also with its "
+                        "block projections quantized (reference.quant, the packed ops)")
     parser.add_argument("--json", type=Path, help="write the kernels of every variant as JSON")
     args = parser.parse_args(argv)
     check_outputs(parser, {"--json": args.json})
     if any(r < 1 for r in args.rows):
         parser.error("--rows must be >= 1")
+    quants = args.quant or [None]
     try:
-        results = [compare(p, k, r, getattr(torch, args.dtype), tp=t) for p in args.preset for t in args.tp
-                   for k in args.kind for r in args.rows]
+        for p in args.preset:
+            for q in filter(None, quants):
+                check_quantizable(get_preset(p), q)
+        results = [compare(p, k, r, getattr(torch, args.dtype), tp=t, quant=q) for p in args.preset for t in args.tp
+                   for q in quants for k in args.kind for r in args.rows]
     except ValueError as err:
         parser.error(str(err))
-    print(f"{'preset':<16}{'TP':>3}{'kind':>6}{'rows':>5}{'traced ops':>11}{'fused: model':>14}{'inductor':>10}"
-          f"{'library: model':>16}{'inductor':>10}{'collectives':>13}{'compile s':>11}")
+    print(f"{'preset':<16}{'quant':>10}{'TP':>3}{'kind':>6}{'rows':>5}{'traced ops':>11}{'fused: model':>14}"
+          f"{'inductor':>10}{'library: model':>16}{'inductor':>10}{'collectives':>13}{'compile s':>11}")
     for r in results:
         collectives = sum("_c10d_functional" in name for name in r.inductor_library)
-        print(f"{r.preset:<16}{r.tp:>3}{r.kind:>6}{r.rows:>5}{r.traced_ops:>11}{len(r.model_fused):>14}"
-              f"{len(r.inductor_generated):>10}{len(r.model_library):>16}{len(r.inductor_library):>10}"
+        print(f"{r.preset:<16}{r.quant or '-':>10}{r.tp:>3}{r.kind:>6}{r.rows:>5}{r.traced_ops:>11}"
+              f"{len(r.model_fused):>14}{len(r.inductor_generated):>10}{len(r.model_library):>16}{len(r.inductor_library):>10}"
               f"{collectives:>13}{r.compile_s:>11.1f}")
     if args.json:
         payload = {"command": " ".join(["python -m reference.capture.inductor", *sys.argv[1:]]),

@@ -32,18 +32,21 @@ from reference.capture.metaops import MetaOps, attention_output
 from reference.capture.placement import KV_FIELDS, ModelHooks, Placement
 from reference.model import KVCache, SharedDecoder
 from reference.pipeline import Row
+from reference.quant import quantized_layers
 from sim.opkinds import (
     ATTENTION_OPS,
     COLLECTIVE_OPS,
+    DEQUANT_OPS,
     GATHER_OPS,
     MATMUL_OPS,
     MATMULS_WITH_BIAS_FIRST,
     MOVE_OPS,
+    QUANT_MATMUL_OPS,
     REDUCTION_OPS,
     SCATTER_OPS,
     kernel_class,
 )
-from sim.trace import OpRecord, StageRecord, Trace, TraceHeader
+from sim.trace import QUANT_FIELD_NAMES, OpRecord, StageRecord, Trace, TraceHeader
 
 aten = torch.ops.aten
 METADATA = {aten._unsafe_view.default, aten.lift_fresh.default, aten.detach_.default}  # no kernel, no bytes
@@ -76,6 +79,20 @@ def group_size(args: tuple) -> int:
     return dist.distributed_c10d._resolve_process_group(name).size()
 
 
+def quantized_product(name: str, args: tuple) -> tuple[str | None, int | None, int, int, int]:
+    """(weight_dtype, group_size, scale_bytes, zero_bytes, dequant_ops) of op `name` called with `args`: a packed
+    quantized product's weight format (`_weight_int8pack_mm(x, w, scales)`; `_weight_int4pack_mm[_for_cpu](x, w,
+    group_size, scales_and_zeros [K / group_size, N, 2]`: scale and zero point interleaved, half each); every
+    other op's, none."""
+    dtype = QUANT_MATMUL_OPS.get(name)
+    if dtype is None:
+        return None, None, 0, 0, 0
+    if dtype == "int8":
+        return dtype, None, nbytes(args[2]), 0, DEQUANT_OPS[dtype]
+    half = nbytes(args[3]) // 2
+    return dtype, int(args[2]), half, half, DEQUANT_OPS[dtype]
+
+
 def op_flops(name: str, func: Any, tensors: list[torch.Tensor], outs: list[torch.Tensor]) -> int:
     """FLOPs of one op: multiply-add = 2; one per input element of a reduction, per output element otherwise;
     none for data movement."""
@@ -91,13 +108,16 @@ def op_flops(name: str, func: Any, tensors: list[torch.Tensor], outs: list[torch
 
 
 class Origins:
-    """What each tensor is: a parameter ("weight", name), a KV cache slice ("kv", item prefix, stride of a
+    """What each tensor is: a parameter or a quantized layer's packed weight, scales or zero points ("weight", name),
+    a KV cache slice ("kv", item prefix, stride of a
     depth, stride of a sequence), or, untagged, an activation. Views inherit their source's tag."""
 
     def __init__(self, model: SharedDecoder) -> None:
         self.tags: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.weights: dict[str, dict[str, Any]] = {}
-        for name, p in model.named_parameters():
+        quantized = [(f"{layer}.{name}", b) for layer, module in quantized_layers(model).items()
+                     for name, b in module.named_buffers(recurse=False)]  # packed weights, scales, zero points
+        for name, p in [*model.named_parameters(), *quantized]:
             self.tags[p] = ("weight", name)
             self.weights[name] = {"bytes": nbytes(p), "shape": list(p.shape), "dtype": str(p.dtype)[6:]}
 
@@ -262,7 +282,8 @@ class OpCapture(TorchDispatchMode):
             weights=sorted(acc["weights"]), kv=acc["kv"] if reads["kv"] else [],
             srcs=[0 if w is None else index - w for w in writers],
             deps=sorted(index - j for j in deps), duration_s=duration_s,
-            ranks=group_size(args) if name in COLLECTIVE_OPS else None))
+            ranks=group_size(args) if name in COLLECTIVE_OPS else None,
+            **dict(zip(QUANT_FIELD_NAMES, quantized_product(name, args)))))
 
     def timed(self, call: Callable[[], Any]) -> tuple[Any, float | None]:
         """Run one recorded op, timed by the host clock and/or annotated for a profiler."""

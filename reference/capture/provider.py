@@ -21,17 +21,21 @@ stderr (progress bars, notes) is for the user's terminal. Ctrl-C: one line, exit
 - `describe`: {"model": a preset, a Hugging Face config.json, a model config YAML file or a mapping of
   ModelConfig's fields; "share": "NdxG" or null; "flag": the flag or field the model was given by, named in
   errors (default "--model"); optional "decoder", "flips", "flip_rate": the run's flips resolved as a SPEED
-  trace is made with them; "tp": a tensor-parallel degree the model must shard evenly over (default 1)} ->
-  {"name", "config": ModelConfig's fields, "digest": a short hash of them, "flips" (with "decoder"): a profile
-  name, rates per exit, or null}. A request that cannot be described is answered {"error": one line, "field":
-  "model", "tp" or "flips"} instead: the caller (a sweep) says which of its points it was.
+  trace is made with them; "tp": a tensor-parallel degree the model must shard evenly over (default 1); "quant": a
+  weight-only scheme (sim.opkinds.QUANT_SCHEMES) or null} -> {"name", "config": ModelConfig's fields, "digest": a
+  short hash of them, "quant": the scheme its traces are made with (`resolve_quant`: the request's, or the one a
+  config.json's quantization_config selects) or null, "flips" (with "decoder"): a profile name, rates per exit, or
+  null}. A request that cannot be described is answered {"error": one line, "field": "model", "tp", "quant" or
+  "flips"} instead: the caller (a sweep) says which of its points it was.
 - `trace`: {the model keys above; "decoder": "speed" or "sequential"; "tokens"; "batch" (default 1); "dtype"
   (default bfloat16); "flips": as `python -m reference.capture.tracing --flips` takes them (null: the model's
   profile); "flip_rate": one rate for every exit instead; "compiled": the run compiled decoding makes; "tp": the
   tensor-parallel degree (default 1: rank 0's shard of the model sharded over that many ranks, its collectives
-  traced, on meta under a fake process group: no processes start)} -> {"path": the trace file, "name": the
-  model's name, "capture_s": the time spent tracing it, 0 when it was cached}. Traced on the meta device and
-  cached under `sim.defaults.trace_cache()` by config digest, degree and code revision; a cached trace is found
+  traced, on meta under a fake process group: no processes start); "quant": the block projections quantized with
+  this weight-only scheme first (null: float weights, unless a config.json's quantization_config selects one)} ->
+  {"path": the trace file, "name": the model's name, "capture_s": the time spent tracing it, 0 when it was cached}.
+  Traced on the meta device and cached under `sim.defaults.trace_cache()` by config digest, degree, weight scheme
+  and code revision; a cached trace is found
   without importing torch. Every request is checked before the first is traced (a degree the model cannot be
   sharded over: `--tp 3: n_heads 32 is not divisible by 3 (llama2-7b)`).
 - `microbench`: {"device": "cpu" or "cuda"; "quick"; "threads": torch intra-op threads or null} -> the results of
@@ -42,6 +46,12 @@ stderr (progress bars, notes) is for the user's terminal. Ctrl-C: one line, exit
 Requests are checked against a schema per op (`SCHEMAS`): a key it does not list is refused, so a caller that
 asks for something this provider cannot do (quantization, before it is added here) gets a clear line rather than
 a trace of something else.
+
+Weight-only quantization ("quant"): a request's scheme, or the one a Hugging Face config.json's
+`quantization_config` selects by itself (GPTQ / AWQ bits, group size and symmetry: `reference.hfconfig.
+quantization_fields`, `reference.quant.scheme_from_fields`); one that no scheme represents is refused naming the
+field, as are a --quant that contradicts it, a group size that does not divide a layer's K and a tensor-parallel
+shard that would split a group (`resolve_quant`).
 """
 
 from __future__ import annotations
@@ -62,10 +72,11 @@ from typing import Any
 from reference.capture.estimate import check_request
 from reference.capture.revision import code_revision
 from reference.config import ModelConfig, get_preset, parse_share, shared_variant
-from reference.hfconfig import HfConfigError, from_hf_dict
+from reference.hfconfig import HfConfigError, from_hf_dict, quantization_fields
 from sim.command import run_command
 from sim.defaults import DEFAULT_PROMPT_LEN, DEFAULT_SOURCE_LEN, MAX_BATCH, MAX_TOKENS, trace_cache
 from sim.inputs import InputError, brief, cut, load_json_file, load_yaml_file
+from sim.opkinds import QUANT_SCHEMES
 
 PROG = "python -m reference.capture.provider"
 MAX_THREADS = 1 << 16  # torch intra-op threads: beyond any machine's cores
@@ -115,16 +126,17 @@ FLIPS_KEYS = {
     "flip_rate": Key(_optional(_is_rate), "a flip rate in [0, 1), or null"),
 }
 TP_KEY = Key(_is_int(1), "an integer >= 1 (the tensor-parallel degree)", 1)
-# op -> request key -> Key. Quantization, when the reference decoder traces it, becomes keys of "trace" (and of
-# the cache name) here, as tensor parallelism ("tp") did; until then a request naming it is refused.
+QUANT_KEY = Key(_optional(lambda v: v in QUANT_SCHEMES), f"one of {', '.join(QUANT_SCHEMES)}, or null")
+# op -> request key -> Key
 SCHEMAS: dict[str, dict[str, Key]] = {
     "describe": {**MODEL_KEYS, "decoder": Key(_optional(lambda v: v in DECODERS), "speed, sequential or null"),
-                 **FLIPS_KEYS, "tp": TP_KEY},
+                 **FLIPS_KEYS, "tp": TP_KEY, "quant": QUANT_KEY},
     "trace": {**MODEL_KEYS, "decoder": Key(lambda v: v in DECODERS, "speed or sequential", REQUIRED),
               "tokens": Key(_is_int(1, MAX_TOKENS), f"an integer in 1..{MAX_TOKENS}", REQUIRED),
               "batch": Key(_is_int(1, MAX_BATCH), f"an integer in 1..{MAX_BATCH}", 1),
               "dtype": Key(lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}", "bfloat16"), **FLIPS_KEYS,
-              "compiled": Key(lambda v: isinstance(v, bool), "true or false", False), "tp": TP_KEY},
+              "compiled": Key(lambda v: isinstance(v, bool), "true or false", False), "tp": TP_KEY,
+              "quant": QUANT_KEY},
     "microbench": {"device": Key(lambda v: v in ("cpu", "cuda"), "cpu or cuda", REQUIRED),
                    "quick": Key(lambda v: isinstance(v, bool), "true or false", False),
                    "threads": Key(_optional(_is_int(1, MAX_THREADS)), f"an integer in 1..{MAX_THREADS}, or null")},
@@ -278,7 +290,13 @@ def describe(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         except ValueError as err:
             answers.append({"error": str(err), "field": "tp"})
             continue
-        answer: dict[str, Any] = {"name": cfg.name, "config": dataclasses.asdict(cfg), "digest": config_digest(cfg)}
+        try:
+            quant = resolve_quant(cfg, r["model"], r["quant"], r["tp"])
+        except ValueError as err:
+            answers.append({"error": str(err), "field": "quant"})
+            continue
+        answer: dict[str, Any] = {"name": cfg.name, "config": dataclasses.asdict(cfg), "digest": config_digest(cfg),
+                                  "quant": quant}
         if r["decoder"] is not None:
             try:
                 answer["flips"] = resolve_flips(cfg, r["decoder"], r["flips"], r["flip_rate"])
@@ -297,15 +315,41 @@ def check_tp(cfg: ModelConfig, tp: int) -> None:
         check_degree(cfg, tp)
 
 
-def cached_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None) -> Path:
-    """Where the trace of request `r` is cached: named by the config's digest, the tensor-parallel degree and the
-    code revision, so that a trace made before the reference decoder changed is not reused. The parts of the name
-    that come from inputs are bounded: the model's name cut to NAME_CHARS of SAFE_NAME's characters (no "/" nor
-    ".." leaves the cache), the flips hashed (a thousand rates would be a name too long for any file system)."""
+def resolve_quant(cfg: ModelConfig, model: str | dict[str, Any], quant: str | None, tp: int) -> str | None:
+    """The weight-only scheme the traces of `cfg` (given as `model`) are made with: `quant`, or the one a
+    config.json's quantization_config selects (the two must agree), checked against the model and the degree `tp`;
+    None for float weights. A ValueError names the flag or the config field (reference.quant, imported only where
+    there is a scheme to check: float models need no torch)."""
+    fields = quantization_fields(model) if isinstance(model, str) and Path(model).suffix == ".json" else None
+    if fields is None and quant is None:
+        return None
+    from reference import quant as schemes
+
+    if fields is not None:
+        try:
+            selected = schemes.scheme_from_fields(*fields).name
+        except schemes.SchemeFieldError as err:
+            raise HfConfigError(model, f"quantization_config.{err.field}", str(err).partition(": ")[2]) from None
+        if quant not in (None, selected):
+            raise ValueError(f"--quant {quant}: {model} is a {selected} checkpoint (its quantization_config); give "
+                             f"--quant {selected} or none")
+        quant = selected
+    schemes.check_quantizable(cfg, quant)
+    schemes.check_tp(cfg, quant, tp)
+    return quant
+
+
+def cached_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, quant: str | None) -> Path:
+    """Where the trace of request `r` is cached: named by the config's digest, the tensor-parallel degree, the
+    weight scheme `quant` and the code revision, so that a trace made before the reference decoder changed is not
+    reused. The parts of the name that come from inputs are bounded: the model's name cut to NAME_CHARS of
+    SAFE_NAME's characters (no "/" nor ".." leaves the cache), the flips hashed (a thousand rates would be a name
+    too long for any file system)."""
     name = SAFE_NAME.sub("-", cfg.name)[:NAME_CHARS].strip(".-") or "model"
     flip_part = "profile" if flips is None else "f" + hashlib.sha256(flips.encode()).hexdigest()[:12]
     file = (f"{name}.{config_digest(cfg)}.{r['decoder']}{'.compiled' if r['compiled'] else ''}.{r['dtype']}."
-            f"tp{r['tp']}.b{r['batch']}.t{r['tokens']}.{flip_part}.{code_revision()}.jsonl.gz")
+            f"{'' if quant is None else quant + '.'}tp{r['tp']}.b{r['batch']}.t{r['tokens']}.{flip_part}."
+            f"{code_revision()}.jsonl.gz")
     return trace_cache() / file
 
 
@@ -320,15 +364,17 @@ def trace(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         except ValueError as err:
             raise ValueError(f"--flips {brief(r['flips'])}: {err}") from None
         check_request(cfg, r["decoder"], r["tokens"], r["batch"], DEFAULT_PROMPT_LEN, DEFAULT_SOURCE_LEN)
-        path = cached_trace(cfg, r, flips)
+        quant = resolve_quant(cfg, r["model"], r["quant"], r["tp"])
+        path = cached_trace(cfg, r, flips, quant)
         if not path.exists():  # a cached trace's degree was checked when it was made
             check_tp(cfg, r["tp"])
-        runs.append((r, cfg, flips, path))
+        runs.append((r, cfg, flips, quant, path))
     return [{"path": str(path), "name": cfg.name,
-             "capture_s": 0.0 if path.exists() else _make_trace(cfg, r, flips, path)} for r, cfg, flips, path in runs]
+             "capture_s": 0.0 if path.exists() else _make_trace(cfg, r, flips, quant, path)}
+            for r, cfg, flips, quant, path in runs]
 
 
-def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, path: Path) -> float:
+def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, quant: str | None, path: Path) -> float:
     """Trace request `r` with the reference decoder on the meta device into `path`; the seconds it took (building
     the model, capturing, writing; not importing torch)."""
     try:
@@ -339,13 +385,14 @@ def _make_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, path: Pa
         raise ValueError(f"tracing {cfg.name!r} on demand needs torch and the reference decoder ({err}); "
                          "replay a recorded trace with --trace FILE instead") from None
     shard = f", rank 0 of TP {r['tp']}" if r["tp"] > 1 else ""
+    weights = f", {quant} weights" if quant else ""
     print(f"tracing {cfg.name} ({r['decoder']}{', compiled' if r['compiled'] else ''}, {r['tokens']} tokens, "
-          f"batch {r['batch']}{shard}) on the meta device ...", file=sys.stderr)
+          f"batch {r['batch']}{shard}{weights}) on the meta device ...", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         tracing.capture_trace(cfg, r["decoder"], r["tokens"], path, dtype=getattr(torch, r["dtype"]),
                               batch=r["batch"], prompt_len=DEFAULT_PROMPT_LEN, source_len=DEFAULT_SOURCE_LEN,
-                              flips=flips, compiled=r["compiled"], progress=True, tp=r["tp"],
+                              flips=flips, compiled=r["compiled"], progress=True, tp=r["tp"], quant=quant,
                               command=f"python -m sim.run --model {cfg.name} (on demand)")
     except ValueError as err:  # a bad --flips, or a length the model cannot hold
         raise ValueError(f"tracing {cut(cfg.name)} (--tokens {r['tokens']}, --batch {r['batch']}, --flips "

@@ -60,6 +60,8 @@ from reference.flips import FlipOracle, default_profile
 from reference.model import SharedDecoder
 from reference.parallel import TensorParallel, build_shard, check_degree, fake_group
 from reference.pipeline import Row
+from reference.quant import SCHEMES, check_quantizable, quantize
+from reference.quant import check_tp as check_quant_tp
 from reference.ranks import LocalRanks, RankFailure
 from sim.command import check_outputs, integer, number, run_command
 from sim.defaults import DEFAULT_RUNS, DEFAULT_SOURCE_LEN, DEFAULT_TOKENS, DEFAULT_TRACES, default_trace_name
@@ -179,13 +181,14 @@ class CaptureJob:
     compiled: bool = False
     full: bool = False
     progress: bool = False
+    quant: str | None = None  # a weight-only quantization scheme (reference.quant.SCHEMES), None: float weights
 
 
 def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Path, device: str = "meta",
                   dtype: torch.dtype = torch.bfloat16, batch: int = 1, prompt_len: int = 16,
                   source_len: int = DEFAULT_SOURCE_LEN, flips: str | None = None, seed: int = 0,
                   command: str = "", compiled: bool = False, full: bool = False, progress: bool = False,
-                  tp: int = 1, timeout_s: float = RANK_TIMEOUT_S) -> tuple[Trace, float]:
+                  tp: int = 1, timeout_s: float = RANK_TIMEOUT_S, quant: str | None = None) -> tuple[Trace, float]:
     """Trace one decoding run of a preset (or a config) and write it to `out`; `compiled`: the run compiled
     decoding makes (static shapes: the whole padded cache attended under a mask, tensor-indexed cache writes),
     as the compiler is handed it. On the meta device stage repetitions are derived (`FastCapture`) unless
@@ -193,15 +196,19 @@ def capture_trace(preset: str | ModelConfig, decoder: str, tokens: int, out: Pat
     shard of the model sharded over `tp` ranks (reference.parallel), its collectives recorded: on meta under torch's
     fake process group, in this process (no other process starts); on the cpu, `tp` gloo ranks (LocalRanks, whose
     group fails a collective after `timeout_s`) each decode and capture their shard, and rank 0's trace is written
-    once every rank has finished (a rank that fails stops the others; nothing is written: `RankFailure`). Returns
-    the trace and the capture's time in s."""
+    once every rank has finished (a rank that fails stops the others; nothing is written: `RankFailure`). `quant`:
+    the block projections quantized first (reference.quant: its packed products traced as one op each, with their
+    weight format). Returns the trace and the capture's time in s."""
     cfg = preset if isinstance(preset, ModelConfig) else get_preset(preset)
     check_degree(cfg, tp)
+    if quant is not None:
+        check_quantizable(cfg, quant)
+        check_quant_tp(cfg, quant, tp)
     predictor = flip_oracle(cfg, flips, seed, decoder == "sequential")
     if predictor is None and device == "meta":
         raise ValueError("--flips model needs real values: the meta device has none; give a profile or rates")
     job = CaptureJob(cfg, decoder, tokens, device, dtype, batch, prompt_len, source_len, flips, seed, command,
-                     compiled, full, progress)
+                     compiled, full, progress, quant)
     if tp == 1 or device == "meta":
         with fake_group_scope(tp) as group:
             trace, elapsed = capture_run(job, group)
@@ -247,8 +254,10 @@ def capture_run(job: CaptureJob, tp: TensorParallel | None) -> tuple[Trace, floa
     predictor = flip_oracle(cfg, job.flips, job.seed, job.decoder == "sequential")
     if tp is None:
         model = SharedDecoder(cfg, device=job.device, dtype=job.dtype, seed=job.seed)
+        if job.quant is not None:
+            quantize(model, job.quant)
     else:
-        model = build_shard(cfg, tp, device=job.device, dtype=job.dtype, seed=job.seed)
+        model = build_shard(cfg, tp, device=job.device, dtype=job.dtype, seed=job.seed, quant=job.quant)
     prompts, sources = workload(cfg, job.batch, job.prompt_len, job.source_len, job.seed)
     capture = OpCapture(model) if job.full or job.device != "meta" else FastCapture(model)
     t0 = time.perf_counter()
@@ -259,6 +268,8 @@ def capture_run(job: CaptureJob, tp: TensorParallel | None) -> tuple[Trace, floa
     observer.bar.close()
     elapsed = time.perf_counter() - t0
     extra = {"formulation": "compiled"} if job.compiled else {}
+    if job.quant is not None:
+        extra["quant"] = job.quant  # for people: the ops carry their weight format (sim/trace/FORMAT.md)
     head = header(model, capture, job.decoder, prompts, job.tokens, predictor, job.device, False, job.command, extra,
                   tp)
     return captured_trace(head, capture), elapsed
@@ -333,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                         "of the model sharded over N ranks (reference.parallel), its collectives recorded; on the meta "
                         "device under a fake process group (no processes), on the cpu over N gloo ranks started here "
                         "(rank 0's trace written once every rank has finished)")
+    parser.add_argument("--quant", choices=SCHEMES, help="quantize the block projections' weights first "
+                        "(reference.quant, round to nearest): int8 per output channel or int4 in groups of 32, 64 or "
+                        "128 input features; the packed products are traced as one op each, with their weight format")
     parser.add_argument("--timeout-s", type=number(1.0), default=RANK_TIMEOUT_S, help="with --tp N > 1 on the cpu: "
                         "the process group's timeout, after which a collective waiting on a failed rank fails "
                         f"(default {RANK_TIMEOUT_S:g})")
@@ -347,14 +361,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--preset and --out are required (or --defaults)")
     try:
         check_degree(get_preset(args.preset), args.tp)
+        if args.quant is not None:
+            check_quantizable(get_preset(args.preset), args.quant)
+            check_quant_tp(get_preset(args.preset), args.quant, args.tp)
     except ValueError as err:
-        parser.error(f"--preset {args.preset}: {err}" if not str(err).startswith("--tp") else str(err))
+        parser.error(f"--preset {args.preset}: {err}" if not str(err).startswith("--") else str(err))
     check_outputs(parser, {"--out": args.out})
     try:
         trace, elapsed = capture_trace(args.preset, args.decoder, args.tokens, args.out, args.device,
                                        getattr(torch, args.dtype), args.batch, args.prompt_len, args.source_len,
                                        args.flips, args.seed, compiled=args.compiled, full=args.full_capture,
-                                       progress=True, tp=args.tp, timeout_s=args.timeout_s,
+                                       progress=True, tp=args.tp, timeout_s=args.timeout_s, quant=args.quant,
                                        command=" ".join(["python -m reference.capture.tracing", *sys.argv[1:]]))
     except ValueError as err:
         parser.error(str(err))

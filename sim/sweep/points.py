@@ -59,12 +59,13 @@ class TraceKey:
     flips: str | None
     compiled: bool
     tp: int = 1
+    quant: str | None = None
 
     def request(self) -> dict[str, Any]:
         """The `trace` request of this run."""
         return {"model": json.loads(self.config), "decoder": self.decoder, "tokens": self.tokens,
                 "batch": self.batch, "dtype": self.dtype, "flips": self.flips, "compiled": self.compiled,
-                "tp": self.tp}
+                "tp": self.tp, "quant": self.quant}
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,15 @@ def digest(obj: Any) -> str:
 
 
 def describe(points: list[Point]) -> dict[tuple, dict[str, Any]]:
-    """The trace provider's description of every distinct (model, share, decoder, flips, flip_rate, tp) of
-    `points`, in one call: the model's name, fields and digest and the flips its trace is made with, or an error
-    (a degree the model cannot be sharded over among them)."""
-    asked = list(dict.fromkeys((p.model, p.share, p.decoder, p.flips, p.flip_rate, p.tp) for p in points))
+    """The trace provider's description of every distinct (model, share, decoder, flips, flip_rate, tp, quant) of
+    `points`, in one call: the model's name, fields and digest, the weight scheme and the flips its trace is made
+    with, or an error (a degree the model cannot be sharded over, a scheme it cannot take, among them)."""
+    asked = list(dict.fromkeys((p.model, p.share, p.decoder, p.flips, p.flip_rate, p.tp, p.quant) for p in points))
     answers = request("describe", [{"model": model, "share": share, "flag": "model", "decoder": decoder,
-                                    "flips": flips, "flip_rate": flip_rate, "tp": tp}
-                                   for model, share, decoder, flips, flip_rate, tp in asked])
+                                    "flips": flips, "flip_rate": flip_rate, "tp": tp, "quant": quant}
+                                   for model, share, decoder, flips, flip_rate, tp, quant in asked])
     for answer in answers:
-        if not ({"error", "field"} <= answer.keys() or {"name", "config", "digest", "flips"} <= answer.keys()):
+        if not ({"error", "field"} <= answer.keys() or {"name", "config", "digest", "quant", "flips"} <= answer.keys()):
             raise ProviderError(f"the trace provider answered a describe request with neither a model nor an "
                                 f"error: {json.dumps(answer)[:200]}")
     return dict(zip(asked, answers))
@@ -125,7 +126,7 @@ def resolve(points: list[Point], where: str) -> list[Job]:
     revision = sim_revision()
     jobs = []
     for i, p in enumerate(points):
-        model = models[p.model, p.share, p.decoder, p.flips, p.flip_rate, p.tp]
+        model = models[p.model, p.share, p.decoder, p.flips, p.flip_rate, p.tp, p.quant]
         try:
             if p.hw not in hws:
                 hws[p.hw] = load_hwconfig(resolve_hwconfig(p.hw))
@@ -133,19 +134,19 @@ def resolve(points: list[Point], where: str) -> list[Job]:
                 hws[p.hw, p.sets] = hws[p.hw].with_overrides(overrides(p, hws[p.hw], where))
             if p.tp > 1:  # no interconnect section, or a node smaller than the group: the field named
                 interconnect_of(hws[p.hw, p.sets], p.tp)
-            if model.get("field") in ("model", "tp"):  # an unknown preset, a bad share, a config file that cannot
-                raise ValueError(model["error"])  # be read, a degree the model cannot be sharded over
+            if model.get("field") in ("model", "tp", "quant"):  # an unknown preset, a bad share, a config file that
+                raise ValueError(model["error"])  # cannot be read, a degree or a scheme the model cannot take
         except SpecError:
             raise
         except ValueError as err:  # HwConfigError, or the model
-            shard = f", tp {p.tp}" if p.tp > 1 else ""
+            shard = (f", tp {p.tp}" if p.tp > 1 else "") + (f", {p.quant}" if p.quant else "")
             raise SpecError(where, f"point {i} ({p.hw}, {p.model}{', ' + p.share if p.share else ''}{shard})",
                             str(err)) from None
         if "error" in model:  # flips that do not fit the model
             raise SpecError(where, "flips", model["error"])
         hw = hws[p.hw, p.sets]
         trace = TraceKey(model["name"], json.dumps(model["config"], sort_keys=True), model["digest"], p.decoder,
-                         p.tokens, p.batch, p.dtype, model["flips"], p.launch == "compiled", p.tp)
+                         p.tokens, p.batch, p.dtype, model["flips"], p.launch == "compiled", p.tp, model["quant"])
         key = digest([p.axes(), to_dict(hw), model["config"], trace.flips, revision])
         jobs.append(Job(i, p, key, hw, trace))
     return jobs
@@ -192,7 +193,7 @@ class Projector:
         except ValueError as err:  # CapacityError: does not fit; else a request the engine refuses (streams on a CPU)
             return {**base, "status": "does not fit" if isinstance(err, CapacityError) else "refused",
                     "message": str(err), "hardware": job.hw.name, "hw_path": job.hw.path,
-                    "model": job.trace.name, "decoder": job.point.decoder, "tp": job.point.tp,
+                    "model": job.trace.name, "decoder": job.point.decoder, "tp": job.point.tp, "quant": job.trace.quant,
                     "memory": memory.as_dict()}
         label = f"{job.trace.name} {job.point.decoder}"
         return {**base, "status": "ok", **summarize(p, trace), "label": label, "trace": name}

@@ -10,6 +10,7 @@
       tokens: [64]
       flip_rate: [0.02, 0.1]               # one SPEED flip rate for every exit (or flips: a profile or "0.09,0.04")
       tp: [1, 2, 8]                        # tensor-parallel degree (as sim.run --tp; memory per GPU)
+      quant: [null, int8, int4-g128]       # weight-only quantization (as sim.run --quant; null: float weights)
       set:                                 # hwconfig fields, as sim.run --set; "x0.5": times the hwconfig's value
         peak.dram_bandwidth_bytes_per_s: [x0.5, x1, x2]
     plots:
@@ -19,9 +20,10 @@
 
 `points:` (a list of mappings with the same keys) replaces `grid:` for hand-picked points. A scalar is an axis of
 one value. Axes left out take sim.run's defaults (hw a100, model t5-base-4x3, batch 1, tokens 128, dtype
-bfloat16, streams 1, tp 1, flips: the model's profile). Every problem is a `SpecError` naming the file and the field:
-the file is read within `sim.inputs`' bounds (a regular UTF-8 file of at most 1 MiB, no alias expansion bombs or
-deep nesting, no key given twice, integers in decimal), numbers must be finite, counts within MAX_AXIS.
+bfloat16, streams 1, tp 1, quant null, flips: the model's profile). Every problem is a `SpecError` naming the file
+and the field: the file is read within `sim.inputs`' bounds (a regular UTF-8 file of at most 1 MiB, no alias
+expansion bombs or deep nesting, no key given twice, integers in decimal), numbers must be finite, counts within
+MAX_AXIS.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 from sim.defaults import DEFAULT_HW, DEFAULT_TOKENS, MAX_BATCH, MAX_TOKENS
 from sim.engine import LAUNCH_MODES
 from sim.inputs import InputError, brief, cut, load_yaml_file
+from sim.opkinds import QUANT_SCHEMES
 
 DECODERS = ("speed", "sequential")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -44,7 +47,7 @@ DTYPES = ("bfloat16", "float16", "float32")
 AXES: dict[str, list[Any]] = {
     "hw": [DEFAULT_HW], "model": ["t5-base-4x3"], "share": [None], "decoder": list(DECODERS), "launch": ["compiled"],
     "batch": [1], "tokens": [DEFAULT_TOKENS], "dtype": ["bfloat16"], "flips": [None], "flip_rate": [None],
-    "streams": [1], "tp": [1],
+    "streams": [1], "tp": [1], "quant": [None],
 }
 SCALE = re.compile(r"x\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)")  # "x0.5": half the hwconfig's value
 # the largest value of each count axis: far beyond any run worth sweeping (and sim.run's own limit on streams)
@@ -78,6 +81,7 @@ class Point:
     flip_rate: float | None
     streams: int
     tp: int
+    quant: str | None = None  # a weight-only scheme (sim.opkinds.QUANT_SCHEMES); None: float weights
     sets: tuple[tuple[str, str], ...] = ()
 
     def axes(self) -> dict[str, Any]:
@@ -123,6 +127,8 @@ def _check(path: Path, name: str, value: Any, where: str) -> Any:
         raise fail(f"one of {', '.join(LAUNCH_MODES)}")
     elif name == "dtype" and value not in DTYPES:
         raise fail(f"one of {', '.join(DTYPES)}")
+    elif name == "quant" and value is not None and value not in QUANT_SCHEMES:
+        raise fail(f"one of {', '.join(QUANT_SCHEMES)}, or null (float weights)")
     elif name == "flip_rate" and value is not None and not (number and 0 <= value < 1):
         raise fail("a flip rate in [0, 1)")
     elif name in ("hw", "model") and (not isinstance(value, str) or not value):

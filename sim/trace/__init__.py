@@ -29,6 +29,7 @@ from sim.trace.limits import (
 from sim.trace.reader import iter_records, read_checked, read_trace
 from sim.trace.records import (
     BODY_FIELDS,
+    QUANT_FIELD_NAMES,
     OpError,
     OpRecord,
     OpTable,
@@ -41,14 +42,17 @@ from sim.trace.records import (
     Triple,
     body_key,
     gc_paused,
+    quant_fields,
 )
 from sim.trace.synthetic import one_op_trace
 from sim.trace.writer import TraceWriter, write_trace
 
 __all__ = [
     "BODY_FIELDS", "DECODERS", "MAX_BYTES", "MAX_ELEMENTS", "MAX_EXECUTED", "MAX_FLOPS", "MAX_INDEX", "MAX_LINE_BYTES",
-    "MAX_NESTING", "MAX_SECONDS", "MAX_STAGES", "MIN_SECONDS", "READS_VERSIONS", "STAGE_KINDS", "TRACE_FORMAT",
+    "MAX_NESTING", "MAX_SECONDS", "MAX_STAGES", "MIN_SECONDS", "QUANT_FIELD_NAMES", "READS_VERSIONS", "STAGE_KINDS",
+    "TRACE_FORMAT",
     "TRACE_VERSION", "OpError", "OpRecord", "OpTable", "PathLike", "Scalar", "StageRecord", "Trace", "TraceError",
     "TraceHeader", "TraceWriter", "Triple", "body_key", "check_op", "check_ops", "gc_paused", "iter_records",
-    "legacy_kind", "one_op_trace", "op_collective_bytes", "read_checked", "read_trace", "validate", "write_trace",
+    "legacy_kind", "one_op_trace", "op_collective_bytes", "quant_fields", "read_checked", "read_trace", "validate",
+    "write_trace",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 
-from sim.opkinds import COLLECTIVE_OPS, DTYPE_BYTES, collective_bytes, split_fault
+from sim.opkinds import COLLECTIVE_OPS, DTYPE_BYTES, QUANT_MATMUL_OPS, collective_bytes, split_fault
 from sim.trace.records import OpError, OpRecord, PathLike, StageRecord, Trace, TraceError, TraceHeader, body_values
 from sim.trace.schema import OP_IN_MEMORY, show
 
@@ -44,6 +44,35 @@ def collective_fault(op: OpRecord) -> tuple[str, str] | None:
     return None
 
 
+def quant_fault(op: OpRecord) -> tuple[str, str] | None:
+    """What a weight-only quantized product keeps (weight_dtype given: one of the packed ops, of that format, a
+    matrix product; a group size exactly for int4; at least one dequantizing operation; scale and zero bytes
+    within its weight bytes, zero bytes only for int4) or that any other op has none of these fields; None if it
+    keeps these rules."""
+    if op.weight_dtype is None:
+        extra = next((f for f in ("group_size", "scale_bytes", "zero_bytes", "dequant_ops") if getattr(op, f)), None)
+        if op.op in QUANT_MATMUL_OPS:
+            return "weight_dtype", f"expected {QUANT_MATMUL_OPS[op.op]!r} for {op.op}, got null"
+        return None if extra is None else (extra, f"expected {'null' if extra == 'group_size' else 0} for an op "
+                                           f"that is not a quantized product (weight_dtype null), got "
+                                           f"{show(getattr(op, extra))}")
+    if QUANT_MATMUL_OPS.get(op.op) != op.weight_dtype:
+        return "op", f"expected a packed {op.weight_dtype} product ({', '.join(QUANT_MATMUL_OPS)}), got {show(op.op)}"
+    if op.kind not in ("matmul", "lm_head"):
+        return "kind", f"expected matmul or lm_head for a quantized product, got {show(op.kind)}"
+    if (op.group_size is None) != (op.weight_dtype == "int8"):
+        return "group_size", (f"expected null for int8 (one scale per output row), got {show(op.group_size)}"
+                              if op.weight_dtype == "int8" else "expected the int4 group size, got null")
+    if op.zero_bytes and op.weight_dtype == "int8":
+        return "zero_bytes", f"expected 0 for int8 (symmetric: no zero points), got {op.zero_bytes}"
+    if op.dequant_ops < 1:
+        return "dequant_ops", "expected an integer >= 1 for a quantized product, got 0"
+    if op.scale_bytes + op.zero_bytes > op.weight_bytes:
+        return "scale_bytes", (f"scale_bytes {op.scale_bytes} + zero_bytes {op.zero_bytes} exceed weight_bytes "
+                               f"{op.weight_bytes} (which holds them)")
+    return None
+
+
 def op_collective_bytes(op: OpRecord, collective: str) -> int:
     """The bytes collective op `op` moves (`sim.opkinds.collective_bytes` of what it reads and writes)."""
     return collective_bytes(collective, op.weight_bytes + op.act_read_bytes + op.kv_read_bytes,
@@ -56,6 +85,9 @@ def op_fault(op: OpRecord) -> tuple[str, str] | None:
         return "srcs", f"expected one distance per input ({len(op.in_shapes)}), got {show(op.srcs)}"
     if op.kind == "collective" or op.ranks is not None:
         return collective_fault(op)
+    fault = quant_fault(op)
+    if fault is not None:
+        return fault
     if op.kind in KERNEL_SHAPES:
         name, least, what = KERNEL_SHAPES[op.kind]
         shapes = getattr(op, name)

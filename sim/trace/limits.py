@@ -2,10 +2,10 @@
 (sim/trace/FORMAT.md, "Bounds")."""
 
 TRACE_FORMAT = "speed-sim-trace"
-TRACE_VERSION = 5
-# 4: no tensor-parallel fields (reads as one rank); 3: one record per executed op; 2: no seq, kind, kv, srcs; 1: no
-# deps either
-READS_VERSIONS = (1, 2, 3, 4, 5)
+TRACE_VERSION = 6
+# 5: no quantized-product fields (weights in the activation dtype); 4: no tensor-parallel fields (reads as one
+# rank); 3: one record per executed op; 2: no seq, kind, kv, srcs; 1: no deps either
+READS_VERSIONS = (1, 2, 3, 4, 5, 6)
 DECODERS = ("sequential", "speed")
 STAGE_KINDS = ("encoder", "prefill", "decode", "speed")
 
@@ -20,6 +20,7 @@ MIN_SECONDS = 1e-12  # a nonzero measured time below a picosecond is no clock's 
 MAX_EXECUTED = 2**26  # ops a trace executes: 67M (a 70B model decoding 8,192 tokens eagerly executes ~37M)
 MAX_STAGES = 2**20  # stage records: 1M (decode steps, plus an encoder and a prefill stage per sequence)
 MAX_LINE_BYTES = 2**26  # 64 MiB: one line (the longest, a header listing a model's weights, is 24 kB for T5-Base)
+MAX_DEQUANT_OPS = 64  # ALU operations dequantizing one weight for one row: the packed kernels take 1 to 4
 MAX_NESTING = 16  # JSON nesting of the header's free-form objects (flips, extra); records nest 3 deep at most
 
 # what the readers say when a file passes MAX_EXECUTED or MAX_STAGES

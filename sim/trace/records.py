@@ -98,6 +98,12 @@ class OpRecord:
     deps: list[int] | None = None  # distances back to the ops of this stage it must follow; None: program order
     duration_s: float | None = None
     ranks: int | None = None  # a collective's group size (its process group's ranks); None: not a collective
+    # a weight-only quantized product (version 6; older versions: None, 0: weights in the activation dtype):
+    weight_dtype: str | None = None  # the weights' stored format, one of sim.opkinds.QUANT_DTYPES ("int8", "int4")
+    group_size: int | None = None  # input features (K) sharing one scale and zero point; None: one per output row
+    scale_bytes: int = 0  # bytes of scales in weight_bytes (which holds packed weights + scales + zero points)
+    zero_bytes: int = 0  # bytes of zero points in weight_bytes
+    dequant_ops: int = 0  # ALU operations dequantizing one weight for one row (sim.opkinds.DEQUANT_OPS)
 
 
 @dataclass(slots=True)
@@ -116,17 +122,19 @@ class StageRecord:
 FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (TraceHeader, OpRecord, StageRecord)}
 BODY_FIELDS = FIELDS[OpRecord][2:]  # what an op is, wherever it runs: every field but its index and stage
 body_values = operator.attrgetter(*BODY_FIELDS)  # an op's BODY_FIELDS, as a tuple
+QUANT_FIELD_NAMES = BODY_FIELDS[BODY_FIELDS.index("weight_dtype"):]  # a quantized product's fields (version 6)
+quant_fields = operator.attrgetter(*QUANT_FIELD_NAMES)  # an op's QUANT_FIELD_NAMES, as a tuple
 
 
 def body_key(op: OpRecord) -> tuple:
     """Every field of an op but `i` and `stage`, hashable: two executions of one distinct op have equal keys."""
     (group, depth, layer, seq, rows, module, kind, name, in_shapes, in_dtypes, out_shapes, out_dtypes, flops,
-     weight_bytes, act_read, act_write, kv_read, kv_write, weights, kv, srcs, deps, duration_s,
-     ranks) = body_values(op)
+     weight_bytes, act_read, act_write, kv_read, kv_write, weights, kv, srcs, deps, duration_s, ranks,
+     *quantized) = body_values(op)
     return (group, depth, layer, seq, rows, module, kind, name, tuple(map(tuple, in_shapes)), tuple(in_dtypes),
             tuple(map(tuple, out_shapes)), tuple(out_dtypes), flops, weight_bytes, act_read, act_write, kv_read,
             kv_write, tuple(weights), tuple(kv), tuple(srcs), None if deps is None else tuple(deps), duration_s,
-            ranks)
+            ranks, *quantized)
 
 
 class OpTable:

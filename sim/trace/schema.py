@@ -11,10 +11,11 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from sim.opkinds import DTYPE_BYTES, KERNEL_CLASSES
+from sim.opkinds import DTYPE_BYTES, KERNEL_CLASSES, QUANT_DTYPES
 from sim.trace.limits import (
     DECODERS,
     MAX_BYTES,
+    MAX_DEQUANT_OPS,
     MAX_ELEMENTS,
     MAX_FLOPS,
     MAX_INDEX,
@@ -23,7 +24,7 @@ from sim.trace.limits import (
     MIN_SECONDS,
     STAGE_KINDS,
 )
-from sim.trace.records import PathLike, TraceError
+from sim.trace.records import QUANT_FIELD_NAMES, PathLike, TraceError
 
 Check = Callable[[Any], bool]
 Field = tuple[Check, str]  # a field's check and what it expects
@@ -221,10 +222,21 @@ END_V4 = Schema({**END.fields, "executed": _NAT})
 # "collective"), after the duration
 OP_BODY_V5 = OP_BODY.with_fields({"ranks": _count(MAX_INDEX, "2**31 - 1", least=1, null=True)})
 OP_V5 = Schema({"id": _NAT, **OP_BODY_V5.fields})
-OP_BY_VERSION = {4: OP_V4, 5: OP_V5}  # version -> the schema of a compact op record
+# version 6: a weight-only quantized product's weight format, after the group size (sim.trace.checks: all null or 0
+# for every other op, weight_bytes holding the packed weights and the scale and zero bytes)
+QUANT_FIELDS: dict[str, Field] = {
+    "weight_dtype": (lambda v: v is None or v in QUANT_DTYPES, f"null or one of {QUANT_DTYPES}"),
+    "group_size": _count(MAX_INDEX, "2**31 - 1", least=1, null=True),
+    "scale_bytes": _BYTES, "zero_bytes": _BYTES,
+    "dequant_ops": _count(MAX_DEQUANT_OPS, str(MAX_DEQUANT_OPS)),
+}
+OP_BODY_V6 = OP_BODY_V5.with_fields(QUANT_FIELDS)
+assert tuple(QUANT_FIELDS) == QUANT_FIELD_NAMES, "the schema's quantized fields are OpRecord's, in its order"
+OP_V6 = Schema({"id": _NAT, **OP_BODY_V6.fields})
+OP_BY_VERSION = {4: OP_V4, 5: OP_V5, 6: OP_V6}  # version -> the schema of a compact op record
 # an op in memory (`sim.trace.check_op`): every field of `OpRecord` after i and stage, as the newest version has
 # them, but deps may be None (program order, as version 1 reads)
-OP_IN_MEMORY = Schema({**OP_BODY_V5.fields, "deps": (lambda v: v is None or _DEPS[0](v), f"null or {_DEPS[1]}")})
+OP_IN_MEMORY = Schema({**OP_BODY_V6.fields, "deps": (lambda v: v is None or _DEPS[0](v), f"null or {_DEPS[1]}")})
 
 # a record's "type" when it has none
 MISSING = object()
