@@ -408,8 +408,10 @@ def fit_host(samples: list[StageHost], shrink: float = HOST_SHRINK) -> tuple[dic
     return {k: float(f"{c:.4g}") for k, c in zip(kinds, costs)}, float(f"{costs[-2]:.4g}"), float(f"{costs[-1]:.4g}")
 
 
-def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: str) -> tuple[dict, dict]:
-    """The calibrated hwconfig (as a mapping) and a report of what was measured and fitted."""
+def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: str,
+              host_traces: list[Trace] | None = None) -> tuple[dict, dict]:
+    """The calibrated hwconfig (as a mapping) and a report of what was measured and fitted; the host's eager costs
+    fitted to `host_traces` (measured eager traces) where given, else to the measured eager traces of `traces`."""
     raw = to_dict(base)
     report: dict[str, Any] = {}
     if "copy" in mb:
@@ -435,17 +437,10 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
         anchors = microbench_samples(mb, hw, {t.header.dtype for t in eager})
         raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors)
         raw["sources"]["classes"] = "fitted: the kernel times of " + _names(eager) + " (and the microbenchmarks)"
-        hw = parse(raw, base.path)
-        host = raw["host"]
-        if base.kind == "cpu":  # the host runs each op itself: its dispatch is in the op's measured time
-            host["launch_eager_s"] = float(f"{fit_launch(eager, hw):.4g}")
-        else:
-            host["eager_op_s"], host["launch_eager_s"], host["eager_stage_s"] = fit_host(host_samples(eager, hw))
-            for field in ("eager_op_s", "eager_stage_s"):
-                raw["sources"][f"host.{field}"] = "fitted: stage wall times of " + _names(eager)
-            report["eager_op_s"], report["eager_stage_s"] = host["eager_op_s"], host["eager_stage_s"]
-        raw["sources"]["host.launch_eager_s"] = "fitted: stage wall times of " + _names(eager)
-        report["classes"], report["ops"], report["launch_eager_s"] = raw["classes"], raw["ops"], host["launch_eager_s"]
+        report["classes"], report["ops"] = raw["classes"], raw["ops"]
+    host_traces = eager if host_traces is None else host_traces
+    if host_traces:
+        _calibrate_host(raw, parse(raw, base.path), host_traces, report)
     if compiled:
         fit = fit_compiled(compiled, parse(raw, base.path))
         raw["host"]["launch_graph_s"], raw["compiled"] = fit["launch_graph_s"], fit["compiled"]
@@ -453,6 +448,22 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
                                                  + _names(compiled))
         report["compiled"] = fit
     return raw, report
+
+
+def _calibrate_host(raw: dict[str, Any], hw: HwConfig, traces: list[Trace], report: dict[str, Any]) -> None:
+    """The host's eager costs, into `raw`, fitted to the stage wall times of measured eager `traces`: on a GPU per op
+    kind and per stage (fit_host), on a cpu one cost per kernel (fit_launch: the host runs each op itself, and its
+    dispatch is in the op's measured time)."""
+    host, source = raw["host"], "fitted: stage wall times of " + _names(traces)
+    if hw.kind == "cpu":
+        host["launch_eager_s"] = float(f"{fit_launch(traces, hw):.4g}")
+    else:
+        host["eager_op_s"], host["launch_eager_s"], host["eager_stage_s"] = fit_host(host_samples(traces, hw))
+        report["eager_op_s"], report["eager_stage_s"] = host["eager_op_s"], host["eager_stage_s"]
+    for field in ("launch_eager_s", "eager_op_s", "eager_stage_s"):
+        if field in host:
+            raw["sources"][f"host.{field}"] = source
+    report["launch_eager_s"] = host["launch_eager_s"]
 
 
 def _calibrate_peaks(raw: dict[str, Any], base: HwConfig, mb: dict[str, Any], mb_path: str) -> dict[str, Any]:
@@ -479,7 +490,9 @@ def _calibrate_peaks(raw: dict[str, Any], base: HwConfig, mb: dict[str, Any], mb
 
 
 def _names(traces: list[Trace]) -> str:
-    return ", ".join(sorted({t.header.model.get("name", "?") + "/" + t.header.decoder for t in traces}))
+    """The traces as model/decoder, with the batch where it is not 1."""
+    return ", ".join(sorted({t.header.model.get("name", "?") + "/" + t.header.decoder
+                             + (f" (batch {t.header.batch})" if t.header.batch != 1 else "") for t in traces}))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -494,6 +507,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="measured traces to fit per-class efficiencies and the host cost to; compiled "
                         "measurements among them (reference.capture.measure --compile) fit the compiled figures: "
                         "host.launch_graph_s and the compiled section, on their decode stage times")
+    parser.add_argument("--host-measured", type=Path, nargs="+",
+                        help="measured eager traces to fit the host's eager costs to (on a GPU per op kind and per "
+                        "stage) instead of the eager traces of --measured: the host fit needs stages whose op mixes "
+                        "differ (a batch whose per-row ops grow apart from the rest), the kernel fits do not")
     parser.add_argument("--quick", action="store_true", help="fewer microbenchmark sizes")
     parser.add_argument("--threads", type=integer(1),
                         help="torch intra-op threads for the microbenchmarks run here (default: "
@@ -546,7 +563,7 @@ def _print_report(out: Path, report: dict[str, Any]) -> None:
         if "eager_op_s" in report:
             print(f"  per stage {report['eager_stage_s'] * 1e6:.1f} us; per op kind: " + ", ".join(
                 f"{op} {s * 1e6:.1f} us" for op, s in report["eager_op_s"].items()))
-        for cls, fit in report["classes"].items():
+        for cls, fit in report.get("classes", {}).items():
             print(f"  {cls:<40} {_fit_line(fit)}")
             for op, fit in report["ops"].get(cls, {}).items():
                 print(f"    {op:<38} {_fit_line(fit)}")
@@ -569,11 +586,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = load_hwconfig(args.base) if args.base else None
         traces = [read_checked(p) for p in args.measured]
+        host_traces = [read_checked(p) for p in args.host_measured] if args.host_measured else None
     except ValueError as err:  # a HwConfigError, a TraceError, a shape the kernel model cannot take
         parser.error(str(err))
     for path, t in zip(args.measured, traces):
         if not (t.header.measured or is_compiled_measurement(t)):
             parser.error(f"{path}: not a measured trace (no durations, and not a compiled measurement)")
+    for path, t in zip(args.host_measured or [], host_traces or []):
+        if not t.header.measured:
+            parser.error(f"--host-measured {path}: not a measured eager trace (no per-op durations)")
     mb, mb_path = _microbench(parser, args)
     if base is None:
         if "copy" not in mb:
@@ -581,12 +602,13 @@ def main(argv: list[str] | None = None) -> int:
                          "machine's hwconfig from; give --base")
         base = parse(cpu_base(mb, str(mb_path)), "this machine")
     try:
-        raw, report = calibrate(base, mb, traces, str(mb_path))
+        raw, report = calibrate(base, mb, traces, str(mb_path), host_traces)
     except ValueError as err:
         parser.error(str(err))
     raw["name"] = f"{base.name} (calibrated {date.today().isoformat()})"
     raw["notes"] = (f"Calibrated from {base.path}: host figures and efficiencies measured or fitted (sources say "
-                    f"which); fits per kernel class and per op kind from {len(traces)} measured traces.")
+                    f"which); fits per kernel class and per op kind from {len(traces)} measured traces"
+                    + (f", host costs from {len(host_traces)}." if host_traces else "."))
     text = (f"# Generated by: python -m sim.fitting.calibrate {' '.join(sys.argv[1:])}\n"
             + yaml.safe_dump(raw, sort_keys=False))
     atomic_write(args.out, lambda tmp: tmp.write_text(text))
