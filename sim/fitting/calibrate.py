@@ -13,8 +13,10 @@ kernel times.
 3. Fitted (scipy least squares): per kernel class an efficiency (against the microbenchmarks of the classes
    they exercise, in the traces' dtype: copies, products, elementwise, attention; else against the traces) and
    a fixed time, and a fixed time per op kind seen often enough, against the measured kernel times of
-   `--measured` traces; the host's eager cost per kernel against their stage wall times (log error). Traces
-   not given to the fit are the fair test of the result (python -m sim.fitting.validate).
+   `--measured` traces; the host's eager costs against their stage wall times, or those of `--host-measured`
+   traces (on a GPU per op kind and per stage, `fit_host`: an attention call or an indexed KV write costs the
+   host more than an add, and a batch runs more of them per stage; on a cpu one cost per kernel, `fit_launch`,
+   log error). Traces not given to the fit are the fair test of the result (python -m sim.fitting.validate).
 4. Compiled measurements among `--measured` (reference.capture.measure --compile: stage wall times, no per-op
    times) fit what compiled projections need and eager fits do not give (sim.fitting.compiled): the host's cost
    per stage (`host.launch_graph_s`) and the fixed times of library and generated kernels called from a compiled

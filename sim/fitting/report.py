@@ -77,8 +77,19 @@ def section(device: str, hw_name: str, fit_globs: tuple[tuple[str, ...], tuple[s
             lines.append(f"| {metric} | {s['n']} | {s['median_abs_pct']:.1f}% | {s['p90_abs_pct']:.1f}% | "
                          f"{s['bias_pct']:+.1f}% | {r_text(s['pearson_r'], 0)} |")
     lines += ["", f"![projected vs measured]({plot.relative_to(ROOT)})", ""]
+    if hw.host.eager_op_s:
+        lines += [host_costs_line(hw), ""]
     if device in MICROBENCH:
         resources(MICROBENCH[device], hw, lines)
+
+
+def host_costs_line(hw: HwConfig) -> str:
+    """The host's eager costs of a hwconfig with a table per op kind, dearest first."""
+    costs = sorted(hw.host.eager_op_s.items(), key=lambda kv: -kv[1])
+    return (f"Host, eager (`host.eager_op_s`, `host.eager_stage_s`; {hw.sources.get('host.eager_op_s', '')}): "
+            f"{hw.host.eager_stage_s * 1e6:.0f} us per stage, and per kernel " + ", ".join(
+                f"{op.removeprefix('aten.')} {s * 1e6:.1f} us" for op, s in costs)
+            + f"; other op kinds and collectives {hw.host.launch_eager_s * 1e6:.1f} us.")
 
 
 def resources(path: Path, hw: HwConfig, lines: list[str]) -> None:
