@@ -3,6 +3,7 @@ field, used by the engine per kernel, fitted by calibration."""
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -95,11 +96,11 @@ def test_the_engine_charges_each_kernel_its_kinds_cost():
     assert project(trace, parse(with_host(eager_op_s={}), "x.yaml")).stage_timelines == base.stage_timelines
 
 
-def test_calibration_recovers_the_costs_that_made_the_stage_times():
-    truth_table = {"aten.mul.Tensor": 1.2e-5, "aten.copy_.default": 6e-5, "aten.add.Tensor": 2.5e-5}
-    truth = parse(with_host(eager_op_s=truth_table, eager_stage_s=4e-4, launch_eager_s=2e-5), "truth.yaml")
-    rng = random.Random(7)
-    counts = [{name: rng.randint(2, 12) for name in truth_table} for _ in range(64)]
+TRUTH = {"aten.mul.Tensor": 1.2e-5, "aten.copy_.default": 6e-5, "aten.add.Tensor": 2.5e-5}
+
+
+def measured_mixed(truth, counts: list[dict[str, int]]) -> Trace:
+    """A measured trace of `counts` whose kernel and stage times are `truth`'s projection of it."""
     trace = mixed_trace(counts)
     p = project(trace, truth)
     for o, start, end in zip(trace.ops, p.start_cycles, p.end_cycles):
@@ -107,14 +108,45 @@ def test_calibration_recovers_the_costs_that_made_the_stage_times():
     for stage, cycles in zip(trace.stages, p.stage_cycles):
         stage.wall_s = cycles / p.clock_hz
     trace.header.measured = True
-    samples = calibrate.host_samples([trace], parse(hw_dict(), "start.yaml"))
+    return trace
+
+
+def random_mixes(n: int) -> list[dict[str, int]]:
+    rng = random.Random(7)
+    return [{name: rng.randint(2, 12) for name in TRUTH} for _ in range(n)]
+
+
+def test_calibration_recovers_the_costs_that_made_the_stage_times():
+    truth = parse(with_host(eager_op_s=TRUTH, eager_stage_s=4e-4, launch_eager_s=2e-5), "truth.yaml")
+    counts = random_mixes(64)
+    samples = calibrate.host_samples([measured_mixed(truth, counts)], parse(hw_dict(), "start.yaml"))
     assert [s.kernels for s in samples] == counts
     table, _, stage_s = calibrate.fit_host(samples, shrink=0.0)
-    assert table == pytest.approx(truth_table, rel=0.01)
+    assert table == pytest.approx(TRUTH, rel=0.01)
     assert stage_s == pytest.approx(4e-4, rel=0.02)  # the last kernel's time after the last launch: not host time
     # the pull toward a common cost (a prior for kinds the stages cannot tell apart) bends what the stages tell
     # a little, and keeps their order
     table, default_s, _ = calibrate.fit_host(samples)
-    assert table == pytest.approx(truth_table, rel=0.25)
-    assert sorted(table, key=table.get) == sorted(truth_table, key=truth_table.get)
+    assert table == pytest.approx(TRUTH, rel=0.25)
+    assert sorted(table, key=table.get) == sorted(TRUTH, key=TRUTH.get)
     assert min(table.values()) < default_s < max(table.values())  # no other kind: the default sits among them
+
+
+def test_calibrate_fits_the_host_to_its_own_traces_and_the_result_loads():
+    truth = parse(with_host(eager_op_s=TRUTH, eager_stage_s=4e-4), "truth.yaml")
+    start = parse(hw_dict(), "start.yaml")
+    raw, report = calibrate.calibrate(start, {}, [], "none.json", host_traces=[measured_mixed(truth, random_mixes(32))])
+    fitted = parse(raw, "fitted.yaml")
+    assert fitted.host.eager_op_s == pytest.approx(TRUTH, rel=0.25)
+    assert report["eager_op_s"] == raw["host"]["eager_op_s"]
+    assert fitted.host.eager_stage_s == pytest.approx(4e-4, rel=0.25)
+    assert fitted.sources["host.eager_op_s"].startswith("fitted: stage wall times of synthetic/sequential")
+
+
+def test_host_measured_must_be_measured(tmp_path, capsys):
+    unmeasured = Path("data/traces/t5-base-4.sequential.bf16.b1.t128.jsonl.gz")  # a default trace: no durations
+    with pytest.raises(SystemExit) as err:
+        calibrate.main(["--device", "cuda", "--base", "hwconfigs/h200.yaml", "--out", str(tmp_path / "o.yaml"),
+                        "--host-measured", str(unmeasured)])
+    assert err.value.code == 2
+    assert f"--host-measured {unmeasured}: not a measured eager trace" in capsys.readouterr().err
