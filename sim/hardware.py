@@ -374,17 +374,7 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     sources = raw["sources"]
     if not isinstance(sources, dict):
         raise HwConfigError(path, "sources", "expected a mapping of field to source")
-    for field in _leaves({"peak": raw["peak"], "host": raw["host"]}):
-        if field.startswith("host.eager_op_s."):  # op kinds hold dots: one source for the table, or one per kind
-            if field in sources or "host.eager_op_s" in sources:
-                continue
-            raise HwConfigError(path, "sources.host.eager_op_s", "missing: every peak and host figure needs a source")
-        if field.count(".") > 1:  # per-dtype rates: the source may be given per dtype or for the mapping
-            parent = field.rsplit(".", 1)[0]
-            if field in sources or parent in sources:
-                continue
-        if not isinstance(sources.get(field), str) or not sources[field].strip():
-            raise HwConfigError(path, f"sources.{field}", "missing: every peak and host figure needs a source")
+    _check_sources(path, raw, sources)
     notes = raw.get("notes", "")
     if not isinstance(notes, str):
         raise HwConfigError(path, "notes", f"expected a string, got {brief(notes)}")
@@ -399,6 +389,24 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     interconnect = None if raw.get("interconnect") is None else _interconnect(path, raw["interconnect"], sources)
     return HwConfig(raw["name"], raw["kind"], peak, host, eff, tile, dict(sources), path, notes, classes, ops,
                     compiled, interconnect)
+
+
+def _check_sources(path: str, raw: dict, sources: dict) -> None:
+    """A source for every peak and host figure: per dtype or for a rate's mapping, per op kind or for the host's
+    table of op kinds (`host.eager_op_s`: op kinds hold dots)."""
+    def cited(key: str) -> bool:
+        return isinstance(sources.get(key), str) and bool(sources[key].strip())
+
+    for field in _leaves({"peak": raw["peak"], "host": raw["host"]}):
+        if field.startswith("host.eager_op_s."):
+            if not (cited(field) or cited("host.eager_op_s")):
+                raise HwConfigError(path, "sources.host.eager_op_s", "missing: every peak and host figure needs a "
+                                    "source (one for the table, or one per op kind)")
+            continue
+        if field.count(".") > 1 and (field in sources or field.rsplit(".", 1)[0] in sources):
+            continue  # per-dtype rates: the source may be given per dtype or for the mapping
+        if not cited(field):
+            raise HwConfigError(path, f"sources.{field}", "missing: every peak and host figure needs a source")
 
 
 def _interconnect_field(path: str, field: str, value: Any) -> Any:
