@@ -456,7 +456,7 @@ def _calibrate_host(raw: dict[str, Any], hw: HwConfig, traces: list[Trace], repo
     """The host's eager costs, into `raw`, fitted to the stage wall times of measured eager `traces`: on a GPU per op
     kind and per stage (fit_host), on a cpu one cost per kernel (fit_launch: the host runs each op itself, and its
     dispatch is in the op's measured time)."""
-    host, source = raw["host"], "fitted: stage wall times of " + _names(traces)
+    host, source = raw["host"], "fitted: stage wall times of " + _names(traces, batch=True)
     if hw.kind == "cpu":
         host["launch_eager_s"] = float(f"{fit_launch(traces, hw):.4g}")
     else:
@@ -491,10 +491,12 @@ def _calibrate_peaks(raw: dict[str, Any], base: HwConfig, mb: dict[str, Any], mb
     return {"measured": measured, "efficiency": dict(eff)}
 
 
-def _names(traces: list[Trace]) -> str:
-    """The traces as model/decoder, with the batch where it is not 1."""
+def _names(traces: list[Trace], batch: bool = False) -> str:
+    """The traces as model/decoder (sim.fitting.report reads them back from the compiled sources), and `batch`: with
+    the batch where it is not 1."""
     return ", ".join(sorted({t.header.model.get("name", "?") + "/" + t.header.decoder
-                             + (f" (batch {t.header.batch})" if t.header.batch != 1 else "") for t in traces}))
+                             + (f" (batch {t.header.batch})" if batch and t.header.batch != 1 else "")
+                             for t in traces}))
 
 
 def _parser() -> argparse.ArgumentParser:
