@@ -3,9 +3,11 @@ that serves reused bytes; time in core-clock cycles of the device.
 
 Each resource is a named object, each actor a plain generator process, as in SimPy's own examples:
 
-- `HostThread` issues the stage's kernels in program order. In eager mode every kernel costs the host
-  `launch_eager_s` (framework dispatch + launch; a collective's dispatch and NCCL's launch alike; the wait after
-  it, a stream-wait without a kernel, is not a trace op and costs nothing), so a fast device waits for it; in
+- `HostThread` issues the stage's kernels in program order. In eager mode every kernel costs the host its op
+  kind's dispatch and launch (`Host.eager_launch_s`: the hwconfig's `eager_op_s` table, else `launch_eager_s`; a
+  collective's dispatch and NCCL's launch cost `launch_eager_s`; the wait after it, a stream-wait without a
+  kernel, is not a trace op and costs nothing) and the stage `eager_stage_s` before its first kernel (the decode
+  loop's own work), so a fast device waits for it; in
   graph mode the stage is one launch (`launch_graph_s`) and the device pays `graph_kernel_gap_s` between kernels
   instead (collectives are graph nodes: NCCL kernels can be captured in CUDA graphs); compiled mode replays, the
   same way, the fewer kernels a graph compiler generates for the stage (`sim.fusion`).
@@ -140,20 +142,24 @@ class StageTimeline:
 
 
 class HostThread:
-    """Issues kernels into the stream: eager pays a launch per kernel on the host, graph one per stage. A
-    synchronous host (a CPU running its own kernels) waits for each kernel before the next."""
+    """Issues kernels into the stream: eager pays a launch per kernel on the host (`launch_cycles`: one figure
+    for every kernel, or one per kernel) after the stage's own host work (`stage_cycles`), graph one launch per
+    stage. A synchronous host (a CPU running its own kernels) waits for each kernel before the next."""
 
-    def __init__(self, env: simpy.Environment, stream: DeviceStream | SharedDevice, launch_cycles: int,
-                 graph: bool, synchronous: bool) -> None:
+    def __init__(self, env: simpy.Environment, stream: DeviceStream | SharedDevice,
+                 launch_cycles: int | tuple[int, ...], graph: bool, synchronous: bool, stage_cycles: int = 0) -> None:
         self.env, self.stream, self.launch_cycles = env, stream, launch_cycles
-        self.graph, self.synchronous = graph, synchronous
+        self.graph, self.synchronous, self.stage_cycles = graph, synchronous, stage_cycles
 
     def run(self, n_kernels: int, issues: list[int]) -> Iterator[simpy.Event]:
         if self.graph:
             yield self.env.timeout(self.launch_cycles)  # one graph launch
+        elif self.stage_cycles:
+            yield self.env.timeout(self.stage_cycles)
+        per_kernel = not isinstance(self.launch_cycles, int)
         for i in range(n_kernels):
             if not self.graph:
-                yield self.env.timeout(self.launch_cycles)
+                yield self.env.timeout(self.launch_cycles[i] if per_kernel else self.launch_cycles)
             issues.append(self.env.now)
             self.stream.queue.put(i)
             if self.synchronous:
@@ -284,14 +290,14 @@ def critical_path_cycles(g: nx.DiGraph, durations: tuple[int, ...]) -> int:
 
 
 def simulate_stage_overlapped(durations: tuple[int, ...], demands: tuple[tuple[float, float], ...],
-                              g: nx.DiGraph, launch_cycles: int, graph: bool, gap_cycles: int,
-                              streams: int, links: tuple[bool, ...] = ()) -> StageTimeline:
+                              g: nx.DiGraph, launch_cycles: int | tuple[int, ...], graph: bool, gap_cycles: int,
+                              streams: int, links: tuple[bool, ...] = (), stage_cycles: int = 0) -> StageTimeline:
     """One stage with up to `streams` kernels in flight (`SharedDevice`), on a fresh timeline; `links[i]`: kernel i
-    is a collective (on the link)."""
+    is a collective (on the link); the host's costs as `HostThread` takes them."""
     env = simpy.Environment()
     device = SharedDevice(env, streams, gap_cycles if graph else 0, durations, demands,
                           [list(g.predecessors(i)) for i in range(len(durations))], links)
-    host = HostThread(env, device, launch_cycles, graph, synchronous=False)
+    host = HostThread(env, device, launch_cycles, graph, synchronous=False, stage_cycles=stage_cycles)
     issues: list[int] = []
     starts = [0.0] * len(durations)
     ends = [0.0] * len(durations)
@@ -300,13 +306,13 @@ def simulate_stage_overlapped(durations: tuple[int, ...], demands: tuple[tuple[f
     return StageTimeline(math.ceil(env.now), [round(t) for t in starts], [round(t) for t in ends], issues)
 
 
-def simulate_stage(durations: tuple[int, ...], launch_cycles: int, graph: bool, gap_cycles: int,
-                   synchronous: bool = False, links: tuple[bool, ...] = ()) -> StageTimeline:
+def simulate_stage(durations: tuple[int, ...], launch_cycles: int | tuple[int, ...], graph: bool, gap_cycles: int,
+                   synchronous: bool = False, links: tuple[bool, ...] = (), stage_cycles: int = 0) -> StageTimeline:
     """One stage on a fresh timeline: host and device start idle, the stage ends at the sync; `links[i]`: kernel i
-    is a collective (on the link)."""
+    is a collective (on the link); the host's costs as `HostThread` takes them."""
     env = simpy.Environment()
     stream = DeviceStream(env, gap_cycles if graph else 0, len(durations))
-    host = HostThread(env, stream, launch_cycles, graph, synchronous)
+    host = HostThread(env, stream, launch_cycles, graph, synchronous, stage_cycles)
     issues: list[int] = []
     starts: list[int] = []
     ends: list[int] = []
@@ -443,6 +449,8 @@ class _StageReplay:
         self.graph = launch in ("graph", "compiled")
         self.compiled = launch == "compiled"
         self.launch_cycles = hw.cycles(hw.host.launch_graph_s if self.graph else hw.host.launch_eager_s)
+        self.per_op_launch = not self.graph and bool(hw.host.eager_op_s)  # launch cycles per cost id, else one
+        self.stage_launch_cycles = 0 if self.graph else hw.cycles(hw.host.eager_stage_s)
         self.gap_cycles = hw.cycles(hw.host.graph_kernel_gap_s)
         index: dict[Kernel, int] = {}
         self.kernel_of_op = [index.setdefault(k, len(index)) for k in kernels]  # distinct op -> kernel
@@ -455,6 +463,7 @@ class _StageReplay:
         self.entries: list[CostEntry] = []
         self.cycles: list[int] = []  # per cost id
         self.on_link: list[bool] = []  # per cost id: a collective
+        self.launches: list[int] = []  # per cost id: the host's eager launch cycles (per_op_launch)
         self.demands: list[tuple[float, float] | None] = []
         self.stage_costs: dict[tuple[int, ...], tuple[int, ...]] = {}  # interned: stages alike share one tuple
         self.timelines: dict[tuple, StageTimeline] = {}
@@ -479,6 +488,7 @@ class _StageReplay:
         self.cycles.append(entry.cycles)
         self.demands.append(entry.demand)
         self.on_link.append(k.collective is not None)
+        self.launches.append(self.hw.cycles(self.hw.host.eager_launch_s(k.cls, k.op)))
         return len(self.entries) - 1
 
     def costs_of(self, op_ids: tuple[int, ...]) -> tuple[int, ...]:
@@ -506,12 +516,14 @@ class _StageReplay:
         stage."""
         durations = tuple(map(self.cycles.__getitem__, costs))
         links = tuple(map(self.on_link.__getitem__, costs))
+        launch = tuple(map(self.launches.__getitem__, costs)) if self.per_op_launch else self.launch_cycles
         if self.streams == 1:
-            timeline = self.timelines.get((durations, links))
+            key = (durations, links, launch)
+            timeline = self.timelines.get(key)
             if timeline is None:
-                timeline = self.timelines[durations, links] = simulate_stage(
-                    durations, self.launch_cycles, self.graph, self.gap_cycles, synchronous=self.hw.kind == "cpu",
-                    links=links)
+                timeline = self.timelines[key] = simulate_stage(
+                    durations, launch, self.graph, self.gap_cycles, synchronous=self.hw.kind == "cpu",
+                    links=links, stage_cycles=self.stage_launch_cycles)
             return timeline, 0
         deps_key = tuple(map(self.deps_of_op.__getitem__, op_ids))
         if deps_key not in self.graphs:
@@ -520,11 +532,12 @@ class _StageReplay:
         if durations not in paths:
             paths[durations] = critical_path_cycles(g, durations)
         demands = tuple(map(self.demands.__getitem__, costs))
-        key = (durations, demands, deps_key, links)
+        key = (durations, demands, deps_key, links, launch)
         timeline = self.timelines.get(key)
         if timeline is None:
             timeline = self.timelines[key] = simulate_stage_overlapped(
-                durations, demands, g, self.launch_cycles, self.graph, self.gap_cycles, self.streams, links)
+                durations, demands, g, launch, self.graph, self.gap_cycles, self.streams, links,
+                self.stage_launch_cycles)
         return timeline, paths[durations]
 
 

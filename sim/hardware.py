@@ -87,10 +87,25 @@ class Peak:
 
 @dataclass(frozen=True)
 class Host:
-    launch_eager_s: float  # host time per kernel in eager mode (framework dispatch + launch)
+    """What the host pays to issue work. In eager mode a kernel of op kind `op` costs `eager_op_s[op]` where the
+    table has it (the op's dispatch differs from op to op: an attention call or an indexed KV write runs more
+    framework code, views and checks around its kernel than an add), else `launch_eager_s`; a collective always
+    costs `launch_eager_s` (its dispatch and NCCL's launch); each eager stage adds `eager_stage_s` (the decode
+    loop's own work between stages: the token read back, the next step's inputs). Both optional: without them
+    every kernel costs `launch_eager_s`, as before the table existed."""
+
+    launch_eager_s: float  # host time per kernel in eager mode (framework dispatch + launch): kinds not in the table
     launch_graph_s: float  # host time to launch one stage replayed as a graph (CUDA graph launch)
     graph_kernel_gap_s: float  # device-side gap between consecutive kernels of a replayed graph
     kernel_min_s: float  # shortest kernel on the device (an empty kernel, launch to completion)
+    # op kind (`sim.kernels.op_kind`: the aten name, `.gemv`/`.math` where one op runs as another kernel) -> host
+    # time per kernel of that kind in eager mode, s
+    eager_op_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    eager_stage_s: float = 0.0  # host time per eager stage beyond its kernels' launches, s
+
+    def eager_launch_s(self, cls: str, op: str) -> float:
+        """The host's eager cost of one kernel of class `cls`, op kind `op` (class docstring)."""
+        return self.launch_eager_s if cls == "collective" else self.eager_op_s.get(op, self.launch_eager_s)
 
 
 @dataclass(frozen=True)
@@ -217,6 +232,9 @@ class HwConfig:
         shown = [f"{cut(k)}={cut(v)}" for k, v in list(overrides.items())[:SHOWN_SETS]]
         more = f" (and {len(overrides) - SHOWN_SETS:,} more)" if len(overrides) > SHOWN_SETS else ""
         where = f"{self.path} with --set {' '.join(shown)}{more}"
+        if "host.eager_stage_s" in overrides and "eager_stage_s" not in raw["host"]:  # optional, unset: settable
+            raw["host"]["eager_stage_s"] = 0.0
+            raw["sources"]["host.eager_stage_s"] = "set on the command line (--set)"
         for key, text in overrides.items():
             node, parts = raw, key.split(".")
             for depth, part in enumerate(parts[:-1]):
@@ -257,6 +275,9 @@ def _leaves(d: dict, prefix: str = "") -> list[str]:
 def to_dict(hw: HwConfig) -> dict[str, Any]:
     raw = dataclasses.asdict(hw)
     raw.pop("path")
+    for field, unset in (("eager_op_s", {}), ("eager_stage_s", 0.0)):  # optional host figures: left out when unset
+        if raw["host"][field] == unset:
+            del raw["host"][field]
     fits = [*raw["classes"].values(), *(f for by_op in raw["ops"].values() for f in by_op.values())]
     if raw["compiled"] is None:
         del raw["compiled"]
@@ -323,6 +344,14 @@ def _seconds(path: str, field: str, value: Any) -> float:
     return float(_number(path, field, value, SECONDS))
 
 
+def _host_field(path: str, field: str, value: Any) -> Any:
+    """A `host` figure: seconds, or (`host.eager_op_s`) a mapping of op kind to seconds."""
+    if field != "host.eager_op_s":
+        return _seconds(path, field, value)
+    table = _mapping(path, field, value, "op kind (aten name) to seconds per kernel")
+    return {op: _seconds(path, f"{field}.{op}", cost) for op, cost in table.items()}
+
+
 def _efficiency(path: str, field: str, value: Any) -> float:
     """An efficiency: achieved / peak."""
     return float(_number(path, field, value, EFFICIENCY))
@@ -353,19 +382,14 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
         raise HwConfigError(path, "kind", f"must be one of {', '.join(KINDS)}, got {brief(raw['kind'])}")
 
     peak = _section(path, raw["peak"], "peak", Peak, lambda f, v: _peak_field(path, f, v))
-    host = _section(path, raw["host"], "host", Host, lambda f, v: _seconds(path, f, v))
+    host = _section(path, raw["host"], "host", Host, lambda f, v: _host_field(path, f, v),
+                    optional=("eager_op_s", "eager_stage_s"))
     eff = _section(path, raw["efficiency"], "efficiency", Efficiency, lambda f, v: _efficiency(path, f, v))
     tile = _section(path, raw["tile"], "tile", Tile, lambda f, v: int(_number(path, f, v, TILE, integer=True)))
     sources = raw["sources"]
     if not isinstance(sources, dict):
         raise HwConfigError(path, "sources", "expected a mapping of field to source")
-    for field in _leaves({"peak": raw["peak"], "host": raw["host"]}):
-        if field.count(".") > 1:  # per-dtype rates: the source may be given per dtype or for the mapping
-            parent = field.rsplit(".", 1)[0]
-            if field in sources or parent in sources:
-                continue
-        if not isinstance(sources.get(field), str) or not sources[field].strip():
-            raise HwConfigError(path, f"sources.{field}", "missing: every peak and host figure needs a source")
+    _check_sources(path, raw, sources)
     notes = raw.get("notes", "")
     if not isinstance(notes, str):
         raise HwConfigError(path, "notes", f"expected a string, got {brief(notes)}")
@@ -392,6 +416,24 @@ def _dequant(path: str, raw: Any, sources: dict) -> Dequant:
         if not isinstance(sources.get(key), str) or not sources[key].strip():
             raise HwConfigError(path, f"sources.{key}", "missing: every dequant figure needs a source")
     return Dequant(float(section.ops_per_s), int(section.rows_per_pass))
+
+
+def _check_sources(path: str, raw: dict, sources: dict) -> None:
+    """A source for every peak and host figure: per dtype or for a rate's mapping, per op kind or for the host's
+    table of op kinds (`host.eager_op_s`: op kinds hold dots)."""
+    def cited(key: str) -> bool:
+        return isinstance(sources.get(key), str) and bool(sources[key].strip())
+
+    for field in _leaves({"peak": raw["peak"], "host": raw["host"]}):
+        if field.startswith("host.eager_op_s."):
+            if not (cited(field) or cited("host.eager_op_s")):
+                raise HwConfigError(path, "sources.host.eager_op_s", "missing: every peak and host figure needs a "
+                                    "source (one for the table, or one per op kind)")
+            continue
+        if field.count(".") > 1 and (field in sources or field.rsplit(".", 1)[0] in sources):
+            continue  # per-dtype rates: the source may be given per dtype or for the mapping
+        if not cited(field):
+            raise HwConfigError(path, f"sources.{field}", "missing: every peak and host figure needs a source")
 
 
 def _interconnect_field(path: str, field: str, value: Any) -> Any:

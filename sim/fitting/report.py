@@ -24,17 +24,29 @@ from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig
 from sim.trace import Trace, TraceError, read_trace
 
 MEASURED = ROOT / "data" / "measured"
-# device folder -> (datasheet hwconfig, calibrated hwconfig, traces the calibration was fitted to)
-DEVICES = {"h200": ("h200.yaml", "h200-calibrated.yaml", "t5-base-*.b1.*")}
+# device folder -> (datasheet hwconfig, calibrated hwconfig, traces the kernel fits were fitted to, traces the host's
+# eager costs were fitted to: sim.fitting.calibrate --measured and --host-measured, globs in the device folder)
+DEVICES = {"h200": ("h200.yaml", "h200-calibrated.yaml", ("t5-base-*.b1.*",),
+                    ("llama2-7b-8x4.speed.*", "t5-base-12.sequential.*", "t5-base-4x3.sequential.bf16.b1.*",
+                     "t5-base-4x3.speed.bf16.b8.*"))}
 MICROBENCH = {"h200": ROOT / "data" / "calibration" / "h200.microbench.json"}
 HELD_OUT_FIT = ("tiny-6.sequential", "tiny-4x3.speed", "tiny-t5-2x3.speed")  # scripts/cpu_validation.sh
 CPU_LOOP_FILES = ("cpu-calibrated.yaml", "cpu-heldout.yaml", "cpu-calibrated.microbench.json")
 
 
-def section(device: str, hw_name: str, fit_glob: str, lines: list[str], plots: Path) -> None:
+def _fit_set(device: str, globs: tuple[str, ...]) -> set[str]:
+    return {p.name for pattern in globs for p in (MEASURED / device).glob(pattern)}
+
+
+def section(device: str, hw_name: str, fit_globs: tuple[tuple[str, ...], tuple[str, ...]], lines: list[str],
+            plots: Path) -> None:
+    """One hwconfig against the device's measured traces; a calibrated one marks the traces its kernel fits
+    (fit) and its host fit (host fit) saw, and is judged on the others: per kernel on those the kernel fits did not
+    see, per stage and end to end on those the host fit did not see."""
     hw = load_hwconfig(HWCONFIG_DIR / hw_name)
     paths = sorted((MEASURED / device).glob("*.jsonl.gz"))
-    fitted = {p.name for p in (MEASURED / device).glob(fit_glob)} if "calibrated" in hw_name else set()
+    calibrated = "calibrated" in hw_name
+    fitted, host_fitted = (_fit_set(device, g) for g in fit_globs) if calibrated else (set(), set())
     lines += [f"### {hw.name} (`hwconfigs/{hw_name}`)", "",
               "| measured trace | measured ms | projected ms | end-to-end error | stage median \\|e\\| | "
               "kernel median \\|e\\| | kernel r |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -44,18 +56,19 @@ def section(device: str, hw_name: str, fit_glob: str, lines: list[str], plots: P
         pairs = validate_trace(read_trace(path), hw)
         (p, m), = pairs["end_to_end"]
         stage, kernel = metrics(pairs["stage"]), metrics(pairs["kernel"])
-        mark = " (fit)" if path.name in fitted else ""
+        mark = " (fit)" * (path.name in fitted) + " (host fit)" * (path.name in host_fitted)
         lines.append(f"| {path.name.removesuffix('.jsonl.gz')}{mark} | {m * 1e3:.1f} | {p * 1e3:.1f} | "
                      f"{100 * (p - m) / m:+.1f}% | {stage['median_abs_pct']:.1f}% | {kernel['median_abs_pct']:.1f}% | "
                      f"{r_text(kernel['pearson_r'], 0)} |")
         for metric, values in pairs.items():
             everything.setdefault(metric, []).extend(values)
-            if path.name not in fitted:
+            if path.name not in (fitted if metric.startswith("kernel") else host_fitted):
                 held_out.setdefault(metric, []).extend(values)
     plot = plots / f"validation-{device}-{hw_name.removesuffix('.yaml')}.png"
     scatter(everything, plot, f"{hw.name}: {len(paths)} measured traces")
-    for label, pairs in (("all traces", everything), ("traces not used by the fit", held_out)):
-        if not pairs or (label.startswith("traces not") and not fitted):
+    not_seen = "traces not used by the fit (kernel: the kernel fits; stage and end to end: the host fit)"
+    for label, pairs in (("all traces", everything), (not_seen, held_out)):
+        if not pairs or (label == not_seen and not calibrated):
             continue
         lines += ["", f"{label}:", "", "| metric | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -64,8 +77,19 @@ def section(device: str, hw_name: str, fit_glob: str, lines: list[str], plots: P
             lines.append(f"| {metric} | {s['n']} | {s['median_abs_pct']:.1f}% | {s['p90_abs_pct']:.1f}% | "
                          f"{s['bias_pct']:+.1f}% | {r_text(s['pearson_r'], 0)} |")
     lines += ["", f"![projected vs measured]({plot.relative_to(ROOT)})", ""]
+    if hw.host.eager_op_s:
+        lines += [host_costs_line(hw), ""]
     if device in MICROBENCH:
         resources(MICROBENCH[device], hw, lines)
+
+
+def host_costs_line(hw: HwConfig) -> str:
+    """The host's eager costs of a hwconfig with a table per op kind, dearest first."""
+    costs = sorted(hw.host.eager_op_s.items(), key=lambda kv: -kv[1])
+    return (f"Host, eager (`host.eager_op_s`, `host.eager_stage_s`; {hw.sources.get('host.eager_op_s', '')}): "
+            f"{hw.host.eager_stage_s * 1e6:.0f} us per stage, and per kernel " + ", ".join(
+                f"{op.removeprefix('aten.')} {s * 1e6:.1f} us" for op, s in costs)
+            + f"; other op kinds and collectives {hw.host.launch_eager_s * 1e6:.1f} us.")
 
 
 def resources(path: Path, hw: HwConfig, lines: list[str]) -> None:
@@ -303,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
              "`. Errors are (projected - measured) / measured; |e| its absolute value; r the Pearson correlation of "
              "projected and measured times. Kernel: measured kernel time (cuda: CUPTI) vs projected; stage: stage "
              "wall time; end to end: median wall time of the timed runs. Traces marked (fit) were used to fit the "
-             "calibrated hwconfig; the others are held out.", ""]
-    for device, (datasheet, calibrated, fit_glob) in DEVICES.items():
+             "calibrated hwconfig's kernel figures, (host fit) its host's eager costs (per op kind and per stage: "
+             "stage wall times); each metric is judged again on the traces its fit did not see.", ""]
+    for device, (datasheet, calibrated, kernel_globs, host_globs) in DEVICES.items():
         lines += [f"## {device}: measured traces in `data/measured/{device}/`", ""]
         for hw_name in (datasheet, calibrated):
-            section(device, hw_name, fit_glob, lines, plots)
+            section(device, hw_name, (kernel_globs, host_globs), lines, plots)
     lines += ["## A100 single operators (public measurements, `python -m sim.fitting.public`)", "",
               "LLMCompass's A100 80GB measurements (one eager call between host clocks, synchronised) against the "
               "datasheet `hwconfigs/a100.yaml` (not calibrated, every point) and against `hwconfigs/a100-public.yaml` "
