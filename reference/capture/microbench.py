@@ -114,8 +114,8 @@ def _repeat_for(seconds_guess: float, budget_s: float = 0.02) -> int:
 CPU_GEMV_SHAPES = ((1, 512, 512), (1, 1408, 512), (1, 512, 1408), (1, 2048, 768), (1, 768, 2048), (1, 4096, 4096))
 CPU_FEW_ROW_SHAPES = ((3, 1408, 512), (3, 512, 512), (2, 512, 1408), (4, 768, 2048), (3, 2048, 768))
 # Bytes of weights a product microbenchmark rotates through, so that each call streams its weight from DRAM: past
-# the largest last-level cache here (a 32 MiB L3, an H100's 50 MB L2) several times over, whatever the weight's size
-ROTATED_WEIGHT_BYTES = 256 << 20
+# the largest last-level cache here (a 32 MiB L3 four times, an H100's 50 MB L2 twice), whatever the weight's size
+ROTATED_WEIGHT_BYTES = 128 << 20
 MAX_ROTATED_WEIGHTS = 256
 
 # (heads, KV heads, head_dim) of the decode-attention benchmark: a small and a large model
