@@ -241,7 +241,7 @@ def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | 
     time is fitted too, at most `max_fixed_s`, and not kept: the decoders' kernels fit theirs). Large products pin
     the compute efficiency, memory-bound calls the memory one; `compute` given (samples that never reach the
     compute bound cannot tell it), only the memory efficiency is fitted. `max_fixed_s`: what a call costs beyond
-    its work, at most (calibrate: the microbenchmark's tiniest call); a free fixed time took up to 53 us of the
+    its work, at most (calibrate, on a cpu: the microbenchmark's tiniest call); a free one took up to 53 us of the
     memory-bound products' time on a CPU, whose one-row products stream short rows slower (reference.capture.
     microbench.CPU_GEMV_SHAPES), and the efficiency kept was a quarter too high for the decoders' products."""
     work_c = np.array([c for c, _, _ in samples])
@@ -374,8 +374,10 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
                          "--measured traces; run reference.capture.microbench without --only all_reduce")
     if eager:
         anchors = microbench_samples(mb, hw, {t.header.dtype for t in eager})
-        # a microbenchmark call costs at most its tiniest call beyond its work: its dispatch and an empty kernel
-        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors, max(mb["kernel_min_s"], 1e-8))
+        # on a cpu a microbenchmark call costs at most its tiniest call beyond its work (its dispatch and an empty
+        # kernel; docs/cpu-dram-products.md); a GPU's library products keep a free fixed time (not measured here)
+        max_fixed_s = max(mb["kernel_min_s"], 1e-8) if hw.kind == "cpu" else FIXED_S_BOUNDS[1]
+        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors, max_fixed_s)
         raw["sources"]["classes"] = "fitted: the kernel times of " + _names(eager) + " (and the microbenchmarks)"
         hw = parse(raw, base.path)
         host = raw["host"]
