@@ -12,10 +12,13 @@
 # figures (sim.fitting.compiled: the host's cost per stage, a library and a generated kernel's fixed time) to the
 # tiny presets' decode stages, and `validate --launch compiled` of those four fails above ${MAX_ERROR:-25}% (median
 # end to end) or ${MAX_STAGE_ERROR:-25}% (median stage); the targets are 10% and 15%. code-wide-4x3 is judged,
-# not fitted, and not gated: its stages are weight streams through library products, whose bandwidth per op kind
-# (one row, a few rows) the microbenchmarks past the L3 anchor; fitting the compiled figures to it would make
-# the host's cost absorb that product error. Held out, reported and not gated: the compiled figures fitted to
-# tiny-4x3 alone, judged on the other four.
+# not fitted: its stages are weight streams through library products, whose bandwidth per op kind (one row, a few
+# rows) the microbenchmarks past the L3 anchor, at the widths this CPU decodes (reference.capture.microbench.
+# CPU_GEMV_SHAPES: a GEMV streams short rows slower); fitting the compiled figures to it would make the host's cost
+# absorb that product error. Gated: its median end-to-end error (sequential and SPEED) above ${MAX_DRAM_ERROR:-35}%,
+# a margin over the 10% target for DRAM bandwidth shared with whatever else runs (thread CPU time does not remove
+# it: a stalled load counts as the thread's time; VALIDATION.md). Held out, gated above ${MAX_HELDOUT_ERROR:-30}%
+# (median end to end; target 15%): the compiled figures fitted to tiny-4x3 alone, judged on the other four.
 #
 # Tensor parallelism, in the same loop: TP 2 decodes of tiny-4x3 (sequential and SPEED) on two gloo ranks on
 # 127.0.0.1 (reference.capture.measure --tp 2: each rank's work by its thread's CPU time, each collective by wall
@@ -65,9 +68,12 @@ python -m sim.fitting.validate --hw "$out/cpu-calibrated.yaml" --measured "$out"
 echo "compiled, the four tiny presets, fitted to them (gated; full report: $out/validation-compiled.txt):"
 python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml" --measured "$out"/compiled/tiny-*.jsonl.gz \
   --max-error "${MAX_ERROR:-25}" --max-stage-error "${MAX_STAGE_ERROR:-25}" | tee "$out/validation-compiled.txt" | summary
-echo "compiled, all six, code-wide-4x3 (weights past the L3) judged, not fitted (not gated):"
+echo "compiled, all six, code-wide-4x3 (weights past the L3) judged, not fitted:"
 python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml" --measured "$out"/compiled/*.jsonl.gz \
   --plot "$out/validation-compiled.png" | tee "$out/validation-compiled-all.txt" | summary
+echo "compiled, code-wide-4x3 (weights past the L3), judged, not fitted (gated):"
+python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml" \
+  --measured "$out"/compiled/code-wide-4x3.*.jsonl.gz --max-error "${MAX_DRAM_ERROR:-35}" | summary
 # tensor parallelism: 16 tokens, 2 ranks (57 s with the validation on the development machine at load 10)
 tpjob() { echo "--preset tiny-4x3 --decoder $1 ${2:+--flips $2} --out $out/tp/tiny-4x3.$1.tp2.jsonl.gz"; }
 mkdir -p "$out/tp"
@@ -82,7 +88,7 @@ python -m sim.fitting.validate --hw "$out/cpu-tp.yaml" --measured "$out"/tp/*.js
 echo "held out, eager: fitted to tiny-6.sequential, tiny-4x3.speed, tiny-t5-2x3.speed, judged on the other two:"
 python -m sim.fitting.validate --hw "$out/cpu-heldout.yaml" --measured "$out"/{tiny-4x3.sequential,tiny-2x3.speed}.jsonl.gz \
   | summary
-echo "held out, compiled: fitted to tiny-4x3, judged on tiny-6, tiny-t5-2x3, code-wide-4x3:"
+echo "held out, compiled: fitted to tiny-4x3, judged on tiny-6, tiny-t5-2x3, code-wide-4x3 (gated):"
 python -m sim.fitting.validate --launch compiled --hw "$out/cpu-heldout.yaml" \
   --measured "$out"/compiled/{tiny-6.sequential,tiny-t5-2x3.speed,code-wide-4x3.speed,code-wide-4x3.sequential}.jsonl.gz \
-  | summary
+  --max-error "${MAX_HELDOUT_ERROR:-30}" | summary

@@ -243,6 +243,18 @@ def test_decode_sweeps_rows_and_schema() -> None:
     assert check_microbench(json.loads(json.dumps(result)), "decode sweeps") == result  # of the one format read back
 
 
+def test_cpu_microbenchmarks_take_the_widths_this_cpu_decodes_past_its_cache() -> None:
+    """A CPU's GEMV streams short rows slower (docs/cpu-dram-products.md): its one-row products are timed at
+    code-wide-4x3's weights (the CPU loop's decode past the L3), and SPEED's three rows among the few-row ones."""
+    cfg = get_preset("code-wide-4x3")
+    for quick in (True, False):
+        products = microbench._sizes(False, quick).gemm
+        one_row = {(n, k) for m, n, k in products if m == 1}
+        assert {(cfg.d_model, cfg.d_model), (cfg.d_ff, cfg.d_model), (cfg.d_model, cfg.d_ff)} <= one_row
+        assert any(m == 3 for m, _, _ in products)
+    assert microbench.ROTATED_WEIGHT_BYTES >= 4 * (32 << 20)  # this CPU's L3, four times
+
+
 def test_validate_reads_decode_rows_and_says_what_it_cannot_model(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     gemm = [{"m": m, "n": 512, "k": 256, "dtype": "float32", "form": "linear", "seconds": 2e-5, "preset": "p",

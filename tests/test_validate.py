@@ -143,6 +143,16 @@ def test_anchors_tell_compute_and_memory_efficiency_apart():
     assert e_c == 0.6 and e_m == pytest.approx(0.35, rel=0.03)
 
 
+def test_anchor_fixed_time_is_bounded_so_slow_short_rows_stay_work():
+    """One-row products that stream short rows slower (a CPU's GEMV) look like a fixed time plus fast streaming; the
+    anchor's fixed time bounded by the tiniest call keeps that slowness in the efficiency the decoders use."""
+    rows = [(1e-4, 0.5), (3e-4, 0.5), (1e-3, 0.7), (3e-3, 0.7)]  # (memory s at unit efficiency, achieved share)
+    samples = [(m / 50, m, m / share + 2e-6) for m, share in rows]
+    _, free = calibrate.anchor_efficiencies(samples, kernel_min_s=1e-7, compute=1.0)
+    _, bounded = calibrate.anchor_efficiencies(samples, kernel_min_s=1e-7, compute=1.0, max_fixed_s=3e-6)
+    assert bounded == pytest.approx(0.6, abs=0.07) and free > bounded + 0.05
+
+
 def test_host_cost_fit_recovers_the_launch_time():
     truth = parse(hw_dict(), "truth.yaml").with_overrides({"host.launch_eager_s": "3.3e-5"})
     start = truth.with_overrides({"host.launch_eager_s": "1e-6"})

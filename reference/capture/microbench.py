@@ -105,6 +105,19 @@ def _repeat_for(seconds_guess: float, budget_s: float = 0.02) -> int:
     return int(max(3, min(200, budget_s / max(seconds_guess, 1e-7))))
 
 
+# A CPU's products of one row (x @ W^T, BLAS's GEMV) stream a weight of n rows of k at a rate that grows with the
+# row length: each output row costs about one DRAM latency beyond its bytes (on the development machine, AMD EPYC,
+# float32, past the L3: 83 ns per row plus 16 GB/s; 9.5 GB/s for the 512-wide rows of code-wide-4x3, 15-19 GB/s for
+# 4096-wide ones, VALIDATION.md). So a CPU's microbenchmarks take the widths its decoders run past the cache
+# (code-wide-4x3: 512 and 1408; T5-Base: 768 and 2048), never only a large model's, whose long rows stream faster.
+# Few-row products (BLAS's GEMM at 2-4 rows: a SPEED stage's G rows) stream slower still, at every width.
+CPU_GEMV_SHAPES = ((1, 512, 512), (1, 1408, 512), (1, 512, 1408), (1, 2048, 768), (1, 768, 2048), (1, 4096, 4096))
+CPU_FEW_ROW_SHAPES = ((3, 1408, 512), (3, 512, 512), (2, 512, 1408), (4, 768, 2048), (3, 2048, 768))
+# Bytes of weights a product microbenchmark rotates through, so that each call streams its weight from DRAM: past
+# the largest last-level cache here (a 32 MiB L3 four times, an H100's 50 MB L2 twice), whatever the weight's size
+ROTATED_WEIGHT_BYTES = 128 << 20
+MAX_ROTATED_WEIGHTS = 256
+
 # (heads, KV heads, head_dim) of the decode-attention benchmark: a small and a large model
 _ATTENTION_HEADS = ((12, 12, 64), (32, 32, 128))
 
@@ -175,10 +188,16 @@ def _sizes(cuda: bool, quick: bool) -> _Sizes:
     max_copy = (2 << 30) if cuda else (256 << 20 if quick else 1 << 30)
     copy_sizes = [1 << s for s in range(16, max_copy.bit_length()) if (1 << s) <= max_copy][:: 2 if quick else 1]
     gemm_shapes = [(4096, 4096, 4096), (8192, 8192, 8192)] if cuda else [(512, 512, 512), (1024, 1024, 1024)]
-    gemv_shapes = [(1, 768, 768), (1, 2048, 768), (1, 768, 2048), (1, 4096, 4096), (1, 11008, 4096), (1, 32128, 768)]
-    few_row_shapes = [(2, 768, 2048), (3, 2048, 768), (4, 768, 2048), (4, 4096, 4096), (8, 4096, 4096)]
-    if quick:  # a GEMV and a few-row product each of a small model's width and of a large one's
-        gemv_shapes, few_row_shapes = gemv_shapes[1:4] + gemv_shapes[5:], few_row_shapes[:2] + few_row_shapes[3:4]
+    if cuda:
+        gemv_shapes = [(1, 768, 768), (1, 2048, 768), (1, 768, 2048), (1, 4096, 4096), (1, 11008, 4096),
+                       (1, 32128, 768)]
+        few_row_shapes = [(2, 768, 2048), (3, 2048, 768), (4, 768, 2048), (4, 4096, 4096), (8, 4096, 4096)]
+        if quick:  # a GEMV and a few-row product each of a small model's width and of a large one's
+            gemv_shapes, few_row_shapes = gemv_shapes[1:4] + gemv_shapes[5:], few_row_shapes[:2] + few_row_shapes[3:4]
+    else:  # CPU_GEMV_SHAPES: the widths this CPU decodes past its cache
+        gemv_shapes, few_row_shapes = list(CPU_GEMV_SHAPES), list(CPU_FEW_ROW_SHAPES)
+        if quick:
+            gemv_shapes, few_row_shapes = gemv_shapes[:4], few_row_shapes[:3]
     elem_sizes = [1 << s for s in (20, 24, 27)] if cuda else [1 << s for s in (16, 20, 24)]
     attn_lengths = [128, 512, 2048] if not quick else [128, 1024]
     return _Sizes(copy_sizes, gemm_shapes + gemv_shapes + few_row_shapes, elem_sizes, attn_lengths)
@@ -224,7 +243,8 @@ def _bench_gemm(b: _Bench, dtype_name: str, shapes: list[tuple[int, int, int]]) 
     dtype = getattr(torch, dtype_name)
     results = []
     for m, n, k in shapes:
-        count = max(1, min(6, (512 << 20) // (2 * n * k * 2)))  # rotate weights past the cache
+        weight_bytes = n * k * torch.finfo(dtype).bits // 8
+        count = max(1, min(MAX_ROTATED_WEIGHTS, -(-ROTATED_WEIGHT_BYTES // weight_bytes)))  # past the cache
         linear = cycling(F.linear, [b.rand(m, k, dtype=dtype) for _ in range(count)],
                          [b.rand(n, k, dtype=dtype) for _ in range(count)])
         seconds = b.timer(linear, _repeat_for(2 * m * n * k / (5e14 if b.cuda else 5e11) + 2 * n * k / 2e12))

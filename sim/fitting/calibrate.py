@@ -232,18 +232,23 @@ Efficiencies = tuple[float, float]  # (compute, memory)
 FIXED_S_BOUNDS = (0.0, 1e-2)  # a fitted fixed time per kernel, s
 
 
-def fixed_start(work_c: np.ndarray, work_m: np.ndarray, measured: np.ndarray) -> float:
+def fixed_start(work_c: np.ndarray, work_m: np.ndarray, measured: np.ndarray,
+                max_fixed_s: float = FIXED_S_BOUNDS[1]) -> float:
     """Where a fit of the fixed time starts: the median of measured minus work at unit efficiency. A start below
     the shortest kernel would sit where max(work + fixed, kernel_min) does not move with the fixed time, and the
     fit would not move from it."""
-    return float(np.clip(np.median(measured - np.maximum(work_c, work_m)), 1e-9, FIXED_S_BOUNDS[1]))
+    return float(np.clip(np.median(measured - np.maximum(work_c, work_m)), 1e-9, max_fixed_s))
 
 
-def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | None = None) -> Efficiencies:
+def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | None = None,
+                        max_fixed_s: float = FIXED_S_BOUNDS[1]) -> Efficiencies:
     """(compute, memory) efficiencies that best explain microbenchmark samples, error relative to each (their fixed
-    time is fitted too, and not kept: the decoders' kernels fit theirs). Large products pin the compute
-    efficiency, memory-bound calls the memory one; `compute` given (samples that never reach the compute bound
-    cannot tell it), only the memory efficiency is fitted."""
+    time is fitted too, at most `max_fixed_s`, and not kept: the decoders' kernels fit theirs). Large products pin
+    the compute efficiency, memory-bound calls the memory one; `compute` given (samples that never reach the
+    compute bound cannot tell it), only the memory efficiency is fitted. `max_fixed_s`: what a call costs beyond
+    its work, at most (calibrate, on a cpu: the microbenchmark's tiniest call); a free one took up to 53 us of the
+    memory-bound products' time on a CPU, whose one-row products stream short rows slower (reference.capture.
+    microbench.CPU_GEMV_SHAPES), and the efficiency kept was a quarter too high for the decoders' products."""
     work_c = np.array([c for c, _, _ in samples])
     work_m = np.array([m for _, m, _ in samples])
     measured = np.array([t for _, _, t in samples])
@@ -252,8 +257,8 @@ def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | 
         e_c, e_m, fixed = (compute, *x) if compute is not None else x
         return (np.maximum(np.maximum(work_c / e_c, work_m / e_m) + fixed, kernel_min_s) - measured) / measured
 
-    x0, lower, upper = [1.0, 1.0, fixed_start(work_c, work_m, measured)], [1e-3, 1e-3, FIXED_S_BOUNDS[0]], [
-        1.0, 1.0, FIXED_S_BOUNDS[1]]
+    x0, lower, upper = [1.0, 1.0, fixed_start(work_c, work_m, measured, max_fixed_s)], [
+        1e-3, 1e-3, FIXED_S_BOUNDS[0]], [1.0, 1.0, max_fixed_s]
     x_scale = [0.1, 0.1, 1e-6]
     keep = slice(1, 3) if compute is not None else slice(0, 3)
     fit = least_squares(residuals, x0=x0[keep], bounds=(lower[keep], upper[keep]), x_scale=x_scale[keep],
@@ -262,8 +267,8 @@ def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | 
     return float(e_c), float(e_m)
 
 
-def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str | None], Samples] | None = None
-                ) -> tuple[dict, dict]:
+def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str | None], Samples] | None = None,
+                max_anchor_fixed_s: float = FIXED_S_BOUNDS[1]) -> tuple[dict, dict]:
     """(classes, ops) sections of a hwconfig: efficiencies and a fixed time per kernel class, and a fixed time
     of its own for each op kind seen at least MIN_OP_SAMPLES times. A class with `anchors` (microbench_samples)
     takes its compute and memory efficiencies from them, and a matrix product's op kind its own memory efficiency
@@ -271,7 +276,7 @@ def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str 
     all fixed time, and an efficiency fitted to them alone says nothing about large ones (on a CPU it made large
     copies 25x too slow). Op kinds of a class differ in fixed cost (on a GPU a mean is a two-pass kernel, a
     multiply one pass; on a CPU each op kind has its own dispatch cost). The LM head's products are matrix
-    products: the matmul anchors serve them."""
+    products: the matmul anchors serve them. `max_anchor_fixed_s`: anchor_efficiencies' `max_fixed_s`."""
     def entry(samples: Samples, efficiencies: Efficiencies | None = None) -> dict[str, float]:
         e_c, e_m, fixed = fit_class(samples, hw.host.kernel_min_s, efficiencies=efficiencies)
         out = {"efficiency": round(e_c, 4), "fixed_s": float(f"{fixed:.4g}")}
@@ -285,15 +290,17 @@ def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str 
         source = "matmul" if cls == "lm_head" else cls
         mine = {op: samples for (c, op), samples in sorted(by_op.items()) if c == cls}
         pooled = [s for samples in mine.values() for s in samples]
-        class_eff = anchor_efficiencies(anchors[source, None], kmin) if (source, None) in anchors else None
+        class_eff = (anchor_efficiencies(anchors[source, None], kmin, max_fixed_s=max_anchor_fixed_s)
+                     if (source, None) in anchors else None)
         classes[cls] = entry(pooled[:: max(1, len(pooled) // MAX_SAMPLES)], class_eff)
         fitted = {}
         for op, samples in mine.items():
             own = (source, op) in anchors
             if len(samples) >= MIN_OP_SAMPLES or own:
+                inherited = (classes[cls]["efficiency"], classes[cls].get("memory_efficiency",
+                                                                           classes[cls]["efficiency"]))
                 fitted[op] = entry(samples, anchor_efficiencies(anchors[source, op], kmin, compute=classes[cls][
-                    "efficiency"]) if own else (classes[cls]["efficiency"], classes[cls].get(
-                        "memory_efficiency", classes[cls]["efficiency"])))
+                    "efficiency"], max_fixed_s=max_anchor_fixed_s) if own else inherited)
         if fitted:
             ops[cls] = fitted
     return classes, ops
@@ -439,7 +446,10 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
                          "--measured traces; run reference.capture.microbench without --only all_reduce")
     if eager:
         anchors = microbench_samples(mb, hw, {t.header.dtype for t in eager})
-        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors)
+        # on a cpu a microbenchmark call costs at most its tiniest call beyond its work (its dispatch and an empty
+        # kernel; docs/cpu-dram-products.md); a GPU's library products keep a free fixed time (not measured here)
+        max_fixed_s = max(mb["kernel_min_s"], 1e-8) if hw.kind == "cpu" else FIXED_S_BOUNDS[1]
+        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors, max_fixed_s)
         raw["sources"]["classes"] = "fitted: the kernel times of " + _names(eager) + " (and the microbenchmarks)"
         report["classes"], report["ops"] = raw["classes"], raw["ops"]
     host_traces = eager if host_traces is None else host_traces

@@ -235,6 +235,19 @@ def library_shares(paths: list[Path], hw: HwConfig) -> str:
             "compiled run: " + ", ".join(shares) + ".")
 
 
+def product_rates(mb: dict) -> str:
+    """A sentence: the weight bytes per second of the float32 products of few rows in the microbenchmark `mb`,
+    per number of rows and weight (rows x columns), from which the products' memory efficiencies are fitted."""
+    rates = [f"{g['m']} row{'s' * (g['m'] > 1)} {g['n']}x{g['k']} {g['n'] * g['k'] * 4 / g['seconds'] / 1e9:.1f}"
+             for g in mb.get("gemm", []) if g["dtype"] == "float32" and g["m"] <= 8]
+    return ("Products of few rows past the L3 (`cpu-calibrated.microbench.json`, weights rotated past the cache; GB/s "
+            "of weights read): " + ", ".join(rates) + ". A one-row product (BLAS's GEMV) streams short rows slower "
+            "(about one DRAM latency per row beyond its bytes), so the microbenchmarks take the widths this CPU "
+            "decodes (code-wide-4x3: 512 and 1408), and their fit's fixed time is bounded by the tiniest call, so that "
+            "this slowness stays in the efficiency the decoders' products use. One efficiency per op kind still "
+            "averages the widths: code-wide-4x3's 512-wide rows stream slower than it.")
+
+
 def compiled_section(loop: Path, every: HwConfig, held: HwConfig, lines: list[str]) -> None:
     """The CPU loop's compiled measurements against both calibrated hwconfigs, per stage and end to end."""
     fits = (compiled_fit_set(every), compiled_fit_set(held))
@@ -256,7 +269,10 @@ def compiled_section(loop: Path, every: HwConfig, held: HwConfig, lines: list[st
               f"{generated.efficiency:.3f}; library kernels at the eager calibration's). Traces not marked are judged, "
               "not fitted; `cpu-heldout.yaml` has the compiled figures fitted to the two marked (fit to two) and is "
               "judged on the others. CI fails when the median end-to-end or stage error of the traces marked (fit) "
-              "against `cpu-calibrated.yaml` passes 25% (targets: 10% end to end, 15% per stage).", "",
+              "against `cpu-calibrated.yaml` passes 25% (targets: 10% end to end, 15% per stage), when "
+              "code-wide-4x3's (weights past the L3, judged) median end-to-end error passes 35%, and when the held-out "
+              "median end-to-end error against `cpu-heldout.yaml` passes 30% (targets 10% and 15%; margins for DRAM "
+              "bandwidth shared with other processes).", "",
               "| compiled trace | tokens | measured ms | stages summed ms | projected ms | end-to-end error | "
               "stage median \\|e\\| | end-to-end error, fit to two | stage median \\|e\\|, fit to two | "
               "compile s (variants) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -267,6 +283,7 @@ def compiled_section(loop: Path, every: HwConfig, held: HwConfig, lines: list[st
     lines += ["", "Measured: the median end-to-end time of the timed runs; stages summed: the medians of its "
               "stages, summed (a gap between the two is the time before the first stage, or runs that a busy machine "
               "stretched). " + library_shares(paths, every), "",
+              product_rates(json.loads((loop / "cpu-calibrated.microbench.json").read_text())), "",
               "| hwconfig, traces | metric | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, what in (("fit", "`cpu-calibrated.yaml`, the traces fitted (gated)"),
