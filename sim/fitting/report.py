@@ -283,7 +283,7 @@ def compiled_section(loop: Path, every: HwConfig, held: HwConfig, lines: list[st
     lines += ["", "Measured: the median end-to-end time of the timed runs; stages summed: the medians of its "
               "stages, summed (a gap between the two is the time before the first stage, or runs that a busy machine "
               "stretched). " + library_shares(paths, every), "",
-              product_rates(json.loads((loop / "cpu-calibrated.microbench.json").read_text())), "",
+              product_rates(load_microbench(loop / "cpu-calibrated.microbench.json")), "",
               "| hwconfig, traces | metric | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, what in (("fit", "`cpu-calibrated.yaml`, the traces fitted (gated)"),
