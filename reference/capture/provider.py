@@ -339,7 +339,7 @@ def resolve_quant(cfg: ModelConfig, model: str | dict[str, Any], quant: str | No
     return quant
 
 
-def cached_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, quant: str | None) -> Path:
+def cached_trace(cfg: ModelConfig, r: dict[str, Any], flips: str | None, quant: str | None = None) -> Path:
     """Where the trace of request `r` is cached: named by the config's digest, the tensor-parallel degree, the
     weight scheme `quant` and the code revision, so that a trace made before the reference decoder changed is not
     reused. The parts of the name that come from inputs are bounded: the model's name cut to NAME_CHARS of
