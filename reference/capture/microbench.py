@@ -422,7 +422,8 @@ def _resource_benchmarks(dev: torch.device, dtypes: tuple[str, ...], quick: bool
             out["elementwise"] += _bench_elementwise(b, dtype_name, sizes.elementwise)
             out["attention"] += _bench_attention(b, dtype_name, sizes.attention)
         # after the others: their inputs stay those of the generator's draws before (a saved run compares)
-        out["quant"] = [r for dtype_name in quant_dtypes for r in _bench_quant(b, dtype_name)]
+        quant = [r for dtype_name in quant_dtypes for r in _bench_quant(b, dtype_name)]
+        out |= {"quant": quant} if quant else {}
         out.update(_bench_launch(b))
     return out
 
