@@ -153,9 +153,9 @@ def check_microbench(raw: Any, where: str) -> dict[str, Any]:
     for key in (*DECODE_ROWS, *QUANT_ROWS):
         if key in raw:
             _check_rows(where, key, raw[key])
-    if not present and not raw.get("all_reduce") and not any(k in raw for k in DECODE_ROWS):
+    if not present and not raw.get("all_reduce") and not any(k in raw for k in (*DECODE_ROWS, *QUANT_ROWS)):
         raise MicrobenchError(where, None, f"no results: neither the resource benchmarks ({', '.join(ROWS)}), "
-                              f"all_reduce rows nor the decode sweeps ({', '.join(DECODE_ROWS)})")
+                              f"all_reduce rows, the decode sweeps ({', '.join(DECODE_ROWS)}) nor quant rows")
     try:
         all_reduce_rows(raw)
     except ValueError as err:  # names the row and its field
