@@ -124,9 +124,9 @@ ATTENTION_LENGTHS = tuple(128 << i for i in range(9))
 # machine decodes: code-wide-4x3 (512 wide, past the L3 in float32) and tiny-4x3 (grouped-query, 4 on 2)
 DECODE_PRESETS = {"cuda": ("llama2-7b", "t5-base-12", "llama-1b"), "cpu": ("code-wide-4x3", "tiny-4x3")}
 # Rows of the quantized products: a sequential step, SPEED's stage rows (within and past ATen's cpu row block of 4)
-# and a batch; their weights (n, k) a small model's and one past a 2 MiB L2 in int8
+# and a batch; their weights (n, k) a tiny preset's (the fixed time shows), a small model's and one past a 2 MiB L2
 QUANT_ROWS = (1, 2, 4, 8, 16)
-QUANT_SHAPES = ((512, 512), (2048, 1024))
+QUANT_SHAPES = ((128, 128), (512, 512), (2048, 1024))
 QUANT_SCHEMES = ("int8", "int4-g32")  # per channel, and the smallest groups (the most scales per weight)
 SWEEPS = ("resources", "all_reduce", "decode_gemm", "decode_attention")  # what --only selects
 

@@ -445,6 +445,7 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
     if eager:
         anchors = microbench_samples(mb, hw, {t.header.dtype for t in eager})
         raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors)
+        _quantized_op_fits(raw, report)
         raw["sources"]["classes"] = "fitted: the kernel times of " + _names(eager) + " (and the microbenchmarks)"
         report["classes"], report["ops"] = raw["classes"], raw["ops"]
     host_traces = eager if host_traces is None else host_traces
@@ -474,6 +475,16 @@ def _calibrate_dequant(raw: dict[str, Any], hw: HwConfig, mb: dict[str, Any], tr
         raise ValueError(f"{mb_path}: no quantized-product rows (quant) in {', '.join(sorted(dtypes))} to fit the "
                          "dequant section that --measured quantized traces need, and the base hwconfig has none; "
                          "run reference.capture.microbench on the cpu")
+
+
+def _quantized_op_fits(raw: dict[str, Any], report: dict[str, Any]) -> None:
+    """The quantized products' op kinds, into `raw`'s ops section, at unit efficiency with their fixed times from
+    the dequant fit (sim.fitting.dequant: its rate is the achieved one), where the traces' kernel fits gave them
+    none: the matmul class's fixed time is F.linear's, and a packed op's dispatch costs far less."""
+    fixed = report.get("dequant", {}).get("fixed_s", {})
+    ops = raw["ops"].setdefault("matmul", {}) if fixed else {}
+    for op, fixed_s in fixed.items():
+        ops.setdefault(op, {"efficiency": 1.0, "fixed_s": float(f"{fixed_s:.4g}")})
 
 
 def _calibrate_host(raw: dict[str, Any], hw: HwConfig, traces: list[Trace], report: dict[str, Any]) -> None:
@@ -593,8 +604,9 @@ def _print_report(out: Path, report: dict[str, Any]) -> None:
     if "dequant" in report:
         d = report["dequant"]
         print(f"dequant fitted to {d['rows']} quantized products: {d['ops_per_s'] / 1e9:.3g} Gop/s, one pass per "
-              f"{d['rows_per_pass']} rows (fixed {d['fixed_s'] * 1e6:.1f} us; fit cost per row block: " + ", ".join(
-                  f"{b}: {f['cost']:.3g}" for b, f in d["fits"].items()) + ")")
+              f"{d['rows_per_pass']} rows (fit cost per row block: " + ", ".join(
+                  f"{b}: {f['cost']:.3g}" for b, f in d["fits"].items()) + "); fixed per op kind: " + ", ".join(
+                  f"{op} {s * 1e6:.2f} us" for op, s in d["fixed_s"].items()))
     if "launch_eager_s" in report:
         print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
               + (f"(microbenchmark: {report['measured']['launch_eager_s'] * 1e6:.2f} us)" if "measured" in report

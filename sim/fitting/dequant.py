@@ -6,10 +6,13 @@
 sim.kernels times a weight-only product as its product's work plus its dequantization (on a cpu the same vector
 ports do both: `compute_s = product + dequant_s`), the dequantization `dequant_ops` operations per weight, once per
 block of `rows_per_pass` rows, at `ops_per_s` (times the vector efficiency). Per candidate row block
-(ROWS_PER_PASS), the rate and a fixed time per call are fitted (least squares on relative error, as the kernel
-classes are); the block whose fit explains the rows best is kept. Which block fits is a property of the kernel the
-dtype runs: on this x86 cpu ATen's float32 path dequantizes per row (time grows with every row), its bfloat16 path
-per block of rows (vectorized; sim.hardware's `dequant.rows_per_pass` source for the Xeon: BLOCK_M = 4).
+(ROWS_PER_PASS), the rate and a fixed time per op kind (the packed int8 and int4 ops, one row or more: ATen's dispatch
+and the kernel's set-up, far below F.linear's on a cpu) are fitted (least squares on relative error, as the kernel
+classes are); the block whose fit explains the rows best is kept, and its fixed times become the op kinds' fits (`ops`
+section, at unit efficiency: the rate is the achieved one) where the decodes' traces fit none. Which block fits is a
+property of the kernel the dtype runs: on this x86 cpu ATen's float32 path dequantizes per row (time grows with every
+row), its bfloat16 path per block of rows (vectorized; sim.hardware's `dequant.rows_per_pass` source for the Xeon:
+BLOCK_M = 4).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from sim.hardware import Dequant, HwConfig
-from sim.kernels import kernel_cost, kernel_of
+from sim.kernels import kernel_cost, kernel_of, op_kind
 from sim.trace import OpRecord, one_op_trace
 
 ROWS_PER_PASS = (1, 2, 4, 8, 16)  # the row blocks tried: per row, up to a 16-row tile (tinygemm's on a GPU)
@@ -60,30 +63,38 @@ def _samples(rows: list[dict[str, Any]], hw: HwConfig) -> tuple[np.ndarray, ...]
     return tuple(map(np.array, (compute, memory, work, measured)))
 
 
-def _fit_block(rows_per_pass: int, m: np.ndarray, samples: tuple[np.ndarray, ...]) -> tuple[float, float, float]:
-    """(ops_per_s, fixed_s, cost) of one row block: max(product + work x passes / rate, memory) + fixed."""
+def _fit_block(rows_per_pass: int, m: np.ndarray, kind: np.ndarray, samples: tuple[np.ndarray, ...]
+               ) -> tuple[float, list[float], float]:
+    """(ops_per_s, fixed_s per op kind (index `kind`), cost) of one row block: max(product + work x passes / rate,
+    memory) + the op kind's fixed time."""
     compute, memory, work, measured = samples
     passes = np.ceil(m / rows_per_pass)
+    kinds = int(kind.max()) + 1
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        rate, fixed = 10 ** x[0], x[1]
+        rate, fixed = 10 ** x[0], x[1:][kind]
         return (np.maximum(compute + work * passes / rate, memory) + fixed - measured) / measured
 
-    fit = least_squares(residuals, x0=[np.log10(START_OPS_PER_S), 0.0], x_scale=[1.0, 1e-6], loss="soft_l1",
-                        f_scale=0.2, bounds=([6.0, FIXED_S_BOUNDS[0]], [15.0, FIXED_S_BOUNDS[1]]))
-    return float(10 ** fit.x[0]), float(fit.x[1]), float(fit.cost)
+    fit = least_squares(residuals, x0=[np.log10(START_OPS_PER_S)] + [1e-6] * kinds, x_scale=[1.0] + [1e-6] * kinds,
+                        loss="soft_l1", f_scale=0.2,
+                        bounds=([6.0] + [FIXED_S_BOUNDS[0]] * kinds, [15.0] + [FIXED_S_BOUNDS[1]] * kinds))
+    return float(10 ** fit.x[0]), [float(f) for f in fit.x[1:]], float(fit.cost)
 
 
 def fit_dequant(mb: dict[str, Any], hw: HwConfig, dtypes: set[str], mb_path: str
                 ) -> tuple[dict[str, float], dict[str, str], dict[str, Any]] | None:
     """The dequant section (ops_per_s, rows_per_pass), its sources and a report (per row block tried: rate, fixed
-    time, cost), fitted to the `quant` rows of `mb` in `dtypes` (the decodes' dtypes); None where there are none."""
+    times, cost; `fixed_s`: the kept block's fixed time per op kind), fitted to the `quant` rows of `mb` in `dtypes`
+    (the decodes' dtypes); None where there are none."""
     rows = [r for r in mb.get("quant", []) if r["dtype"] in dtypes]
     if not rows:
         return None
     samples = _samples(rows, hw)
     m = np.array([r["m"] for r in rows], dtype=float)
-    fits = {block: _fit_block(block, m, samples) for block in ROWS_PER_PASS}
+    names = [op_kind(quant_op(r)) for r in rows]
+    kinds = sorted(set(names))
+    kind = np.array([kinds.index(n) for n in names])
+    fits = {block: _fit_block(block, m, kind, samples) for block in ROWS_PER_PASS}
     block = min(fits, key=lambda b: fits[b][2])
     rate, fixed, _ = fits[block]
     section = {"ops_per_s": float(f"{rate:.4g}"), "rows_per_pass": block}
@@ -92,6 +103,6 @@ def fit_dequant(mb: dict[str, Any], hw: HwConfig, dtypes: set[str], mb_path: str
     sources = {"dequant.ops_per_s": where,
                "dequant.rows_per_pass": f"{where}: the row block of {ROWS_PER_PASS} whose fit explains them best"}
     report = {"rows": len(rows), "ops_per_s": section["ops_per_s"], "rows_per_pass": block,
-              "fits": {b: {"ops_per_s": r, "fixed_s": f, "cost": c} for b, (r, f, c) in fits.items()},
-              "fixed_s": fixed}
+              "fits": {b: {"ops_per_s": r, "cost": c} for b, (r, _, c) in fits.items()},
+              "fixed_s": dict(zip(kinds, fixed))}
     return section, sources, report
