@@ -155,7 +155,9 @@ def quant_section(loop: Path, hw: HwConfig, lines: list[str]) -> None:
               "fit: the quantized products are timed with `cpu-calibrated.yaml`'s `dequant` section, fitted to the "
               f"quantized-product microbenchmarks alone ({d.ops_per_s / 1e9:.3g} Gop/s, one pass per "
               f"{d.rows_per_pass} row(s)), and the matmul class's fit. CI fails when the median end-to-end or stage "
-              "error passes 25%.", "",
+              "error passes 25%. Per op, the measured times are the capture's, scaled per stage to the untraced "
+              "stage time (`extra.op_time_scale`): the scale takes capture overhead from every op alike, and the "
+              "products, mostly work, read faster than they ran.", "",
               "| quantized trace | measured ms | projected ms | end-to-end error | stage median \\|e\\| | quantized "
               "product median \\|e\\| (bias) |", "| --- | --- | --- | --- | --- | --- |"]
     every: dict[str, list] = {}
