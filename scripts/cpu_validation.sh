@@ -32,19 +32,31 @@
 # traces against cpu-calibrated.yaml (the single-process kernel fit and the same interconnect), in VALIDATION.md
 # (python -m sim.fitting.report --cpu-loop DIR).
 #
+# Weight-only quantization, in the same loop: tiny-4x3 decoded over int8 and int4-g32 weights (sequential and SPEED,
+# 16 tokens), measured interleaved with the five presets (reference.capture.measure --quant) and held out of every
+# kernel and host fit; their quantized products are timed by cpu-calibrated.yaml's dequant section, which
+# sim.fitting.calibrate fits to the quantized-product microbenchmarks alone (sim.fitting.dequant). float32, as the
+# rest of the loop: the one hwconfig fitted to float32 decodes then times every other op of them, and ATen's
+# float32 packed products (a scalar path dequantizing every weight for every row, 10-30x slower than the bfloat16
+# one) make the dequantization a visible share of the decode, the term under test. Fails above ${MAX_ERROR:-25}%
+# (median end to end) or ${MAX_STAGE_ERROR:-25}% (median stage).
+#
 # Everything runs on one thread (--threads 1), timed by that thread's CPU time (reference/capture/clock.py): on a
 # busy 2-core machine, two threads make a run wait for a descheduled thread at every parallel region (decode runs
 # of 40 ms took 5 s), and wall times of one thread still stretched threefold while other processes ran.
 set -euo pipefail
 out=${1:-$(mktemp -d)}
-mkdir -p "$out/compiled"
+mkdir -p "$out/compiled" "$out/quant"
 # one interleaved measurement: each round runs every preset once, so a slow phase of the machine (which made one
 # preset 40% slower than the others in a CI run measured preset by preset) touches them all alike
 job() { echo "--preset $1 --decoder $2 ${3:+--flips $3} --out $out/$1.$2.jsonl.gz"; }
+qjob() { echo "--preset tiny-4x3 --decoder $2 ${3:+--flips $3} --quant $1 --tokens 16 --out $out/quant/tiny-4x3.$2.$1.jsonl.gz"; }
 python -m reference.capture.measure --device cpu --threads 1 --dtype float32 --tokens 32 --warmup 1 --repeats 5 \
   --op-repeats 3 --quiet \
   --job "$(job tiny-6 sequential)" --job "$(job tiny-4x3 speed 0.09,0.04)" --job "$(job tiny-4x3 sequential)" \
-  --job "$(job tiny-2x3 speed 0.15,0.06)" --job "$(job tiny-t5-2x3 speed 0.09,0.04)"
+  --job "$(job tiny-2x3 speed 0.15,0.06)" --job "$(job tiny-t5-2x3 speed 0.09,0.04)" \
+  --job "$(qjob int8 sequential)" --job "$(qjob int8 speed 0.09,0.04)" --job "$(qjob int4-g32 sequential)" \
+  --job "$(qjob int4-g32 speed 0.09,0.04)"
 # compiled: the warm-up compiles every variant (one per rows in flight; reported, excluded), then timed runs.
 # 128 tokens for the tiny presets: the first stages after eager work (and after a change of rows in flight) run
 # with cold caches, a share of the decode that shrinks with its length; code-wide-4x3's stages take milliseconds
@@ -74,6 +86,10 @@ python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml"
 echo "compiled, code-wide-4x3 (weights past the L3), judged, not fitted (gated):"
 python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml" \
   --measured "$out"/compiled/code-wide-4x3.*.jsonl.gz --max-error "${MAX_DRAM_ERROR:-35}" | summary
+echo "quantized, int8 and int4-g32 tiny-4x3, held out but the dequant microbenchmarks (gated; full report: $out/validation-quant.txt):"
+python -m sim.fitting.validate --hw "$out/cpu-calibrated.yaml" --measured "$out"/quant/*.jsonl.gz \
+  --max-error "${MAX_ERROR:-25}" --max-stage-error "${MAX_STAGE_ERROR:-25}" | tee "$out/validation-quant.txt" \
+  | awk '/^all [0-9]+ traces/ {on = 1; next} on && /^(stage|end_to_end|kernel:matmul) /'
 # tensor parallelism: 16 tokens, 2 ranks (57 s with the validation on the development machine at load 10)
 tpjob() { echo "--preset tiny-4x3 --decoder $1 ${2:+--flips $2} --out $out/tp/tiny-4x3.$1.tp2.jsonl.gz"; }
 mkdir -p "$out/tp"

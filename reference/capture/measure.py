@@ -5,6 +5,8 @@
     python -m reference.capture.measure --device cpu --compile --preset P --decoder D --out FILE   # compiled
     python -m reference.capture.measure --device cpu --tp 2 --preset P --decoder D --out FILE     # 2 gloo ranks
 
+    python -m reference.capture.measure --device cpu --quant int8 --dtype bfloat16 --preset P --decoder D --out FILE
+
 Several `--job`s are measured together, their runs interleaved (each round runs every job once).
 
 1. Warm-up runs (not timed).
@@ -84,6 +86,8 @@ from reference.config import get_preset
 from reference.model import SharedDecoder
 from reference.parallel import TensorParallel, check_degree, shard
 from reference.pipeline import Row
+from reference.quant import SCHEMES, check_quantizable, quantize
+from reference.quant import check_tp as check_quant_tp
 from reference.ranks import LocalRanks, RankFailure
 from sim.command import check_outputs, integer, number, run_command
 from sim.trace import OpRecord, StageRecord, Trace, TraceHeader
@@ -203,6 +207,7 @@ class Job:
     command: str = ""
     compiled: bool = False
     tp: int = 1
+    quant: str | None = None  # a weight-only scheme of the block projections (reference.quant.SCHEMES); None: float
     end_to_end_s: list[float] = field(default_factory=list)
     stage_times_s: list[list[float]] = field(default_factory=list)
     op_times_s: list[list[float]] = field(default_factory=list)
@@ -212,11 +217,20 @@ class Job:
         """Model (rank `tp.rank`'s shard where `tp` is given) and workload (a bad preset or --flips fails here,
         before any job runs)."""
         self.cfg = get_preset(self.preset)
+        self.check_quant()
         model = SharedDecoder(self.cfg, device=dev, dtype=self.dtype, seed=self.seed)
+        if self.quant is not None:  # quantized whole, then sharded (reference.quant: a rank keeps whole groups)
+            quantize(model, self.quant)
         self.model = model if tp is None else shard(model, tp)
         self.prompts, self.sources = tracing.workload(self.cfg, self.batch, self.prompt_len, self.source_len,
                                                       self.seed)
         self.oracle()
+
+    def check_quant(self) -> None:
+        """A ValueError naming --quant where the preset (or its shards) cannot take the scheme."""
+        if self.quant is not None:
+            check_quantizable(self.cfg, self.quant)
+            check_quant_tp(self.cfg, self.quant, self.tp)
 
     def oracle(self) -> Any:  # a fresh oracle per run: every run draws the same flips
         return tracing.flip_oracle(self.cfg, self.flips, self.seed, self.decoder == "sequential")
@@ -293,6 +307,8 @@ class Job:
                  "stage_wall_spread_s": [spread(list(t))["p90"] - spread(list(t))["p10"]
                                          for t in zip(*self.stage_times_s)]}
         extra |= self._compiled_extra() if self.compiled else self._op_times(dev)
+        if self.quant is not None:
+            extra["quant"] = self.quant  # for people: the ops carry their weight format (sim/trace/FORMAT.md)
         tracing.write_trace(self.out, self._header(dev, extra), capture)
         return {"preset": self.preset, "decoder": self.decoder, "ops": len(capture.ops),
                 "stages": len(capture.stages), "end_to_end_s": e2e, "op_time_sum_s": extra.get("op_time_sum_s"),
@@ -378,6 +394,7 @@ class ParallelJob(Job):
             raise ValueError(f"--tp {self.tp} with --compile: compiled tensor-parallel decoding is not measured")
         self.cfg = get_preset(self.preset)
         check_degree(self.cfg, self.tp)
+        self.check_quant()
         self.oracle()  # a bad --flips fails here, not on the ranks
         self.ranks.run(_rank_step, str(self.out), "build", self.spec())
 
@@ -471,21 +488,21 @@ def measure_jobs(jobs: list[Job], device: str, warmup: int = 2, repeats: int = 5
 
 def make_job(preset: str, decoder: str, tokens: int, out: Path, dtype: torch.dtype, batch: int = 1,
              prompt_len: int = 16, source_len: int = tracing.DEFAULT_SOURCE_LEN, flips: str | None = None,
-             seed: int = 0, command: str = "", compiled: bool = False, tp: int = 1) -> Job:
-    """A Job, or a ParallelJob of `tp` > 1 ranks."""
+             seed: int = 0, command: str = "", compiled: bool = False, tp: int = 1, quant: str | None = None) -> Job:
+    """A Job, or a ParallelJob of `tp` > 1 ranks; `quant`: its block projections quantized (reference.quant)."""
     return (ParallelJob if tp > 1 else Job)(preset, decoder, tokens, out, dtype, batch, prompt_len, source_len, flips,
-                                            seed, command, compiled, tp)
+                                            seed, command, compiled, tp, quant)
 
 
 def measure(preset: str, decoder: str, tokens: int, out: Path, device: str, dtype: torch.dtype, batch: int = 1,
             prompt_len: int = 16, source_len: int = tracing.DEFAULT_SOURCE_LEN, flips: str | None = None,
             seed: int = 0, warmup: int = 2, repeats: int = 5, op_repeats: int = 3, command: str = "",
             progress: bool = True, compiled: bool = False, threads: int | None = None, tp: int = 1,
-            timeout_s: float = tracing.RANK_TIMEOUT_S) -> dict[str, Any]:
+            timeout_s: float = tracing.RANK_TIMEOUT_S, quant: str | None = None) -> dict[str, Any]:
     """Measure one configuration and write its measured trace to `out`; returns a summary. `compiled`: compiled
-    decoding; `tp` > 1: on that many local gloo ranks (module docstring)."""
+    decoding; `tp` > 1: on that many local gloo ranks (module docstring); `quant`: quantized weights."""
     job = make_job(preset, decoder, tokens, out, dtype, batch, prompt_len, source_len, flips, seed, command, compiled,
-                   tp)
+                   tp, quant)
     return measure_jobs([job], device, warmup, repeats, op_repeats, progress, threads, timeout_s)[0]
 
 
@@ -522,6 +539,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout-s", type=number(1.0), default=tracing.RANK_TIMEOUT_S,
                         help="with --tp N > 1: the process group's timeout, after which a collective waiting on a "
                         f"failed rank fails (default {tracing.RANK_TIMEOUT_S:g})")
+    parser.add_argument("--quant", choices=SCHEMES, help="quantize the block projections' weights first "
+                        "(reference.quant, round to nearest): int8 per output channel or int4 in groups of 32, 64 or "
+                        "128 along K; the packed products are timed as one op each, with their weight format "
+                        "(trace format 6); in bfloat16 on this cpu ATen's packed kernels are vectorized, in float32 "
+                        "they run scalar paths; for all jobs, or inside one --job")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -533,6 +555,7 @@ def _jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Job
     job_parser.add_argument("--out", type=Path)
     job_parser.add_argument("--compile", action="store_true")
     job_parser.add_argument("--tp", type=integer(1))
+    job_parser.add_argument("--quant", choices=SCHEMES)
     command = " ".join(["python -m reference.capture.measure", *sys.argv[1:]])
     jobs = []
     for text in args.job or [""]:
@@ -543,7 +566,7 @@ def _jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Job
             parser.error(f"{' and '.join(missing)} required" + (f" in --job {text!r}" if text else ""))
         jobs.append(make_job(flags.preset, flags.decoder, flags.tokens, flags.out, getattr(torch, flags.dtype),
                              flags.batch, flags.prompt_len, flags.source_len, flags.flips, flags.seed, command,
-                             flags.compile, flags.tp))
+                             flags.compile, flags.tp, flags.quant))
     return jobs
 
 

@@ -5,6 +5,9 @@
   past the cache (memory-bound): one row (GEMV) and a few rows;
 - elementwise: a multiply over large tensors (vector units / memory), per dtype;
 - attention: scaled_dot_product_attention at decode shapes (one query row over L keys, 4-D), per dtype;
+- quant: weight-only quantized products as the quantized decoder runs them (reference.quant's layers on ATen's packed
+  ops: int8 per channel, int4 in groups of 32) at decode rows 1 to 16, per dtype the packed ops take; rows name the
+  op and its weight format (packed weight, scale and zero bytes, dequantization operations per weight and row);
 - launch: host time per tiny op in eager mode (dispatch + launch), with the device kept ahead;
 - kernel_min: device time of a tiny kernel; graph_gap: per-kernel cost of tiny kernels replayed as a graph;
 - all_reduce: seconds per all-reduce over message sizes and world sizes, the decoder's tensor-parallel collective
@@ -45,8 +48,10 @@ from tqdm import tqdm
 from reference.capture.clock import clock_name, host_clock
 from reference.capture.collective_bench import all_reduce_sweep, backend_facts, default_sizes
 from reference.config import ModelConfig, get_preset
+from reference.quant import PACKED_DTYPES, SCHEMES, Int4Linear, Int8Linear
 from sim.command import check_outputs, integer, run_command
 from sim.files import atomic_write
+from sim.opkinds import DEQUANT_OPS
 
 
 class Timer:
@@ -131,6 +136,11 @@ ATTENTION_LENGTHS = tuple(128 << i for i in range(9))
 # 12 heads of 64) and TinyLlama-1.1B (grouped-query: 32 query heads on 4 KV heads); on a cpu the presets this
 # machine decodes: code-wide-4x3 (512 wide, past the L3 in float32) and tiny-4x3 (grouped-query, 4 on 2)
 DECODE_PRESETS = {"cuda": ("llama2-7b", "t5-base-12", "llama-1b"), "cpu": ("code-wide-4x3", "tiny-4x3")}
+# Rows of the quantized products: a sequential step, SPEED's stage rows (within and past ATen's cpu row block of 4)
+# and a batch; their weights (n, k) a tiny preset's (the fixed time shows), a small model's and one past a 2 MiB L2
+QUANT_ROWS = (1, 2, 4, 8, 16)
+QUANT_SHAPES = ((128, 128), (512, 512), (2048, 1024))
+QUANT_SCHEMES = ("int8", "int4-g32")  # per channel, and the smallest groups (the most scales per weight)
 SWEEPS = ("resources", "all_reduce", "decode_gemm", "decode_attention")  # what --only selects
 
 
@@ -267,6 +277,40 @@ def _bench_elementwise(b: _Bench, dtype_name: str, sizes: list[int]) -> list[dic
     return results
 
 
+def _bench_quant(b: _Bench, dtype_name: str, shapes: tuple[tuple[int, int], ...] = QUANT_SHAPES,
+                 rows: tuple[int, ...] = QUANT_ROWS) -> list[dict[str, Any]]:
+    """Seconds per weight-only quantized product of m rows by a weight of n x k in `dtype_name`, through
+    reference.quant's layers (their packed ATen ops), per scheme, shape and rows; each row names its op and weight
+    format as a trace's op carries them (the weight, scales and zero points read, the dequantization work)."""
+    dtype = getattr(torch, dtype_name)
+    results = []
+    for scheme_name in QUANT_SCHEMES:
+        scheme = SCHEMES[scheme_name]
+        for n, k in shapes:
+            linear = torch.nn.Linear(k, n, bias=False, device=b.dev, dtype=dtype)
+            with torch.no_grad():
+                linear.weight.copy_(b.rand(n, k, dtype=dtype) / k ** 0.5)
+            layer = (Int8Linear.from_linear(linear) if scheme.group_size is None
+                     else Int4Linear.from_linear(linear, scheme.group_size))
+            scales = layer.scales if scheme.group_size is None else layer.scales_and_zeros
+            scale_bytes = scales.numel() * scales.element_size()
+            zero_bytes = 0 if scheme.group_size is None else scale_bytes // 2
+            for m in rows:
+                x = b.rand(m, k, dtype=dtype)
+                t0 = b.timer.now()  # one call sizes the repeats: a scalar path (float32) runs 10-30x a vector one
+                layer(x)
+                seconds = b.timer(lambda x=x, layer=layer: layer(x), _repeat_for(b.timer.now() - t0))
+                results.append({"scheme": scheme_name, "op": layer.kernel + ".default", "m": m, "n": n, "k": k,
+                                "dtype": dtype_name, "weight_dtype": f"int{scheme.bits}",
+                                "group_size": scheme.group_size, "weight_shape": list(layer.weight.shape),
+                                "scales_shape": list(scales.shape),
+                                "weight_bytes": layer.weight.numel() * layer.weight.element_size(),
+                                "scale_bytes": scale_bytes - zero_bytes, "zero_bytes": zero_bytes,
+                                "dequant_ops": DEQUANT_OPS[f"int{scheme.bits}"], "seconds": seconds})
+                b.bar.update()
+    return results
+
+
 def _bench_attention(b: _Bench, dtype_name: str, lengths: list[int] | tuple[int, ...],
                      layouts: tuple[tuple[int, int, int], ...] = _ATTENTION_HEADS) -> list[dict[str, Any]]:
     """Seconds per decode attention (one query row over `length` keys) in `dtype_name`, per head layout (heads, KV
@@ -383,7 +427,10 @@ def _resource_benchmarks(dev: torch.device, dtypes: tuple[str, ...], quick: bool
     """copy, gemm, elementwise, attention, launch, kernel_min and graph_gap of one device."""
     sizes = _sizes(dev.type == "cuda", quick)
     per_dtype = len(sizes.gemm) + len(sizes.elementwise) + len(_ATTENTION_HEADS) * len(sizes.attention)
-    steps = len(sizes.copy) + len(dtypes) * per_dtype + 3  # 3: launch, kernel_min and graph_gap
+    quant_dtypes = [d for d in dtypes if getattr(torch, d) in PACKED_DTYPES and dev.type == "cpu"]
+    per_quant = len(QUANT_SCHEMES) * len(QUANT_SHAPES) * len(QUANT_ROWS)
+    steps = len(sizes.copy) + len(dtypes) * per_dtype + len(quant_dtypes) * per_quant + 3  # 3: launch, kernel_min
+    # and graph_gap
     out: dict[str, Any] = {}
     with _bench(dev, quick, steps, progress, "microbenchmarks") as b:
         # the order of the draws from the generator (copy, every gemm, then elementwise and attention per dtype)
@@ -394,6 +441,9 @@ def _resource_benchmarks(dev: torch.device, dtypes: tuple[str, ...], quick: bool
         for dtype_name in dtypes:  # per dtype: calibration uses those of the traces it fits
             out["elementwise"] += _bench_elementwise(b, dtype_name, sizes.elementwise)
             out["attention"] += _bench_attention(b, dtype_name, sizes.attention)
+        # after the others: their inputs stay those of the generator's draws before (a saved run compares)
+        quant = [r for dtype_name in quant_dtypes for r in _bench_quant(b, dtype_name)]
+        out |= {"quant": quant} if quant else {}
         out.update(_bench_launch(b))
     return out
 

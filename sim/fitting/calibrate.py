@@ -21,7 +21,10 @@ kernel times.
    times) fit what compiled projections need and eager fits do not give (sim.fitting.compiled): the host's cost
    per stage (`host.launch_graph_s`) and the fixed times of library and generated kernels called from a compiled
    graph (the `compiled` section), on the wall times of their decode stages.
-5. The microbenchmark's all-reduce sweep fits the `interconnect` section (sim.fitting.collectives: NCCL's link
+5. The quantized-product microbenchmarks (`quant` rows, cpu) in the traces' dtypes fit the `dequant` section
+   (sim.fitting.dequant: the rate of the dequantizing arithmetic and the rows one pass serves), before the kernel
+   fits, which time the traces' quantized products with it.
+6. The microbenchmark's all-reduce sweep fits the `interconnect` section (sim.fitting.collectives: NCCL's link
    efficiency and fixed latency per collective; gloo over loopback its latencies per collective and per message
    and its bandwidth), every third size held out of the fit. A cpu without an interconnect section gets one of
    kind loopback.
@@ -54,6 +57,7 @@ from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
 from sim.fitting.collectives import all_reduce_rows, calibrate_interconnect
 from sim.fitting.compiled import fit_compiled, is_compiled_measurement
+from sim.fitting.dequant import fit_dequant
 from sim.fitting.microbench import MAX_THREADS, check_microbench, load_microbench
 from sim.hardware import HwConfig, load_hwconfig, parse, to_dict
 from sim.kernels import Kernel, KernelCost, kernel_cost
@@ -438,6 +442,7 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
         section, sources, report["interconnect"] = calibrate_interconnect(parse(raw, base.path), rows, mb_path)
         raw["interconnect"] = section
         raw["sources"] |= sources
+    _calibrate_dequant(raw, parse(raw, base.path), mb, traces, mb_path, report)
     hw = parse(raw, base.path)
     eager = [t for t in traces if t.header.measured]
     compiled = [t for t in traces if is_compiled_measurement(t)]
@@ -450,6 +455,7 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
         # kernel; docs/cpu-dram-products.md); a GPU's library products keep a free fixed time (not measured here)
         max_fixed_s = max(mb["kernel_min_s"], 1e-8) if hw.kind == "cpu" else FIXED_S_BOUNDS[1]
         raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors, max_fixed_s)
+        _quantized_op_fits(raw, report)
         raw["sources"]["classes"] = "fitted: the kernel times of " + _names(eager) + " (and the microbenchmarks)"
         report["classes"], report["ops"] = raw["classes"], raw["ops"]
     host_traces = eager if host_traces is None else host_traces
@@ -462,6 +468,33 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
                                                  + _names(compiled))
         report["compiled"] = fit
     return raw, report
+
+
+def _calibrate_dequant(raw: dict[str, Any], hw: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: str,
+                       report: dict[str, Any]) -> None:
+    """The dequant section, into `raw`, fitted to the quantized-product microbenchmarks in the traces' dtypes
+    (sim.fitting.dequant; all of them without traces), before the kernel fits that time the traces' quantized
+    products with it. A ValueError where quantized traces need the section and neither the microbenchmarks nor
+    the base hwconfig give it."""
+    dtypes = {t.header.dtype for t in traces} or {r["dtype"] for r in mb.get("quant", [])}
+    fitted = fit_dequant(mb, hw, dtypes, mb_path)
+    if fitted is not None:
+        raw["dequant"], sources, report["dequant"] = fitted
+        raw["sources"] |= sources
+    elif hw.dequant is None and any(op.weight_dtype for t in traces for op in t.ops):
+        raise ValueError(f"{mb_path}: no quantized-product rows (quant) in {', '.join(sorted(dtypes))} to fit the "
+                         "dequant section that --measured quantized traces need, and the base hwconfig has none; "
+                         "run reference.capture.microbench on the cpu")
+
+
+def _quantized_op_fits(raw: dict[str, Any], report: dict[str, Any]) -> None:
+    """The quantized products' op kinds, into `raw`'s ops section, at unit efficiency with their fixed times from
+    the dequant fit (sim.fitting.dequant: its rate is the achieved one), where the traces' kernel fits gave them
+    none: the matmul class's fixed time is F.linear's, and a packed op's dispatch costs far less."""
+    fixed = report.get("dequant", {}).get("fixed_s", {})
+    ops = raw["ops"].setdefault("matmul", {}) if fixed else {}
+    for op, fixed_s in fixed.items():
+        ops.setdefault(op, {"efficiency": 1.0, "fixed_s": float(f"{fixed_s:.4g}")})
 
 
 def _calibrate_host(raw: dict[str, Any], hw: HwConfig, traces: list[Trace], report: dict[str, Any]) -> None:
@@ -578,6 +611,12 @@ def _print_report(out: Path, report: dict[str, Any]) -> None:
               f"{errors['held_out']:.1f}% on {rows['held_out']} rows held out"
               + (f"; {rows['beyond_the_node']} rows of more ranks than cores left out" if rows["beyond_the_node"]
                  else ""))
+    if "dequant" in report:
+        d = report["dequant"]
+        print(f"dequant fitted to {d['rows']} quantized products: {d['ops_per_s'] / 1e9:.3g} Gop/s, one pass per "
+              f"{d['rows_per_pass']} rows (fit cost per row block: " + ", ".join(
+                  f"{b}: {f['cost']:.3g}" for b, f in d["fits"].items()) + "); fixed per op kind: " + ", ".join(
+                  f"{op} {s * 1e6:.2f} us" for op, s in d["fixed_s"].items()))
     if "launch_eager_s" in report:
         print(f"host eager cost per kernel fitted: {report['launch_eager_s'] * 1e6:.2f} us "
               + (f"(microbenchmark: {report['measured']['launch_eager_s'] * 1e6:.2f} us)" if "measured" in report

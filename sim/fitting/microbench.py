@@ -12,6 +12,8 @@ The results are a JSON object (read by `sim.inputs.load_json`: strict, bounded) 
   MEASURED_S) and the host figures `launch_eager_s`, `graph_per_kernel_s`, `kernel_min_s` (seconds);
 - the decode sweeps, `decode_gemm` and `decode_attention` (each optional: gemm's and attention's rows, with the
   `preset` and the `weight` they come from; a decode_gemm row's `form` any name);
+- the quantized products, `quant` (optional, cpu): rows of a packed weight-only product (`op` one of
+  sim.opkinds.QUANT_MATMUL_OPS) of m rows by n x k, with its weight format as a trace op carries it;
 - the all-reduce sweep, `all_reduce` (its rows checked by `sim.fitting.collectives.all_reduce_rows`) and
   `all_reduce_setup` (an object);
 - what was measured: `device` ("cpu" or "cuda"), `device_name`, `torch_version`, `clock` (strings), `threads`.
@@ -29,7 +31,8 @@ from typing import Any
 
 from sim.fitting.collectives import MEASURED_S, all_reduce_rows
 from sim.inputs import InputError, brief, cut, load_json_file
-from sim.opkinds import DTYPE_BYTES
+from sim.opkinds import DTYPE_BYTES, QUANT_MATMUL_OPS
+from sim.trace.limits import MAX_DEQUANT_OPS
 
 DEVICES = ("cpu", "cuda")
 MAX_COUNT = 2**50  # bytes, elements and sizes of one benchmark call: beyond any device's memory
@@ -66,6 +69,17 @@ DECODE_ROWS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {
     "decode_gemm": (ROWS["gemm"][0], {"form": TEXT, "preset": TEXT, "weight": TEXT}),
     "decode_attention": (ROWS["attention"][0], {**ROWS["attention"][1], "preset": TEXT}),
 }
+# the quantized products (reference.capture.microbench._bench_quant), which sim.fitting.calibrate fits `dequant` to
+DIMS: Check = (lambda v: type(v) is list and len(v) >= 1 and all(map(_count, v)), "a shape of integers in 1..2**50")
+QUANT_ROWS: dict[str, tuple[dict[str, Check], dict[str, Check]]] = {"quant": (
+    {**ROWS["gemm"][0], "scheme": TEXT,
+     "op": (lambda v: v in QUANT_MATMUL_OPS, f"one of {', '.join(QUANT_MATMUL_OPS)}"),
+     "weight_dtype": (lambda v: v in ("int8", "int4"), "int8 or int4"),
+     "group_size": (lambda v: v is None or _count(v), "null or an integer in 1..2**50"),
+     "weight_shape": DIMS, "scales_shape": DIMS, "weight_bytes": COUNT, "scale_bytes": COUNT,
+     "zero_bytes": (lambda v: type(v) is int and 0 <= v <= MAX_COUNT, "an integer in 0..2**50"),
+     "dequant_ops": (lambda v: type(v) is int and 1 <= v <= MAX_DEQUANT_OPS, f"an integer in 1..{MAX_DEQUANT_OPS}")},
+    {})}
 HOST = {"launch_eager_s": SECONDS, "graph_per_kernel_s": SECONDS, "kernel_min_s": SECONDS}
 RESOURCES = (*ROWS, *HOST)  # written together (reference.capture.microbench: all or none)
 ABOUT: dict[str, Check] = {
@@ -75,7 +89,7 @@ ABOUT: dict[str, Check] = {
     "all_reduce_setup": (lambda v: type(v) is dict, "an object"),
     "all_reduce": (lambda v: type(v) is list, "a list of rows"),
 }
-KNOWN = (*RESOURCES, *DECODE_ROWS, *ABOUT)
+KNOWN = (*RESOURCES, *DECODE_ROWS, *QUANT_ROWS, *ABOUT)
 
 
 class MicrobenchError(ValueError):
@@ -93,7 +107,7 @@ def _check_value(where: str, field: str, value: Any, check: Check) -> None:
 
 
 def _check_rows(where: str, key: str, rows: Any) -> None:
-    required, optional = {**ROWS, **DECODE_ROWS}[key]
+    required, optional = {**ROWS, **DECODE_ROWS, **QUANT_ROWS}[key]
     if type(rows) is not list or not rows:
         raise MicrobenchError(where, key, f"expected a non-empty list of rows, got {brief(rows)}")
     for i, row in enumerate(rows):
@@ -136,12 +150,12 @@ def check_microbench(raw: Any, where: str) -> dict[str, Any]:
             _check_rows(where, key, raw[key])
         for key, check in HOST.items():
             _check_value(where, key, raw[key], check)
-    for key in DECODE_ROWS:
+    for key in (*DECODE_ROWS, *QUANT_ROWS):
         if key in raw:
             _check_rows(where, key, raw[key])
-    if not present and not raw.get("all_reduce") and not any(k in raw for k in DECODE_ROWS):
+    if not present and not raw.get("all_reduce") and not any(k in raw for k in (*DECODE_ROWS, *QUANT_ROWS)):
         raise MicrobenchError(where, None, f"no results: neither the resource benchmarks ({', '.join(ROWS)}), "
-                              f"all_reduce rows nor the decode sweeps ({', '.join(DECODE_ROWS)})")
+                              f"all_reduce rows, the decode sweeps ({', '.join(DECODE_ROWS)}) nor quant rows")
     try:
         all_reduce_rows(raw)
     except ValueError as err:  # names the row and its field

@@ -140,6 +140,39 @@ def cpu_section(loop: Path, lines: list[str]) -> None:
         compiled_section(loop, every, held, lines)
     if list((loop / "tp").glob("*.jsonl.gz")) and (loop / "cpu-tp.yaml").is_file():
         tp_section(loop, every, lines)
+    if list((loop / "quant").glob("*.jsonl.gz")):
+        quant_section(loop, every, lines)
+
+
+def quant_section(loop: Path, hw: HwConfig, lines: list[str]) -> None:
+    """The loop's quantized measurements (`quant/`, reference.capture.measure --quant) against `cpu-calibrated.yaml`,
+    whose dequant section is fitted to the quantized-product microbenchmarks alone (sim.fitting.dequant)."""
+    d = hw.dequant
+    lines += ["### Weight-only quantization (`reference.capture.measure --quant`)", "",
+              "The same run of the loop: tiny-4x3 decoded over int8 (per channel) and int4-g32 weights (float32 "
+              "activations, ATen's packed cpu products; in float32 they run a scalar path that dequantizes every "
+              "weight for every row), interleaved with the five presets above and held out of every kernel and host "
+              "fit: the quantized products are timed with `cpu-calibrated.yaml`'s `dequant` section, fitted to the "
+              f"quantized-product microbenchmarks alone ({d.ops_per_s / 1e9:.3g} Gop/s, one pass per "
+              f"{d.rows_per_pass} row(s)), and the matmul class's fit. CI fails when the median end-to-end or stage "
+              "error passes 25%. Per op, the measured times are the capture's, scaled per stage to the untraced "
+              "stage time (`extra.op_time_scale`): the scale takes capture overhead from every op alike, and the "
+              "products, mostly work, read faster than they ran.", "",
+              "| quantized trace | measured ms | projected ms | end-to-end error | stage median \\|e\\| | quantized "
+              "product median \\|e\\| (bias) |", "| --- | --- | --- | --- | --- | --- |"]
+    every: dict[str, list] = {}
+    for path in sorted((loop / "quant").glob("*.jsonl.gz")):
+        pairs = validate_trace(read_trace(path), hw)
+        (p, m), = pairs["end_to_end"]
+        for key in ("end_to_end", "stage", "kernel:matmul"):
+            every.setdefault(key, []).extend(pairs[key])
+        products = metrics(pairs["kernel:matmul"])
+        lines.append(f"| {path.name.removesuffix('.jsonl.gz')} | {m * 1e3:.1f} | {p * 1e3:.1f} | "
+                     f"{100 * (p / m - 1):+.1f}% | {metrics(pairs['stage'])['median_abs_pct']:.1f}% | "
+                     f"{products['median_abs_pct']:.1f}% ({products['bias_pct']:+.1f}%) |")
+    lines += ["", "Over all: " + ", ".join(f"{'quantized products' if key == 'kernel:matmul' else key} median |e| "
+                                          f"{metrics(v)['median_abs_pct']:.1f}% (n {metrics(v)['n']})"
+                                          for key, v in every.items()), ""]
 
 
 def tp_section(loop: Path, single: HwConfig, lines: list[str]) -> None:
