@@ -368,7 +368,7 @@ def test_validate_refuses_bad_all_reduce_rows_in_one_line(tmp_path, capsys):
     path.write_text("{}")
     with pytest.raises(SystemExit):
         validate.main(["--hw", "hwconfigs/a100.yaml", "--microbench", str(path)])
-    assert "no microbenchmark results" in capsys.readouterr().err
+    assert "no results: neither the resource benchmarks" in capsys.readouterr().err
 
 
 def test_the_independent_check_against_public_measurements_runs_offline(capsys):
