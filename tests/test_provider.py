@@ -169,7 +169,10 @@ def _start_tracing(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-m", "sim.run", "--model", "llama2-7b-8x4", "--tokens", "4000",
                              "--flips", "0.05,0.05,0.05", "--launch", "eager", "--decoder", "speed"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # Ctrl-C's default: a test worker (pytest-xdist) may ignore SIGINT, and a child that
+                            # starts with it ignored installs no KeyboardInterrupt handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stderr.readline().startswith("tracing llama2-7b-8x4 (speed, 4000 tokens")
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
