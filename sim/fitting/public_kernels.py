@@ -56,7 +56,7 @@ from sim.command import check_outputs, number, run_command
 from sim.defaults import CHECKOUT
 from sim.engine import OnChipCache, kernels_of, project
 from sim.files import atomic_write
-from sim.fitting.validate import json_safe, metrics, print_report
+from sim.fitting.validate import gate_status, json_safe, metrics, print_report
 from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, KernelFit, load_hwconfig
 from sim.kernels import Kernel, kernel_cost
 from sim.opkinds import DTYPE_BYTES
@@ -454,10 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         text = json.dumps(json_safe(results), indent=1, allow_nan=False)
         atomic_write(args.json, lambda tmp: tmp.write_text(text))
     failed = _failures(results, args.max_held_out_median, args.max_held_out_p90, tuple(args.gate))
-    if failed:
-        print("FAIL: " + "; ".join(failed), file=sys.stderr)
-        return 1
-    return 0
+    return gate_status(failed)
 
 
 if __name__ == "__main__":
