@@ -196,18 +196,13 @@ def vidur_report(hws: dict[str, HwConfig]) -> dict[str, dict[str, dict[str, floa
     return out
 
 
-def _takes_every_figure(gpu: str) -> bool:
-    return gpu in TIED and set(TIED[gpu][1]) == set(FIGURES)
-
-
 def held_out(pts: list[Point]) -> list[bool]:
-    """Per point: whether it is held out. Per GPU and kernel class, the distinct shapes sorted; every other one,
-    from the second, held out (a shape measured twice is on one side). Every row of a GPU that takes all its
-    figures from a sibling (TIED) is held out."""
+    """Per point: whether it is held out. Per GPU and kernel class, the distinct shapes sorted by value; every other
+    one, from the second, held out (a shape measured twice is on one side)."""
     side: dict[tuple, bool] = {}
     for key in {(p.gpu, p.kernel) for p in pts}:
         shapes = sorted({p.shape for p in pts if (p.gpu, p.kernel) == key})
-        side |= {(*key, s): i % 2 == 1 or _takes_every_figure(key[0]) for i, s in enumerate(shapes)}
+        side |= {(*key, s): i % 2 == 1 for i, s in enumerate(shapes)}
     return [side[p.gpu, p.kernel, p.shape] for p in pts]
 
 
@@ -287,8 +282,7 @@ FIGURE_RANGES = {"dram": (0.85, 0.3, 1.0, 0.05), "matmul_s": (2e-6, 0.0, KERNEL_
 # cannot tell its DRAM efficiency from what the harness adds (on the H100 the same harness streams a GEMV at 2.3
 # TB/s where CUDA-graph repeats reach 2.9-3.1 TB/s) and hold no attention or small op, so it takes the H100's
 # figures (GH100 both, HBM3 and HBM3e behind the same memory controllers, the same cuBLAS) but the one its
-# compute-bound rows set alone: the sustained share of the matrix rate (its own board and cooling). A GPU that took
-# every figure (FIGURES) would be judged on all its rows, none fitted.
+# compute-bound rows set alone: the sustained share of the matrix rate (its own board and cooling).
 TIED = {"h200": ("h100", tuple(f for f in FIGURES if f != "matrix_sustained"))}
 # Figures held, not fitted, where the public rows of one GPU disagree on them: the A100 keeps its matrix rate
 # past the power window. Humming's A800 products fall from 254 TFLOP/s over 1-2 ms to 247 over 8.9 ms (258 at 4.3
@@ -341,9 +335,6 @@ def fit_all(fit_sets: dict[str, list[Point]], hws: dict[str, HwConfig]) -> tuple
     loss = 0.0
     for gpu in sorted(hws, key=lambda g: g in TIED):  # a sibling first
         given = {n: figures[TIED[gpu][0]][n] for n in TIED[gpu][1]} if gpu in TIED else {}
-        if _takes_every_figure(gpu):
-            figures[gpu] = given
-            continue
         figures[gpu], cost = fit_gpu(hws[gpu], samples(fit_sets[gpu], hws[gpu]), given | HELD.get(gpu, {}))
         loss += 0.0 if gpu in TIED else cost  # the global figures are the untied GPUs' (a tied one fits its own)
     return figures, loss
