@@ -116,6 +116,9 @@ class Efficiency:
     vector: float
     dram: float
     l2: float
+    # the share of the matrix rate (matrix x this) a product sustains past the power-management window
+    # (sim.matmul.POWER_WINDOW_S): a GPU at its power limit lowers its clock under long tensor-core work
+    matrix_sustained: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -384,7 +387,8 @@ def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:
     peak = _section(path, raw["peak"], "peak", Peak, lambda f, v: _peak_field(path, f, v))
     host = _section(path, raw["host"], "host", Host, lambda f, v: _host_field(path, f, v),
                     optional=("eager_op_s", "eager_stage_s"))
-    eff = _section(path, raw["efficiency"], "efficiency", Efficiency, lambda f, v: _efficiency(path, f, v))
+    eff = _section(path, raw["efficiency"], "efficiency", Efficiency, lambda f, v: _efficiency(path, f, v),
+                   optional=("matrix_sustained",))
     tile = _section(path, raw["tile"], "tile", Tile, lambda f, v: int(_number(path, f, v, TILE, integer=True)))
     sources = raw["sources"]
     if not isinstance(sources, dict):

@@ -53,7 +53,7 @@ from dataclasses import dataclass, replace
 
 from sim.hardware import HwConfig, HwConfigError, KernelFit
 from sim.interconnect import collective_time
-from sim.matmul import MATRIX_ROW_BLOCK, plan, row_blocks, stream_bandwidth
+from sim.matmul import MATRIX_ROW_BLOCK, plan, row_blocks, stream_bandwidth, sustained_compute_s
 from sim.opkinds import COLLECTIVE_OPS, KERNEL_CLASSES, MATRIX_CLASSES
 from sim.trace import OpRecord, check_op, op_collective_bytes
 
@@ -188,7 +188,8 @@ def library_kernels(hw: HwConfig) -> bool:
 
 def product_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) -> tuple[float, float, float]:
     """(compute_s, memory_s, units) of a matrix product on a GPU: the library's kernel for its shape (sim.matmul),
-    with DRAM bytes at the achieved bandwidth (hwconfig dram efficiency x the fit's memory efficiency)."""
+    its tensor-core work past the power window at the sustained rate (sim.matmul.sustained_compute_s), with DRAM
+    bytes at the achieved bandwidth (hwconfig dram efficiency x the fit's memory efficiency)."""
     peak, eff = hw.peak, hw.efficiency
     m, n, inner = k.shape
     rate = hw.matrix_flops(k.dtype)
@@ -196,7 +197,8 @@ def product_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) -> t
     bandwidth = peak.dram_bandwidth_bytes_per_s * eff.dram * fit.bandwidth_share
     p = plan(m, n, inner, peak.compute_units, peak.clock_hz, (hw.tile.m, hw.tile.n), unit_rate,
              rate > hw.vector_flops(k.dtype), dram_bytes, bandwidth)
-    return p.compute_s, p.memory_s, min(p.ctas, peak.compute_units) / peak.compute_units
+    compute_s = sustained_compute_s(p.compute_s, eff.matrix_sustained)
+    return compute_s, p.memory_s, min(p.ctas, peak.compute_units) / peak.compute_units
 
 
 def kv_split_block(head_dim: int) -> int:

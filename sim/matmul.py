@@ -52,11 +52,28 @@ K_STEP = 64
 SPLIT_K_PARTIAL_BYTES = 4
 # Per step of K, a CTA computes tm * tn multiply-adds per row of K and loads tm + tn operand elements (A's rows and
 # B's columns) into shared memory: its efficiency falls with the tile as tm * tn / (tm * tn + TILE_LOAD_ROWS *
-# (tm + tn)), the load expressed in rows of MMA work (16: a 128x128 tile reaches 95% of a 128x256 tile's rate, a
-# 64x64 one 79%). Fitted, one value for every GPU, on the public measurements' fit set (data/public/README.md):
-# python -m sim.fitting.public_kernels --fit (the fit-set loss is the same from 16 to 128 rows; the fit takes the
-# least).
-TILE_LOAD_ROWS = 16.0
+# (tm + tn)), the load expressed in rows of MMA work (8: a 128x128 tile reaches 97% of a 128x256 tile's rate, a
+# 64x64 one 88%). Fitted, one value for every GPU, on the public measurements' fit set (data/public/README.md):
+# python -m sim.fitting.public_kernels --fit (of the grid points within 1% of the least fit-set loss, the least).
+TILE_LOAD_ROWS = 8.0
+
+
+# A GPU's power management keeps the board under its power limit by lowering the SM clock over a window of
+# sustained load: tensor-core work shorter than the window runs at the clock of the matrix efficiency (the
+# maximum achievable matmul FLOPS, itself measured on products of ~0.1 ms), the rest of a longer product at the
+# hwconfig's `efficiency.matrix_sustained` share of it. Public products show it: an H100's 8192-wide products run
+# at 699 TFLOP/s for 0.2 ms and 648 for 3.4 ms (humming), its cubes at 789 for 0.17 ms and 668-720 for 3 ms (zzc).
+# Fitted with the sustained shares on the public measurements' fit set (python -m sim.fitting.public_kernels --fit,
+# on a grid); decode kernels are microseconds long and never reach it.
+POWER_WINDOW_S = 2.5e-4
+
+
+def sustained_compute_s(compute_s: float, sustained: float) -> float:
+    """Seconds of tensor-core work of `compute_s` at the burst rate, its part past POWER_WINDOW_S at the sustained
+    share `sustained` (hwconfig efficiency.matrix_sustained) of that rate."""
+    if compute_s <= POWER_WINDOW_S:
+        return compute_s
+    return POWER_WINDOW_S + (compute_s - POWER_WINDOW_S) / sustained
 
 
 @dataclass(frozen=True, slots=True)

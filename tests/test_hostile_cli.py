@@ -29,6 +29,7 @@ from sim.trace import OpRecord, StageRecord, TraceHeader, TraceWriter, read_trac
 
 ROOT = Path(__file__).resolve().parents[1]
 A100 = (HWCONFIG_DIR / "a100.yaml").read_text()
+_TILE_M_LINE = A100.splitlines().index("  m: 256") + 1  # the line of tile.m in a100.yaml
 A100_BARE = re.sub(r"^classes:\n(?:  .*\n)+", "", A100, flags=re.M)  # without its optional classes section
 TRACE = str(ROOT / "data" / "traces" / "t5-base-4.sequential.bf16.b1.t128.jsonl.gz")
 MEASURED = str(ROOT / "data" / "measured" / "h200" / "t5-base-4.sequential.bf16.b1.t128.jsonl.gz")
@@ -79,7 +80,8 @@ HWCONFIG_CASES = {
         A100 + "compiled:\n  library_fixed_s: 0.0\n  generated: {efficiency: 0.5, fixed_s: 0.0, "
         "memory_efficiency: 2.0}\n", "field 'compiled.generated.memory_efficiency': must lie in [1e-06, 1]"),
     "duplicate key": (A100.replace("  m: 256\n", "  m: 256\n  m: 64\n"),
-                      "field 'tile.m': given twice (lines 33 and 34); YAML would keep the last one silently"),
+                      f"field 'tile.m': given twice (lines {_TILE_M_LINE} and {_TILE_M_LINE + 1}); YAML would keep "
+                      "the last one silently"),
     "octal": (A100.replace("compute_units: 108", "compute_units: 0144"),
               "field 'peak.compute_units': '0144': YAML 1.1 reads it in octal (100); write integers in decimal"),
 }

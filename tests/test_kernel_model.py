@@ -4,6 +4,7 @@ fitted to and judged on (sim.fitting.public_kernels)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from simtraces import hw_dict
 
 from sim import matmul
 from sim.fitting import public_kernels
-from sim.hardware import HWCONFIG_DIR, KernelFit, load_hwconfig, parse
+from sim.hardware import HWCONFIG_DIR, HwConfigError, KernelFit, load_hwconfig, parse
 from sim.kernels import attention_shape, kernel_cost, kernel_of, kv_split_block, kv_splits
 from sim.trace import one_op_trace
 
@@ -56,7 +57,28 @@ def test_large_products_are_compute_bound_at_the_largest_tiles_efficiency():
     assert cost.bound == "compute"
     ideal = kernel.flops / (H100.matrix_flops("bfloat16") * H100.efficiency.matrix)
     waves = math.ceil(8192 // 128 * 8192 // 256 / H100.peak.compute_units)
-    assert cost.compute_s == pytest.approx(ideal * waves * H100.peak.compute_units / (8192 // 128 * 8192 // 256))
+    burst_s = ideal * waves * H100.peak.compute_units / (8192 // 128 * 8192 // 256)
+    assert burst_s > matmul.POWER_WINDOW_S  # 1.4 ms: past the power window, at the sustained clock after it
+    assert cost.compute_s == pytest.approx(matmul.POWER_WINDOW_S + (burst_s - matmul.POWER_WINDOW_S)
+                                           / H100.efficiency.matrix_sustained)
+
+
+def test_tensor_core_work_past_the_power_window_runs_at_the_sustained_share():
+    window = matmul.POWER_WINDOW_S
+    assert matmul.sustained_compute_s(window / 2, 0.8) == window / 2  # short work: the burst rate
+    assert matmul.sustained_compute_s(3 * window, 0.8) == pytest.approx(window + 2 * window / 0.8)
+    assert matmul.sustained_compute_s(3 * window, 1.0) == 3 * window
+    # a hwconfig without the figure sustains its matrix rate; the H100's fitted share slows a long product only
+    raw = hw_dict()
+    assert parse(raw, "plain.yaml").efficiency.matrix_sustained == 1.0
+    raw["efficiency"]["matrix_sustained"] = 0.0
+    with pytest.raises(HwConfigError, match=r"efficiency\.matrix_sustained"):
+        parse(raw, "zero.yaml")
+    assert 0.5 < H100.efficiency.matrix_sustained < 1.0
+    _, short = product_cost(H100, 1024, 8192, 8192)
+    _, full = product_cost(dataclasses.replace(H100, efficiency=dataclasses.replace(
+        H100.efficiency, matrix_sustained=1.0)), 1024, 8192, 8192)
+    assert short.compute_s == full.compute_s  # 0.19 ms of work: within the window
 
 
 def test_split_k_fills_the_units_only_when_the_tiles_leave_them_idle():
@@ -153,10 +175,8 @@ def test_public_measurements_are_read_and_split_by_shape():
         mine = [(p.shape, out) for p, out in zip(pts, sides) if (p.gpu, p.kernel) == (gpu, kernel)]
         shapes = {shape: out for shape, out in mine}
         assert all(shapes[shape] == out for shape, out in mine)  # a shape measured twice: one side
-        if gpu in public_kernels.TIED:
-            assert all(shapes.values())  # a GPU without figures of its own: every row judged, none fitted
-        else:
-            assert 0 < sum(shapes.values()) < len(shapes)  # both sets
+        assert 0 < sum(shapes.values()) < len(shapes)  # both sets (the H200 fits its sustained matrix share)
+        assert [shapes[s] for s in sorted(shapes)] == [i % 2 == 1 for i in range(len(shapes))]  # alternate by size
     assert all(p.seconds > 0 and p.harness in public_kernels.HARNESSES for p in pts)
 
 
@@ -185,14 +205,16 @@ def test_the_shipped_figures_are_what_the_fit_gives():
                 for gpu in hws}
     assert matmul.CTA_STREAM_BYTES_PER_CYCLE in public_kernels.STREAM_GRID
     assert matmul.TILE_LOAD_ROWS in public_kernels.TILE_LOAD_ROWS_GRID
+    assert matmul.POWER_WINDOW_S in public_kernels.POWER_WINDOW_GRID
     figures, _ = public_kernels.fit_all(fit_sets, hws)
     for gpu, v in figures.items():
         hw = hws[gpu]
         assert hw.efficiency.dram == pytest.approx(v["dram"], abs=1e-4)
+        assert hw.efficiency.matrix_sustained == pytest.approx(v["matrix_sustained"], abs=1e-4)
         assert hw.classes["matmul"].fixed_s == pytest.approx(v["matmul_s"], rel=1e-3, abs=1e-12)
         assert hw.classes["attention"].fixed_s == pytest.approx(v["attention_s"], rel=1e-3, abs=1e-12)
         assert hw.classes["attention"].bandwidth_share == pytest.approx(v["attention_memory"], abs=1e-4)
-        assert hw.classes["fused"].fixed_s == pytest.approx(v["small_s"], rel=1e-3, abs=1e-12)
+        assert hw.classes["fused"].fixed_s == pytest.approx(v["small_s"], rel=1e-3, abs=1e-9)  # 0: < 1 ns
         for harness in ("do_bench", "onnxruntime op"):
             assert public_kernels.HARNESS_S[gpu][harness] == pytest.approx(v[harness], rel=1e-3, abs=1e-12)
 

@@ -217,18 +217,35 @@ def checkpoints(models_dir: Path, presets: list[str] | None) -> list[Path]:
     return [found[name] for name in order]
 
 
-# the measurement settings, recorded in metrics.json and the flip profiles; each must be >= 1
+# the measurement settings, recorded in metrics.json and the flip profiles
 SETTINGS = ("eval_windows", "context", "prompts", "prompt_len", "tokens", "repeats", "threads")
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """--models and --presets: which trained checkpoints a command measures."""
+    parser.add_argument("--models", type=Path, default=ROOT / "data" / "trained",
+                        help="directory of the checkpoints (default data/trained)")
+    parser.add_argument("--presets", nargs="+", metavar="NAME",
+                        help="checkpoints to measure, by preset name (default: every *.safetensors in --models)")
+
+
+def add_heldout_arguments(parser: argparse.ArgumentParser, prompts_help: str) -> None:
+    """The held-out text a command measures on: the corpus, its windows and prompts, the tokens decoded."""
+    parser.add_argument("--corpus", type=Path, metavar="DIR",
+                        help="corpus directory, as in reference.experiments.train (default: this Python's stdlib)")
+    parser.add_argument("--eval-windows", type=integer(1), default=128,
+                        help="held-out windows for loss, accuracy and flips (default 128, as the paper's figures)")
+    parser.add_argument("--context", type=integer(1), default=256, help="tokens per held-out window (default 256)")
+    parser.add_argument("--prompts", type=integer(1), default=8, help=f"{prompts_help} (default 8)")
+    parser.add_argument("--prompt-len", type=integer(1), default=64, help="tokens per prompt (default 64)")
+    parser.add_argument("--tokens", type=integer(1), default=64, help="new tokens per prompt (default 64)")
 
 
 def _parser() -> argparse.ArgumentParser:
     """The command line: which checkpoints, where the outputs go, the measurement settings."""
     parser = argparse.ArgumentParser(prog="python -m reference.experiments.paper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=Path, default=ROOT / "data" / "trained",
-                        help="directory of the checkpoints (default data/trained)")
-    parser.add_argument("--presets", nargs="+", metavar="NAME",
-                        help="checkpoints to measure, by preset name (default: every *.safetensors in --models)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--metrics", type=Path,
                         help="where the figures go (default data/trained/metrics.json; with --compile "
                         "data/trained/metrics-compiled.json)")
@@ -237,16 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path,
                         help="where Figure 3 goes (default docs/accuracy-vs-latency.png; with --compile "
                         "docs/accuracy-vs-latency-compiled.png)")
-    parser.add_argument("--corpus", type=Path, metavar="DIR",
-                        help="corpus directory, as in reference.experiments.train (default: this Python's stdlib)")
-    parser.add_argument("--eval-windows", type=int, default=128,
-                        help="held-out windows for loss, accuracy and flips (default 128)")
-    parser.add_argument("--context", type=int, default=256, help="tokens per held-out window (default 256)")
-    parser.add_argument("--prompts", type=int, default=8,
-                        help="prompts for latency and exactness, evenly spaced in the held-out files (default 8)")
-    parser.add_argument("--prompt-len", type=int, default=64, help="tokens per prompt (default 64)")
-    parser.add_argument("--tokens", type=int, default=64, help="new tokens per sequence (default 64)")
-    parser.add_argument("--repeats", type=int, default=5,
+    add_heldout_arguments(parser, "prompts for latency and exactness, evenly spaced in the held-out files")
+    parser.add_argument("--repeats", type=integer(1), default=5,
                         help="timed runs of every prompt per decoder, after one warm-up run (default 5)")
     parser.add_argument("--threads", type=integer(1), default=1,
                         help="torch CPU threads (default 1: batch-1 decoding is latency bound, and one thread keeps "
@@ -305,10 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     """Measure every checkpoint and write the outputs; 1 if SPEED differs from sequential decoding, 2 on bad input."""
     parser = _parser()
     args = parser.parse_args(argv)
-    settings = {k: getattr(args, k) for k in SETTINGS}
-    for flag, value in settings.items():
-        if value < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    settings = {k: getattr(args, k) for k in SETTINGS}  # each >= 1: the parser's integer(1)
     suffix = "-compiled" if args.compile else ""
     args.metrics = args.metrics or ROOT / "data" / "trained" / f"metrics{suffix}.json"
     args.plot = args.plot or ROOT / "docs" / f"accuracy-vs-latency{suffix}.png"

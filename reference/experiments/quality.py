@@ -37,7 +37,14 @@ import torch
 
 from reference import decode
 from reference.experiments.corpus import load_corpus
-from reference.experiments.paper import NO_EOS, checkpoints, cpu_name, evaluate
+from reference.experiments.paper import (
+    NO_EOS,
+    add_checkpoint_arguments,
+    add_heldout_arguments,
+    checkpoints,
+    cpu_name,
+    evaluate,
+)
 from reference.experiments.speedup import heldout_prompts
 from reference.experiments.train import ROOT, eval_windows, load_checkpoint, save_checkpoint
 from reference.model import SharedDecoder
@@ -130,10 +137,7 @@ def measure_model(float_model: SharedDecoder, meta: dict, heldout: np.ndarray, s
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reference.experiments.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=Path, default=ROOT / "data" / "trained",
-                        help="directory of the checkpoints (default data/trained)")
-    parser.add_argument("--presets", nargs="+", metavar="NAME",
-                        help="checkpoints to measure, by preset name (default: every *.safetensors in --models)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), metavar="SCHEME",
                         help=f"schemes to measure (default all: {', '.join(SCHEMES)})")
     parser.add_argument("--kernel", choices=KERNELS, default="dequant",
@@ -145,15 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-dir", type=Path,
                         help="also write every quantized model there as PRESET.SCHEME.safetensors (load_checkpoint "
                         "reads them back quantized)")
-    parser.add_argument("--corpus", type=Path, metavar="DIR",
-                        help="corpus directory, as in reference.experiments.train (default: this Python's stdlib)")
-    parser.add_argument("--eval-windows", type=integer(1), default=128,
-                        help="held-out windows for loss, accuracy and flips (default 128, as the paper's figures)")
-    parser.add_argument("--context", type=integer(1), default=256, help="tokens per held-out window (default 256)")
-    parser.add_argument("--prompts", type=integer(1), default=8,
-                        help="held-out prompts for greedy agreement and exactness (default 8)")
-    parser.add_argument("--prompt-len", type=integer(1), default=64, help="tokens per prompt (default 64)")
-    parser.add_argument("--tokens", type=integer(1), default=64, help="new tokens per prompt (default 64)")
+    add_heldout_arguments(parser, "held-out prompts for greedy agreement and exactness")
     parser.add_argument("--threads", type=integer(1), default=1, help="torch CPU threads (default 1)")
     return parser
 

@@ -34,7 +34,7 @@ from sim.defaults import CHECKOUT as ROOT
 from sim.engine import project
 from sim.files import atomic_write
 from sim.fitting.calibrate import fit_class
-from sim.fitting.validate import metrics, r_text
+from sim.fitting.validate import gate_status, metrics, r_text
 from sim.hardware import HWCONFIG_DIR, HwConfig, HwConfigError, load_hwconfig, parse, to_dict
 from sim.trace import Trace, one_op_trace
 
@@ -153,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("softmax", "layernorm", "gelu"):
         if args.max_error_other is not None and results[kind]["median_abs_pct"] > args.max_error_other:
             failed.append(f"{kind} {results[kind]['median_abs_pct']:.1f}% > {args.max_error_other}%")
-    if failed:
-        print("FAIL: " + "; ".join(failed), file=sys.stderr)
-        return 1
-    return 0
+    return gate_status(failed)
 
 
 if __name__ == "__main__":

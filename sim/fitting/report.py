@@ -336,9 +336,9 @@ def public_kernels_section(lines: list[str]) -> None:
     lines += ["## GPU kernels against public per-op measurements (`python -m sim.fitting.public_kernels`)", "",
               "Matrix products (1 to 16384 rows), decode attention and one-kernel norms, rotary and activations of "
               "A100, H100 and H200 GPUs from public benchmarks (`data/public/README.md`), against the datasheet "
-              "hwconfigs, whose DRAM efficiency and fixed times per class were fitted to the fit set "
-              "(`--fit`); the held-out shapes judge them (the H200's rows are all held out: its figures are the "
-              "H100's).", "",
+              "hwconfigs, whose DRAM efficiency, sustained matrix share and fixed times per class were fitted to "
+              "the fit set (`--fit`); the held-out shapes judge them (the H200 takes the H100's figures but the "
+              "sustained matrix share, fitted to its own fit set).", "",
               "| hwconfig | kernel class | set | n | median \\|e\\| | P90 \\|e\\| | bias | r |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for gpu, by_key in public_kernels.report(public_kernels.points(), hws).items():

@@ -330,6 +330,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def gate_status(failed: list[str]) -> int:
+    """A gate's exit status: 1, with one FAIL line on stderr naming every limit passed, when `failed` holds any;
+    else 0."""
+    if failed:
+        print("FAIL: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _failed(overall: dict[str, dict[str, Any]], max_error: float | None, max_stage_error: float | None) -> bool:
     """Whether a median error passes its limit, or there is nothing to hold to it (each failure is said on stderr)."""
     failed = False
