@@ -242,9 +242,18 @@ def attention_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) ->
     return compute_s, memory_s, min(ctas * splits, peak.compute_units) / peak.compute_units
 
 
+def streamed_rows(k: Kernel, dram_bytes: int) -> float:
+    """Output rows of product `k` whose weights stream from DRAM when `dram_bytes` of its bytes do (the rows
+    times the share of its weights that come from DRAM, at most all of them); 0 for other kernels."""
+    if k.cls not in PRODUCT_CLASSES or not k.shape:
+        return 0.0
+    return k.shape[1] * min(1.0, dram_bytes / max(k.weight_bytes, 1))
+
+
 def tiled_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) -> tuple[float, float, float]:
     """(compute_s, memory_s, units) of every other kernel: matrix classes in waves of the hwconfig's tiles over
-    the compute units (a CPU; a GPU's unfused attention), the rest at the vector rate; DRAM bytes at bandwidth."""
+    the compute units (a CPU; a GPU's unfused attention), the rest at the vector rate; DRAM bytes at bandwidth,
+    plus, for a product whose fit has a `row_latency_s` (a CPU GEMV), that latency per `streamed_rows`."""
     peak, eff = hw.peak, hw.efficiency
     units = 1.0
     if k.cls in MATRIX_CLASSES:
@@ -257,8 +266,10 @@ def tiled_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) -> tup
         units = min(k.tiles, peak.compute_units) / peak.compute_units
     else:
         compute_s = k.flops / (hw.vector_flops(k.dtype) * eff.vector)
-    memory_s = dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram)
-    return compute_s / fit.efficiency, memory_s / fit.bandwidth_share, units
+    memory_s = dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram) / fit.bandwidth_share
+    if fit.row_latency_s:
+        memory_s += streamed_rows(k, dram_bytes) * fit.row_latency_s
+    return compute_s / fit.efficiency, memory_s, units
 
 
 def dequant_s(k: Kernel, hw: HwConfig, fit: KernelFit) -> float:

@@ -13,8 +13,8 @@ from simtraces import hw_dict
 
 from sim import matmul
 from sim.fitting import public_kernels
-from sim.hardware import HWCONFIG_DIR, KernelFit, load_hwconfig, parse
-from sim.kernels import attention_shape, kernel_cost, kernel_of, kv_split_block, kv_splits
+from sim.hardware import HWCONFIG_DIR, KernelFit, load_hwconfig, parse, to_dict
+from sim.kernels import attention_shape, kernel_cost, kernel_of, kv_split_block, kv_splits, streamed_rows
 from sim.trace import one_op_trace
 
 H100 = load_hwconfig(HWCONFIG_DIR / "h100.yaml")
@@ -130,6 +130,23 @@ def test_a_kernels_fixed_time_adds_to_its_work_floored_at_the_shortest_kernel():
     raw["classes"] = {"elementwise": {"efficiency": 1.0, "fixed_s": 0.0}}
     k = kernel_of(tiny.ops[0], hw.tile.m, hw.tile.n)
     assert kernel_cost(k, parse(raw, "none.yaml"), k.bytes).time_s == hw.host.kernel_min_s
+
+
+def test_a_cpu_gemv_pays_its_row_latency_per_row_streamed_from_dram():
+    """A fitted `row_latency_s` adds that latency per output row whose weights come from DRAM (none when they sit on
+    chip, half the rows when half the weights do); fits without one cost what they did."""
+    raw = hw_dict() | {"kind": "cpu"}
+    plain = parse(raw, "plain.yaml")
+    raw["ops"] = {"matmul": {"aten.linear.default.gemv": {"efficiency": 1.0, "fixed_s": 0.0, "row_latency_s": 8e-8}}}
+    hw = parse(raw, "rows.yaml")
+    trace = one_op_trace("aten.linear.default", "t.linear", [[1, 512], [1408, 512]], [1, 1408], "float32",
+                         2 * 1408 * 512, 4 * (512 + 1408), weight_bytes=4 * 1408 * 512)
+    kernel = kernel_of(trace.ops[0], hw.tile.m, hw.tile.n)
+    assert kernel.op.endswith(".gemv") and streamed_rows(kernel, kernel.weight_bytes // 2) == 704
+    for dram_bytes, rows in ((kernel.bytes, 1408), (kernel.weight_bytes // 2, 704), (0, 0)):
+        with_rows, without = kernel_cost(kernel, hw, dram_bytes), kernel_cost(kernel, plain, dram_bytes)
+        assert with_rows.memory_s == pytest.approx(without.memory_s + rows * 8e-8)
+    assert "row_latency_s" not in to_dict(plain)["classes"].get("matmul", {})
 
 
 def test_the_cpu_keeps_its_own_tile_model():
