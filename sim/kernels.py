@@ -59,6 +59,9 @@ from sim.trace import OpRecord, check_op, op_collective_bytes
 
 CLASSES = KERNEL_CLASSES
 PRODUCT_CLASSES = ("matmul", "lm_head")
+# A CPU product of at most this many rows has a fit per row count where calibrate fitted one (`rows_kind`): SPEED's
+# stages run G = 2 to 4 rows, which MKL streams at different rates (docs/cpu-dram-products.md).
+MAX_FEW_ROWS = 4
 # Fused attention kernels (FlashAttention, cuDNN, PyTorch's CPU flash kernel) give each compute unit a block of
 # 64 query rows of one (batch, head): the tile count that waves are cut from.
 ATTENTION_QUERY_TILE = 64
@@ -285,13 +288,29 @@ def dequant_s(k: Kernel, hw: HwConfig, fit: KernelFit) -> float:
     return k.dequant_ops * n * inner * passes / (hw.dequant.ops_per_s * hw.efficiency.vector * fit.efficiency)
 
 
+def rows_kind(k: Kernel) -> str | None:
+    """The op kind of a CPU few-row product with its rows (`aten.linear.default.rows3`): a CPU's BLAS streams two,
+    three and four rows at rates of their own (three the slowest; docs/cpu-dram-products.md), so calibrate fits
+    each row count the microbenchmarks take; None for other kernels."""
+    if k.cls not in PRODUCT_CLASSES or not k.shape or not 2 <= k.shape[0] <= MAX_FEW_ROWS:
+        return None
+    return f"{k.op}.rows{k.shape[0]}"
+
+
+def fit_kind(k: Kernel, hw: HwConfig) -> str:
+    """The op kind whose fit times `k` on `hw`: on a CPU a few-row product's `rows_kind` where `hw` fits it, else
+    the kernel's op kind."""
+    rows = None if library_kernels(hw) else rows_kind(k)
+    return rows if rows is not None and rows in hw.ops.get(k.cls, {}) else k.op
+
+
 def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int, compiled: bool = False) -> KernelCost:
     """Device time of kernel `k` when `dram_bytes` of its bytes come from device memory (the rest on chip);
     `compiled`: a kernel of a compiled graph (`hw.fit`). A collective's is the interconnect's (`collective_cost`)."""
     if k.collective is not None:
         return collective_cost(k, hw)
     peak = hw.peak
-    fit = hw.fit(k.cls, k.op, compiled)
+    fit = hw.fit(k.cls, fit_kind(k, hw), compiled)
     if library_kernels(hw) and k.cls in PRODUCT_CLASSES and k.shape:
         compute_s, memory_s, units = product_times(k, hw, dram_bytes, fit)
     elif library_kernels(hw) and k.cls == "attention" and k.shape and not k.op.endswith(".math"):

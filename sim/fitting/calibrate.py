@@ -60,7 +60,7 @@ from sim.fitting.compiled import fit_compiled, is_compiled_measurement
 from sim.fitting.dequant import fit_dequant
 from sim.fitting.microbench import MAX_THREADS, check_microbench, load_microbench
 from sim.hardware import HwConfig, load_hwconfig, parse, to_dict
-from sim.kernels import Kernel, KernelCost, kernel_cost, streamed_rows
+from sim.kernels import Kernel, KernelCost, kernel_cost, rows_kind, streamed_rows
 from sim.opkinds import DTYPE_BYTES
 from sim.provider import request
 from sim.trace import Trace, one_op_trace, read_checked
@@ -229,6 +229,8 @@ def microbench_samples(mb: dict[str, Any], hw: HwConfig, dtypes: set[str]) -> di
                 out.setdefault((k.cls, None), []).append(sample)
             if k.cls in ("matmul", "attention"):
                 out.setdefault((k.cls, k.op), []).append(sample)
+            if hw.kind == "cpu" and rows_kind(k) is not None:  # a CPU's few-row products, per row count too
+                out.setdefault((k.cls, rows_kind(k)), []).append(sample)
     return out
 
 
@@ -347,6 +349,11 @@ def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str 
                                                                            classes[cls]["efficiency"]))
                 fitted[op] = entry(samples, anchor_efficiencies(anchors[source, op], kmin, compute=classes[cls][
                     "efficiency"], max_fixed_s=max_anchor_fixed_s) if own else inherited)
+        for (c, op), samples in sorted(anchors.items(), key=str):  # a few-row product's fit per row count
+            base = op.rsplit(".rows", 1)[0] if c == source and op and ".rows" in op else None
+            if base in mine:
+                fitted[op] = entry(mine[base], anchor_efficiencies(samples, kmin, compute=classes[cls][
+                    "efficiency"], max_fixed_s=max_anchor_fixed_s))
         if fitted:
             ops[cls] = fitted
     return classes, ops
