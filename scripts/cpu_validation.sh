@@ -12,11 +12,12 @@
 # figures (sim.fitting.compiled: the host's cost per stage, a library and a generated kernel's fixed time) to the
 # tiny presets' decode stages, and `validate --launch compiled` of those four fails above ${MAX_ERROR:-25}% (median
 # end to end) or ${MAX_STAGE_ERROR:-25}% (median stage); the targets are 10% and 15%. code-wide-4x3 is judged,
-# not fitted: its stages are weight streams through library products, whose bandwidth per op kind (one row, a few
-# rows) the microbenchmarks past the L3 anchor, at the widths this CPU decodes (reference.capture.microbench.
-# CPU_GEMV_SHAPES: a GEMV streams short rows slower); fitting the compiled figures to it would make the host's cost
-# absorb that product error. Gated: its median end-to-end error (sequential and SPEED) above ${MAX_DRAM_ERROR:-35}%,
-# a margin over the 10% target for DRAM bandwidth shared with whatever else runs (thread CPU time does not remove
+# not fitted: its stages are weight streams through library products, whose bandwidth per op kind (one row; a few
+# rows, per row count) the microbenchmarks past the L3 anchor, at the widths this CPU decodes (reference.capture.
+# microbench.CPU_GEMV_SHAPES: a GEMV pays a DRAM latency per output row, fitted as its `row_latency_s`); fitting the
+# compiled figures to it would make the host's cost absorb that product error. Gated: its median end-to-end error (sequential and SPEED) above ${MAX_DRAM_ERROR:-30}%,
+# a margin over the 10% target (three loop runs of issue 23.4's second pass: 8-16%, docs/cpu-dram-products.md) for
+# DRAM bandwidth shared with whatever else runs (thread CPU time does not remove
 # it: a stalled load counts as the thread's time; VALIDATION.md). Held out, gated above ${MAX_HELDOUT_ERROR:-30}%
 # (median end to end; target 15%): the compiled figures fitted to tiny-4x3 alone, judged on the other four.
 #
@@ -85,7 +86,7 @@ python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml"
   --plot "$out/validation-compiled.png" | tee "$out/validation-compiled-all.txt" | summary
 echo "compiled, code-wide-4x3 (weights past the L3), judged, not fitted (gated):"
 python -m sim.fitting.validate --launch compiled --hw "$out/cpu-calibrated.yaml" \
-  --measured "$out"/compiled/code-wide-4x3.*.jsonl.gz --max-error "${MAX_DRAM_ERROR:-35}" | summary
+  --measured "$out"/compiled/code-wide-4x3.*.jsonl.gz --max-error "${MAX_DRAM_ERROR:-30}" | summary
 echo "quantized, int8 and int4-g32 tiny-4x3, held out but the dequant microbenchmarks (gated; full report: $out/validation-quant.txt):"
 python -m sim.fitting.validate --hw "$out/cpu-calibrated.yaml" --measured "$out"/quant/*.jsonl.gz \
   --max-error "${MAX_ERROR:-25}" --max-stage-error "${MAX_STAGE_ERROR:-25}" | tee "$out/validation-quant.txt" \

@@ -128,11 +128,14 @@ class KernelFit:
     `efficiency`), and `fixed_s` is added (work beyond FLOPs and bytes: attention's softmax passes, a
     reduction's second pass, the dispatch of an op on a CPU, which differs from op to op). A matrix product
     reaches its compute peak when large and streams its weights at a bandwidth of its own when it has few rows,
-    which depends on the kernel the library picks (on a CPU a GEMV streams twice as fast as a 3-row product)."""
+    which depends on the kernel the library picks (on a CPU a GEMV streams twice as fast as a 3-row product).
+    `row_latency_s` (optional; unset: none): a CPU product's time per output row whose weights stream from DRAM,
+    beyond its bytes (a CPU GEMV pays about one DRAM latency per row: sim.kernels.tiled_times)."""
 
     efficiency: float = 1.0
     fixed_s: float = 0.0
     memory_efficiency: float | None = None
+    row_latency_s: float | None = None
 
     @property
     def bandwidth_share(self) -> float:
@@ -293,8 +296,9 @@ def to_dict(hw: HwConfig) -> dict[str, Any]:
     else:
         raw["interconnect"] = {k: v for k, v in raw["interconnect"].items() if v is not None}  # unset: left out
     for fit in fits:
-        if fit["memory_efficiency"] is None:
-            del fit["memory_efficiency"]
+        for field in ("memory_efficiency", "row_latency_s"):  # optional: left out when unset
+            if fit[field] is None:
+                del fit[field]
     return raw
 
 
@@ -362,7 +366,7 @@ def _efficiency(path: str, field: str, value: Any) -> float:
 
 def _fit(path: str, field: str, value: Any) -> KernelFit:
     return _section(path, value, field, KernelFit, lambda f, v: _efficiency(path, f, v) if f.endswith("efficiency")
-                    else _seconds(path, f, v), optional=("memory_efficiency",))
+                    else _seconds(path, f, v), optional=("memory_efficiency", "row_latency_s"))
 
 
 def parse(raw: Any, path: str | os.PathLike[str]) -> HwConfig:

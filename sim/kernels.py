@@ -59,6 +59,9 @@ from sim.trace import OpRecord, check_op, op_collective_bytes
 
 CLASSES = KERNEL_CLASSES
 PRODUCT_CLASSES = ("matmul", "lm_head")
+# A CPU product of at most this many rows has a fit per row count where calibrate fitted one (`rows_kind`): SPEED's
+# stages run G = 2 to 4 rows, which MKL streams at different rates (docs/cpu-dram-products.md).
+MAX_FEW_ROWS = 4
 # Fused attention kernels (FlashAttention, cuDNN, PyTorch's CPU flash kernel) give each compute unit a block of
 # 64 query rows of one (batch, head): the tile count that waves are cut from.
 ATTENTION_QUERY_TILE = 64
@@ -244,9 +247,18 @@ def attention_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) ->
     return compute_s, memory_s, min(ctas * splits, peak.compute_units) / peak.compute_units
 
 
+def streamed_rows(k: Kernel, dram_bytes: int) -> float:
+    """Output rows of product `k` whose weights stream from DRAM when `dram_bytes` of its bytes do (the rows
+    times the share of its weights that come from DRAM, at most all of them); 0 for other kernels."""
+    if k.cls not in PRODUCT_CLASSES or not k.shape:
+        return 0.0
+    return k.shape[1] * min(1.0, dram_bytes / max(k.weight_bytes, 1))
+
+
 def tiled_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) -> tuple[float, float, float]:
     """(compute_s, memory_s, units) of every other kernel: matrix classes in waves of the hwconfig's tiles over
-    the compute units (a CPU; a GPU's unfused attention), the rest at the vector rate; DRAM bytes at bandwidth."""
+    the compute units (a CPU; a GPU's unfused attention), the rest at the vector rate; DRAM bytes at bandwidth,
+    plus, for a product whose fit has a `row_latency_s` (a CPU GEMV), that latency per `streamed_rows`."""
     peak, eff = hw.peak, hw.efficiency
     units = 1.0
     if k.cls in MATRIX_CLASSES:
@@ -259,8 +271,10 @@ def tiled_times(k: Kernel, hw: HwConfig, dram_bytes: int, fit: KernelFit) -> tup
         units = min(k.tiles, peak.compute_units) / peak.compute_units
     else:
         compute_s = k.flops / (hw.vector_flops(k.dtype) * eff.vector)
-    memory_s = dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram)
-    return compute_s / fit.efficiency, memory_s / fit.bandwidth_share, units
+    memory_s = dram_bytes / (peak.dram_bandwidth_bytes_per_s * eff.dram) / fit.bandwidth_share
+    if fit.row_latency_s:
+        memory_s += streamed_rows(k, dram_bytes) * fit.row_latency_s
+    return compute_s / fit.efficiency, memory_s, units
 
 
 def dequant_s(k: Kernel, hw: HwConfig, fit: KernelFit) -> float:
@@ -276,13 +290,29 @@ def dequant_s(k: Kernel, hw: HwConfig, fit: KernelFit) -> float:
     return k.dequant_ops * n * inner * passes / (hw.dequant.ops_per_s * hw.efficiency.vector * fit.efficiency)
 
 
+def rows_kind(k: Kernel) -> str | None:
+    """The op kind of a CPU few-row product with its rows (`aten.linear.default.rows3`): a CPU's BLAS streams two,
+    three and four rows at rates of their own (three the slowest; docs/cpu-dram-products.md), so calibrate fits
+    each row count the microbenchmarks take; None for other kernels."""
+    if k.cls not in PRODUCT_CLASSES or not k.shape or not 2 <= k.shape[0] <= MAX_FEW_ROWS:
+        return None
+    return f"{k.op}.rows{k.shape[0]}"
+
+
+def fit_kind(k: Kernel, hw: HwConfig) -> str:
+    """The op kind whose fit times `k` on `hw`: on a CPU a few-row product's `rows_kind` where `hw` fits it, else
+    the kernel's op kind."""
+    rows = None if library_kernels(hw) else rows_kind(k)
+    return rows if rows is not None and rows in hw.ops.get(k.cls, {}) else k.op
+
+
 def kernel_cost(k: Kernel, hw: HwConfig, dram_bytes: int, compiled: bool = False) -> KernelCost:
     """Device time of kernel `k` when `dram_bytes` of its bytes come from device memory (the rest on chip);
     `compiled`: a kernel of a compiled graph (`hw.fit`). A collective's is the interconnect's (`collective_cost`)."""
     if k.collective is not None:
         return collective_cost(k, hw)
     peak = hw.peak
-    fit = hw.fit(k.cls, k.op, compiled)
+    fit = hw.fit(k.cls, fit_kind(k, hw), compiled)
     if library_kernels(hw) and k.cls in PRODUCT_CLASSES and k.shape:
         compute_s, memory_s, units = product_times(k, hw, dram_bytes, fit)
     elif library_kernels(hw) and k.cls == "attention" and k.shape and not k.op.endswith(".math"):

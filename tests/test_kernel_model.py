@@ -14,8 +14,17 @@ from simtraces import hw_dict
 
 from sim import matmul
 from sim.fitting import public_kernels
-from sim.hardware import HWCONFIG_DIR, HwConfigError, KernelFit, load_hwconfig, parse
-from sim.kernels import attention_shape, kernel_cost, kernel_of, kv_split_block, kv_splits
+from sim.hardware import HWCONFIG_DIR, HwConfigError, KernelFit, load_hwconfig, parse, to_dict
+from sim.kernels import (
+    attention_shape,
+    fit_kind,
+    kernel_cost,
+    kernel_of,
+    kv_split_block,
+    kv_splits,
+    rows_kind,
+    streamed_rows,
+)
 from sim.trace import one_op_trace
 
 H100 = load_hwconfig(HWCONFIG_DIR / "h100.yaml")
@@ -152,6 +161,39 @@ def test_a_kernels_fixed_time_adds_to_its_work_floored_at_the_shortest_kernel():
     raw["classes"] = {"elementwise": {"efficiency": 1.0, "fixed_s": 0.0}}
     k = kernel_of(tiny.ops[0], hw.tile.m, hw.tile.n)
     assert kernel_cost(k, parse(raw, "none.yaml"), k.bytes).time_s == hw.host.kernel_min_s
+
+
+def test_a_cpu_gemv_pays_its_row_latency_per_row_streamed_from_dram():
+    """A fitted `row_latency_s` adds that latency per output row whose weights come from DRAM (none when they sit on
+    chip, half the rows when half the weights do); fits without one cost what they did."""
+    raw = hw_dict() | {"kind": "cpu"}
+    plain = parse(raw, "plain.yaml")
+    raw["ops"] = {"matmul": {"aten.linear.default.gemv": {"efficiency": 1.0, "fixed_s": 0.0, "row_latency_s": 8e-8}}}
+    hw = parse(raw, "rows.yaml")
+    trace = one_op_trace("aten.linear.default", "t.linear", [[1, 512], [1408, 512]], [1, 1408], "float32",
+                         2 * 1408 * 512, 4 * (512 + 1408), weight_bytes=4 * 1408 * 512)
+    kernel = kernel_of(trace.ops[0], hw.tile.m, hw.tile.n)
+    assert kernel.op.endswith(".gemv") and streamed_rows(kernel, kernel.weight_bytes // 2) == 704
+    for dram_bytes, rows in ((kernel.bytes, 1408), (kernel.weight_bytes // 2, 704), (0, 0)):
+        with_rows, without = kernel_cost(kernel, hw, dram_bytes), kernel_cost(kernel, plain, dram_bytes)
+        assert with_rows.memory_s == pytest.approx(without.memory_s + rows * 8e-8)
+    assert "row_latency_s" not in to_dict(plain)["classes"].get("matmul", {})
+
+
+def test_a_cpu_few_row_product_takes_its_row_counts_fit_where_there_is_one():
+    """On a CPU a product of 2-4 rows is timed by its row count's fit (`aten.linear.default.rows3`) where the
+    hwconfig has one, else by its op kind's; a GPU keeps its op kind's fit."""
+    raw = hw_dict() | {"kind": "cpu"}
+    raw["ops"] = {"matmul": {"aten.linear.default": {"efficiency": 1.0, "fixed_s": 0.0, "memory_efficiency": 0.5},
+                             "aten.linear.default.rows3": {"efficiency": 1.0, "fixed_s": 0.0,
+                                                           "memory_efficiency": 0.25}}}
+    cpu, gpu = parse(raw, "cpu.yaml"), parse(raw | {"kind": "gpu"}, "gpu.yaml")
+    three, three_cost = product_cost(cpu, 3, 1408, 512, "float32")
+    two, two_cost = product_cost(cpu, 2, 1408, 512, "float32")
+    assert rows_kind(three) == "aten.linear.default.rows3" and fit_kind(three, cpu) == "aten.linear.default.rows3"
+    assert fit_kind(two, cpu) == "aten.linear.default" and fit_kind(three, gpu) == "aten.linear.default"
+    assert three_cost.memory_s == pytest.approx(2 * two_cost.memory_s, rel=0.01)
+    assert rows_kind(product_cost(cpu, 8, 1408, 512, "float32")[0]) is None
 
 
 def test_the_cpu_keeps_its_own_tile_model():

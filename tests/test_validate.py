@@ -153,6 +153,16 @@ def test_anchor_fixed_time_is_bounded_so_slow_short_rows_stay_work():
     assert bounded == pytest.approx(0.6, abs=0.07) and free > bounded + 0.05
 
 
+def test_row_latency_fit_holds_one_gemv_model_across_widths():
+    """GEMVs of narrow and wide rows (a CPU's: one DRAM latency per output row beyond the bytes) give back the
+    latency and the streaming efficiency, where one efficiency alone would average them."""
+    shapes = [(512, 512), (1408, 512), (512, 1408), (2048, 768), (4096, 4096)]  # (output rows, row length)
+    bandwidth, latency = 20e9, 83e-9
+    samples = [(4 * n * k / bandwidth, n, n * latency + 4 * n * k / (0.6 * bandwidth)) for n, k in shapes]
+    e_m, fitted = calibrate.row_latency_fit(samples, max_fixed_s=1e-6)
+    assert e_m == pytest.approx(0.6, rel=0.03) and fitted == pytest.approx(latency, rel=0.05)
+
+
 def test_host_cost_fit_recovers_the_launch_time():
     truth = parse(hw_dict(), "truth.yaml").with_overrides({"host.launch_eager_s": "3.3e-5"})
     start = truth.with_overrides({"host.launch_eager_s": "1e-6"})

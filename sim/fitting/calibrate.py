@@ -60,7 +60,7 @@ from sim.fitting.compiled import fit_compiled, is_compiled_measurement
 from sim.fitting.dequant import fit_dequant
 from sim.fitting.microbench import MAX_THREADS, check_microbench, load_microbench
 from sim.hardware import HwConfig, load_hwconfig, parse, to_dict
-from sim.kernels import Kernel, KernelCost, kernel_cost
+from sim.kernels import Kernel, KernelCost, kernel_cost, rows_kind, streamed_rows
 from sim.opkinds import DTYPE_BYTES
 from sim.provider import request
 from sim.trace import Trace, one_op_trace, read_checked
@@ -229,7 +229,42 @@ def microbench_samples(mb: dict[str, Any], hw: HwConfig, dtypes: set[str]) -> di
                 out.setdefault((k.cls, None), []).append(sample)
             if k.cls in ("matmul", "attention"):
                 out.setdefault((k.cls, k.op), []).append(sample)
+            if hw.kind == "cpu" and rows_kind(k) is not None:  # a CPU's few-row products, per row count too
+                out.setdefault((k.cls, rows_kind(k)), []).append(sample)
     return out
+
+
+RowSamples = list[tuple[float, float, float]]  # (memory_s at unit efficiency, output rows streamed, measured_s)
+
+
+def microbench_row_samples(mb: dict[str, Any], hw: HwConfig, dtypes: set[str]) -> dict[str, RowSamples]:
+    """Per op kind of the one-row products (GEMV) among the microbenchmarks in `dtypes`: (memory_s at unit
+    efficiency, output rows whose weights stream from DRAM, measured_s), for `row_latency_fit`."""
+    out: dict[str, RowSamples] = {}
+    for _, trace, measured_s in microbench_traces(mb):
+        if trace.ops[-1].out_dtypes[0] in dtypes:
+            k, cost = unit_costs(trace, hw)[-1]
+            if k.cls == "matmul" and k.op.endswith(".gemv"):
+                dram_bytes = round(cost.floor_dram_s * hw.peak.dram_bandwidth_bytes_per_s)
+                out.setdefault(k.op, []).append((cost.memory_s, streamed_rows(k, dram_bytes), measured_s))
+    return out
+
+
+def row_latency_fit(samples: RowSamples, max_fixed_s: float) -> tuple[float, float]:
+    """(memory efficiency, row_latency_s) of one-row products that best explain microbenchmark samples, error
+    relative to each: measured = memory_s / efficiency + rows x latency + a fixed time of at most `max_fixed_s`
+    (fitted, not kept). A CPU's GEMV streams short rows slower: its time fits about one DRAM latency per output
+    row beyond its bytes (docs/cpu-dram-products.md: rows x 83 ns + bytes / 15.8 GB/s on the development
+    machine), so one fit holds across widths where an efficiency alone averaged them."""
+    work_m, rows, measured = (np.array(column) for column in zip(*samples))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        e_m, latency, fixed = x
+        return (work_m / e_m + rows * latency + fixed - measured) / measured
+
+    fit = least_squares(residuals, x0=[0.5, 1e-8, 0.0], bounds=([1e-3, 0.0, 0.0], [1.0, 1e-6, max(max_fixed_s, 1e-9)]),
+                        x_scale=[0.1, 1e-8, 1e-6], loss="soft_l1", f_scale=0.2)
+    return float(fit.x[0]), float(fit.x[1])
 
 
 Efficiencies = tuple[float, float]  # (compute, memory)
@@ -272,7 +307,8 @@ def anchor_efficiencies(samples: Samples, kernel_min_s: float, compute: float | 
 
 
 def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str | None], Samples] | None = None,
-                max_anchor_fixed_s: float = FIXED_S_BOUNDS[1]) -> tuple[dict, dict]:
+                max_anchor_fixed_s: float = FIXED_S_BOUNDS[1],
+                row_anchors: dict[str, RowSamples] | None = None) -> tuple[dict, dict]:
     """(classes, ops) sections of a hwconfig: efficiencies and a fixed time per kernel class, and a fixed time
     of its own for each op kind seen at least MIN_OP_SAMPLES times. A class with `anchors` (microbench_samples)
     takes its compute and memory efficiencies from them, and a matrix product's op kind its own memory efficiency
@@ -280,13 +316,19 @@ def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str 
     all fixed time, and an efficiency fitted to them alone says nothing about large ones (on a CPU it made large
     copies 25x too slow). Op kinds of a class differ in fixed cost (on a GPU a mean is a two-pass kernel, a
     multiply one pass; on a CPU each op kind has its own dispatch cost). The LM head's products are matrix
-    products: the matmul anchors serve them. `max_anchor_fixed_s`: anchor_efficiencies' `max_fixed_s`."""
+    products: the matmul anchors serve them. `max_anchor_fixed_s`: anchor_efficiencies' `max_fixed_s`.
+    `row_anchors` (microbench_row_samples; calibrate, on a cpu): an op kind there takes its memory efficiency and
+    a latency per output row from them (row_latency_fit) instead."""
     def entry(samples: Samples, efficiencies: Efficiencies | None = None) -> dict[str, float]:
         e_c, e_m, fixed = fit_class(samples, hw.host.kernel_min_s, efficiencies=efficiencies)
         out = {"efficiency": round(e_c, 4), "fixed_s": float(f"{fixed:.4g}")}
         return out | ({"memory_efficiency": round(e_m, 4)} if round(e_m, 4) != out["efficiency"] else {})
 
-    anchors = anchors or {}
+    def row_entry(samples: Samples, compute: float, rows: RowSamples) -> dict[str, float]:
+        e_m, latency = row_latency_fit(rows, max_anchor_fixed_s)
+        return entry(samples, (compute, e_m)) | {"row_latency_s": float(f"{latency:.4g}")}
+
+    anchors, row_anchors = anchors or {}, row_anchors or {}
     kmin = hw.host.kernel_min_s
     by_op = op_samples(traces, hw)
     classes, ops = {}, {}
@@ -300,11 +342,18 @@ def fit_kernels(traces: list[Trace], hw: HwConfig, anchors: dict[tuple[str, str 
         fitted = {}
         for op, samples in mine.items():
             own = (source, op) in anchors
-            if len(samples) >= MIN_OP_SAMPLES or own:
+            if op in row_anchors:
+                fitted[op] = row_entry(samples, classes[cls]["efficiency"], row_anchors[op])
+            elif len(samples) >= MIN_OP_SAMPLES or own:
                 inherited = (classes[cls]["efficiency"], classes[cls].get("memory_efficiency",
                                                                            classes[cls]["efficiency"]))
                 fitted[op] = entry(samples, anchor_efficiencies(anchors[source, op], kmin, compute=classes[cls][
                     "efficiency"], max_fixed_s=max_anchor_fixed_s) if own else inherited)
+        for (c, op), samples in sorted(anchors.items(), key=str):  # a few-row product's fit per row count
+            base = op.rsplit(".rows", 1)[0] if c == source and op and ".rows" in op else None
+            if base in mine:
+                fitted[op] = entry(mine[base], anchor_efficiencies(samples, kmin, compute=classes[cls][
+                    "efficiency"], max_fixed_s=max_anchor_fixed_s))
         if fitted:
             ops[cls] = fitted
     return classes, ops
@@ -454,7 +503,9 @@ def calibrate(base: HwConfig, mb: dict[str, Any], traces: list[Trace], mb_path: 
         # on a cpu a microbenchmark call costs at most its tiniest call beyond its work (its dispatch and an empty
         # kernel; docs/cpu-dram-products.md); a GPU's library products keep a free fixed time (not measured here)
         max_fixed_s = max(mb["kernel_min_s"], 1e-8) if hw.kind == "cpu" else FIXED_S_BOUNDS[1]
-        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors, max_fixed_s)
+        # on a cpu a GEMV pays a DRAM latency per output row beyond its bytes (row_latency_fit)
+        row_anchors = microbench_row_samples(mb, hw, {t.header.dtype for t in eager}) if hw.kind == "cpu" else {}
+        raw["classes"], raw["ops"] = fit_kernels(eager, hw, anchors, max_fixed_s, row_anchors)
         _quantized_op_fits(raw, report)
         raw["sources"]["classes"] = "fitted: the kernel times of " + _names(eager) + " (and the microbenchmarks)"
         report["classes"], report["ops"] = raw["classes"], raw["ops"]
