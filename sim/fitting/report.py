@@ -194,7 +194,8 @@ def tp_section(loop: Path, single: HwConfig, lines: list[str]) -> None:
               "cold caches, and the host cost also takes what the link model misses of the fitted trace's "
               "collectives), so the SPEED run (G rows per all-reduce, other collectives per stage) is held out. The "
               "single-process fit (`cpu-calibrated.yaml`, the same interconnect) is shown beside it. CI fails when "
-              "the median end-to-end or stage error against `cpu-tp.yaml` passes 25%.", "",
+              "the median end-to-end or stage error against `cpu-tp.yaml` passes 35% (gloo's all-reduce on a 2-core "
+              "machine: its 256-byte call measured 607 to 958 us in four runs within an hour).", "",
               "| TP trace | tokens | measured ms | collectives ms (share) | projected ms | end-to-end error | stage "
               "median \\|e\\| | collective median \\|e\\| | end-to-end error, single-process fit | stage median "
               "\\|e\\|, single-process fit |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
