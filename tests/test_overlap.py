@@ -14,6 +14,7 @@ from sim.engine import (
         breakdown,
     critical_path_cycles,
     project,
+    serial_timeline,
     simulate_stage,
     simulate_stage_overlapped,
     stage_floors_s,
@@ -34,6 +35,21 @@ def test_one_stream_in_program_order_is_the_single_stream_simulator(durations, l
     chain = nx.path_graph(n, create_using=nx.DiGraph)
     a = simulate_stage(tuple(durations), launch, graph, gap)
     b = simulate_stage_overlapped(tuple(durations), demands, chain, launch, graph, gap, streams=1)
+    assert (a.cycles, a.starts, a.ends, a.issues) == (b.cycles, b.starts, b.ends, b.issues)
+
+
+@settings(max_examples=120)
+@given(durations=st.lists(st.integers(0, 10_000), max_size=30), graph=st.booleans(), gap=st.integers(0, 500),
+       synchronous=st.booleans(), stage=st.integers(0, 3_000), data=st.data())
+def test_the_one_stream_recurrence_is_the_simpy_processes(durations, graph, gap, synchronous, stage, data):
+    """serial_timeline, which the projection runs on one stream, steps to the SimPy host and stream's timeline:
+    eager launches one per kernel or one for all, the stage's own host work, a synchronous host, collectives."""
+    n = len(durations)
+    launch = data.draw(st.integers(0, 5_000) if graph else
+                       st.one_of(st.integers(0, 5_000), st.tuples(*[st.integers(0, 5_000)] * n)))
+    links = tuple(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    a = simulate_stage(tuple(durations), launch, graph, gap, synchronous, links, stage)
+    b = serial_timeline(tuple(durations), launch, graph, gap, synchronous, stage)
     assert (a.cycles, a.starts, a.ends, a.issues) == (b.cycles, b.starts, b.ends, b.issues)
 
 
