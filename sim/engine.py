@@ -544,10 +544,9 @@ class _StageReplay:
         """The stage's timeline and (streams > 1) its critical path in cycles, simulated once per distinct
         stage."""
         durations = tuple(map(self.cycles.__getitem__, costs))
-        links = tuple(map(self.on_link.__getitem__, costs))
         launch = tuple(map(self.launches.__getitem__, costs)) if self.per_op_launch else self.launch_cycles
-        if self.streams == 1:
-            key = (durations, links, launch)
+        if self.streams == 1:  # a collective is a kernel of its duration there (serial_timeline)
+            key = (durations, launch)
             timeline = self.timelines.get(key)
             if timeline is None:
                 timeline = self.timelines[key] = serial_timeline(
@@ -561,6 +560,7 @@ class _StageReplay:
         if durations not in paths:
             paths[durations] = critical_path_cycles(g, durations)
         demands = tuple(map(self.demands.__getitem__, costs))
+        links = tuple(map(self.on_link.__getitem__, costs))
         key = (durations, demands, deps_key, links, launch)
         timeline = self.timelines.get(key)
         if timeline is None:
