@@ -518,5 +518,5 @@ def load_hwconfig(path: str | os.PathLike[str]) -> HwConfig:
         known = ", ".join(sorted(p.name for p in HWCONFIG_DIR.glob("*.yaml")))
         raise HwConfigError(path, None, f"no such file (shipped hwconfigs: {known})") from None
     except InputError as err:
-        raise HwConfigError(path, err.field, err.problem + (f" (line {err.line})" if err.line else "")) from None
+        raise HwConfigError(path, err.field, err.located) from None
     return parse(raw, path)

@@ -64,7 +64,12 @@ class InputError(ValueError):
 
     def __init__(self, field: str | None, problem: str, line: int | None = None) -> None:
         self.field, self.problem, self.line = field, problem, line
-        super().__init__((f"field '{field}': " if field else "") + problem + (f" (line {line})" if line else ""))
+        super().__init__((f"field '{field}': " if field else "") + self.located)
+
+    @property
+    def located(self) -> str:
+        """The problem with its line, for an error of a file's own kind that names the field itself."""
+        return self.problem + (f" (line {self.line})" if self.line else "")
 
 
 def brief(value: Any, limit: int = 60) -> str:

@@ -208,7 +208,7 @@ def _model_json(path: Path) -> ModelConfig:
     except FileNotFoundError:
         raise HfConfigError(path, None, "no such file") from None
     except InputError as err:
-        raise HfConfigError(path, err.field, err.problem + (f" (line {err.line})" if err.line else "")) from None
+        raise HfConfigError(path, err.field, err.located) from None
     return from_hf_dict(raw, path)
 
 

@@ -172,5 +172,5 @@ def load_microbench(path: str | os.PathLike[str], where: str | None = None) -> d
     except FileNotFoundError:
         raise MicrobenchError(where, None, "no such file") from None
     except InputError as err:
-        raise MicrobenchError(where, err.field, err.problem + (f" (line {err.line})" if err.line else "")) from None
+        raise MicrobenchError(where, err.field, err.located) from None
     return check_microbench(raw, where)

@@ -245,7 +245,7 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     except FileNotFoundError:
         raise SpecError(path, None, "no such file") from None
     except InputError as err:
-        raise SpecError(path, err.field, err.problem + (f" (line {err.line})" if err.line else "")) from None
+        raise SpecError(path, err.field, err.located) from None
     if not isinstance(raw, dict) or ("grid" in raw) == ("points" in raw):
         raise SpecError(path, None, "expected a mapping with either 'grid' (every combination) or 'points' (a list)")
     unknown = set(raw) - {"grid", "points", "plots", "cost", "accuracy"}
