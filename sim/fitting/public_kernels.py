@@ -44,8 +44,10 @@ import dataclasses
 import itertools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -340,6 +342,12 @@ def fit_all(fit_sets: dict[str, list[Point]], hws: dict[str, HwConfig]) -> tuple
     return figures, loss
 
 
+def _mildest(trials: dict[Any, tuple[Any, float]], mildness: Callable[[Any], Any]) -> Any:
+    """Of the grid points whose loss is within LOSS_TIE of the least, the one `mildness` ranks first."""
+    least = min(loss for _, loss in trials.values())
+    return min((key for key, (_, loss) in trials.items() if loss <= least * (1 + LOSS_TIE)), key=mildness)
+
+
 def fit(pts: list[Point], hws: dict[str, HwConfig]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """The global figures (sim.matmul's CTA_STREAM_BYTES_PER_CYCLE and TILE_LOAD_ROWS: the grid point chosen as the
     grids' comment says) and each GPU's figures there, fitted to the fit set (see the module docstring)."""
@@ -350,17 +358,14 @@ def fit(pts: list[Point], hws: dict[str, HwConfig]) -> tuple[dict[str, float], d
         with mock.patch.object(matmul, "TILE_LOAD_ROWS", rows), \
                 mock.patch.object(matmul, "CTA_STREAM_BYTES_PER_CYCLE", stream):
             trials[stream, rows] = fit_all(fit_sets, hws)
-    least = min(loss for _, loss in trials.values())
-    stream, rows = min((key for key, (_, loss) in trials.items() if loss <= least * (1 + LOSS_TIE)),
-                       key=lambda key: (key[1], -key[0]))
+    stream, rows = _mildest(trials, lambda key: (key[1], -key[0]))
     windows = {}
     with mock.patch.object(matmul, "TILE_LOAD_ROWS", rows), \
             mock.patch.object(matmul, "CTA_STREAM_BYTES_PER_CYCLE", stream):
         for window in POWER_WINDOW_GRID:
             with mock.patch.object(matmul, "POWER_WINDOW_S", window):
                 windows[window] = fit_all(fit_sets, hws)
-    least = min(loss for _, loss in windows.values())
-    window = max(w for w, (_, loss) in windows.items() if loss <= least * (1 + LOSS_TIE))
+    window = _mildest(windows, lambda w: -w)
     constants = {"CTA_STREAM_BYTES_PER_CYCLE": stream, "TILE_LOAD_ROWS": rows, "POWER_WINDOW_S": window}
     return constants, windows[window][0]
 
