@@ -350,7 +350,8 @@ def _mildest(trials: dict[Any, tuple[Any, float]], mildness: Callable[[Any], Any
 
 def fit(pts: list[Point], hws: dict[str, HwConfig]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """The global figures (sim.matmul's CTA_STREAM_BYTES_PER_CYCLE and TILE_LOAD_ROWS, then its POWER_WINDOW_S: the
-    grid points chosen as the grids' comments say) and each GPU's figures there, fitted to the fit set (see the module docstring)."""
+    grid points chosen as the grids' comments say) and each GPU's figures there, fitted to the fit set (see the
+    module docstring)."""
     sides = held_out(pts)
     fit_sets = {gpu: [p for p, out in zip(pts, sides) if p.gpu == gpu and not out] for gpu in hws}
     trials = {}
